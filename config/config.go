@@ -1,0 +1,464 @@
+// Package config loads invsync's YAML configuration, applies INVSYNC_* environment
+// overrides and validates the whole of it before anything uses it.
+//
+// Every field has a documented default (see Default). Validate returns every problem it
+// finds at once, each naming the key and the fix. Secrets are never part of an error or
+// of String().
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+)
+
+// Config is the whole configuration of one invsync instance.
+type Config struct {
+	// Source is the MySQL or MariaDB primary whose binlog is followed.
+	Source Source `mapstructure:"source"`
+	// State is where the checkpoint (and later the compensation table) lives.
+	State State `mapstructure:"state"`
+	// Redis is the target.
+	Redis Redis `mapstructure:"redis"`
+	// Tables lists the mirrored tables. At least one is required.
+	Tables []Table `mapstructure:"tables"`
+	// Sink tunes the Redis writers.
+	Sink Sink `mapstructure:"sink"`
+	// Checkpoint tunes how often the position is saved.
+	Checkpoint Checkpoint `mapstructure:"checkpoint"`
+	// Compensation tunes the retry of failed writes.
+	Compensation Compensation `mapstructure:"compensation"`
+	// Bloom sizes the Bloom filter and the TTLs of null markers and tombstones.
+	Bloom Bloom `mapstructure:"bloom"`
+	// Reconcile tunes the reconciliation job.
+	Reconcile Reconcile `mapstructure:"reconcile"`
+	// HTTP is the metrics and health endpoint.
+	HTTP HTTP `mapstructure:"http"`
+	// Log configures logging.
+	Log Log `mapstructure:"log"`
+}
+
+// Source is the MySQL/MariaDB primary.
+type Source struct {
+	// Addr is host:port of the primary. Default 127.0.0.1:3306.
+	Addr string `mapstructure:"addr"`
+	// User is the replication user. Default "invsync". Grants: see README.
+	User string `mapstructure:"user"`
+	// Password of User. Default empty. Prefer INVSYNC_SOURCE_PASSWORD. Never logged.
+	Password string `mapstructure:"password"`
+	// Flavor is "mysql" or "mariadb". Default "mysql".
+	Flavor string `mapstructure:"flavor"`
+	// ServerID is the replica server id invsync registers with; unique among the
+	// primary's replicas. Default 1001.
+	ServerID uint32 `mapstructure:"server_id"`
+	// TimeZone is the zone in which TIMESTAMP columns are written to Redis, the same text a
+	// SELECT returns in a session with this time_zone. An IANA name or "+hh:mm".
+	// Default "UTC".
+	TimeZone string `mapstructure:"time_zone"`
+	// HeartbeatPeriod asks the primary for a heartbeat when idle, so that lag stays right
+	// and a dead connection is noticed. Default 1s.
+	HeartbeatPeriod time.Duration `mapstructure:"heartbeat_period"`
+	// ReadTimeout ends a binlog connection that sent nothing (not even a heartbeat) for
+	// this long; invsync then reconnects. Must exceed HeartbeatPeriod. Default 10s.
+	ReadTimeout time.Duration `mapstructure:"read_timeout"`
+	// ConnectTimeout bounds each connection attempt. Default 5s.
+	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+}
+
+// State is where invsync keeps its own tables.
+type State struct {
+	// Schema holds the checkpoint table; created on start when missing. Default "invsync".
+	Schema string `mapstructure:"schema"`
+	// DSN, when set, puts the state schema on another server, as
+	// user:password@tcp(host:port)/ (go-sql-driver syntax). Default empty: the source.
+	DSN string `mapstructure:"dsn"`
+}
+
+// Redis is the target Redis.
+type Redis struct {
+	// Addrs lists host:port of the server (standalone), the seed nodes (cluster) or the
+	// sentinels (sentinel). Default [127.0.0.1:6379].
+	Addrs []string `mapstructure:"addrs"`
+	// Mode is standalone, cluster or sentinel. Default standalone.
+	Mode string `mapstructure:"mode"`
+	// MasterName is the sentinel master name (mode sentinel only). Default empty.
+	MasterName string `mapstructure:"master_name"`
+	// Password for Redis AUTH. Default empty. Prefer INVSYNC_REDIS_PASSWORD. Never logged.
+	Password string `mapstructure:"password"`
+	// DB is the database number (standalone and sentinel). Default 0.
+	DB int `mapstructure:"db"`
+	// DialTimeout bounds each connection attempt. Default 2s.
+	DialTimeout time.Duration `mapstructure:"dial_timeout"`
+	// WriteTimeout bounds each pipeline round trip. Default 5s.
+	WriteTimeout time.Duration `mapstructure:"write_timeout"`
+}
+
+// Table is one mirrored table.
+type Table struct {
+	// Schema (database) of the table. Required.
+	Schema string `mapstructure:"schema"`
+	// Table name. Required.
+	Table string `mapstructure:"table"`
+	// KeyPrefix of the row keys, <prefix>{<pk>}. Default "inv:". Unique per table.
+	KeyPrefix string `mapstructure:"key_prefix"`
+	// Columns to mirror; empty means all. The primary key is always mirrored.
+	Columns []string `mapstructure:"columns"`
+	// VersionColumn is an integer column that every UPDATE increases; its value becomes
+	// _v. Default empty: _v is derived from the binlog position.
+	VersionColumn string `mapstructure:"version_column"`
+}
+
+// Sink tunes the Redis writers.
+type Sink struct {
+	// Workers is the number of writers; a key always goes to the same one. Default 8.
+	Workers int `mapstructure:"workers"`
+	// BatchSize is the most rows one writer sends in one pipeline. Default 512.
+	BatchSize int `mapstructure:"batch_size"`
+	// FlushInterval is how long a writer waits for more rows to fill a batch once its
+	// queue ran dry. Default 2ms.
+	FlushInterval time.Duration `mapstructure:"flush_interval"`
+	// QueueSize is the capacity of each writer's queue, in rows. Default 4096.
+	QueueSize int `mapstructure:"queue_size"`
+}
+
+// Checkpoint tunes saving of the position.
+type Checkpoint struct {
+	// Interval between checkpoint writes (and one more on clean shutdown). Default 1s.
+	Interval time.Duration `mapstructure:"interval"`
+}
+
+// Compensation tunes the retry of writes that failed for a single key.
+type Compensation struct {
+	// PollInterval between scans for due retries. Default 1s.
+	PollInterval time.Duration `mapstructure:"poll_interval"`
+	// InitialBackoff before the first retry. Default 500ms.
+	InitialBackoff time.Duration `mapstructure:"initial_backoff"`
+	// MaxBackoff caps the exponential backoff. Default 5m.
+	MaxBackoff time.Duration `mapstructure:"max_backoff"`
+	// MaxAttempts before a row is marked dead. Default 20.
+	MaxAttempts int `mapstructure:"max_attempts"`
+}
+
+// Bloom sizes the Bloom filter and the TTLs of markers.
+type Bloom struct {
+	// ExpectedItems sizes the filter. Default 10000000.
+	ExpectedItems uint `mapstructure:"expected_items"`
+	// FalsePositiveRate sizes the filter, between 0 and 1 exclusive. Default 0.001.
+	FalsePositiveRate float64 `mapstructure:"false_positive_rate"`
+	// NullTTL is the lifetime of a "does not exist" marker. Default 60s.
+	NullTTL time.Duration `mapstructure:"null_ttl"`
+	// TombstoneTTL is the lifetime of a deleted row's tombstone. Default 24h.
+	TombstoneTTL time.Duration `mapstructure:"tombstone_ttl"`
+}
+
+// Reconcile tunes the reconciliation job.
+type Reconcile struct {
+	// Schedule is a cron expression for the job inside the daemon; empty disables it.
+	// Default empty.
+	Schedule string `mapstructure:"schedule"`
+	// ChunkSize is the number of rows per keyset page. Default 1000.
+	ChunkSize int `mapstructure:"chunk_size"`
+}
+
+// HTTP is the metrics and health endpoint.
+type HTTP struct {
+	// Listen is host:port for /metrics, /healthz and /readyz; empty disables it.
+	// Default 127.0.0.1:9108.
+	Listen string `mapstructure:"listen"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `mapstructure:"level"`
+	// Format is json or console. Default json.
+	Format string `mapstructure:"format"`
+}
+
+// Default returns the configuration with every default filled in and no tables.
+func Default() Config {
+	return Config{
+		Source: Source{Addr: "127.0.0.1:3306", User: "invsync", Flavor: "mysql", ServerID: 1001,
+			TimeZone: "UTC", HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second},
+		State:        State{Schema: "invsync"},
+		Redis:        Redis{Addrs: []string{"127.0.0.1:6379"}, Mode: "standalone", DialTimeout: 2 * time.Second, WriteTimeout: 5 * time.Second},
+		Sink:         Sink{Workers: 8, BatchSize: 512, FlushInterval: 2 * time.Millisecond, QueueSize: 4096},
+		Checkpoint:   Checkpoint{Interval: time.Second},
+		Compensation: Compensation{PollInterval: time.Second, InitialBackoff: 500 * time.Millisecond, MaxBackoff: 5 * time.Minute, MaxAttempts: 20},
+		Bloom:        Bloom{ExpectedItems: 10_000_000, FalsePositiveRate: 0.001, NullTTL: 60 * time.Second, TombstoneTTL: 24 * time.Hour},
+		Reconcile:    Reconcile{ChunkSize: 1000},
+		HTTP:         HTTP{Listen: "127.0.0.1:9108"},
+		Log:          Log{Level: "info", Format: "json"},
+	}
+}
+
+// DefaultKeyPrefix is the key prefix of a table that sets none.
+const DefaultKeyPrefix = "inv:"
+
+// ErrInvalid is wrapped by every error that Load and Validate return for a bad config.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Load reads the YAML file at path, applies INVSYNC_* environment overrides and
+// validates the result. The returned error lists every problem found.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: read %s: %v (fix: pass an existing file with -c)", ErrInvalid, path, err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes YAML text (name is used in messages), applies environment overrides
+// and validates the result.
+func Parse(data []byte, name string) (*Config, error) {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	v.SetEnvPrefix("INVSYNC")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	setDefaults(v, "", Default())
+	if err := v.ReadConfig(strings.NewReader(string(data))); err != nil {
+		return nil, fmt.Errorf("%w: %s is not valid YAML: %v (fix: correct the syntax at the line named)", ErrInvalid, name, err)
+	}
+	cfg := Default()
+	decodeHook := viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(
+		mapstructure.StringToTimeDurationHookFunc(),
+		mapstructure.StringToSliceHookFunc(","),
+	))
+	if err := v.UnmarshalExact(&cfg, decodeHook); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v (fix: remove or correct the keys named; every key is listed in the README)", ErrInvalid, name, err)
+	}
+	for i := range cfg.Tables {
+		if cfg.Tables[i].KeyPrefix == "" {
+			cfg.Tables[i].KeyPrefix = DefaultKeyPrefix
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// setDefaults registers every leaf of the default config with viper, so that each key
+// is known to AutomaticEnv and can be overridden by INVSYNC_<PATH>.
+func setDefaults(v *viper.Viper, prefix string, def Config) {
+	m := map[string]any{}
+	if err := mapstructure.Decode(def, &m); err != nil {
+		return
+	}
+	var walk func(p string, val any)
+	walk = func(p string, val any) {
+		if sub, ok := val.(map[string]any); ok {
+			for k, x := range sub {
+				walk(joinKey(p, k), x)
+			}
+			return
+		}
+		if p == "tables" {
+			return
+		}
+		v.SetDefault(p, val)
+	}
+	walk(prefix, m)
+}
+
+func joinKey(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "." + b
+}
+
+var identRe = regexp.MustCompile(`^[A-Za-z0-9_$]+$`)
+
+// Validate checks the whole configuration and returns every problem at once.
+func (c *Config) Validate() error {
+	var p []string
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+
+	if _, _, err := net.SplitHostPort(c.Source.Addr); err != nil {
+		add("source.addr %q is not host:port (fix: e.g. 127.0.0.1:3306)", c.Source.Addr)
+	}
+	if c.Source.User == "" {
+		add("source.user is empty (fix: set the replication user)")
+	}
+	if c.Source.Flavor != "mysql" && c.Source.Flavor != "mariadb" {
+		add("source.flavor %q is not mysql or mariadb", c.Source.Flavor)
+	}
+	if c.Source.ServerID == 0 {
+		add("source.server_id is 0 (fix: a number unique among the primary's replicas, e.g. 1001)")
+	}
+	if _, err := ParseTimeZone(c.Source.TimeZone); err != nil {
+		add("source.time_zone %q: %v (fix: an IANA zone such as UTC or Asia/Shanghai, or +hh:mm)", c.Source.TimeZone, err)
+	}
+	if c.Source.HeartbeatPeriod <= 0 {
+		add("source.heartbeat_period must be positive (fix: e.g. 1s)")
+	}
+	if c.Source.ReadTimeout <= c.Source.HeartbeatPeriod {
+		add("source.read_timeout (%s) must exceed source.heartbeat_period (%s)", c.Source.ReadTimeout, c.Source.HeartbeatPeriod)
+	}
+	if c.Source.ConnectTimeout <= 0 {
+		add("source.connect_timeout must be positive (fix: e.g. 5s)")
+	}
+	if !identRe.MatchString(c.State.Schema) {
+		add("state.schema %q is not a plain identifier (fix: letters, digits and _ only)", c.State.Schema)
+	}
+
+	if len(c.Redis.Addrs) == 0 {
+		add("redis.addrs is empty (fix: list at least one host:port)")
+	}
+	for _, a := range c.Redis.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			add("redis.addrs entry %q is not host:port", a)
+		}
+	}
+	switch c.Redis.Mode {
+	case "standalone", "cluster":
+	case "sentinel":
+		if c.Redis.MasterName == "" {
+			add("redis.master_name is required with redis.mode sentinel")
+		}
+	default:
+		add("redis.mode %q is not standalone, cluster or sentinel", c.Redis.Mode)
+	}
+	if c.Redis.DB < 0 || (c.Redis.Mode == "cluster" && c.Redis.DB != 0) {
+		add("redis.db %d is not valid for mode %s (fix: 0 for cluster, 0-15 usually)", c.Redis.DB, c.Redis.Mode)
+	}
+	if c.Redis.DialTimeout <= 0 || c.Redis.WriteTimeout <= 0 {
+		add("redis.dial_timeout and redis.write_timeout must be positive")
+	}
+
+	if len(c.Tables) == 0 {
+		add("tables is empty (fix: list at least one table with schema and table)")
+	}
+	prefixes := map[string]int{}
+	names := map[string]int{}
+	for i, t := range c.Tables {
+		if t.Schema == "" || t.Table == "" {
+			add("tables[%d] needs both schema and table", i)
+		}
+		name := t.Schema + "." + t.Table
+		if j, ok := names[name]; ok {
+			add("tables[%d] %s is already configured as tables[%d]", i, name, j)
+		}
+		names[name] = i
+		if strings.ContainsAny(t.KeyPrefix, "{}") {
+			add("tables[%d].key_prefix %q must not contain braces (they are the hash tag)", i, t.KeyPrefix)
+		}
+		if j, ok := prefixes[t.KeyPrefix]; ok {
+			add("tables[%d].key_prefix %q is also used by tables[%d] (fix: give each table its own key_prefix)", i, t.KeyPrefix, j)
+		}
+		prefixes[t.KeyPrefix] = i
+		for _, col := range t.Columns {
+			if col == "" || strings.HasPrefix(col, "_") {
+				add("tables[%d].columns entry %q is empty or starts with _ (reserved for _v, _s, _deleted, _null)", i, col)
+			}
+		}
+	}
+
+	if c.Sink.Workers < 1 || c.Sink.Workers > 1024 {
+		add("sink.workers %d must be between 1 and 1024", c.Sink.Workers)
+	}
+	if c.Sink.BatchSize < 1 {
+		add("sink.batch_size must be at least 1")
+	}
+	if c.Sink.FlushInterval < 0 {
+		add("sink.flush_interval must not be negative")
+	}
+	if c.Sink.QueueSize < 1 {
+		add("sink.queue_size must be at least 1")
+	}
+	if c.Checkpoint.Interval <= 0 {
+		add("checkpoint.interval must be positive (fix: e.g. 1s)")
+	}
+	if c.Compensation.PollInterval <= 0 || c.Compensation.InitialBackoff <= 0 || c.Compensation.MaxBackoff < c.Compensation.InitialBackoff {
+		add("compensation: poll_interval and initial_backoff must be positive and max_backoff at least initial_backoff")
+	}
+	if c.Compensation.MaxAttempts < 1 {
+		add("compensation.max_attempts must be at least 1")
+	}
+	if c.Bloom.ExpectedItems == 0 {
+		add("bloom.expected_items must be positive")
+	}
+	if !(c.Bloom.FalsePositiveRate > 0 && c.Bloom.FalsePositiveRate < 1) {
+		add("bloom.false_positive_rate %v must be between 0 and 1 exclusive (fix: e.g. 0.001)", c.Bloom.FalsePositiveRate)
+	}
+	if c.Bloom.NullTTL < time.Millisecond || c.Bloom.TombstoneTTL < time.Millisecond {
+		add("bloom.null_ttl and bloom.tombstone_ttl must be at least 1ms")
+	}
+	if c.Reconcile.ChunkSize < 1 {
+		add("reconcile.chunk_size must be at least 1")
+	}
+	if c.HTTP.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+			add("http.listen %q is not host:port (fix: e.g. 127.0.0.1:9108, or empty to disable)", c.HTTP.Listen)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level %q is not debug, info, warn or error", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "console" {
+		add("log.format %q is not json or console", c.Log.Format)
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %d problem(s):\n  - %s", ErrInvalid, len(p), strings.Join(p, "\n  - "))
+}
+
+var offsetRe = regexp.MustCompile(`^([+-])(\d{1,2}):(\d{2})$`)
+
+// ParseTimeZone accepts an IANA zone name or a fixed offset "+hh:mm".
+func ParseTimeZone(s string) (*time.Location, error) {
+	if m := offsetRe.FindStringSubmatch(s); m != nil {
+		var h, mi int
+		fmt.Sscanf(m[2]+" "+m[3], "%d %d", &h, &mi)
+		off := h*3600 + mi*60
+		if m[1] == "-" {
+			off = -off
+		}
+		return time.FixedZone(s, off), nil
+	}
+	return time.LoadLocation(s)
+}
+
+// Redacted returns a copy with every secret replaced, safe to log or print.
+func (c Config) Redacted() Config {
+	if c.Source.Password != "" {
+		c.Source.Password = "******"
+	}
+	if c.Redis.Password != "" {
+		c.Redis.Password = "******"
+	}
+	if c.State.DSN != "" {
+		c.State.DSN = RedactDSN(c.State.DSN)
+	}
+	c.Redis.Addrs = append([]string(nil), c.Redis.Addrs...)
+	c.Tables = append([]Table(nil), c.Tables...)
+	return c
+}
+
+// RedactDSN hides the password of a user:password@... DSN.
+func RedactDSN(dsn string) string {
+	at := strings.LastIndex(dsn, "@")
+	if at < 0 {
+		return dsn
+	}
+	cred := dsn[:at]
+	if colon := strings.Index(cred, ":"); colon >= 0 {
+		return cred[:colon] + ":******" + dsn[at:]
+	}
+	return dsn
+}
+
+// TableName is schema.table of a configured table.
+func (t Table) TableName() string { return t.Schema + "." + t.Table }

@@ -1,0 +1,165 @@
+// Package layout is the one write path to Redis: it builds row keys, and applies row
+// states through versioned Lua scripts that guarantee a key never returns to an older
+// state and that replaying a change is harmless.
+//
+// Every writer (the binlog sink, and later the snapshot, the compensation retrier,
+// reconcile's repair and the client's fills) goes through Writer.Apply, so the guard is
+// written and tested once.
+//
+// Ordering rules (see docs/redis-layout.md):
+//   - A change read from the binlog carries Seq, its position in the binlog (file index,
+//     event end position, row index in the event), stored in the field _s. It is applied
+//     when its Seq is greater than the stored _s. A key without _s (written by a
+//     non-binlog writer) is overwritten when the new _v is at least the stored _v; a null
+//     marker is always overwritten.
+//   - A change that does not come from the binlog (Seq empty) is applied only where no
+//     key exists, over a null marker, or when its _v is strictly greater than the stored
+//     _v: it never overwrites a value it cannot prove older.
+package layout
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Reserved hash fields. Column names cannot start with an underscore in the config.
+const (
+	FieldVersion = "_v"
+	FieldSeq     = "_s"
+	FieldDeleted = "_deleted"
+	FieldNull    = "_null"
+)
+
+// Key returns the Redis key of a row: prefix{pk}, composite keys joined with ':'.
+// The braces are the Redis Cluster hash tag.
+func Key(prefix string, pk []string) string {
+	n := len(prefix) + 2 + len(pk)
+	for _, p := range pk {
+		n += len(p)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(prefix)
+	b.WriteByte('{')
+	for i, p := range pk {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		b.WriteString(p)
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+// Op is the kind of change.
+type Op uint8
+
+const (
+	// OpUpsert replaces the whole hash with Fields plus _v (and _s).
+	OpUpsert Op = iota + 1
+	// OpDelete writes a tombstone {_v, _s, _deleted: 1} that expires.
+	OpDelete
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpUpsert:
+		return "upsert"
+	case OpDelete:
+		return "delete"
+	}
+	return "unknown"
+}
+
+// Seq is the position of a row change in the binlog of one primary. It orders every
+// change of one key: later in the binlog means greater.
+type Seq struct {
+	File  uint32 // binlog file index (the number in mysql-bin.000042)
+	Pos   uint32 // end position of the rows event in that file
+	Index uint32 // row index within the rows event
+}
+
+// IsZero reports whether s is unset (the change does not come from the binlog).
+func (s Seq) IsZero() bool { return s == Seq{} }
+
+// Less orders sequences.
+func (s Seq) Less(o Seq) bool {
+	if s.File != o.File {
+		return s.File < o.File
+	}
+	if s.Pos != o.Pos {
+		return s.Pos < o.Pos
+	}
+	return s.Index < o.Index
+}
+
+// seqWidth is the fixed width of an encoded Seq: 10 + 10 + 7 digits.
+const seqWidth = 27
+
+// AppendSeq appends the fixed-width decimal form of s, which the Lua guard compares.
+func AppendSeq(dst []byte, s Seq) []byte {
+	dst = appendPadded(dst, uint64(s.File), 10)
+	dst = appendPadded(dst, uint64(s.Pos), 10)
+	return appendPadded(dst, uint64(s.Index), 7)
+}
+
+// ParseSeq decodes what AppendSeq wrote.
+func ParseSeq(s string) (Seq, error) {
+	if len(s) != seqWidth {
+		return Seq{}, fmt.Errorf("layout: seq %q has length %d, want %d", s, len(s), seqWidth)
+	}
+	f, err1 := strconv.ParseUint(s[:10], 10, 32)
+	p, err2 := strconv.ParseUint(s[10:20], 10, 32)
+	i, err3 := strconv.ParseUint(s[20:], 10, 32)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return Seq{}, fmt.Errorf("layout: seq %q is not numeric", s)
+	}
+	return Seq{File: uint32(f), Pos: uint32(p), Index: uint32(i)}, nil
+}
+
+// PositionVersion is the _v of a table without a version column: a number that grows
+// with the binlog position on one primary (file index * 2^32 + end position). It is
+// exact in a Lua double while the file index stays below 2^21.
+func PositionVersion(s Seq) uint64 { return uint64(s.File)<<32 | uint64(s.Pos) }
+
+func appendPadded(dst []byte, v uint64, width int) []byte {
+	var buf [20]byte
+	b := strconv.AppendUint(buf[:0], v, 10)
+	for i := len(b); i < width; i++ {
+		dst = append(dst, '0')
+	}
+	return append(dst, b...)
+}
+
+// Change is one row state to write.
+type Change struct {
+	// Key is the Redis key (see Key).
+	Key string
+	// Op is upsert or delete.
+	Op Op
+	// Version is _v: a non-negative decimal integer.
+	Version string
+	// Seq orders binlog changes; zero for writes that do not come from the binlog.
+	Seq Seq
+	// Fields are name/value pairs of the non-NULL mirrored columns (upsert only).
+	Fields []Field
+}
+
+// Field is one column of a row as the text MySQL returns for it.
+type Field struct {
+	Name  string
+	Value string
+}
+
+// Result of one Change.
+type Result uint8
+
+const (
+	// Applied means Redis now holds the change.
+	Applied Result = iota + 1
+	// Skipped means Redis already held this state or a newer one.
+	Skipped
+	// Failed means the write of this key failed (see the error).
+	Failed
+)

@@ -1,0 +1,274 @@
+package layout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// applyScript applies a list of row changes. KEYS are the row keys; ARGV[1] is the
+// tombstone TTL in milliseconds, then per key: op ('u' or 'd'), seq (27 digits, or ''
+// for a write that does not come from the binlog), version, n, and n field/value pairs.
+// It returns per key 1 (applied), 0 (skipped) or 'E:<error>'.
+//
+// Versions and seqs are compared as non-negative decimal strings, never as Lua numbers,
+// so BIGINT UNSIGNED versions keep their precision.
+const applyScript = `
+local function cmp(a, b)
+  if #a ~= #b then if #a < #b then return -1 else return 1 end end
+  if a == b then return 0 end
+  for i = 1, #a do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then if x < y then return -1 else return 1 end end
+  end
+  return 0
+end
+local ttl = ARGV[1]
+local res = {}
+local a = 2
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local op, s, v, n = ARGV[a], ARGV[a+1], ARGV[a+2], tonumber(ARGV[a+3])
+  local f1 = a + 4
+  a = f1 + 2 * n
+  local cur = redis.pcall('HMGET', k, '_s', '_v', '_null')
+  if cur.err then
+    res[i] = 'E:' .. cur.err
+  else
+    local cs, cv, cn = cur[1], cur[2], cur[3]
+    local apply
+    if cn or not cv then
+      apply = (not cs) or (s ~= '' and cmp(s, cs) > 0)
+    elseif s ~= '' then
+      if cs then apply = cmp(s, cs) > 0 else apply = cmp(v, cv) >= 0 end
+    else
+      apply = cmp(v, cv) > 0
+    end
+    if apply then
+      redis.call('DEL', k)
+      if op == 'd' then
+        if s ~= '' then redis.call('HSET', k, '_v', v, '_s', s, '_deleted', '1')
+        else redis.call('HSET', k, '_v', v, '_deleted', '1') end
+        redis.call('PEXPIRE', k, ttl)
+      elseif s ~= '' then
+        if n > 0 then redis.call('HSET', k, '_v', v, '_s', s, unpack(ARGV, f1, f1 + 2 * n - 1))
+        else redis.call('HSET', k, '_v', v, '_s', s) end
+      else
+        if n > 0 then redis.call('HSET', k, '_v', v, unpack(ARGV, f1, f1 + 2 * n - 1))
+        else redis.call('HSET', k, '_v', v) end
+      end
+      res[i] = 1
+    else
+      res[i] = 0
+    end
+  end
+end
+return res
+`
+
+// rowsPerCall is the most rows one EVALSHA carries: enough to amortise the call, small
+// enough to keep Redis responsive to other clients.
+const rowsPerCall = 64
+
+// ErrKey is wrapped by the per-key error of a change that Redis refused (for example
+// WRONGTYPE because a non-hash value sits on the key).
+var ErrKey = errors.New("redis refused the write of this key")
+
+// Writer applies changes through the versioned script.
+type Writer struct {
+	rdb          redis.UniversalClient
+	script       *redis.Script
+	tombstoneTTL string
+	cluster      bool
+}
+
+// NewWriter returns a Writer. Tombstones expire after tombstoneTTL. With cluster set,
+// the changes of one script call are grouped by hash slot.
+func NewWriter(rdb redis.UniversalClient, tombstoneTTL time.Duration, cluster bool) *Writer {
+	return &Writer{
+		rdb:          rdb,
+		script:       redis.NewScript(applyScript),
+		tombstoneTTL: strconv.FormatInt(tombstoneTTL.Milliseconds(), 10),
+		cluster:      cluster,
+	}
+}
+
+// Load loads the script into every Redis server (done again automatically on NOSCRIPT).
+func (w *Writer) Load(ctx context.Context) error {
+	if c, ok := w.rdb.(*redis.ClusterClient); ok {
+		return c.ForEachShard(ctx, func(ctx context.Context, s *redis.Client) error {
+			return w.script.Load(ctx, s).Err()
+		})
+	}
+	return w.script.Load(ctx, w.rdb).Err()
+}
+
+// Outcome is the result of one change.
+type Outcome struct {
+	Result Result
+	// Err is set when Result is Failed; it wraps ErrKey for a per-key refusal.
+	Err error
+}
+
+// Apply writes changes with one pipeline of script calls. out must have len(changes);
+// out[i] receives the outcome of changes[i]. The returned error is set when the
+// pipeline as a whole failed (Redis unreachable, timeout): then every outcome is Failed.
+func (w *Writer) Apply(ctx context.Context, changes []Change, out []Outcome) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	groups := w.group(changes)
+	cmds, err := w.exec(ctx, changes, groups)
+	if err == nil && hasNoScript(cmds) {
+		if err = w.Load(ctx); err == nil {
+			cmds, err = w.exec(ctx, changes, groups)
+		}
+	}
+	if err != nil && cmds == nil {
+		for i := range out[:len(changes)] {
+			out[i] = Outcome{Result: Failed, Err: err}
+		}
+		return err
+	}
+	var whole error
+	for g, cmd := range cmds {
+		idx := groups[g]
+		vals, cerr := cmd.Slice()
+		if cerr == nil && len(vals) != len(idx) {
+			cerr = fmt.Errorf("layout: script returned %d results for %d keys", len(vals), len(idx))
+		}
+		for j, ci := range idx {
+			if cerr != nil {
+				out[ci] = Outcome{Result: Failed, Err: cerr}
+				continue
+			}
+			out[ci] = decodeResult(vals[j])
+		}
+		if cerr != nil && !isKeyError(cerr) {
+			whole = cerr
+		}
+	}
+	return whole
+}
+
+func decodeResult(v any) Outcome {
+	switch x := v.(type) {
+	case int64:
+		if x == 1 {
+			return Outcome{Result: Applied}
+		}
+		return Outcome{Result: Skipped}
+	case string:
+		return Outcome{Result: Failed, Err: fmt.Errorf("%w: %s", ErrKey, strings.TrimPrefix(x, "E:"))}
+	}
+	return Outcome{Result: Failed, Err: fmt.Errorf("layout: unexpected script result %T", v)}
+}
+
+// isKeyError reports whether a whole-call error is about the data (a script error), not
+// about reaching Redis.
+func isKeyError(err error) bool {
+	var re redis.Error
+	if errors.As(err, &re) {
+		msg := re.Error()
+		return !strings.HasPrefix(msg, "LOADING") && !strings.HasPrefix(msg, "CLUSTERDOWN") &&
+			!strings.HasPrefix(msg, "TRYAGAIN") && !strings.HasPrefix(msg, "NOSCRIPT") && !strings.HasPrefix(msg, "READONLY") &&
+			!strings.HasPrefix(msg, "MASTERDOWN")
+	}
+	return false
+}
+
+func hasNoScript(cmds []*redis.Cmd) bool {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			return true
+		}
+	}
+	return false
+}
+
+// group splits the changes into script calls: at most rowsPerCall each, and in cluster
+// mode only keys of one hash slot per call.
+func (w *Writer) group(changes []Change) [][]int {
+	var groups [][]int
+	if !w.cluster {
+		for i := 0; i < len(changes); i += rowsPerCall {
+			end := min(i+rowsPerCall, len(changes))
+			g := make([]int, 0, end-i)
+			for j := i; j < end; j++ {
+				g = append(g, j)
+			}
+			groups = append(groups, g)
+		}
+		return groups
+	}
+	open := map[uint16]int{}
+	for i, c := range changes {
+		slot := Slot(c.Key)
+		gi, ok := open[slot]
+		if !ok || len(groups[gi]) >= rowsPerCall {
+			groups = append(groups, make([]int, 0, 8))
+			gi = len(groups) - 1
+			open[slot] = gi
+		}
+		groups[gi] = append(groups[gi], i)
+	}
+	return groups
+}
+
+func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]*redis.Cmd, error) {
+	pipe := w.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(groups))
+	var seqBuf []byte
+	for g, idx := range groups {
+		keys := make([]string, len(idx))
+		n := 1
+		for _, ci := range idx {
+			n += 4 + 2*len(changes[ci].Fields)
+		}
+		args := make([]any, 0, n)
+		args = append(args, w.tombstoneTTL)
+		for j, ci := range idx {
+			c := &changes[ci]
+			keys[j] = c.Key
+			op := "u"
+			if c.Op == OpDelete {
+				op = "d"
+			}
+			seq := ""
+			if !c.Seq.IsZero() {
+				seqBuf = AppendSeq(seqBuf[:0], c.Seq)
+				seq = string(seqBuf)
+			}
+			nf := len(c.Fields)
+			if c.Op == OpDelete {
+				nf = 0
+			}
+			args = append(args, op, seq, c.Version, nf)
+			for _, f := range c.Fields[:nf] {
+				args = append(args, f.Name, f.Value)
+			}
+		}
+		cmds[g] = w.script.EvalSha(ctx, pipe, keys, args...)
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil && !isKeyError(err) && !isNoScript(err) {
+		// A transport error fails every command of the pipeline.
+		allFailed := true
+		for _, c := range cmds {
+			if c.Err() == nil {
+				allFailed = false
+			}
+		}
+		if allFailed {
+			return nil, err
+		}
+	}
+	return cmds, nil
+}
+
+func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }

@@ -1,0 +1,221 @@
+package layout_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/layout"
+	"github.com/redis/go-redis/v9"
+)
+
+type fixture struct {
+	t   *testing.T
+	rdb *redis.Client
+	w   *layout.Writer
+	pfx string
+}
+
+func newFixture(t *testing.T) *fixture {
+	rdb := testenv.Redis(t)
+	w := layout.NewWriter(rdb, time.Hour, false)
+	if err := w.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{t: t, rdb: rdb, w: w, pfx: testenv.Prefix(t, rdb)}
+}
+
+func (f *fixture) apply(cs ...layout.Change) []layout.Outcome {
+	f.t.Helper()
+	out := make([]layout.Outcome, len(cs))
+	if err := f.w.Apply(context.Background(), cs, out); err != nil {
+		f.t.Fatalf("Apply: %v", err)
+	}
+	return out
+}
+
+func (f *fixture) hash(key string) map[string]string {
+	f.t.Helper()
+	m, err := f.rdb.HGetAll(context.Background(), key).Result()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return m
+}
+
+func up(key, v string, s layout.Seq, kv ...string) layout.Change {
+	c := layout.Change{Key: key, Op: layout.OpUpsert, Version: v, Seq: s}
+	for i := 0; i+1 < len(kv); i += 2 {
+		c.Fields = append(c.Fields, layout.Field{Name: kv[i], Value: kv[i+1]})
+	}
+	return c
+}
+
+func del(key, v string, s layout.Seq) layout.Change {
+	return layout.Change{Key: key, Op: layout.OpDelete, Version: v, Seq: s}
+}
+
+func results(out []layout.Outcome) []layout.Result {
+	r := make([]layout.Result, len(out))
+	for i, o := range out {
+		r[i] = o.Result
+	}
+	return r
+}
+
+func TestGuardOrdersBinlogWritesBySeq(t *testing.T) {
+	f := newFixture(t)
+	k := f.pfx + "{1}"
+	s1, s2, s3 := layout.Seq{File: 1, Pos: 100}, layout.Seq{File: 1, Pos: 200}, layout.Seq{File: 2, Pos: 50}
+	f.apply(up(k, "1", s1, "stock", "10", "note", "x"))
+	// (b) an UPDATE that changes a column but not the version column still lands, and a
+	// column that became NULL disappears.
+	f.apply(up(k, "1", s2, "stock", "9"))
+	h := f.hash(k)
+	if h["stock"] != "9" || h["_v"] != "1" || h["note"] != "" {
+		t.Fatalf("after same-version update: %v", h)
+	}
+	// An older change arriving late is skipped.
+	out := f.apply(up(k, "1", s1, "stock", "10"))
+	if out[0].Result != layout.Skipped || f.hash(k)["stock"] != "9" {
+		t.Fatalf("older write applied: %v %v", out, f.hash(k))
+	}
+	// (a) DELETE then INSERT with the version starting again from 1.
+	f.apply(del(k, "1", s3))
+	if h := f.hash(k); h["_deleted"] != "1" {
+		t.Fatalf("tombstone: %v", h)
+	}
+	if ttl := f.rdb.PTTL(context.Background(), k).Val(); ttl <= 0 || ttl > time.Hour {
+		t.Fatalf("tombstone TTL %v", ttl)
+	}
+	s4 := layout.Seq{File: 2, Pos: 90}
+	f.apply(up(k, "1", s4, "stock", "5"))
+	if h := f.hash(k); h["stock"] != "5" || h["_deleted"] != "" {
+		t.Fatalf("reinsert: %v", h)
+	}
+	if ttl := f.rdb.PTTL(context.Background(), k).Val(); ttl != -1 {
+		t.Fatalf("reinserted row must not expire, PTTL %v", ttl)
+	}
+	// (c) replaying the whole history, twice, changes nothing.
+	want := f.hash(k)
+	for range 2 {
+		out := f.apply(up(k, "1", s1, "stock", "10"), up(k, "1", s2, "stock", "9"), del(k, "1", s3), up(k, "1", s4, "stock", "5"))
+		for _, r := range results(out) {
+			if r != layout.Skipped {
+				t.Fatalf("replay applied something: %v", results(out))
+			}
+		}
+	}
+	if got := f.hash(k); !equal(got, want) {
+		t.Fatalf("replay changed %v to %v", want, got)
+	}
+}
+
+func TestGuardRowIndexWithinEvent(t *testing.T) {
+	f := newFixture(t)
+	k := f.pfx + "{2}"
+	// One UPDATE event can delete and re-create the same key (a primary key shift);
+	// the row index orders them.
+	out := f.apply(del(k, "3", layout.Seq{File: 5, Pos: 10, Index: 0}))
+	out = append(out, f.apply(up(k, "4", layout.Seq{File: 5, Pos: 10, Index: 1}, "stock", "1"))...)
+	if h := f.hash(k); h["stock"] != "1" || out[1].Result != layout.Applied {
+		t.Fatalf("row index order: %v %v", h, results(out))
+	}
+}
+
+func TestNonBinlogWritesNeverOverwriteWhatTheyCannotProveOlder(t *testing.T) {
+	f := newFixture(t)
+	k := f.pfx + "{3}"
+	f.apply(up(k, "5", layout.Seq{File: 1, Pos: 10}, "stock", "50"))
+	// A fill that read version 4 (older) or 5 (same) must not overwrite.
+	out := f.apply(up(k, "4", layout.Seq{}, "stock", "40"), up(k, "5", layout.Seq{}, "stock", "55"))
+	if r := results(out); r[0] != layout.Skipped || r[1] != layout.Skipped || f.hash(k)["stock"] != "50" {
+		t.Fatalf("non-binlog overwrite: %v %v", r, f.hash(k))
+	}
+	// A strictly newer one may.
+	f.apply(up(k, "6", layout.Seq{}, "stock", "60"))
+	if h := f.hash(k); h["stock"] != "60" || h["_s"] != "" {
+		t.Fatalf("newer fill: %v", h)
+	}
+	// A binlog write of version 6 or later lands on top of it; an older one does not.
+	out = f.apply(up(k, "5", layout.Seq{File: 1, Pos: 5}, "stock", "51"))
+	if out[0].Result != layout.Skipped {
+		t.Fatalf("older binlog write over fill applied")
+	}
+	f.apply(up(k, "6", layout.Seq{File: 1, Pos: 20}, "stock", "61"))
+	if f.hash(k)["stock"] != "61" {
+		t.Fatalf("binlog write over fill skipped: %v", f.hash(k))
+	}
+	// Tombstones protect against late fills of the deleted row.
+	f.apply(del(k, "6", layout.Seq{File: 1, Pos: 30}))
+	out = f.apply(up(k, "6", layout.Seq{}, "stock", "61"))
+	if out[0].Result != layout.Skipped {
+		t.Fatal("fill resurrected a deleted row")
+	}
+	// Over a null marker, any write lands.
+	k2 := f.pfx + "{4}"
+	f.rdb.HSet(context.Background(), k2, "_null", "1")
+	f.apply(up(k2, "1", layout.Seq{File: 1, Pos: 40}, "stock", "1"))
+	if h := f.hash(k2); h["_null"] != "" || h["stock"] != "1" {
+		t.Fatalf("insert over null marker: %v", h)
+	}
+}
+
+func TestBigUnsignedVersionsCompareExactly(t *testing.T) {
+	f := newFixture(t)
+	k := f.pfx + "{5}"
+	f.apply(up(k, "18446744073709551614", layout.Seq{}, "a", "1"))
+	out := f.apply(up(k, "18446744073709551615", layout.Seq{}, "a", "2"), up(k, "9007199254740993", layout.Seq{}, "a", "3"))
+	if r := results(out); r[0] != layout.Applied || r[1] != layout.Skipped || f.hash(k)["a"] != "2" {
+		t.Fatalf("%v %v", r, f.hash(k))
+	}
+}
+
+func TestWrongTypeFailsOnlyThatKey(t *testing.T) {
+	f := newFixture(t)
+	bad, good := f.pfx+"{6}", f.pfx+"{7}"
+	f.rdb.Set(context.Background(), bad, "not a hash", 0)
+	out := f.apply(up(bad, "1", layout.Seq{File: 1, Pos: 1}, "a", "1"), up(good, "1", layout.Seq{File: 1, Pos: 1}, "a", "1"))
+	if out[0].Result != layout.Failed || !errors.Is(out[0].Err, layout.ErrKey) {
+		t.Fatalf("bad key outcome %+v", out[0])
+	}
+	if out[1].Result != layout.Applied || f.hash(good)["a"] != "1" {
+		t.Fatalf("good key outcome %+v", out[1])
+	}
+}
+
+func TestRecoversFromNoScript(t *testing.T) {
+	f := newFixture(t)
+	if err := f.rdb.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	out := f.apply(up(f.pfx+"{8}", "1", layout.Seq{File: 1, Pos: 1}, "a", "1"))
+	if out[0].Result != layout.Applied {
+		t.Fatalf("after SCRIPT FLUSH: %+v", out[0])
+	}
+}
+
+func TestUnreachableRedisFailsTheWholeCall(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
+	defer rdb.Close()
+	w := layout.NewWriter(rdb, time.Hour, false)
+	out := make([]layout.Outcome, 1)
+	err := w.Apply(context.Background(), []layout.Change{up("x{1}", "1", layout.Seq{File: 1, Pos: 1})}, out)
+	if err == nil || out[0].Result != layout.Failed {
+		t.Fatalf("err %v outcome %+v", err, out[0])
+	}
+}
+
+func equal(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
