@@ -12,7 +12,7 @@ import (
 )
 
 // applyScript applies a list of row changes. KEYS are the row keys; ARGV[1] is the
-// tombstone TTL in milliseconds, then per key: op ('u' or 'd'), seq (27 digits, or ''
+// tombstone TTL in milliseconds, then per key: op ('u' or 'd'), seq (27 digits, or ”
 // for a write that does not come from the binlog), version, n, and n field/value pairs.
 // It returns per key 1 (applied), 0 (skipped) or 'E:<error>'.
 //
