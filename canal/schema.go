@@ -1,0 +1,314 @@
+package canal
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/invsync/invsync/config"
+)
+
+// ErrTable is wrapped by every error about a configured table's definition.
+var ErrTable = errors.New("table definition")
+
+// Table is a configured table with its definition as read from information_schema.
+type Table struct {
+	// Index is the position of the table in the config's tables list.
+	Index         int
+	Schema, Name  string
+	KeyPrefix     string
+	VersionColumn string
+	mirror        map[string]bool // nil: every column
+	// Columns in ordinal order, and the primary key's column names in key order.
+	Columns []ColumnInfo
+	PK      []string
+}
+
+// ColumnInfo is one column as information_schema describes it.
+type ColumnInfo struct {
+	Name, DataType, ColumnType string
+}
+
+// FullName is schema.table.
+func (t *Table) FullName() string { return t.Schema + "." + t.Name }
+
+// LoadTables reads the definition of every configured table and checks that it can be
+// mirrored: it exists, has a primary key, and has the configured columns and version
+// column. Every problem is reported at once.
+func LoadTables(ctx context.Context, db *sql.DB, cfgs []config.Table) ([]*Table, error) {
+	var tables []*Table
+	var problems []string
+	for i, tc := range cfgs {
+		t, err := loadTable(ctx, db, i, tc)
+		if err != nil {
+			if !errors.Is(err, ErrTable) {
+				return nil, err
+			}
+			problems = append(problems, err.Error())
+			continue
+		}
+		tables = append(tables, t)
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrTable, strings.Join(problems, "; "))
+	}
+	return tables, nil
+}
+
+var intTypes = map[string]bool{"tinyint": true, "smallint": true, "mediumint": true, "int": true, "bigint": true}
+
+func loadTable(ctx context.Context, db *sql.DB, idx int, tc config.Table) (*Table, error) {
+	t := &Table{Index: idx, Schema: tc.Schema, Name: tc.Table, KeyPrefix: tc.KeyPrefix, VersionColumn: tc.VersionColumn}
+	rows, err := db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS
+		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION`, tc.Schema, tc.Table)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", t.FullName(), err)
+	}
+	for rows.Next() {
+		var c ColumnInfo
+		if err := rows.Scan(&c.Name, &c.DataType, &c.ColumnType); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		c.DataType = strings.ToLower(c.DataType)
+		t.Columns = append(t.Columns, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(t.Columns) == 0 {
+		return nil, fmt.Errorf("%w: tables[%d] %s does not exist or the user cannot see it (fix: create the table, correct schema/table in the config, or GRANT SELECT on it)", ErrTable, idx, t.FullName())
+	}
+	rows, err = db.QueryContext(ctx, `SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE
+		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION`, tc.Schema, tc.Table)
+	if err != nil {
+		return nil, fmt.Errorf("read primary key of %s: %w", t.FullName(), err)
+	}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		t.PK = append(t.PK, name)
+	}
+	rows.Close()
+	if len(t.PK) == 0 {
+		return nil, fmt.Errorf("%w: tables[%d] %s has no primary key (fix: add one, e.g. ALTER TABLE %s ADD PRIMARY KEY (...); invsync keys Redis by the primary key)", ErrTable, idx, t.FullName(), t.FullName())
+	}
+	byName := map[string]ColumnInfo{}
+	for _, c := range t.Columns {
+		byName[strings.ToLower(c.Name)] = c
+	}
+	if len(tc.Columns) > 0 {
+		t.mirror = map[string]bool{}
+		for _, c := range tc.Columns {
+			if _, ok := byName[strings.ToLower(c)]; !ok {
+				return nil, fmt.Errorf("%w: tables[%d] %s has no column %q listed in columns (fix: correct the columns list)", ErrTable, idx, t.FullName(), c)
+			}
+			t.mirror[strings.ToLower(c)] = true
+		}
+		for _, c := range t.PK {
+			t.mirror[strings.ToLower(c)] = true
+		}
+	}
+	if tc.VersionColumn != "" {
+		c, ok := byName[strings.ToLower(tc.VersionColumn)]
+		if !ok {
+			return nil, fmt.Errorf("%w: tables[%d] %s has no version_column %q (fix: correct version_column, or leave it empty to derive _v from the binlog position)", ErrTable, idx, t.FullName(), tc.VersionColumn)
+		}
+		if !intTypes[c.DataType] {
+			return nil, fmt.Errorf("%w: tables[%d] %s version_column %q is %s, not an integer type", ErrTable, idx, t.FullName(), tc.VersionColumn, c.ColumnType)
+		}
+	}
+	return t, nil
+}
+
+func (t *Table) mirrored(name string) bool {
+	return t.mirror == nil || t.mirror[strings.ToLower(name)]
+}
+
+func (t *Table) info(name string) (ColumnInfo, bool) {
+	for _, c := range t.Columns {
+		if strings.EqualFold(c.Name, name) {
+			return c, true
+		}
+	}
+	return ColumnInfo{}, false
+}
+
+// decoder renders the rows of one table map.
+type decoder struct {
+	types   []byte
+	names   []string
+	cols    []column
+	pkIdx   []int // event column index of each primary key part
+	version int   // event column index of the version column, or -1
+}
+
+var valuesRe = regexp.MustCompile(`'((?:[^']|'')*)'`)
+
+func parseValues(columnType string) []string {
+	var out []string
+	for _, m := range valuesRe.FindAllStringSubmatch(columnType, -1) {
+		out = append(out, strings.ReplaceAll(m[1], "''", "'"))
+	}
+	return out
+}
+
+// newDecoder maps the columns of a table map event to names and renderings. With
+// binlog_row_metadata=FULL the event names its columns (so rows are decoded with the
+// definition they were written with); otherwise the columns are taken to be those of
+// information_schema, in order.
+func newDecoder(t *Table, tm *replication.TableMapEvent) (*decoder, error) {
+	d := &decoder{types: append([]byte(nil), tm.ColumnType...), version: -1}
+	n := int(tm.ColumnCount)
+	names := tm.ColumnNameString()
+	if len(names) != n {
+		if len(t.Columns) != n {
+			return nil, fmt.Errorf("%w: %s has %d columns in the binlog but %d now, and the binlog does not name them (fix: set binlog_row_metadata=FULL on the server)", ErrTable, t.FullName(), n, len(t.Columns))
+		}
+		names = make([]string, n)
+		for i, c := range t.Columns {
+			names[i] = c.Name
+		}
+	}
+	d.names = names
+	unsigned := tm.UnsignedMap()
+	enums, sets := tm.EnumStrValueMap(), tm.SetStrValueMap()
+	collations := tm.CollationMap()
+	d.cols = make([]column, n)
+	for i := 0; i < n; i++ {
+		info, known := t.info(names[i])
+		c := column{name: names[i], mirror: t.mirrored(names[i]), pk: -1}
+		if unsigned != nil {
+			c.unsigned = unsigned[i]
+		} else if known {
+			c.unsigned = strings.Contains(strings.ToLower(info.ColumnType), "unsigned")
+		}
+		typ := tm.ColumnType[i]
+		meta := tm.ColumnMeta[i]
+		switch typ {
+		case mysql.MYSQL_TYPE_TINY, mysql.MYSQL_TYPE_SHORT, mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_LONGLONG:
+			c.kind = kindInt
+		case mysql.MYSQL_TYPE_INT24:
+			c.kind = kindInt24
+		case mysql.MYSQL_TYPE_YEAR:
+			c.kind = kindYear
+		case mysql.MYSQL_TYPE_FLOAT:
+			c.kind = kindFloat
+		case mysql.MYSQL_TYPE_DOUBLE:
+			c.kind = kindDouble
+		case mysql.MYSQL_TYPE_BIT:
+			c.kind = kindBit
+			c.size = (int((meta>>8)*8+(meta&0xFF)) + 7) / 8
+		case mysql.MYSQL_TYPE_ENUM, mysql.MYSQL_TYPE_SET, mysql.MYSQL_TYPE_STRING:
+			switch {
+			case tm.IsEnumColumn(i) || (known && info.DataType == "enum"):
+				c.kind = kindEnum
+			case tm.IsSetColumn(i) || (known && info.DataType == "set"):
+				c.kind = kindSet
+			default:
+				c.kind = kindText
+				isBinary := false
+				if collations != nil {
+					coll, ok := collations[i]
+					isBinary = ok && coll == 63
+				} else if known {
+					isBinary = info.DataType == "binary"
+				}
+				if isBinary {
+					c.kind = kindBinary
+					c.size = stringLength(meta)
+				}
+			}
+			if c.kind == kindEnum {
+				c.values = enums[i]
+				if c.values == nil && known {
+					c.values = parseValues(info.ColumnType)
+				}
+			}
+			if c.kind == kindSet {
+				c.values = sets[i]
+				if c.values == nil && known {
+					c.values = parseValues(info.ColumnType)
+				}
+			}
+		default:
+			c.kind = kindText
+		}
+		for p, name := range t.PK {
+			if strings.EqualFold(name, names[i]) {
+				c.pk = p
+			}
+		}
+		if t.VersionColumn != "" && strings.EqualFold(t.VersionColumn, names[i]) {
+			c.version = true
+			d.version = i
+			if c.kind != kindInt && c.kind != kindInt24 {
+				return nil, fmt.Errorf("%w: %s version column %s is not an integer in the binlog", ErrTable, t.FullName(), names[i])
+			}
+		}
+		d.cols[i] = c
+	}
+	d.pkIdx = make([]int, len(t.PK))
+	for p, name := range t.PK {
+		d.pkIdx[p] = -1
+		for i, c := range d.cols {
+			if strings.EqualFold(c.name, name) {
+				d.pkIdx[p] = i
+			}
+		}
+		if d.pkIdx[p] < 0 {
+			return nil, fmt.Errorf("%w: %s primary key column %s is missing from the binlog row (fix: keep binlog_row_image=FULL)", ErrTable, t.FullName(), name)
+		}
+	}
+	if t.VersionColumn != "" && d.version < 0 {
+		return nil, fmt.Errorf("%w: %s version column %s is missing from the binlog row", ErrTable, t.FullName(), t.VersionColumn)
+	}
+	return d, nil
+}
+
+// stringLength is the declared byte length of a CHAR/BINARY column from its table map
+// metadata (the real type and length are packed together).
+func stringLength(meta uint16) int {
+	b0, b1 := meta>>8, meta&0xFF
+	if b0&0x30 != 0x30 {
+		return int(b1 | ((b0 & 0x30) ^ 0x30) << 4)
+	}
+	return int(b1)
+}
+
+// matches reports whether the decoder was built for an identical table map.
+func (d *decoder) matches(tm *replication.TableMapEvent) bool {
+	if len(d.types) != len(tm.ColumnType) || string(d.types) != string(tm.ColumnType) {
+		return false
+	}
+	names := tm.ColumnNameString()
+	if names == nil {
+		return true
+	}
+	for i, n := range names {
+		if d.names[i] != n {
+			return false
+		}
+	}
+	return true
+}
+
+// fileIndex is the number at the end of a binlog file name (mysql-bin.000042 -> 42).
+func fileIndex(name string) (uint32, error) {
+	dot := strings.LastIndexByte(name, '.')
+	n, err := strconv.ParseUint(name[dot+1:], 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("binlog file name %q does not end in a number", name)
+	}
+	return uint32(n), nil
+}

@@ -1,0 +1,424 @@
+// Package canal follows the binlog of the source as a replica and turns the row events
+// of the configured tables into row changes for the sink, each carrying its binlog
+// sequence, and a commit mark with the position after each transaction.
+//
+// It reads the binlog with go-mysql's replication.BinlogSyncer, the reader that
+// go-mysql's canal package is built on, and not with canal.Canal itself, because canal
+// drops row events of tables it cannot describe without a word, decodes rows with the
+// table's current definition instead of the one they were written with, and reports a
+// position on Close that the sink may not have written (docs/design-notes.md).
+//
+// Guarantees: rows are handed over in binlog order; Commit is called after the last row
+// of its transaction with the position after its commit; a row of a configured table is
+// never skipped: a row that cannot be decoded stops the stream with an error naming the
+// table, the column and the position.
+package canal
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/layout"
+	"go.uber.org/zap"
+)
+
+// Position is a point in the binlog: file and offset, and the GTID set executed up to
+// it when the server has GTIDs.
+type Position struct {
+	File string
+	Pos  uint32
+	GTID string
+}
+
+// IsZero reports whether p is unset.
+func (p Position) IsZero() bool { return p.File == "" && p.GTID == "" }
+
+// String is file:pos, plus the GTID set when known.
+func (p Position) String() string {
+	s := p.File + ":" + strconv.FormatUint(uint64(p.Pos), 10)
+	if p.GTID != "" {
+		s += " gtid " + p.GTID
+	}
+	return s
+}
+
+// Fields returns the position as log fields.
+func (p Position) Fields() []zap.Field {
+	return []zap.Field{zap.String("binlog_file", p.File), zap.Uint32("binlog_pos", p.Pos), zap.String("gtid", p.GTID)}
+}
+
+// Row is one row change of a configured table.
+type Row struct {
+	// Txn is the transaction's number in this stream (increasing from 1).
+	Txn uint64
+	// Table is the index of the table in the config.
+	Table int
+	// Change is what to write to Redis.
+	Change layout.Change
+}
+
+// Commit marks the end of transaction Txn.
+type Commit struct {
+	Txn uint64
+	// Rows is the number of Row calls made for the transaction.
+	Rows int
+	// Pos is the position after the commit.
+	Pos Position
+	// Time is the commit timestamp from the binlog.
+	Time time.Time
+}
+
+// Handler receives the stream. Calls come from one goroutine, in binlog order; a
+// handler may block (that is the backpressure that pauses reading).
+type Handler interface {
+	Row(ctx context.Context, r Row) error
+	Commit(ctx context.Context, c Commit) error
+	// Heartbeat is called when the server reports that it has nothing more to send.
+	Heartbeat(ctx context.Context) error
+}
+
+// Errors the stream returns, for callers that choose between retrying and stopping.
+var (
+	// ErrPermanent is wrapped by errors that a retry cannot fix (bad credentials, a
+	// purged position, a row that cannot be decoded).
+	ErrPermanent = errors.New("permanent")
+	// ErrPositionLost is wrapped when the server no longer has the binlog at the position.
+	ErrPositionLost = errors.New("binlog position no longer on the server")
+)
+
+// Source streams the binlog.
+type Source struct {
+	cfg    config.Source
+	tls    *tls.Config
+	tables map[string]*Table // by schema.table
+	tz     *time.Location
+	log    *zap.Logger
+
+	decoders map[uint64]*decoder
+	file     string
+	fileIdx  uint32
+	txn      uint64
+	txnRows  int
+}
+
+// NewSource returns a source for the given tables (from LoadTables).
+func NewSource(cfg config.Source, tables []*Table, log *zap.Logger) (*Source, error) {
+	tz, err := config.ParseTimeZone(cfg.TimeZone)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source{cfg: cfg, tables: map[string]*Table{}, tz: tz, log: log, decoders: map[uint64]*decoder{}}
+	for _, t := range tables {
+		s.tables[t.FullName()] = t
+	}
+	return s, nil
+}
+
+// Run streams from start until ctx ends or an error occurs. It returns ctx.Err() on
+// cancellation. start must be set (a file:pos, or a GTID set).
+func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
+	host, portStr, err := net.SplitHostPort(s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("%w: source.addr: %v", ErrPermanent, err)
+	}
+	port, _ := strconv.Atoi(portStr)
+	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID:                s.cfg.ServerID,
+		Flavor:                  s.cfg.Flavor,
+		Host:                    host,
+		Port:                    uint16(port),
+		User:                    s.cfg.User,
+		Password:                s.cfg.Password,
+		Charset:                 "utf8mb4",
+		HeartbeatPeriod:         s.cfg.HeartbeatPeriod,
+		ReadTimeout:             s.cfg.ReadTimeout,
+		TimestampStringLocation: s.tz,
+		UseDecimal:              false,
+		ParseTime:               false,
+		DisableRetrySync:        true,
+		EventCacheCount:         1024,
+		TLSConfig:               s.tls,
+		Logger:                  slogDiscard(),
+		RowsEventDecodeFunc: func(ev *replication.RowsEvent, data []byte) error {
+			pos, err := ev.DecodeHeader(data)
+			if err != nil {
+				return err
+			}
+			if _, ok := s.tables[string(ev.Table.Schema)+"."+string(ev.Table.Table)]; !ok {
+				return nil
+			}
+			return ev.DecodeData(pos, data)
+		},
+	})
+	defer syncer.Close()
+
+	var streamer *replication.BinlogStreamer
+	if start.GTID != "" {
+		gset, perr := mysql.ParseGTIDSet(s.cfg.Flavor, start.GTID)
+		if perr != nil {
+			return fmt.Errorf("%w: checkpoint GTID set %q: %v", ErrPermanent, start.GTID, perr)
+		}
+		streamer, err = syncer.StartSyncGTID(gset)
+	} else {
+		streamer, err = syncer.StartSync(mysql.Position{Name: start.File, Pos: start.Pos})
+	}
+	if err != nil {
+		return classify(err, start)
+	}
+	s.file = start.File
+	if s.file != "" {
+		if s.fileIdx, err = fileIndex(s.file); err != nil {
+			return fmt.Errorf("%w: %v", ErrPermanent, err)
+		}
+	}
+	s.txnRows = 0
+	s.txn++
+	gtid := start.GTID
+	for {
+		ev, err := streamer.GetEvent(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return classify(err, Position{File: s.file, GTID: gtid})
+		}
+		switch e := ev.Event.(type) {
+		case *replication.RotateEvent:
+			s.file = string(e.NextLogName)
+			if s.fileIdx, err = fileIndex(s.file); err != nil {
+				return fmt.Errorf("%w: %v", ErrPermanent, err)
+			}
+		case *replication.RowsEvent:
+			if err := s.rows(ctx, ev.Header, e, h); err != nil {
+				return err
+			}
+		case *replication.XIDEvent:
+			if e.GSet != nil {
+				gtid = e.GSet.String()
+			}
+			if err := s.commit(ctx, ev.Header, gtid, h); err != nil {
+				return err
+			}
+		case *replication.QueryEvent:
+			q := strings.TrimSpace(string(e.Query))
+			if strings.EqualFold(q, "BEGIN") {
+				continue
+			}
+			if e.GSet != nil {
+				gtid = e.GSet.String()
+			}
+			if !strings.EqualFold(q, "COMMIT") {
+				s.ddl(ctx, string(e.Schema), q)
+			}
+			if err := s.commit(ctx, ev.Header, gtid, h); err != nil {
+				return err
+			}
+		default:
+			switch ev.Header.EventType {
+			case replication.HEARTBEAT_EVENT, replication.HEARTBEAT_LOG_EVENT_V2:
+				if err := h.Heartbeat(ctx); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func (s *Source) commit(ctx context.Context, hdr *replication.EventHeader, gtid string, h Handler) error {
+	c := Commit{Txn: s.txn, Rows: s.txnRows, Pos: Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}, Time: time.Unix(int64(hdr.Timestamp), 0)}
+	s.txn++
+	s.txnRows = 0
+	return h.Commit(ctx, c)
+}
+
+// ddl forgets cached decoders after a statement that may change a mirrored table, so
+// that the next table map builds them again. With binlog_row_metadata=FULL the binlog
+// itself names the columns; without it, information_schema is read again.
+func (s *Source) ddl(ctx context.Context, schema, q string) {
+	lq := strings.ToLower(q)
+	for name, t := range s.tables {
+		if strings.Contains(lq, strings.ToLower(t.Name)) {
+			s.log.Info("DDL on a mirrored table", zap.String("table", name), zap.String("query", truncate(q, 200)))
+			s.decoders = map[uint64]*decoder{}
+		}
+	}
+	_ = schema
+	_ = ctx
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *replication.RowsEvent, h Handler) error {
+	t, ok := s.tables[string(e.Table.Schema)+"."+string(e.Table.Table)]
+	if !ok {
+		return nil
+	}
+	d := s.decoders[e.TableID]
+	if d == nil || !d.matches(e.Table) {
+		var err error
+		if d, err = newDecoder(t, e.Table); err != nil {
+			return fmt.Errorf("%w: %v at %s:%d", ErrPermanent, err, s.file, hdr.LogPos)
+		}
+		s.decoders[e.TableID] = d
+	}
+	var op string
+	switch hdr.EventType {
+	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2, replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:
+		op = "insert"
+	case replication.UPDATE_ROWS_EVENTv0, replication.UPDATE_ROWS_EVENTv1, replication.UPDATE_ROWS_EVENTv2, replication.MARIADB_UPDATE_ROWS_COMPRESSED_EVENT_V1:
+		op = "update"
+	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2, replication.MARIADB_DELETE_ROWS_COMPRESSED_EVENT_V1:
+		op = "delete"
+	default:
+		return fmt.Errorf("%w: unsupported rows event %s at %s:%d", ErrPermanent, hdr.EventType, s.file, hdr.LogPos)
+	}
+	fail := func(err error) error {
+		return fmt.Errorf("%w: %s row at %s:%d: %v", ErrPermanent, t.FullName(), s.file, hdr.LogPos, err)
+	}
+	emit := func(c layout.Change) error {
+		s.txnRows++
+		return h.Row(ctx, Row{Txn: s.txn, Table: t.Index, Change: c})
+	}
+	seq := layout.Seq{File: s.fileIdx, Pos: hdr.LogPos}
+	switch op {
+	case "insert", "delete":
+		for i, row := range e.Rows {
+			seq.Index = uint32(i)
+			c, err := d.change(t, row, seq, op == "delete")
+			if err != nil {
+				return fail(err)
+			}
+			if err := emit(c); err != nil {
+				return err
+			}
+		}
+	case "update":
+		if len(e.Rows)%2 != 0 {
+			return fail(errors.New("update event with an odd number of row images"))
+		}
+		for i := 0; i+1 < len(e.Rows); i += 2 {
+			before, after := e.Rows[i], e.Rows[i+1]
+			seq.Index = uint32(i)
+			oldKey, err := d.key(t, before)
+			if err != nil {
+				return fail(err)
+			}
+			seq.Index = uint32(i + 1)
+			c, err := d.change(t, after, seq, false)
+			if err != nil {
+				return fail(err)
+			}
+			if oldKey != c.Key {
+				// The primary key changed: the old key is deleted first.
+				seq.Index = uint32(i)
+				dc, err := d.change(t, before, seq, true)
+				if err != nil {
+					return fail(err)
+				}
+				if err := emit(dc); err != nil {
+					return err
+				}
+			}
+			if err := emit(c); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (d *decoder) key(t *Table, row []any) (string, error) {
+	var parts [4]string
+	pk := parts[:0]
+	for _, i := range d.pkIdx {
+		if i >= len(row) {
+			return "", fmt.Errorf("primary key column %d missing from row", i)
+		}
+		v, ok, err := d.cols[i].render(row[i])
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return "", fmt.Errorf("primary key column %s is NULL", d.cols[i].name)
+		}
+		pk = append(pk, v)
+	}
+	return layout.Key(t.KeyPrefix, pk), nil
+}
+
+func (d *decoder) change(t *Table, row []any, seq layout.Seq, del bool) (layout.Change, error) {
+	key, err := d.key(t, row)
+	if err != nil {
+		return layout.Change{}, err
+	}
+	c := layout.Change{Key: key, Op: layout.OpUpsert, Seq: seq}
+	if del {
+		c.Op = layout.OpDelete
+	}
+	if d.version >= 0 {
+		v, ok, err := d.cols[d.version].render(row[d.version])
+		if err != nil {
+			return c, err
+		}
+		if !ok {
+			v = "0"
+		}
+		if strings.HasPrefix(v, "-") {
+			return c, fmt.Errorf("version column %s is negative (%s); versions must be non-negative", d.cols[d.version].name, v)
+		}
+		c.Version = v
+	} else {
+		c.Version = strconv.FormatUint(layout.PositionVersion(seq), 10)
+	}
+	if del {
+		return c, nil
+	}
+	c.Fields = make([]layout.Field, 0, len(d.cols))
+	for i := range d.cols {
+		col := &d.cols[i]
+		if !col.mirror || i >= len(row) {
+			continue
+		}
+		v, ok, err := col.render(row[i])
+		if err != nil {
+			return c, err
+		}
+		if ok {
+			c.Fields = append(c.Fields, layout.Field{Name: col.name, Value: v})
+		}
+	}
+	return c, nil
+}
+
+// classify wraps a stream error as permanent when retrying cannot help, with the fix.
+func classify(err error, at Position) error {
+	var me *mysql.MyError
+	if errors.As(err, &me) {
+		switch me.Code {
+		case mysql.ER_ACCESS_DENIED_ERROR, mysql.ER_DBACCESS_DENIED_ERROR:
+			return fmt.Errorf("%w: source refused the login: %s (fix: check source.user and source.password; the password is never logged)", ErrPermanent, redactMsg(me.Message))
+		case mysql.ER_SPECIFIC_ACCESS_DENIED_ERROR:
+			return fmt.Errorf("%w: %s (fix: GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* to the invsync user; see README)", ErrPermanent, me.Message)
+		case mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG:
+			return fmt.Errorf("%w: %w: reading from %s: %s (fix: the server purged it; start from a fresh snapshot, see README)", ErrPermanent, ErrPositionLost, at, me.Message)
+		}
+	}
+	return fmt.Errorf("binlog stream at %s: %w", at, err)
+}
+
+// redactMsg keeps the server's message, which names the user but never the password.
+func redactMsg(s string) string { return s }

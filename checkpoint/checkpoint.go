@@ -1,0 +1,64 @@
+// Package checkpoint stores the position up to which every change is in Redis, in a
+// table of the state schema. The sink's watermark decides the position; this package
+// only persists it (one row, replaced on every write).
+package checkpoint
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/invsync/invsync/canal"
+)
+
+// Store reads and writes the checkpoint.
+type Store struct {
+	db     *sql.DB
+	schema string
+	name   string
+}
+
+// Open creates the state schema and the checkpoint table when missing. name identifies
+// the pipeline (one row per name).
+func Open(ctx context.Context, db *sql.DB, schema, name string) (*Store, error) {
+	stmts := []string{
+		"CREATE DATABASE IF NOT EXISTS `" + schema + "`",
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.checkpoint (" +
+			"name VARCHAR(64) NOT NULL PRIMARY KEY," +
+			"binlog_file VARCHAR(255) NOT NULL," +
+			"binlog_pos BIGINT UNSIGNED NOT NULL," +
+			"gtid_set TEXT NOT NULL," +
+			"updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)" +
+			") ENGINE=InnoDB",
+	}
+	for _, q := range stmts {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return nil, fmt.Errorf("create state schema %s: %w (fix: GRANT ALL ON `%s`.* to the invsync user, or set state.schema)", schema, err, schema)
+		}
+	}
+	return &Store{db: db, schema: schema, name: name}, nil
+}
+
+// Load returns the stored position; ok is false when there is none yet.
+func (s *Store) Load(ctx context.Context) (pos canal.Position, ok bool, err error) {
+	err = s.db.QueryRowContext(ctx, "SELECT binlog_file, binlog_pos, gtid_set FROM `"+s.schema+"`.checkpoint WHERE name = ?", s.name).
+		Scan(&pos.File, &pos.Pos, &pos.GTID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return canal.Position{}, false, nil
+	}
+	if err != nil {
+		return canal.Position{}, false, fmt.Errorf("read checkpoint: %w", err)
+	}
+	return pos, true, nil
+}
+
+// Save replaces the stored position.
+func (s *Store) Save(ctx context.Context, pos canal.Position) error {
+	_, err := s.db.ExecContext(ctx, "REPLACE INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set) VALUES (?, ?, ?, ?)",
+		s.name, pos.File, pos.Pos, pos.GTID)
+	if err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+// Command invsync keeps Redis consistent with inventory tables of a MySQL or MariaDB
+// primary. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/daemon"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+const usage = `usage: invsync <command> -c FILE
+
+commands:
+  run            follow the binlog and keep Redis in step (the daemon)
+  check-config   validate the config file, then the source, the tables and Redis
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd := args[0]
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", "invsync.yaml", "config file")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	switch cmd {
+	case "run", "check-config":
+	default:
+		fmt.Fprintf(stderr, "invsync: unknown command %q\n%s", cmd, usage)
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "invsync: %v\n", err)
+		return 2
+	}
+	switch cmd {
+	case "check-config":
+		return checkConfig(cfg, stdout)
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		fmt.Fprintf(stderr, "invsync: %v\n", err)
+		return 2
+	}
+	defer func() { _ = log.Sync() }()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log.Info("starting", zap.String("source", cfg.Source.Addr), zap.Strings("redis", cfg.Redis.Addrs), zap.Int("tables", len(cfg.Tables)))
+	if err := daemon.New(cfg, log).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("fatal", zap.Error(err))
+		fmt.Fprintf(stderr, "invsync: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(c config.Log) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, err
+	}
+	zc := zap.NewProductionConfig()
+	if c.Format == "console" {
+		zc = zap.NewDevelopmentConfig()
+	}
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	zc.Sampling = nil
+	zc.DisableStacktrace = true
+	return zc.Build()
+}
+
+func checkConfig(cfg *config.Config, out io.Writer) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fmt.Fprintln(out, "config: OK")
+	failed := false
+	db, err := daemon.OpenSourceDB(cfg.Source)
+	if err != nil {
+		fmt.Fprintf(out, "source: FAIL: %v\n", err)
+		return 1
+	}
+	defer db.Close()
+	_, problems := daemon.CheckSource(ctx, db, cfg)
+	for _, p := range problems {
+		if p.Warning {
+			fmt.Fprintf(out, "%s: WARN: %v\n", p.Check, p.Err)
+		} else {
+			failed = true
+			fmt.Fprintf(out, "%s: FAIL: %v\n", p.Check, p.Err)
+		}
+	}
+	if !failed {
+		fmt.Fprintf(out, "source %s: OK (binlog on, ROW, FULL row image; %d table(s) found with primary keys)\n", cfg.Source.Addr, len(cfg.Tables))
+	}
+	rdb := daemon.NewRedis(cfg.Redis)
+	defer rdb.Close()
+	if err := daemon.CheckRedis(ctx, rdb, cfg.Redis); err != nil {
+		failed = true
+		fmt.Fprintf(out, "redis: FAIL: %v\n", err)
+	} else {
+		fmt.Fprintln(out, "redis: OK")
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}

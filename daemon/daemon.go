@@ -1,0 +1,375 @@
+// Package daemon wires the pipeline stages together for `invsync run`: it checks the
+// source and Redis (waiting with backoff while they are unreachable), resumes from the
+// checkpoint, streams the binlog into the sink, checkpoints the watermark, serves
+// /metrics, /healthz and /readyz, and on SIGINT/SIGTERM stops reading, drains the
+// workers and writes the final checkpoint.
+package daemon
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/checkpoint"
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/metrics"
+	"github.com/invsync/invsync/sink"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// drainTimeout bounds how long shutdown waits for the workers to write what is queued.
+const drainTimeout = 30 * time.Second
+
+// idleCheckpointInterval is how often a checkpoint is written when the only progress is
+// transactions that touched no mirrored table.
+const idleCheckpointInterval = time.Minute
+
+// Daemon is one running instance.
+type Daemon struct {
+	cfg *config.Config
+	log *zap.Logger
+	reg *prometheus.Registry
+	m   *metrics.Metrics
+
+	ready     atomic.Bool
+	lastEvent atomic.Int64 // unix nanos of the last commit or heartbeat
+	lastSave  atomic.Int64 // unix nanos of the last checkpoint write
+	wm        atomic.Pointer[sink.Watermark]
+	sk        atomic.Pointer[sink.Sink]
+	listener  net.Listener
+}
+
+// New prepares a daemon; Run starts it.
+func New(cfg *config.Config, log *zap.Logger) *Daemon {
+	d := &Daemon{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.m = metrics.New(d.reg)
+	d.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "invsync_replication_lag_seconds",
+			Help: "Seconds between a change's commit on the source and now, for the oldest change not yet in Redis; 0 when caught up."}, d.lag),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "invsync_queue_depth", Help: "Rows waiting in the sink workers' queues."}, func() float64 {
+			if s := d.sk.Load(); s != nil {
+				return float64(s.QueueDepth())
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "invsync_checkpoint_age_seconds", Help: "Seconds since the checkpoint was last written."}, func() float64 {
+			if t := d.lastSave.Load(); t != 0 {
+				return time.Since(time.Unix(0, t)).Seconds()
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "invsync_ready", Help: "1 while the binlog stream runs."}, func() float64 {
+			if d.ready.Load() {
+				return 1
+			}
+			return 0
+		}),
+	)
+	return d
+}
+
+// Registry is the daemon's metrics registry.
+func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
+
+// Addr is the address the HTTP endpoint listens on (after Run started it).
+func (d *Daemon) Addr() string {
+	if d.listener == nil {
+		return ""
+	}
+	return d.listener.Addr().String()
+}
+
+func (d *Daemon) lag() float64 {
+	now := time.Now()
+	if wm := d.wm.Load(); wm != nil {
+		if n, oldest := wm.InFlight(); n > 0 && !oldest.IsZero() {
+			return max(0, now.Sub(oldest).Seconds())
+		}
+	}
+	// Nothing in flight: caught up, unless the source has gone quiet for longer than
+	// its heartbeat promises.
+	if t := d.lastEvent.Load(); t != 0 {
+		silent := now.Sub(time.Unix(0, t)) - 2*d.cfg.Source.HeartbeatPeriod
+		if silent > 0 {
+			return silent.Seconds()
+		}
+	}
+	return 0
+}
+
+// Run runs until ctx ends (clean shutdown, nil) or a permanent error.
+func (d *Daemon) Run(ctx context.Context) error {
+	if d.cfg.HTTP.Listen != "" {
+		ln, err := net.Listen("tcp", d.cfg.HTTP.Listen)
+		if err != nil {
+			return fmt.Errorf("http.listen %s: %w (fix: choose a free port)", d.cfg.HTTP.Listen, err)
+		}
+		d.listener = ln
+		srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+	}
+
+	db, err := OpenSourceDB(d.cfg.Source)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	stateDB, err := OpenStateDB(d.cfg, db)
+	if err != nil {
+		return err
+	}
+	if stateDB != db {
+		defer stateDB.Close()
+	}
+	rdb := NewRedis(d.cfg.Redis)
+	defer rdb.Close()
+
+	tables, err := d.waitReady(ctx, db, rdb)
+	if err != nil {
+		return err
+	}
+	writer := layout.NewWriter(rdb, d.cfg.Bloom.TombstoneTTL, d.cfg.Redis.Mode == "cluster")
+	var store *checkpoint.Store
+	if err := d.retry(ctx, "open the state schema", func() error {
+		var err error
+		store, err = checkpoint.Open(ctx, stateDB, d.cfg.State.Schema, "default")
+		return err
+	}); err != nil {
+		return err
+	}
+	var pos canal.Position
+	var found bool
+	if err := d.retry(ctx, "read the checkpoint", func() error {
+		var err error
+		pos, found, err = store.Load(ctx)
+		return err
+	}); err != nil {
+		return err
+	}
+	if found {
+		d.log.Info("resuming from the checkpoint", pos.Fields()...)
+	} else {
+		if err := d.retry(ctx, "read the current binlog position", func() error {
+			var err error
+			pos, err = CurrentPosition(ctx, db, d.cfg.Source.Flavor)
+			return err
+		}); err != nil {
+			return err
+		}
+		d.log.Warn("no checkpoint yet: starting from the current binlog position; rows that exist already are not loaded (run `invsync snapshot` for that)", pos.Fields()...)
+		if err := store.Save(ctx, pos); err != nil {
+			return err
+		}
+	}
+	names := make([]string, len(d.cfg.Tables))
+	for i, t := range d.cfg.Tables {
+		names[i] = t.TableName()
+	}
+
+	backoff := time.Second
+	for {
+		started := time.Now()
+		next, err := d.session(ctx, pos, tables, names, writer, store)
+		pos = next
+		if ctx.Err() != nil {
+			d.log.Info("stopped cleanly", pos.Fields()...)
+			return nil
+		}
+		if errors.Is(err, canal.ErrPermanent) {
+			return err
+		}
+		d.m.StreamRestarts.Inc()
+		if time.Since(started) > time.Minute {
+			backoff = time.Second
+		}
+		d.log.Warn("binlog stream ended; reconnecting", append(pos.Fields(), zap.Error(err), zap.Duration("backoff", backoff))...)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// waitReady checks the source and Redis, waiting with backoff while either is
+// unreachable; a permanent problem (bad credentials, wrong binlog settings, a missing
+// table) is returned at once.
+func (d *Daemon) waitReady(ctx context.Context, db *sql.DB, rdb redis.UniversalClient) ([]*canal.Table, error) {
+	var tables []*canal.Table
+	err := d.retry(ctx, "check the source", func() error {
+		t, problems := CheckSource(ctx, db, d.cfg)
+		for _, p := range problems {
+			if p.Warning {
+				d.log.Warn("source check", zap.String("check", p.Check), zap.Error(p.Err))
+				continue
+			}
+			return p.Err
+		}
+		tables = t
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = d.retry(ctx, "reach Redis", func() error { return CheckRedis(ctx, rdb, d.cfg.Redis) })
+	return tables, err
+}
+
+// retry runs f until it succeeds, ctx ends, or it returns a permanent error, waiting
+// with exponential backoff (1s to 30s) and logging each failure.
+func (d *Daemon) retry(ctx context.Context, what string, f func() error) error {
+	backoff := time.Second
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, canal.ErrPermanent) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d.log.Warn("cannot "+what+"; retrying", zap.Error(err), zap.Duration("backoff", backoff))
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// session streams from start until the stream ends, then drains the workers and writes
+// the final checkpoint; it returns the position reached.
+func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*canal.Table, names []string, w sink.Writer, store *checkpoint.Store) (canal.Position, error) {
+	wm := sink.NewWatermark(start, time.Now)
+	beat := func() {
+		d.lastEvent.Store(time.Now().UnixNano())
+		d.ready.Store(true)
+	}
+	sk := sink.New(d.cfg.Sink, names, w, wm, d.m, d.log.Named("sink"), beat)
+	d.wm.Store(wm)
+	d.sk.Store(sk)
+	defer d.ready.Store(false)
+
+	src, err := canal.NewSource(d.cfg.Source, tables, d.log.Named("canal"))
+	if err != nil {
+		return start, err
+	}
+	sinkCtx, stopSink := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSink()
+	sinkDone := make(chan error, 1)
+	go func() { sinkDone <- sk.Run(sinkCtx) }()
+
+	cpDone := make(chan struct{})
+	cpStop := make(chan struct{})
+	saved := start
+	var unsavedRows int64
+	lastWrite := time.Now()
+	save := func(sctx context.Context, final bool) {
+		pos, n, rows := wm.Advance()
+		if n > 0 {
+			d.m.CommittedTxns.Add(float64(n))
+		}
+		unsavedRows += rows
+		// A checkpoint write is itself a transaction in the binlog (when the state schema
+		// lives on the source). Progress made only of transactions without mirrored rows
+		// is saved at most every idleCheckpointInterval, so that the daemon does not feed
+		// itself one transaction per interval forever.
+		if pos == saved || (unsavedRows == 0 && !final && time.Since(lastWrite) < idleCheckpointInterval) {
+			d.lastSave.Store(time.Now().UnixNano())
+			return
+		}
+		if err := store.Save(sctx, pos); err != nil {
+			d.log.Warn("checkpoint not written; will retry", append(pos.Fields(), zap.Error(err))...)
+			return
+		}
+		saved, unsavedRows, lastWrite = pos, 0, time.Now()
+		d.lastSave.Store(time.Now().UnixNano())
+		d.m.CheckpointWrites.Inc()
+		d.log.Debug("checkpoint", pos.Fields()...)
+	}
+	go func() {
+		defer close(cpDone)
+		t := time.NewTicker(d.cfg.Checkpoint.Interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				save(ctx, false)
+			case <-cpStop:
+				return
+			}
+		}
+	}()
+
+	d.log.Info("streaming the binlog", start.Fields()...)
+	d.ready.Store(true)
+	d.lastEvent.Store(time.Now().UnixNano())
+	srcErr := src.Run(ctx, start, &readyHandler{Sink: sk, d: d})
+
+	// Stop reading, let the workers write what is queued, then checkpoint.
+	sk.Close()
+	select {
+	case <-sinkDone:
+	case <-time.After(drainTimeout):
+		d.log.Warn("workers did not drain in time; rows still queued will be read again from the checkpoint", zap.Duration("timeout", drainTimeout))
+		stopSink()
+		<-sinkDone
+	}
+	close(cpStop)
+	<-cpDone
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	save(fctx, true)
+	if errors.Is(srcErr, context.Canceled) && ctx.Err() != nil {
+		srcErr = nil
+	}
+	return saved, srcErr
+}
+
+// readyHandler notes progress for /readyz and the lag gauge.
+type readyHandler struct {
+	*sink.Sink
+	d *Daemon
+}
+
+func (h *readyHandler) Commit(ctx context.Context, c canal.Commit) error {
+	h.d.lastEvent.Store(time.Now().UnixNano())
+	return h.Sink.Commit(ctx, c)
+}
+
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if d.ready.Load() {
+			_, _ = w.Write([]byte("ready\n"))
+			return
+		}
+		http.Error(w, "not ready: the binlog stream is not running", http.StatusServiceUnavailable)
+	})
+	return mux
+}

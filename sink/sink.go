@@ -1,0 +1,274 @@
+// Package sink applies row changes to Redis. A router sends each row to worker
+// hash(key) % N, so every change of one key is applied by one worker, in binlog order.
+// A worker drains its queue, keeps only the newest change per key (coalescing), and
+// writes the batch with one pipeline of versioned script calls. A row is acknowledged to
+// the Watermark only after Redis applied it (or already held it): the checkpoint can
+// never pass a change that is not in Redis.
+//
+// When a write fails, the worker retries it with backoff and does not move on; the
+// queue fills and reading of the binlog pauses (backpressure) until Redis answers.
+package sink
+
+import (
+	"context"
+	"hash/maphash"
+	"math/rand/v2"
+	"time"
+
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Writer applies a batch of changes; layout.Writer is the implementation.
+type Writer interface {
+	Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error
+}
+
+type item struct {
+	change layout.Change
+	txn    *txnState
+	table  int
+}
+
+// Sink routes rows to workers and tracks their acknowledgement. It implements
+// canal.Handler.
+type Sink struct {
+	cfg     config.Sink
+	w       Writer
+	wm      *Watermark
+	log     *zap.Logger
+	queues  []chan item
+	seed    maphash.Seed
+	cur     *txnState
+	applied [][2]prometheus.Counter // by table, op-1
+	skipped [][2]prometheus.Counter
+	m       *metrics.Metrics
+	beat    func()
+}
+
+// New returns a sink for tables (names by config index) writing through w.
+// heartbeat is called when the source reports it is idle.
+func New(cfg config.Sink, tables []string, w Writer, wm *Watermark, m *metrics.Metrics, log *zap.Logger, heartbeat func()) *Sink {
+	s := &Sink{cfg: cfg, w: w, wm: wm, log: log, seed: maphash.MakeSeed(), m: m, beat: heartbeat}
+	s.queues = make([]chan item, cfg.Workers)
+	for i := range s.queues {
+		s.queues[i] = make(chan item, cfg.QueueSize)
+	}
+	for _, t := range tables {
+		s.applied = append(s.applied, [2]prometheus.Counter{m.RowsApplied.WithLabelValues(t, "upsert"), m.RowsApplied.WithLabelValues(t, "delete")})
+		s.skipped = append(s.skipped, [2]prometheus.Counter{m.RowsSkipped.WithLabelValues(t, "upsert"), m.RowsSkipped.WithLabelValues(t, "delete")})
+	}
+	return s
+}
+
+// Worker returns the worker index of a key.
+func (s *Sink) Worker(key string) int {
+	return int(maphash.String(s.seed, key) % uint64(len(s.queues)))
+}
+
+// Row routes one row change to its worker; it blocks while that worker's queue is full.
+func (s *Sink) Row(ctx context.Context, r canal.Row) error {
+	if s.cur == nil || s.cur.id != r.Txn {
+		s.cur = s.wm.open(r.Txn)
+	}
+	s.cur.pending.Add(1)
+	s.cur.rows++
+	select {
+	case s.queues[s.Worker(r.Change.Key)] <- item{change: r.Change, txn: s.cur, table: r.Table}:
+		return nil
+	case <-ctx.Done():
+		s.cur.pending.Add(-1)
+		return ctx.Err()
+	}
+}
+
+// Commit seals a transaction.
+func (s *Sink) Commit(_ context.Context, c canal.Commit) error {
+	s.wm.seal(c.Txn, c.Pos, c.Time)
+	s.cur = nil
+	return nil
+}
+
+// Heartbeat notes that the source is idle.
+func (s *Sink) Heartbeat(context.Context) error {
+	if s.beat != nil {
+		s.beat()
+	}
+	return nil
+}
+
+// QueueDepth is the number of rows waiting in the workers' queues.
+func (s *Sink) QueueDepth() int {
+	n := 0
+	for _, q := range s.queues {
+		n += len(q)
+	}
+	return n
+}
+
+// Close ends the input: workers finish what is queued, then Run returns.
+func (s *Sink) Close() {
+	for _, q := range s.queues {
+		close(q)
+	}
+}
+
+// Run runs the workers until Close was called and the queues are drained, or ctx ends
+// (then unwritten rows stay unacknowledged).
+func (s *Sink) Run(ctx context.Context) error {
+	errc := make(chan error, len(s.queues))
+	for i, q := range s.queues {
+		go func() { errc <- s.work(ctx, i, q) }()
+	}
+	var first error
+	for range s.queues {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (s *Sink) work(ctx context.Context, id int, q <-chan item) error {
+	log := s.log.With(zap.Int("worker", id))
+	batch := make([]item, 0, s.cfg.BatchSize)
+	changes := make([]layout.Change, 0, s.cfg.BatchSize)
+	owners := make([]int, 0, s.cfg.BatchSize) // index in batch of each change
+	out := make([]layout.Outcome, s.cfg.BatchSize)
+	latest := make(map[string]int, s.cfg.BatchSize)
+	var timer *time.Timer
+	for {
+		batch = batch[:0]
+		// Block for the first item, then take what is queued.
+		select {
+		case it, ok := <-q:
+			if !ok {
+				return nil
+			}
+			batch = append(batch, it)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		closed := false
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case it, ok := <-q:
+				if !ok {
+					closed = true
+					break fill
+				}
+				batch = append(batch, it)
+			default:
+				if s.cfg.FlushInterval <= 0 {
+					break fill
+				}
+				if timer == nil {
+					timer = time.NewTimer(s.cfg.FlushInterval)
+				} else {
+					timer.Reset(s.cfg.FlushInterval)
+				}
+				select {
+				case it, ok := <-q:
+					timer.Stop()
+					if !ok {
+						closed = true
+						break fill
+					}
+					batch = append(batch, it)
+				case <-timer.C:
+					break fill
+				case <-ctx.Done():
+					timer.Stop()
+					return ctx.Err()
+				}
+			}
+		}
+		// Coalesce: keep the newest change per key (the last one queued).
+		clear(latest)
+		changes, owners = changes[:0], owners[:0]
+		for i := range batch {
+			k := batch[i].change.Key
+			if j, ok := latest[k]; ok {
+				changes[j] = batch[i].change
+				owners[j] = i
+				continue
+			}
+			latest[k] = len(changes)
+			changes = append(changes, batch[i].change)
+			owners = append(owners, i)
+		}
+		if err := s.write(ctx, log, changes, owners, batch, out[:len(changes)]); err != nil {
+			return err
+		}
+		for i := range batch {
+			batch[i].txn.pending.Add(-1)
+			batch[i] = item{}
+		}
+		if closed {
+			return nil
+		}
+	}
+}
+
+// write applies changes, retrying failures with backoff until every change is applied
+// or skipped. It returns only when that is done or ctx ends.
+func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Change, owners []int, batch []item, out []layout.Outcome) error {
+	backoff := 50 * time.Millisecond
+	const maxBackoff = 5 * time.Second
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		err := s.w.Apply(ctx, changes, out)
+		s.m.ApplyLatency.Observe(time.Since(start).Seconds())
+		var failed []int
+		for i, o := range out {
+			it := &batch[owners[i]]
+			op := 0
+			if it.change.Op == layout.OpDelete {
+				op = 1
+			}
+			switch o.Result {
+			case layout.Applied:
+				s.applied[it.table][op].Inc()
+			case layout.Skipped:
+				s.skipped[it.table][op].Inc()
+			default:
+				failed = append(failed, i)
+			}
+		}
+		if len(failed) == 0 {
+			return nil
+		}
+		if err != nil {
+			s.m.RedisErrors.WithLabelValues("unavailable").Inc()
+			if attempt == 0 || attempt%20 == 0 {
+				log.Warn("redis unavailable; pausing this worker and retrying", zap.Error(err), zap.Int("rows", len(failed)), zap.Duration("backoff", backoff))
+			}
+		} else {
+			s.m.RedisErrors.WithLabelValues("key").Add(float64(len(failed)))
+			first := changes[failed[0]]
+			log.Error("redis refused a key write; retrying (the checkpoint waits for it)",
+				zap.String("key", first.Key), zap.Error(out[failed[0]].Err), zap.Int("failed_keys", len(failed)))
+		}
+		// Retry only what failed.
+		kept := 0
+		for _, i := range failed {
+			changes[kept] = changes[i]
+			owners[kept] = owners[i]
+			kept++
+		}
+		changes, owners, out = changes[:kept], owners[:kept], out[:kept]
+		jitter := time.Duration(rand.Int64N(int64(backoff) / 2))
+		select {
+		case <-time.After(backoff + jitter):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
