@@ -12,6 +12,9 @@ type Metrics struct {
 	RowsApplied *prometheus.CounterVec
 	// RowsSkipped counts row changes Redis already held (replays, older changes).
 	RowsSkipped *prometheus.CounterVec
+	// RowsCoalesced counts row changes superseded by a newer change of the same key in
+	// the same batch, whose newest change was applied.
+	RowsCoalesced *prometheus.CounterVec
 	// ApplyLatency is the duration of one pipeline of versioned writes.
 	ApplyLatency prometheus.Histogram
 	// RedisErrors counts failed Redis calls, by kind (key: a single key refused;
@@ -34,6 +37,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		RowsSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "invsync_rows_skipped_total", Help: "Row changes skipped because Redis already held that state or a newer one (replays).",
 		}, []string{"table", "op"}),
+		RowsCoalesced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "invsync_rows_coalesced_total", Help: "Row changes superseded by a newer change of the same key in the same batch.",
+		}, []string{"table", "op"}),
 		ApplyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "invsync_apply_duration_seconds", Help: "Duration of one pipeline of versioned Redis writes.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
@@ -51,6 +57,6 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "invsync_transactions_done_total", Help: "Source transactions whose rows are all acknowledged by Redis.",
 		}),
 	}
-	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.ApplyLatency, m.RedisErrors, m.CheckpointWrites, m.StreamRestarts, m.CommittedTxns)
+	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.CheckpointWrites, m.StreamRestarts, m.CommittedTxns)
 	return m
 }

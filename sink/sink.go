@@ -44,8 +44,9 @@ type Sink struct {
 	queues  []chan item
 	seed    maphash.Seed
 	cur     *txnState
-	applied [][2]prometheus.Counter // by table, op-1
-	skipped [][2]prometheus.Counter
+	applied   [][2]prometheus.Counter // by table, op-1
+	skipped   [][2]prometheus.Counter
+	coalesced [][2]prometheus.Counter
 	m       *metrics.Metrics
 	beat    func()
 }
@@ -61,6 +62,7 @@ func New(cfg config.Sink, tables []string, w Writer, wm *Watermark, m *metrics.M
 	for _, t := range tables {
 		s.applied = append(s.applied, [2]prometheus.Counter{m.RowsApplied.WithLabelValues(t, "upsert"), m.RowsApplied.WithLabelValues(t, "delete")})
 		s.skipped = append(s.skipped, [2]prometheus.Counter{m.RowsSkipped.WithLabelValues(t, "upsert"), m.RowsSkipped.WithLabelValues(t, "delete")})
+		s.coalesced = append(s.coalesced, [2]prometheus.Counter{m.RowsCoalesced.WithLabelValues(t, "upsert"), m.RowsCoalesced.WithLabelValues(t, "delete")})
 	}
 	return s
 }
@@ -206,6 +208,15 @@ func (s *Sink) work(ctx context.Context, id int, q <-chan item) error {
 			return err
 		}
 		for i := range batch {
+			if j := latest[batch[i].change.Key]; owners[j] != i {
+				// Superseded in this batch: it shares the fate of the newest change.
+				op := opIndex(batch[i].change.Op)
+				if out[j].Result == layout.Skipped {
+					s.skipped[batch[i].table][op].Inc()
+				} else {
+					s.coalesced[batch[i].table][op].Inc()
+				}
+			}
 			batch[i].txn.pending.Add(-1)
 			batch[i] = item{}
 		}
@@ -216,21 +227,27 @@ func (s *Sink) work(ctx context.Context, id int, q <-chan item) error {
 }
 
 // write applies changes, retrying failures with backoff until every change is applied
-// or skipped. It returns only when that is done or ctx ends.
+// or skipped; out[i] ends as the outcome of changes[i]. It returns only when that is
+// done or ctx ends.
 func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Change, owners []int, batch []item, out []layout.Outcome) error {
 	backoff := 50 * time.Millisecond
 	const maxBackoff = 5 * time.Second
+	todo := changes
+	idx := []int(nil) // index in changes of each entry of todo, once retrying
+	res := out
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
-		err := s.w.Apply(ctx, changes, out)
+		err := s.w.Apply(ctx, todo, res)
 		s.m.ApplyLatency.Observe(time.Since(start).Seconds())
 		var failed []int
-		for i, o := range out {
-			it := &batch[owners[i]]
-			op := 0
-			if it.change.Op == layout.OpDelete {
-				op = 1
+		for k, o := range res {
+			i := k
+			if idx != nil {
+				i = idx[k]
+				out[i] = o
 			}
+			it := &batch[owners[i]]
+			op := opIndex(it.change.Op)
 			switch o.Result {
 			case layout.Applied:
 				s.applied[it.table][op].Inc()
@@ -250,18 +267,16 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 			}
 		} else {
 			s.m.RedisErrors.WithLabelValues("key").Add(float64(len(failed)))
-			first := changes[failed[0]]
 			log.Error("redis refused a key write; retrying (the checkpoint waits for it)",
-				zap.String("key", first.Key), zap.Error(out[failed[0]].Err), zap.Int("failed_keys", len(failed)))
+				zap.String("key", changes[failed[0]].Key), zap.Error(out[failed[0]].Err), zap.Int("failed_keys", len(failed)))
 		}
 		// Retry only what failed.
-		kept := 0
-		for _, i := range failed {
-			changes[kept] = changes[i]
-			owners[kept] = owners[i]
-			kept++
+		idx = failed
+		todo = make([]layout.Change, len(failed))
+		for k, i := range failed {
+			todo[k] = changes[i]
 		}
-		changes, owners, out = changes[:kept], owners[:kept], out[:kept]
+		res = make([]layout.Outcome, len(failed))
 		jitter := time.Duration(rand.Int64N(int64(backoff) / 2))
 		select {
 		case <-time.After(backoff + jitter):
@@ -272,3 +287,9 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 	}
 }
 
+func opIndex(op layout.Op) int {
+	if op == layout.OpDelete {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,244 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/layout"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// proc is the daemon binary run as a separate process.
+type proc struct {
+	cmd  *exec.Cmd
+	http string
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	testenv.Must(t, err, "listen")
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startProc(t *testing.T, cfgPath, httpAddr string) *proc {
+	t.Helper()
+	cmd := exec.Command(binary, "run", "-c", cfgPath)
+	cmd.Env = append(os.Environ(), "INVSYNC_SOURCE_PASSWORD="+testenv.AppPassword())
+	logf, err := os.CreateTemp(t.TempDir(), "daemon-*.log")
+	testenv.Must(t, err, "log file")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	testenv.Must(t, cmd.Start(), "start daemon")
+	p := &proc{cmd: cmd, http: httpAddr}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if code, err := httpGet("http://" + httpAddr + "/readyz"); err == nil && code == 200 {
+			return p
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, _ := os.ReadFile(logf.Name())
+	t.Fatalf("daemon not ready within 30s; log:\n%s", out)
+	return nil
+}
+
+func (p *proc) kill(t *testing.T) {
+	t.Helper()
+	testenv.Must(t, p.cmd.Process.Signal(syscall.SIGKILL), "kill -9")
+	_ = p.cmd.Wait()
+}
+
+func (p *proc) terminate(t *testing.T) {
+	t.Helper()
+	testenv.Must(t, p.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("daemon exited with %v after SIGTERM, want 0", err)
+	}
+}
+
+// sample is a checkpoint read at some moment and the _s of every key read just after.
+type sample struct {
+	pos  canal.Position
+	seqs map[string]string
+}
+
+func less(a, b canal.Position) bool {
+	fa, _ := strconv.Atoi(a.File[len(a.File)-6:])
+	fb, _ := strconv.Atoi(b.File[len(b.File)-6:])
+	if fa != fb {
+		return fa < fb
+	}
+	return a.Pos < b.Pos
+}
+
+// Acceptance 2: the workload while the daemon is killed with SIGKILL three times at
+// random moments and restarted: the same end state, and every checkpoint seen at any
+// time covers only changes that Redis held at that time.
+func TestKill9LosesNothing(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	httpAddr := freeAddr(t)
+	cfgPath := e.writeConfig(func(c *config.Config) { c.HTTP.Listen = httpAddr })
+	p := startProc(t, cfgPath, httpAddr)
+	store := e.checkpointStore()
+	startPos, ok, err := store.Load(context.Background())
+	if err != nil || !ok {
+		t.Fatalf("no checkpoint after start: %v", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	prefix := e.cfg.Tables[0].KeyPrefix
+	var samples []sample
+	var smu sync.Mutex
+	sdone := make(chan struct{})
+	go func() {
+		defer close(sdone)
+		for ctx.Err() == nil {
+			pos, ok, err := store.Load(ctx)
+			if err != nil || !ok {
+				continue
+			}
+			seqs, err := readSeqs(ctx, e.rdb, prefix)
+			if err != nil {
+				continue
+			}
+			smu.Lock()
+			samples = append(samples, sample{pos: pos, seqs: seqs})
+			smu.Unlock()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+
+	wl := &workload{db: e.db, table: "inventory", skus: 2000, writers: 4, txns: 4000, maxRows: 20}
+	wdone := make(chan error, 1)
+	go func() { wdone <- wl.run(ctx) }()
+	for kill := 0; kill < 3; kill++ {
+		// A random moment within the workload.
+		target := int64(400 + rand.IntN(1000) + kill*1000)
+		for wl.done.Load() < target {
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
+		p.kill(t)
+		t.Logf("killed with SIGKILL after %d transactions", wl.done.Load())
+		p = startProc(t, cfgPath, httpAddr)
+	}
+	if err := <-wdone; err != nil {
+		t.Fatalf("workload: %v", err)
+	}
+	e.waitEqual(60 * time.Second)
+	p.terminate(t)
+	cancel()
+	<-sdone
+	endPos, _, err := store.Load(context.Background())
+	testenv.Must(t, err, "final checkpoint")
+
+	smu.Lock()
+	defer smu.Unlock()
+	checkSamples(t, e, startPos, endPos, samples)
+}
+
+func readSeqs(ctx context.Context, rdb *redis.Client, prefix string) (map[string]string, error) {
+	keys, err := testenv.ScanKeys(ctx, rdb, prefix)
+	if err != nil {
+		return nil, err
+	}
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.HGet(ctx, k, layout.FieldSeq)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	out := make(map[string]string, len(keys))
+	for i, k := range keys {
+		out[k] = cmds[i].Val()
+	}
+	return out, nil
+}
+
+// recorder replays the binlog between two positions and checks the samples taken at
+// each commit position against the newest change of every key up to it.
+type recorder struct {
+	t       *testing.T
+	last    map[string]layout.Seq
+	samples []sample
+	next    int
+	end     canal.Position
+	checked int
+}
+
+var errReachedEnd = errors.New("reached the end position")
+
+func (r *recorder) Row(_ context.Context, row canal.Row) error {
+	r.last[row.Change.Key] = row.Change.Seq
+	return nil
+}
+
+func (r *recorder) Commit(_ context.Context, c canal.Commit) error {
+	for r.next < len(r.samples) && !less(c.Pos, r.samples[r.next].pos) {
+		s := r.samples[r.next]
+		if s.pos.File == c.Pos.File && s.pos.Pos == c.Pos.Pos {
+			for key, seq := range r.last {
+				want := string(layout.AppendSeq(nil, seq))
+				if got := s.seqs[key]; got < want {
+					r.t.Errorf("checkpoint %s was written while %s held _s %q, older than its change %s at or before it", s.pos, key, got, want)
+				}
+			}
+			r.checked++
+		}
+		r.next++
+	}
+	if !less(c.Pos, r.end) {
+		return errReachedEnd
+	}
+	return nil
+}
+
+func (r *recorder) Heartbeat(context.Context) error { return nil }
+
+func checkSamples(t *testing.T, e *env, start, end canal.Position, samples []sample) {
+	t.Helper()
+	sort.SliceStable(samples, func(i, j int) bool { return less(samples[i].pos, samples[j].pos) })
+	tables, err := canal.LoadTables(context.Background(), testenv.DB(t, ""), e.cfg.Tables)
+	testenv.Must(t, err, "load tables")
+	src, err := canal.NewSource(config.Source{Addr: e.cfg.Source.Addr, User: testenv.AdminUser(), Password: testenv.AdminPassword(),
+		Flavor: "mariadb", ServerID: testenv.ServerID(), TimeZone: "UTC", HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second}, tables, zap.NewNop())
+	testenv.Must(t, err, "source")
+	rec := &recorder{t: t, last: map[string]layout.Seq{}, samples: samples, end: end}
+	// Skip the samples at the start position: nothing precedes it.
+	for rec.next < len(samples) && !less(start, samples[rec.next].pos) {
+		rec.next++
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	err = src.Run(ctx, canal.Position{File: start.File, Pos: start.Pos}, rec)
+	if !errors.Is(err, errReachedEnd) {
+		t.Fatalf("replaying the binlog for the check: %v", err)
+	}
+	if rec.checked < 10 {
+		t.Fatalf("only %d of %d checkpoint samples were checked", rec.checked, len(samples))
+	}
+	t.Logf("checked %d checkpoint samples against %d keys", rec.checked, len(rec.last))
+}
