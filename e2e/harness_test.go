@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
@@ -235,32 +237,39 @@ func primaryKey(ctx context.Context, db *sql.DB, tc config.Table) ([]string, err
 	return pk, rows.Err()
 }
 
-// selectRows reads the table with the text protocol (a query without arguments), in a
-// UTC session, and returns the expected hash of each row by key.
-func selectRows(ctx context.Context, db *sql.DB, tc config.Table, pk []string) (map[string]map[string]string, error) {
-	rows, err := db.QueryContext(ctx, "SELECT * FROM "+testenv.Quote(tc.Schema)+"."+testenv.Quote(tc.Table))
+// selectRows reads the table with the text protocol, in a UTC session, keeping the
+// exact bytes the server sends (database/sql drivers parse numbers; go-mysql's raw row
+// data does not), and returns the expected hash of each row by key.
+func selectRows(ctx context.Context, _ *sql.DB, tc config.Table, pk []string) (map[string]map[string]string, error) {
+	conn, err := client.ConnectWithContext(ctx, testenv.MySQLAddr(), testenv.AdminUser(), testenv.AdminPassword(), tc.Schema, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	cols, _ := rows.Columns()
-	out := map[string]map[string]string{}
-	vals := make([]sql.RawBytes, len(cols))
-	ptrs := make([]any, len(cols))
-	for i := range vals {
-		ptrs[i] = &vals[i]
+	defer conn.Close()
+	if _, err := conn.Execute("SET time_zone = '+00:00'"); err != nil {
+		return nil, err
 	}
-	for rows.Next() {
-		if err := rows.Scan(ptrs...); err != nil {
-			return nil, err
-		}
+	res, err := conn.Execute("SELECT * FROM " + testenv.Quote(tc.Schema) + "." + testenv.Quote(tc.Table))
+	if err != nil {
+		return nil, err
+	}
+	defer res.Close()
+	out := map[string]map[string]string{}
+	for _, raw := range res.RowDatas {
 		h := map[string]string{}
-		for i, c := range cols {
-			if vals[i] != nil {
-				h[c] = string(vals[i])
+		rest := []byte(raw)
+		for _, f := range res.Fields {
+			v, isNull, n, err := gomysql.LengthEncodedString(rest)
+			if err != nil {
+				return nil, err
 			}
-			if strings.EqualFold(c, tc.VersionColumn) {
-				h[layout.FieldVersion] = string(vals[i])
+			rest = rest[n:]
+			name := string(f.Name)
+			if !isNull {
+				h[name] = string(v)
+			}
+			if strings.EqualFold(name, tc.VersionColumn) {
+				h[layout.FieldVersion] = string(v)
 			}
 		}
 		parts := make([]string, len(pk))
@@ -269,7 +278,7 @@ func selectRows(ctx context.Context, db *sql.DB, tc config.Table, pk []string) (
 		}
 		out[layout.Key(tc.KeyPrefix, parts)] = h
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 func hashes(ctx context.Context, rdb *redis.Client, keys []string) (map[string]map[string]string, error) {
