@@ -281,7 +281,7 @@ func newDecoder(t *Table, tm *replication.TableMapEvent) (*decoder, error) {
 func stringLength(meta uint16) int {
 	b0, b1 := meta>>8, meta&0xFF
 	if b0&0x30 != 0x30 {
-		return int(b1 | ((b0 & 0x30) ^ 0x30) << 4)
+		return int(b1 | ((b0&0x30)^0x30)<<4)
 	}
 	return int(b1)
 }

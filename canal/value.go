@@ -12,16 +12,16 @@ import (
 type kind uint8
 
 const (
-	kindText    kind = iota // strings, blobs, temporal strings, JSON text: as decoded
-	kindInt                 // TINYINT..BIGINT
-	kindInt24               // MEDIUMINT (sign-extended by the decoder)
-	kindYear                // YEAR: four digits, 0000 for zero
-	kindFloat               // FLOAT: six significant digits, as MariaDB/MySQL print it
-	kindDouble              // DOUBLE: shortest round-trip digits
-	kindBit                 // BIT(M): big-endian bytes, (M+7)/8 of them
-	kindEnum                // ENUM: 1-based index into the values
-	kindSet                 // SET: bitmask over the values
-	kindBinary              // BINARY(N): right-padded with zero bytes to N
+	kindText   kind = iota // strings, blobs, temporal strings, JSON text: as decoded
+	kindInt                // TINYINT..BIGINT
+	kindInt24              // MEDIUMINT (sign-extended by the decoder)
+	kindYear               // YEAR: four digits, 0000 for zero
+	kindFloat              // FLOAT: six significant digits, as MariaDB/MySQL print it
+	kindDouble             // DOUBLE: shortest round-trip digits
+	kindBit                // BIT(M): big-endian bytes, (M+7)/8 of them
+	kindEnum               // ENUM: 1-based index into the values
+	kindSet                // SET: bitmask over the values
+	kindBinary             // BINARY(N): right-padded with zero bytes to N
 )
 
 // column says how one column of a rows event is rendered and used.

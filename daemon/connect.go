@@ -108,15 +108,7 @@ func CheckSource(ctx context.Context, db *sql.DB, cfg *config.Config) ([]*canal.
 	if err != nil {
 		ps = append(ps, Problem{Check: "binlog settings", Err: fmt.Errorf("read binlog settings: %w", err)})
 	} else {
-		if logBin != "1" && !strings.EqualFold(logBin, "ON") {
-			ps = append(ps, Problem{Check: "binlog on", Err: fmt.Errorf("%w: the binary log is off on %s (fix: start the server with log_bin, e.g. --log-bin=binlog --server-id=1)", ErrPermanent, cfg.Source.Addr)})
-		}
-		if !strings.EqualFold(format, "ROW") {
-			ps = append(ps, Problem{Check: "binlog_format", Err: fmt.Errorf("%w: binlog_format is %s, invsync needs ROW (fix: SET GLOBAL binlog_format = 'ROW' and binlog_format=ROW in the server config; sessions opened before keep the old format)", ErrPermanent, format)})
-		}
-		if !strings.EqualFold(image, "FULL") {
-			ps = append(ps, Problem{Check: "binlog_row_image", Err: fmt.Errorf("%w: binlog_row_image is %s, invsync needs FULL (fix: SET GLOBAL binlog_row_image = 'FULL' and in the server config)", ErrPermanent, image)})
-		}
+		ps = append(ps, CheckBinlogSettings(cfg.Source.Addr, logBin, format, image)...)
 	}
 	var meta string
 	if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.binlog_row_metadata").Scan(&meta); err != nil || !strings.EqualFold(meta, "FULL") {
@@ -138,6 +130,22 @@ func CheckSource(ctx context.Context, db *sql.DB, cfg *config.Config) ([]*canal.
 		}
 	}
 	return tables, ps
+}
+
+// CheckBinlogSettings checks the server variables invsync depends on.
+func CheckBinlogSettings(addr, logBin, format, image string) []Problem {
+	var ps []Problem
+	if logBin != "1" && !strings.EqualFold(logBin, "ON") {
+		ps = append(ps, Problem{Check: "binlog on", Err: fmt.Errorf("%w: the binary log is off on %s (fix: start the server with log_bin, e.g. --log-bin=binlog --server-id=1)", ErrPermanent, addr)})
+		return ps
+	}
+	if !strings.EqualFold(format, "ROW") {
+		ps = append(ps, Problem{Check: "binlog_format", Err: fmt.Errorf("%w: binlog_format is %s, invsync needs ROW (fix: SET GLOBAL binlog_format = 'ROW' and binlog_format=ROW in the server config; sessions opened before keep the old format)", ErrPermanent, format)})
+	}
+	if !strings.EqualFold(image, "FULL") {
+		ps = append(ps, Problem{Check: "binlog_row_image", Err: fmt.Errorf("%w: binlog_row_image is %s, invsync needs FULL (fix: SET GLOBAL binlog_row_image = 'FULL' and in the server config)", ErrPermanent, image)})
+	}
+	return ps
 }
 
 // describeSQLError names the fix for a connection error, without the password.

@@ -377,3 +377,9 @@ func (c *collect) list() []string {
 	defer c.mu.Unlock()
 	return append([]string(nil), c.items...)
 }
+
+func redisClient(t *testing.T, addr string) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}

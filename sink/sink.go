@@ -37,18 +37,18 @@ type item struct {
 // Sink routes rows to workers and tracks their acknowledgement. It implements
 // canal.Handler.
 type Sink struct {
-	cfg     config.Sink
-	w       Writer
-	wm      *Watermark
-	log     *zap.Logger
-	queues  []chan item
-	seed    maphash.Seed
-	cur     *txnState
+	cfg       config.Sink
+	w         Writer
+	wm        *Watermark
+	log       *zap.Logger
+	queues    []chan item
+	seed      maphash.Seed
+	cur       *txnState
 	applied   [][2]prometheus.Counter // by table, op-1
 	skipped   [][2]prometheus.Counter
 	coalesced [][2]prometheus.Counter
-	m       *metrics.Metrics
-	beat    func()
+	m         *metrics.Metrics
+	beat      func()
 }
 
 // New returns a sink for tables (names by config index) writing through w.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -26,7 +27,14 @@ commands:
   check-config   validate the config file, then the source, the tables and Redis
 `
 
+// quietLogger drops go-redis's own log lines; invsync logs Redis failures itself, with
+// context, through zap.
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
+
 func main() {
+	redis.SetLogger(quietLogger{})
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

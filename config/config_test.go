@@ -1,0 +1,105 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `
+source: { addr: 127.0.0.1:3306, user: invsync, password: s3cret }
+tables:
+  - { schema: shop, table: inventory }
+`
+
+func TestDefaultsApply(t *testing.T) {
+	c, err := Parse([]byte(minimal), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Sink.Workers != 8 || c.Sink.BatchSize != 512 || c.Sink.FlushInterval != 2*time.Millisecond ||
+		c.Checkpoint.Interval != time.Second || c.Bloom.TombstoneTTL != 24*time.Hour || c.HTTP.Listen != "127.0.0.1:9108" ||
+		c.Tables[0].KeyPrefix != "inv:" || c.Redis.Mode != "standalone" || c.State.Schema != "invsync" {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	t.Setenv("INVSYNC_SOURCE_PASSWORD", "from-env")
+	t.Setenv("INVSYNC_SINK_WORKERS", "3")
+	t.Setenv("INVSYNC_REDIS_PASSWORD", "redis-env")
+	c, err := Parse([]byte(minimal), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Source.Password != "from-env" || c.Sink.Workers != 3 || c.Redis.Password != "redis-env" {
+		t.Fatalf("env not applied: %+v %+v", c.Source, c.Sink)
+	}
+	r := c.Redacted()
+	if r.Source.Password == "from-env" || r.Redis.Password == "redis-env" {
+		t.Fatal("Redacted kept a secret")
+	}
+}
+
+func TestMalformedYAML(t *testing.T) {
+	_, err := Parse([]byte("source: { addr: [1, 2\ntables: x"), "bad.yaml")
+	if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "not valid YAML") || !strings.Contains(err.Error(), "bad.yaml") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestUnknownKey(t *testing.T) {
+	_, err := Parse([]byte(minimal+"sink: { wrokers: 4 }\n"), "t.yaml")
+	if err == nil || !strings.Contains(err.Error(), "wrokers") {
+		t.Fatalf("unknown key not named: %v", err)
+	}
+}
+
+func TestValidateListsEveryProblem(t *testing.T) {
+	y := `
+source: { addr: nohost, user: "", password: hunter2, flavor: postgres, server_id: 0, time_zone: Mars/Base }
+redis: { mode: ring, addrs: [] }
+sink: { workers: 0, batch_size: 0 }
+bloom: { false_positive_rate: 2 }
+log: { level: loud }
+tables:
+  - { schema: shop, table: a, key_prefix: "x:" }
+  - { schema: shop, table: b, key_prefix: "x:" }
+`
+	_, err := Parse([]byte(y), "t.yaml")
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	msg := err.Error()
+	for _, want := range []string{"source.addr", "source.user", "source.flavor", "source.server_id", "source.time_zone",
+		"redis.addrs", "redis.mode", "sink.workers", "sink.batch_size", "bloom.false_positive_rate", "log.level", "key_prefix \"x:\" is also used"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("problem %q not listed in:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "hunter2") {
+		t.Error("the password appears in the error")
+	}
+}
+
+func TestNoTables(t *testing.T) {
+	_, err := Parse([]byte("source: { addr: 127.0.0.1:3306 }\n"), "t.yaml")
+	if err == nil || !strings.Contains(err.Error(), "tables is empty") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(minimal))
+	f.Add([]byte("source: {addr: 1}\n"))
+	f.Add([]byte("tables: [{schema: a, table: b, columns: [x, _y]}]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data, "fuzz.yaml")
+		if err == nil {
+			if verr := c.Validate(); verr != nil {
+				t.Fatalf("Parse accepted a config that Validate refuses: %v", verr)
+			}
+		}
+	})
+}
