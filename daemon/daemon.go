@@ -47,7 +47,7 @@ type Daemon struct {
 	lastSave  atomic.Int64 // unix nanos of the last checkpoint write
 	wm        atomic.Pointer[sink.Watermark]
 	sk        atomic.Pointer[sink.Sink]
-	listener  net.Listener
+	addr      atomic.Pointer[string] // the HTTP listener's address, once listening
 }
 
 // New prepares a daemon; Run starts it.
@@ -85,10 +85,10 @@ func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 
 // Addr is the address the HTTP endpoint listens on (after Run started it).
 func (d *Daemon) Addr() string {
-	if d.listener == nil {
-		return ""
+	if a := d.addr.Load(); a != nil {
+		return *a
 	}
-	return d.listener.Addr().String()
+	return ""
 }
 
 func (d *Daemon) lag() float64 {
@@ -116,7 +116,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("http.listen %s: %w (fix: choose a free port)", d.cfg.HTTP.Listen, err)
 		}
-		d.listener = ln
+		addr := ln.Addr().String()
+		d.addr.Store(&addr)
 		srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = srv.Serve(ln) }()
 		defer func() {
