@@ -145,7 +145,7 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 		UseDecimal:              false,
 		ParseTime:               false,
 		DisableRetrySync:        true,
-		EventCacheCount:         1024,
+		EventCacheCount:         256,
 		TLSConfig:               s.tls,
 		Logger:                  slogDiscard(),
 		RowsEventDecodeFunc: func(ev *replication.RowsEvent, data []byte) error {

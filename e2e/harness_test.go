@@ -319,10 +319,12 @@ func (e *env) snapshotRedis() map[string]map[string]string {
 }
 
 // checkpointStore opens the test's checkpoint table.
-func (e *env) checkpointStore() *checkpoint.Store {
-	e.t.Helper()
-	st, err := checkpoint.Open(context.Background(), testenv.DB(e.t, ""), e.cfg.State.Schema, "default")
-	testenv.Must(e.t, err, "open checkpoint")
+func (e *env) checkpointStore() *checkpoint.Store { return openStore(e.t, e.cfg.State.Schema) }
+
+func openStore(tb testing.TB, schema string) *checkpoint.Store {
+	tb.Helper()
+	st, err := checkpoint.Open(context.Background(), testenv.DB(tb, ""), schema, "default")
+	testenv.Must(tb, err, "open checkpoint")
 	return st
 }
 
@@ -341,6 +343,12 @@ func (e *env) writeConfig(mutate func(*config.Config)) string {
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	return writeConfigTo(e.t, &cfg)
+}
+
+// writeConfigTo writes cfg as YAML (without the password, which the process gets from
+// INVSYNC_SOURCE_PASSWORD) and returns the file's path.
+func writeConfigTo(tb testing.TB, cfg *config.Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "source: { addr: %q, user: %q, flavor: %s, server_id: %d }\n", cfg.Source.Addr, cfg.Source.User, cfg.Source.Flavor, cfg.Source.ServerID)
 	fmt.Fprintf(&b, "state: { schema: %s }\n", cfg.State.Schema)
@@ -353,8 +361,8 @@ func (e *env) writeConfig(mutate func(*config.Config)) string {
 	for _, t := range cfg.Tables {
 		fmt.Fprintf(&b, "  - { schema: %s, table: %s, key_prefix: %q, version_column: %q }\n", t.Schema, t.Table, t.KeyPrefix, t.VersionColumn)
 	}
-	path := filepath.Join(e.t.TempDir(), "invsync.yaml")
-	testenv.Must(e.t, os.WriteFile(path, []byte(b.String()), 0o600), "write config")
+	path := filepath.Join(tb.TempDir(), "invsync.yaml")
+	testenv.Must(tb, os.WriteFile(path, []byte(b.String()), 0o600), "write config")
 	return path
 }
 

@@ -28,14 +28,14 @@ type proc struct {
 	http string
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	testenv.Must(t, err, "listen")
 	defer ln.Close()
 	return ln.Addr().String()
 }
 
-func startProc(t *testing.T, cfgPath, httpAddr string) *proc {
+func startProc(t testing.TB, cfgPath, httpAddr string) *proc {
 	t.Helper()
 	cmd := exec.Command(binary, "run", "-c", cfgPath)
 	cmd.Env = append(os.Environ(), "INVSYNC_SOURCE_PASSWORD="+testenv.AppPassword())
@@ -62,13 +62,13 @@ func startProc(t *testing.T, cfgPath, httpAddr string) *proc {
 	return nil
 }
 
-func (p *proc) kill(t *testing.T) {
+func (p *proc) kill(t testing.TB) {
 	t.Helper()
 	testenv.Must(t, p.cmd.Process.Signal(syscall.SIGKILL), "kill -9")
 	_ = p.cmd.Wait()
 }
 
-func (p *proc) terminate(t *testing.T) {
+func (p *proc) terminate(t testing.TB) {
 	t.Helper()
 	testenv.Must(t, p.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
 	if err := p.cmd.Wait(); err != nil {

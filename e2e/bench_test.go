@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/testenv"
+)
+
+// BenchmarkW1CatchUp measures workload W1: 100k inserts then 10 full-table
+// `UPDATE ... SET stock = stock - 1, version = version + 1` (1.1M row events), written
+// while the daemon is stopped; then the time the daemon (a separate process) takes to
+// catch up from its checkpoint, against go-mysql's bare replication read of the same
+// binlog range, in the same run. Reports both, their ratio, and the daemon's peak RSS.
+//
+// Run with scripts/bench.sh (go test -run '^$' -bench W1 -benchtime 1x ./e2e).
+func BenchmarkW1CatchUp(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		runW1(b)
+	}
+}
+
+func runW1(b *testing.B) {
+	b.StopTimer()
+	schema, db := testenv.Schema(b)
+	rdb := testenv.Redis(b)
+	prefix := testenv.Prefix(b, rdb)
+	_, err := db.Exec(inventoryDDL)
+	testenv.Must(b, err, "create")
+	startPos, err := currentPos(b)
+	testenv.Must(b, err, "position")
+
+	// 100k inserts, 1,000 rows per statement.
+	loadStart := time.Now()
+	for base := 0; base < 100_000; base += 1000 {
+		var sb strings.Builder
+		sb.WriteString("INSERT INTO inventory (sku, stock, price, name, version) VALUES ")
+		for j := 0; j < 1000; j++ {
+			if j > 0 {
+				sb.WriteByte(',')
+			}
+			fmt.Fprintf(&sb, "(%d, 1000, 9.99, 'sku-%d', 1)", base+j, base+j)
+		}
+		_, err := db.Exec(sb.String())
+		testenv.Must(b, err, "insert")
+	}
+	for u := 0; u < 10; u++ {
+		_, err := db.Exec("UPDATE inventory SET stock = stock - 1, version = version + 1")
+		testenv.Must(b, err, "update")
+	}
+	endPos, err := currentPos(b)
+	testenv.Must(b, err, "position")
+	b.Logf("W1 written in %s: binlog %s .. %s", time.Since(loadStart).Round(time.Millisecond), startPos, endPos)
+
+	// The bare read: go-mysql's BinlogSyncer parsing every event of the range.
+	bare := bareRead(b, startPos, endPos)
+
+	// The daemon, from a checkpoint at the start position.
+	cfg := config.Default()
+	cfg.Source = config.Source{Addr: testenv.MySQLAddr(), User: testenv.AppUser(), Flavor: "mariadb", ServerID: testenv.ServerID(), TimeZone: "UTC",
+		HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second}
+	cfg.State.Schema = testenv.StateSchema(b)
+	cfg.Redis.Addrs = []string{testenv.RedisAddr()}
+	cfg.Tables = []config.Table{{Schema: schema, Table: "inventory", KeyPrefix: prefix, VersionColumn: "version"}}
+	cfg.Checkpoint.Interval = 50 * time.Millisecond
+	cfg.Log.Level = "warn"
+	httpAddr := freeAddr(b)
+	cfg.HTTP.Listen = httpAddr
+	cfgPath := writeConfigTo(b, &cfg)
+	store := openStore(b, cfg.State.Schema)
+	testenv.Must(b, store.Save(context.Background(), canal.Position{File: startPos.Name, Pos: startPos.Pos}), "seed checkpoint")
+
+	b.StartTimer()
+	start := time.Now()
+	p := startProc(b, cfgPath, httpAddr)
+	for {
+		pos, _, err := store.Load(context.Background())
+		testenv.Must(b, err, "checkpoint")
+		if pos.File > endPos.Name || (pos.File == endPos.Name && pos.Pos >= endPos.Pos) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	catchUp := time.Since(start)
+	b.StopTimer()
+	rss := peakRSS(b, p.cmd.Process.Pid)
+	p.terminate(b)
+	if err := compareTable(context.Background(), db, rdb, cfg.Tables[0]); err != nil {
+		b.Fatalf("after catch-up: %v", err)
+	}
+	ratio := catchUp.Seconds() / bare.Seconds()
+	b.ReportMetric(bare.Seconds(), "bare-read-s")
+	b.ReportMetric(catchUp.Seconds(), "catchup-s")
+	b.ReportMetric(ratio, "x-bare")
+	b.ReportMetric(float64(rss)/1024, "peak-RSS-MB")
+	b.Logf("W1: bare go-mysql read %s, invsync catch-up %s (%.2fx), invsync peak RSS %.1f MB",
+		bare.Round(time.Millisecond), catchUp.Round(time.Millisecond), ratio, float64(rss)/1024)
+}
+
+func currentPos(tb testing.TB) (mysql.Position, error) {
+	var p mysql.Position
+	rows, err := testenv.DB(tb, "").Query("SHOW MASTER STATUS")
+	if err != nil {
+		return p, err
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	vals := make([]any, len(cols))
+	var file string
+	var pos uint32
+	vals[0], vals[1] = &file, &pos
+	for i := 2; i < len(cols); i++ {
+		vals[i] = new(any)
+	}
+	if !rows.Next() {
+		return p, fmt.Errorf("no binlog status")
+	}
+	if err := rows.Scan(vals...); err != nil {
+		return p, err
+	}
+	return mysql.Position{Name: file, Pos: pos}, nil
+}
+
+// bareRead reads the binlog from start to end with go-mysql's BinlogSyncer, decoding
+// every event, and returns the time it took.
+func bareRead(tb testing.TB, start, end mysql.Position) time.Duration {
+	host, port, _ := strings.Cut(testenv.MySQLAddr(), ":")
+	p, _ := strconv.Atoi(port)
+	s := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{ServerID: testenv.ServerID(), Flavor: "mariadb",
+		Host: host, Port: uint16(p), User: testenv.AdminUser(), Password: testenv.AdminPassword(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer s.Close()
+	began := time.Now()
+	st, err := s.StartSync(start)
+	testenv.Must(tb, err, "bare start")
+	file := start.Name
+	rows := 0
+	for {
+		ev, err := st.GetEvent(context.Background())
+		testenv.Must(tb, err, "bare read")
+		if r, ok := ev.Event.(*replication.RotateEvent); ok {
+			file = string(r.NextLogName)
+			continue
+		}
+		if r, ok := ev.Event.(*replication.RowsEvent); ok {
+			rows += len(r.Rows)
+		}
+		if file > end.Name || (file == end.Name && ev.Header.LogPos >= end.Pos) {
+			break
+		}
+	}
+	d := time.Since(began)
+	tb.Logf("bare read: %d row images in %s", rows, d.Round(time.Millisecond))
+	return d
+}
+
+func peakRSS(tb testing.TB, pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	testenv.Must(tb, err, "read status")
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb
+		}
+	}
+	return 0
+}
