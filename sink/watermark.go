@@ -28,7 +28,6 @@ type Watermark struct {
 	queue  []*txnState // in binlog order
 	last   *txnState   // newest transaction, the one rows are added to
 	done   canal.Position
-	doneTS time.Time
 	now    func() time.Time
 }
 
@@ -71,7 +70,7 @@ func (w *Watermark) Advance() (pos canal.Position, txns int, rows int64) {
 		if !t.sealed.Load() || t.pending.Load() != 0 {
 			break
 		}
-		w.done, w.doneTS = t.pos, t.ts
+		w.done = t.pos
 		rows += t.rows
 		w.queue[0] = nil
 		w.queue = w.queue[1:]
@@ -82,13 +81,6 @@ func (w *Watermark) Advance() (pos canal.Position, txns int, rows int64) {
 		w.last = nil
 	}
 	return w.done, n, rows
-}
-
-// Done returns the newest done position without advancing.
-func (w *Watermark) Done() canal.Position {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.done
 }
 
 // InFlight returns the number of transactions not yet done, and the time the oldest of
