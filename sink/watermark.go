@@ -24,11 +24,11 @@ type txnState struct {
 // that it and every transaction before it are done: the only position that may be
 // checkpointed.
 type Watermark struct {
-	mu     sync.Mutex
-	queue  []*txnState // in binlog order
-	last   *txnState   // newest transaction, the one rows are added to
-	done   canal.Position
-	now    func() time.Time
+	mu    sync.Mutex
+	queue []*txnState // in binlog order
+	last  *txnState   // newest transaction, the one rows are added to
+	done  canal.Position
+	now   func() time.Time
 }
 
 // NewWatermark starts at pos (the position streaming starts from).
