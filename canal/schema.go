@@ -146,11 +146,12 @@ func (t *Table) info(name string) (ColumnInfo, bool) {
 
 // decoder renders the rows of one table map.
 type decoder struct {
-	types   []byte
-	names   []string
-	cols    []column
-	pkIdx   []int // event column index of each primary key part
-	version int   // event column index of the version column, or -1
+	types    []byte
+	names    []string
+	cols     []column
+	pkIdx    []int // event column index of each primary key part
+	version  int   // event column index of the version column, or -1
+	mirrored int   // number of mirrored columns
 }
 
 var valuesRe = regexp.MustCompile(`'((?:[^']|'')*)'`)
@@ -257,6 +258,9 @@ func newDecoder(t *Table, tm *replication.TableMapEvent) (*decoder, error) {
 			}
 		}
 		d.cols[i] = c
+		if c.mirror {
+			d.mirrored++
+		}
 	}
 	d.pkIdx = make([]int, len(t.PK))
 	for p, name := range t.PK {

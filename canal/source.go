@@ -62,8 +62,43 @@ type Row struct {
 	Txn uint64
 	// Table is the index of the table in the config.
 	Table int
-	// Change is what to write to Redis.
+	// Change is what to write to Redis. For an upsert its Fields are left nil: they are
+	// rendered from Image by the sink worker that writes the change (in parallel, and not
+	// at all for a change that a newer one of the same key supersedes first).
 	Change layout.Change
+	// Image is the row's after-image (zero for a delete).
+	Image Image
+}
+
+// Image is a decoded row image, rendered into fields on demand.
+type Image struct {
+	dec *decoder
+	row []any
+}
+
+// IsZero reports whether there is no image (a delete).
+func (im Image) IsZero() bool { return im.dec == nil }
+
+// Fields renders the mirrored non-NULL columns as the text MySQL returns for them. A
+// value of a type the column does not expect is rendered as well as possible and
+// reported in err (the row is still written: the stream must not stop behind it).
+func (im Image) Fields() (fields []layout.Field, err error) {
+	d := im.dec
+	fields = make([]layout.Field, 0, d.mirrored)
+	for i := range d.cols {
+		col := &d.cols[i]
+		if !col.mirror || i >= len(im.row) {
+			continue
+		}
+		v, ok, rerr := col.render(im.row[i])
+		if rerr != nil && err == nil {
+			err = rerr
+		}
+		if ok {
+			fields = append(fields, layout.Field{Name: col.name, Value: v})
+		}
+	}
+	return fields, err
 }
 
 // Commit marks the end of transaction Txn.
@@ -288,9 +323,13 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 	fail := func(err error) error {
 		return fmt.Errorf("%w: %s row at %s:%d: %v", ErrPermanent, t.FullName(), s.file, hdr.LogPos, err)
 	}
-	emit := func(c layout.Change) error {
+	emit := func(c layout.Change, row []any) error {
 		s.txnRows++
-		return h.Row(ctx, Row{Txn: s.txn, Table: t.Index, Change: c})
+		r := Row{Txn: s.txn, Table: t.Index, Change: c}
+		if c.Op == layout.OpUpsert {
+			r.Image = Image{dec: d, row: row}
+		}
+		return h.Row(ctx, r)
 	}
 	seq := layout.Seq{File: s.fileIdx, Pos: hdr.LogPos}
 	switch op {
@@ -301,7 +340,7 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 			if err != nil {
 				return fail(err)
 			}
-			if err := emit(c); err != nil {
+			if err := emit(c, row); err != nil {
 				return err
 			}
 		}
@@ -311,28 +350,25 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 		}
 		for i := 0; i+1 < len(e.Rows); i += 2 {
 			before, after := e.Rows[i], e.Rows[i+1]
-			seq.Index = uint32(i)
-			oldKey, err := d.key(t, before)
-			if err != nil {
-				return fail(err)
-			}
 			seq.Index = uint32(i + 1)
 			c, err := d.change(t, after, seq, false)
 			if err != nil {
 				return fail(err)
 			}
-			if oldKey != c.Key {
+			if !d.samePK(before, after) {
 				// The primary key changed: the old key is deleted first.
 				seq.Index = uint32(i)
 				dc, err := d.change(t, before, seq, true)
 				if err != nil {
 					return fail(err)
 				}
-				if err := emit(dc); err != nil {
-					return err
+				if dc.Key != c.Key {
+					if err := emit(dc, nil); err != nil {
+						return err
+					}
 				}
 			}
-			if err := emit(c); err != nil {
+			if err := emit(c, after); err != nil {
 				return err
 			}
 		}
@@ -383,24 +419,29 @@ func (d *decoder) change(t *Table, row []any, seq layout.Seq, del bool) (layout.
 	} else {
 		c.Version = strconv.FormatUint(layout.PositionVersion(seq), 10)
 	}
-	if del {
-		return c, nil
-	}
-	c.Fields = make([]layout.Field, 0, len(d.cols))
-	for i := range d.cols {
-		col := &d.cols[i]
-		if !col.mirror || i >= len(row) {
+	return c, nil
+}
+
+// samePK reports whether two images have the same primary key values, without
+// rendering them.
+func (d *decoder) samePK(a, b []any) bool {
+	for _, i := range d.pkIdx {
+		if i >= len(a) || i >= len(b) {
+			return false
+		}
+		x, y := a[i], b[i]
+		if xb, ok := x.([]byte); ok {
+			yb, ok := y.([]byte)
+			if !ok || string(xb) != string(yb) {
+				return false
+			}
 			continue
 		}
-		v, ok, err := col.render(row[i])
-		if err != nil {
-			return c, err
-		}
-		if ok {
-			c.Fields = append(c.Fields, layout.Field{Name: col.name, Value: v})
+		if _, ok := y.([]byte); ok || x != y {
+			return false
 		}
 	}
-	return c, nil
+	return true
 }
 
 // classify wraps a stream error as permanent when retrying cannot help, with the fix.

@@ -124,7 +124,10 @@ type Sink struct {
 	// FlushInterval is how long a writer waits for more rows to fill a batch once its
 	// queue ran dry. Default 2ms.
 	FlushInterval time.Duration `mapstructure:"flush_interval"`
-	// QueueSize is the capacity of each writer's queue, in rows. Default 4096.
+	// QueueSize is the capacity of each writer's queue, in distinct keys: a change of a
+	// key that is already waiting replaces it (coalescing), so when Redis falls behind,
+	// repeated changes of one key cost one write. Beyond it, reading of the binlog waits.
+	// Default 16384 (about 60 MB of pending rows with 8 workers at worst).
 	QueueSize int `mapstructure:"queue_size"`
 }
 
@@ -189,7 +192,7 @@ func Default() Config {
 			TimeZone: "UTC", HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second},
 		State:        State{Schema: "invsync"},
 		Redis:        Redis{Addrs: []string{"127.0.0.1:6379"}, Mode: "standalone", DialTimeout: 2 * time.Second, WriteTimeout: 5 * time.Second},
-		Sink:         Sink{Workers: 8, BatchSize: 512, FlushInterval: 2 * time.Millisecond, QueueSize: 4096},
+		Sink:         Sink{Workers: 8, BatchSize: 512, FlushInterval: 2 * time.Millisecond, QueueSize: 16384},
 		Checkpoint:   Checkpoint{Interval: time.Second},
 		Compensation: Compensation{PollInterval: time.Second, InitialBackoff: 500 * time.Millisecond, MaxBackoff: 5 * time.Minute, MaxAttempts: 20},
 		Bloom:        Bloom{ExpectedItems: 10_000_000, FalsePositiveRate: 0.001, NullTTL: 60 * time.Second, TombstoneTTL: 24 * time.Hour},

@@ -16,6 +16,7 @@ import (
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/testenv"
+	"github.com/redis/go-redis/v9"
 )
 
 // BenchmarkW1CatchUp measures workload W1: 100k inserts then 10 full-table
@@ -81,6 +82,7 @@ func runW1(b *testing.B) {
 	store := openStore(b, cfg.State.Schema)
 	testenv.Must(b, store.Save(context.Background(), canal.Position{File: startPos.Name, Pos: startPos.Pos}), "seed checkpoint")
 
+	redisCPU0 := redisCPU(b, rdb)
 	b.StartTimer()
 	start := time.Now()
 	p := startProc(b, cfgPath, httpAddr)
@@ -94,8 +96,10 @@ func runW1(b *testing.B) {
 	}
 	catchUp := time.Since(start)
 	b.StopTimer()
+	redisBusy := redisCPU(b, rdb) - redisCPU0
 	rss := peakRSS(b, p.cmd.Process.Pid)
 	p.terminate(b)
+	daemonCPU := p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime()
 	if err := compareTable(context.Background(), db, rdb, cfg.Tables[0]); err != nil {
 		b.Fatalf("after catch-up: %v", err)
 	}
@@ -104,8 +108,8 @@ func runW1(b *testing.B) {
 	b.ReportMetric(catchUp.Seconds(), "catchup-s")
 	b.ReportMetric(ratio, "x-bare")
 	b.ReportMetric(float64(rss)/1024, "peak-RSS-MB")
-	b.Logf("W1: bare go-mysql read %s, invsync catch-up %s (%.2fx), invsync peak RSS %.1f MB",
-		bare.Round(time.Millisecond), catchUp.Round(time.Millisecond), ratio, float64(rss)/1024)
+	b.Logf("W1: bare go-mysql read %s, invsync catch-up %s (%.2fx), invsync peak RSS %.1f MB; CPU during catch-up: invsync %s (whole run), redis-server %.2fs",
+		bare.Round(time.Millisecond), catchUp.Round(time.Millisecond), ratio, float64(rss)/1024, daemonCPU.Round(time.Millisecond), redisBusy)
 }
 
 func currentPos(tb testing.TB) (mysql.Position, error) {
@@ -175,4 +179,18 @@ func peakRSS(tb testing.TB, pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// redisCPU is the CPU time redis-server has used, in seconds (INFO cpu).
+func redisCPU(tb testing.TB, rdb *redis.Client) float64 {
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	testenv.Must(tb, err, "INFO cpu")
+	total := 0.0
+	for _, line := range strings.Split(info, "\r\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, _ := strconv.ParseFloat(v, 64)
+			total += f
+		}
+	}
+	return total
 }

@@ -20,6 +20,8 @@ type Metrics struct {
 	// RedisErrors counts failed Redis calls, by kind (key: a single key refused;
 	// unavailable: the whole call failed).
 	RedisErrors *prometheus.CounterVec
+	// RenderErrors counts column values of a type the decoder did not expect.
+	RenderErrors prometheus.Counter
 	// CheckpointWrites counts checkpoint writes.
 	CheckpointWrites prometheus.Counter
 	// Restarts counts restarts of the binlog stream after an error.
@@ -47,6 +49,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		RedisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "invsync_redis_errors_total", Help: "Failed Redis writes, by kind (key or unavailable).",
 		}, []string{"kind"}),
+		RenderErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "invsync_render_errors_total", Help: "Column values of a type the decoder did not expect (written as rendered, and logged).",
+		}),
 		CheckpointWrites: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "invsync_checkpoint_writes_total", Help: "Checkpoint writes to the state database.",
 		}),
@@ -57,6 +62,6 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "invsync_transactions_done_total", Help: "Source transactions whose rows are all acknowledged by Redis.",
 		}),
 	}
-	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.CheckpointWrites, m.StreamRestarts, m.CommittedTxns)
+	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.CommittedTxns)
 	return m
 }

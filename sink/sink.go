@@ -28,12 +28,6 @@ type Writer interface {
 	Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error
 }
 
-type item struct {
-	change layout.Change
-	txn    *txnState
-	table  int
-}
-
 // Sink routes rows to workers and tracks their acknowledgement. It implements
 // canal.Handler.
 type Sink struct {
@@ -41,7 +35,7 @@ type Sink struct {
 	w         Writer
 	wm        *Watermark
 	log       *zap.Logger
-	queues    []chan item
+	queues    []*keyQueue
 	seed      maphash.Seed
 	cur       *txnState
 	applied   [][2]prometheus.Counter // by table, op-1
@@ -55,9 +49,9 @@ type Sink struct {
 // heartbeat is called when the source reports it is idle.
 func New(cfg config.Sink, tables []string, w Writer, wm *Watermark, m *metrics.Metrics, log *zap.Logger, heartbeat func()) *Sink {
 	s := &Sink{cfg: cfg, w: w, wm: wm, log: log, seed: maphash.MakeSeed(), m: m, beat: heartbeat}
-	s.queues = make([]chan item, cfg.Workers)
+	s.queues = make([]*keyQueue, cfg.Workers)
 	for i := range s.queues {
-		s.queues[i] = make(chan item, cfg.QueueSize)
+		s.queues[i] = newKeyQueue(cfg.QueueSize)
 	}
 	for _, t := range tables {
 		s.applied = append(s.applied, [2]prometheus.Counter{m.RowsApplied.WithLabelValues(t, "upsert"), m.RowsApplied.WithLabelValues(t, "delete")})
@@ -72,20 +66,19 @@ func (s *Sink) Worker(key string) int {
 	return int(maphash.String(s.seed, key) % uint64(len(s.queues)))
 }
 
-// Row routes one row change to its worker; it blocks while that worker's queue is full.
+// Row routes one row change to its worker; it blocks while that worker's queue holds
+// queue_size other keys.
 func (s *Sink) Row(ctx context.Context, r canal.Row) error {
 	if s.cur == nil || s.cur.id != r.Txn {
 		s.cur = s.wm.open(r.Txn)
 	}
 	s.cur.pending.Add(1)
 	s.cur.rows++
-	select {
-	case s.queues[s.Worker(r.Change.Key)] <- item{change: r.Change, txn: s.cur, table: r.Table}:
-		return nil
-	case <-ctx.Done():
+	if _, err := s.queues[s.Worker(r.Change.Key)].put(ctx, r.Change, r.Image, r.Table, s.cur); err != nil {
 		s.cur.pending.Add(-1)
-		return ctx.Err()
+		return err
 	}
+	return nil
 }
 
 // Commit seals a transaction.
@@ -103,11 +96,11 @@ func (s *Sink) Heartbeat(context.Context) error {
 	return nil
 }
 
-// QueueDepth is the number of rows waiting in the workers' queues.
+// QueueDepth is the number of keys waiting in the workers' queues.
 func (s *Sink) QueueDepth() int {
 	n := 0
 	for _, q := range s.queues {
-		n += len(q)
+		n += q.len()
 	}
 	return n
 }
@@ -115,7 +108,7 @@ func (s *Sink) QueueDepth() int {
 // Close ends the input: workers finish what is queued, then Run returns.
 func (s *Sink) Close() {
 	for _, q := range s.queues {
-		close(q)
+		q.close()
 	}
 }
 
@@ -135,92 +128,79 @@ func (s *Sink) Run(ctx context.Context) error {
 	return first
 }
 
-func (s *Sink) work(ctx context.Context, id int, q <-chan item) error {
+func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 	log := s.log.With(zap.Int("worker", id))
-	batch := make([]item, 0, s.cfg.BatchSize)
+	batch := make([]*entry, 0, s.cfg.BatchSize)
 	changes := make([]layout.Change, 0, s.cfg.BatchSize)
-	owners := make([]int, 0, s.cfg.BatchSize) // index in batch of each change
 	out := make([]layout.Outcome, s.cfg.BatchSize)
-	latest := make(map[string]int, s.cfg.BatchSize)
 	var timer *time.Timer
 	for {
-		batch = batch[:0]
-		// Block for the first item, then take what is queued.
-		select {
-		case it, ok := <-q:
-			if !ok {
-				return nil
-			}
-			batch = append(batch, it)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		closed := false
-	fill:
-		for len(batch) < cap(batch) {
+		// Block for the first entries, then, if the batch is not full, wait up to
+		// flush_interval for more.
+		var done bool
+		batch, done = q.take(batch[:0], s.cfg.BatchSize)
+		for len(batch) == 0 && !done {
 			select {
-			case it, ok := <-q:
-				if !ok {
-					closed = true
-					break fill
-				}
-				batch = append(batch, it)
-			default:
-				if s.cfg.FlushInterval <= 0 {
-					break fill
-				}
-				if timer == nil {
-					timer = time.NewTimer(s.cfg.FlushInterval)
-				} else {
-					timer.Reset(s.cfg.FlushInterval)
-				}
+			case <-q.ready:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			batch, done = q.take(batch, s.cfg.BatchSize)
+		}
+		if len(batch) < s.cfg.BatchSize && !done && s.cfg.FlushInterval > 0 {
+			if timer == nil {
+				timer = time.NewTimer(s.cfg.FlushInterval)
+			} else {
+				timer.Reset(s.cfg.FlushInterval)
+			}
+		linger:
+			for len(batch) < s.cfg.BatchSize && !done {
 				select {
-				case it, ok := <-q:
-					timer.Stop()
-					if !ok {
-						closed = true
-						break fill
-					}
-					batch = append(batch, it)
+				case <-q.ready:
+					batch, done = q.take(batch, s.cfg.BatchSize)
 				case <-timer.C:
-					break fill
+					break linger
 				case <-ctx.Done():
 					timer.Stop()
 					return ctx.Err()
 				}
 			}
+			timer.Stop()
 		}
-		// Coalesce: keep the newest change per key (the last one queued).
-		clear(latest)
-		changes, owners = changes[:0], owners[:0]
-		for i := range batch {
-			k := batch[i].change.Key
-			if j, ok := latest[k]; ok {
-				changes[j] = batch[i].change
-				owners[j] = i
-				continue
-			}
-			latest[k] = len(changes)
-			changes = append(changes, batch[i].change)
-			owners = append(owners, i)
+		if len(batch) == 0 {
+			return nil // closed and drained
 		}
-		if err := s.write(ctx, log, changes, owners, batch, out[:len(changes)]); err != nil {
-			return err
-		}
-		for i := range batch {
-			if j := latest[batch[i].change.Key]; owners[j] != i {
-				// Superseded in this batch: it shares the fate of the newest change.
-				op := opIndex(batch[i].change.Op)
-				if out[j].Result == layout.Skipped {
-					s.skipped[batch[i].table][op].Inc()
-				} else {
-					s.coalesced[batch[i].table][op].Inc()
+		changes = changes[:0]
+		for _, e := range batch {
+			c := e.change
+			if c.Op == layout.OpUpsert && c.Fields == nil && !e.image.IsZero() {
+				var err error
+				if c.Fields, err = e.image.Fields(); err != nil {
+					s.m.RenderErrors.Inc()
+					log.Error("a column value has a type invsync does not expect; written as rendered", zap.String("key", c.Key), zap.Error(err))
 				}
 			}
-			batch[i].txn.pending.Add(-1)
-			batch[i] = item{}
+			changes = append(changes, c)
 		}
-		if closed {
+		if err := s.write(ctx, log, changes, batch, out[:len(changes)]); err != nil {
+			return err
+		}
+		for i, e := range batch {
+			if n := len(e.txns) - 1; n > 0 {
+				// Rows superseded while waiting share the fate of the newest change.
+				op := opIndex(e.change.Op)
+				if out[i].Result == layout.Skipped {
+					s.skipped[e.table][op].Add(float64(n))
+				} else {
+					s.coalesced[e.table][op].Add(float64(n))
+				}
+			}
+			for _, t := range e.txns {
+				t.pending.Add(-1)
+			}
+			batch[i] = nil
+		}
+		if done {
 			return nil
 		}
 	}
@@ -229,7 +209,7 @@ func (s *Sink) work(ctx context.Context, id int, q <-chan item) error {
 // write applies changes, retrying failures with backoff until every change is applied
 // or skipped; out[i] ends as the outcome of changes[i]. It returns only when that is
 // done or ctx ends.
-func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Change, owners []int, batch []item, out []layout.Outcome) error {
+func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Change, batch []*entry, out []layout.Outcome) error {
 	backoff := 50 * time.Millisecond
 	const maxBackoff = 5 * time.Second
 	todo := changes
@@ -246,7 +226,7 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 				i = idx[k]
 				out[i] = o
 			}
-			it := &batch[owners[i]]
+			it := batch[i]
 			op := opIndex(it.change.Op)
 			switch o.Result {
 			case layout.Applied:

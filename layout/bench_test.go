@@ -1,0 +1,65 @@
+package layout_test
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/layout"
+	"github.com/redis/go-redis/v9"
+)
+
+func redisCPUSeconds(tb testing.TB, rdb *redis.Client) float64 {
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	testenv.Must(tb, err, "INFO cpu")
+	total := 0.0
+	for _, line := range strings.Split(info, "\r\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, _ := strconv.ParseFloat(v, 64)
+			total += f
+		}
+	}
+	return total
+}
+
+// BenchmarkApplyUpdates measures the versioned script on updates of existing rows, the
+// common case of a catch-up: Redis CPU per row is what limits throughput.
+func BenchmarkApplyUpdates(b *testing.B) {
+	rdb := testenv.Redis(b)
+	pfx := testenv.Prefix(b, rdb)
+	w := layout.NewWriter(rdb, time.Hour, false)
+	ctx := context.Background()
+	const keys, batch = 10000, 512
+	changes := make([]layout.Change, batch)
+	out := make([]layout.Outcome, batch)
+	seq := layout.Seq{File: 1}
+	mk := func(i int) layout.Change {
+		seq.Pos++
+		k := strconv.Itoa(i % keys)
+		return layout.Change{Key: pfx + "{" + k + "}", Op: layout.OpUpsert, Version: strconv.Itoa(int(seq.Pos)), Seq: seq,
+			Fields: []layout.Field{{"sku", k}, {"stock", "1000"}, {"price", "9.99"}, {"name", "sku-" + k}, {"version", "7"}}}
+	}
+	for i := 0; i < keys; i += batch {
+		for j := range changes {
+			changes[j] = mk(i + j)
+		}
+		testenv.Must(b, w.Apply(ctx, changes, out), "prefill")
+	}
+	cpu0 := redisCPUSeconds(b, rdb)
+	b.ResetTimer()
+	rows := 0
+	for n := 0; n < b.N; n++ {
+		for j := range changes {
+			changes[j] = mk(rows + j)
+		}
+		if err := w.Apply(ctx, changes, out); err != nil {
+			b.Fatal(err)
+		}
+		rows += batch
+	}
+	b.StopTimer()
+	b.ReportMetric((redisCPUSeconds(b, rdb)-cpu0)*1e6/float64(rows), "redis-cpu-µs/row")
+}

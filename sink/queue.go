@@ -1,0 +1,126 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/layout"
+)
+
+// entry is the newest pending change of one key, and every transaction whose row it
+// stands for: a row superseded while waiting is acknowledged when the newer change that
+// replaced it is written.
+type entry struct {
+	change layout.Change
+	image  canal.Image // rendered into change.Fields when written
+	table  int
+	txns   []*txnState // one per row merged into this entry, in arrival order
+}
+
+// keyQueue is a worker's queue: at most one entry per key, in the order keys first
+// arrived. A change for a key that is already waiting replaces it in place (coalescing
+// at enqueue), so when Redis is slower than the binlog, repeated changes of one key cost
+// one write, and the queue's memory is bounded by the number of distinct keys.
+type keyQueue struct {
+	mu      sync.Mutex
+	byKey   map[string]*entry
+	order   []*entry // FIFO of keys; head is order[head]
+	head    int
+	limit   int
+	closed  bool
+	ready   chan struct{} // signalled when an entry was added or the queue closed
+	hasRoom chan struct{} // signalled when entries were taken
+}
+
+// errQueueClosed is returned by put after close.
+var errQueueClosed = errors.New("sink queue closed")
+
+func newKeyQueue(limit int) *keyQueue {
+	return &keyQueue{
+		byKey:   make(map[string]*entry, limit),
+		limit:   limit,
+		ready:   make(chan struct{}, 1),
+		hasRoom: make(chan struct{}, 1),
+	}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// put adds a change of transaction t. It blocks while the queue holds limit distinct
+// keys and the key is not among them. It reports whether the change was merged into a
+// waiting entry.
+func (q *keyQueue) put(ctx context.Context, c layout.Change, image canal.Image, table int, t *txnState) (merged bool, err error) {
+	for {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return false, errQueueClosed
+		}
+		if e, ok := q.byKey[c.Key]; ok {
+			e.change, e.image, e.table = c, image, table
+			e.txns = append(e.txns, t)
+			q.mu.Unlock()
+			return true, nil
+		}
+		if len(q.byKey) < q.limit {
+			e := &entry{change: c, image: image, table: table, txns: []*txnState{t}}
+			q.byKey[c.Key] = e
+			q.order = append(q.order, e)
+			q.mu.Unlock()
+			signal(q.ready)
+			return false, nil
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.hasRoom:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+}
+
+// take moves up to max entries, oldest key first, into dst. It returns what it took
+// (possibly nothing) and whether the queue is closed and empty.
+func (q *keyQueue) take(dst []*entry, max int) ([]*entry, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(dst) < max && q.head < len(q.order) {
+		e := q.order[q.head]
+		q.order[q.head] = nil
+		q.head++
+		delete(q.byKey, e.change.Key)
+		dst = append(dst, e)
+	}
+	if q.head == len(q.order) {
+		q.order, q.head = q.order[:0], 0
+	} else if q.head > len(q.order)/2 && q.head > 1024 {
+		n := copy(q.order, q.order[q.head:])
+		clear(q.order[n:])
+		q.order, q.head = q.order[:n], 0
+	}
+	if len(dst) > 0 {
+		signal(q.hasRoom)
+	}
+	return dst, q.closed && q.head == len(q.order)
+}
+
+// len is the number of waiting keys.
+func (q *keyQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.byKey)
+}
+
+func (q *keyQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	signal(q.ready)
+}
