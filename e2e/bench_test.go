@@ -98,7 +98,9 @@ func runW1(b *testing.B) {
 	b.StopTimer()
 	redisBusy := redisCPU(b, rdb) - redisCPU0
 	rss := peakRSS(b, p.cmd.Process.Pid)
+	metricsText, _ := httpBody("http://" + httpAddr + "/metrics")
 	p.terminate(b)
+	b.Logf("rows written to Redis %.0f, superseded while waiting %.0f", metricSum(metricsText, "invsync_rows_applied_total"), metricSum(metricsText, "invsync_rows_coalesced_total"))
 	daemonCPU := p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime()
 	if err := compareTable(context.Background(), db, rdb, cfg.Tables[0]); err != nil {
 		b.Fatalf("after catch-up: %v", err)
@@ -193,4 +195,17 @@ func redisCPU(tb testing.TB, rdb *redis.Client) float64 {
 		}
 	}
 	return total
+}
+
+// metricSum adds up every sample of a metric in Prometheus text format.
+func metricSum(text, name string) float64 {
+	sum := 0.0
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
 }

@@ -28,6 +28,13 @@ local function cmp(a, b)
   end
   return 0
 end
+-- newer reports whether binlog sequence a (27 digits) is later than b: two exact
+-- numeric comparisons, cheaper in Lua than a loop over the digits.
+local function newer(a, b)
+  local x, y = tonumber(string.sub(a, 1, 14)), tonumber(string.sub(b, 1, 14))
+  if x ~= y then return x > y end
+  return tonumber(string.sub(a, 15)) > tonumber(string.sub(b, 15))
+end
 local ttl = ARGV[1]
 local res = {}
 local a = 2
@@ -36,31 +43,43 @@ for i = 1, #KEYS do
   local op, s, v, n = ARGV[a], ARGV[a+1], ARGV[a+2], tonumber(ARGV[a+3])
   local f1 = a + 4
   a = f1 + 2 * n
-  local cur = redis.pcall('HMGET', k, '_s', '_v', '_null')
+  local cur = redis.pcall('HMGET', k, '_s', '_v', '_null', '_deleted')
   if cur.err then
     res[i] = 'E:' .. cur.err
   else
-    local cs, cv, cn = cur[1], cur[2], cur[3]
+    local cs, cv, cn, cd = cur[1], cur[2], cur[3], cur[4]
     local apply
     if cn or not cv then
-      apply = (not cs) or (s ~= '' and cmp(s, cs) > 0)
+      apply = (not cs) or (s ~= '' and newer(s, cs))
     elseif s ~= '' then
-      if cs then apply = cmp(s, cs) > 0 else apply = cmp(v, cv) >= 0 end
+      if cs then apply = newer(s, cs) else apply = cmp(v, cv) >= 0 end
     else
       apply = cmp(v, cv) > 0
     end
     if apply then
-      redis.call('DEL', k)
       if op == 'd' then
+        redis.call('DEL', k)
         if s ~= '' then redis.call('HSET', k, '_v', v, '_s', s, '_deleted', '1')
         else redis.call('HSET', k, '_v', v, '_deleted', '1') end
         redis.call('PEXPIRE', k, ttl)
-      elseif s ~= '' then
-        if n > 0 then redis.call('HSET', k, '_v', v, '_s', s, unpack(ARGV, f1, f1 + 2 * n - 1))
-        else redis.call('HSET', k, '_v', v, '_s', s) end
+      elseif s ~= '' and cs and cv and not cn and not cd then
+        -- Over a live row written from the binlog: overwrite in place. The hash then
+        -- holds exactly the new state unless the old one had a field the new one lacks
+        -- (a column that became NULL or was dropped): then rebuild it.
+        redis.call('HSET', k, '_v', v, '_s', s, unpack(ARGV, f1, f1 + 2 * n - 1))
+        if redis.call('HLEN', k) ~= n + 2 then
+          redis.call('DEL', k)
+          redis.call('HSET', k, '_v', v, '_s', s, unpack(ARGV, f1, f1 + 2 * n - 1))
+        end
       else
-        if n > 0 then redis.call('HSET', k, '_v', v, unpack(ARGV, f1, f1 + 2 * n - 1))
-        else redis.call('HSET', k, '_v', v) end
+        redis.call('DEL', k)
+        if s ~= '' then
+          if n > 0 then redis.call('HSET', k, '_v', v, '_s', s, unpack(ARGV, f1, f1 + 2 * n - 1))
+          else redis.call('HSET', k, '_v', v, '_s', s) end
+        else
+          if n > 0 then redis.call('HSET', k, '_v', v, unpack(ARGV, f1, f1 + 2 * n - 1))
+          else redis.call('HSET', k, '_v', v) end
+        end
       end
       res[i] = 1
     else
