@@ -4,19 +4,24 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/layout"
 )
 
-// entry is the newest pending change of one key, and every transaction whose row it
-// stands for: a row superseded while waiting is acknowledged when the newer change that
-// replaced it is written.
+// entry is the newest pending change of one key. hold is the transaction of the oldest
+// row it stands for, acknowledged only when the entry is written: since the watermark
+// cannot pass that transaction before then, it cannot pass any later one either, so the
+// rows merged into the entry afterwards are acknowledged as they are merged, and the
+// checkpoint still never passes a change that is not in Redis.
 type entry struct {
 	change layout.Change
 	image  canal.Image // rendered into change.Fields when written
 	table  int
-	txns   []*txnState // one per row merged into this entry, in arrival order
+	at     int64 // when the key started waiting (unix nanos)
+	hold   *txnState
+	merged int // rows superseded while waiting // one per row merged into this entry, in arrival order
 }
 
 // keyQueue is a worker's queue: at most one entry per key, in the order keys first
@@ -39,7 +44,7 @@ var errQueueClosed = errors.New("sink queue closed")
 
 func newKeyQueue(limit int) *keyQueue {
 	return &keyQueue{
-		byKey:   make(map[string]*entry, limit),
+		byKey:   make(map[string]*entry),
 		limit:   limit,
 		ready:   make(chan struct{}, 1),
 		hasRoom: make(chan struct{}, 1),
@@ -65,12 +70,13 @@ func (q *keyQueue) put(ctx context.Context, c layout.Change, image canal.Image, 
 		}
 		if e, ok := q.byKey[c.Key]; ok {
 			e.change, e.image, e.table = c, image, table
-			e.txns = append(e.txns, t)
+			e.merged++
 			q.mu.Unlock()
+			t.pending.Add(-1)
 			return true, nil
 		}
 		if len(q.byKey) < q.limit {
-			e := &entry{change: c, image: image, table: table, txns: []*txnState{t}}
+			e := &entry{change: c, image: image, table: table, at: time.Now().UnixNano(), hold: t}
 			q.byKey[c.Key] = e
 			q.order = append(q.order, e)
 			q.mu.Unlock()
@@ -109,6 +115,15 @@ func (q *keyQueue) take(dst []*entry, max int) ([]*entry, bool) {
 		signal(q.hasRoom)
 	}
 	return dst, q.closed && q.head == len(q.order)
+}
+
+// urgent reports whether the queue must be written now, even while catching up: it is
+// full (the reader waits for room), closed, or its oldest key has waited since before
+// oldest (unix nanos).
+func (q *keyQueue) urgent(oldest int64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.closed || len(q.byKey) >= q.limit || (q.head < len(q.order) && q.order[q.head].at <= oldest)
 }
 
 // len is the number of waiting keys.

@@ -13,6 +13,7 @@ import (
 	"context"
 	"hash/maphash"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/invsync/invsync/canal"
@@ -43,7 +44,21 @@ type Sink struct {
 	coalesced [][2]prometheus.Counter
 	m         *metrics.Metrics
 	beat      func()
+	rowsRead  uint64       // router goroutine only
+	lastRead  atomic.Int64 // unix nanos when the reader last handed over rows
+	behind    atomic.Bool  // the newest commit read is old: catching up
 }
+
+// Catching up: while the newest commit read is more than behindAfter old and the
+// reader is busy, workers leave keys waiting (up to catchUpMaxHold, or until a queue is
+// full) so that later changes of the same keys replace them instead of each costing a
+// Redis write, and the CPU goes to reading. Once the reader is idle for readerIdle, or
+// the stream is recent, keys are written at once.
+const (
+	behindAfter    = 2 * time.Second
+	catchUpMaxHold = 2 * time.Second
+	readerIdle     = 5 * time.Millisecond
+)
 
 // New returns a sink for tables (names by config index) writing through w.
 // heartbeat is called when the source reports it is idle.
@@ -74,6 +89,9 @@ func (s *Sink) Row(ctx context.Context, r canal.Row) error {
 	}
 	s.cur.pending.Add(1)
 	s.cur.rows++
+	if s.rowsRead++; s.rowsRead&63 == 0 {
+		s.lastRead.Store(time.Now().UnixNano())
+	}
 	if _, err := s.queues[s.Worker(r.Change.Key)].put(ctx, r.Change, r.Image, r.Table, s.cur); err != nil {
 		s.cur.pending.Add(-1)
 		return err
@@ -83,6 +101,8 @@ func (s *Sink) Row(ctx context.Context, r canal.Row) error {
 
 // Commit seals a transaction.
 func (s *Sink) Commit(_ context.Context, c canal.Commit) error {
+	s.lastRead.Store(time.Now().UnixNano())
+	s.behind.Store(time.Since(c.Time) > behindAfter)
 	s.wm.seal(c.Txn, c.Pos, c.Time)
 	s.cur = nil
 	return nil
@@ -137,15 +157,18 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 	for {
 		// Block for the first entries, then, if the batch is not full, wait up to
 		// flush_interval for more.
+		if err := s.waitForTurn(ctx, q, &timer); err != nil {
+			return err
+		}
 		var done bool
 		batch, done = q.take(batch[:0], s.cfg.BatchSize)
-		for len(batch) == 0 && !done {
+		if len(batch) == 0 && !done {
 			select {
 			case <-q.ready:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-			batch, done = q.take(batch, s.cfg.BatchSize)
+			continue
 		}
 		if len(batch) < s.cfg.BatchSize && !done && s.cfg.FlushInterval > 0 {
 			if timer == nil {
@@ -186,7 +209,7 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 			return err
 		}
 		for i, e := range batch {
-			if n := len(e.txns) - 1; n > 0 {
+			if n := e.merged; n > 0 {
 				// Rows superseded while waiting share the fate of the newest change.
 				op := opIndex(e.change.Op)
 				if out[i].Result == layout.Skipped {
@@ -195,15 +218,36 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 					s.coalesced[e.table][op].Add(float64(n))
 				}
 			}
-			for _, t := range e.txns {
-				t.pending.Add(-1)
-			}
+			e.hold.pending.Add(-1)
 			batch[i] = nil
 		}
 		if done {
 			return nil
 		}
 	}
+}
+
+// waitForTurn returns when the worker should write: at once unless catching up with a
+// busy reader (see catchUpMaxHold).
+func (s *Sink) waitForTurn(ctx context.Context, q *keyQueue, timer **time.Timer) error {
+	for s.behind.Load() {
+		now := time.Now().UnixNano()
+		if now-s.lastRead.Load() > int64(readerIdle) || q.urgent(now-int64(catchUpMaxHold)) {
+			return nil
+		}
+		if *timer == nil {
+			*timer = time.NewTimer(readerIdle)
+		} else {
+			(*timer).Reset(readerIdle)
+		}
+		select {
+		case <-(*timer).C:
+		case <-ctx.Done():
+			(*timer).Stop()
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // write applies changes, retrying failures with backoff until every change is applied
