@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
@@ -107,27 +108,7 @@ func TestKill9LosesNothing(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	prefix := e.cfg.Tables[0].KeyPrefix
-	var samples []sample
-	var smu sync.Mutex
-	sdone := make(chan struct{})
-	go func() {
-		defer close(sdone)
-		for ctx.Err() == nil {
-			pos, ok, err := store.Load(ctx)
-			if err != nil || !ok {
-				continue
-			}
-			seqs, err := readSeqs(ctx, e.rdb, prefix)
-			if err != nil {
-				continue
-			}
-			smu.Lock()
-			samples = append(samples, sample{pos: pos, seqs: seqs})
-			smu.Unlock()
-			time.Sleep(100 * time.Millisecond)
-		}
-	}()
+	smp := startSampler(ctx, store, e.rdb, e.cfg.Tables[0].KeyPrefix, 100*time.Millisecond)
 
 	wl := &workload{db: e.db, table: "inventory", skus: 2000, writers: 4, txns: 4000, maxRows: 20}
 	wdone := make(chan error, 1)
@@ -148,14 +129,110 @@ func TestKill9LosesNothing(t *testing.T) {
 	}
 	e.waitEqual(60 * time.Second)
 	p.terminate(t)
-	cancel()
-	<-sdone
+	samples := smp.stop()
 	endPos, _, err := store.Load(context.Background())
 	testenv.Must(t, err, "final checkpoint")
+	checkSamples(t, e, startPos, endPos, samples, 10)
+}
 
-	smu.Lock()
-	defer smu.Unlock()
-	checkSamples(t, e, startPos, endPos, samples)
+// sampler reads the checkpoint and then every key's _s, repeatedly, until stopped.
+type sampler struct {
+	cancel  context.CancelFunc
+	done    chan struct{}
+	mu      sync.Mutex
+	samples []sample
+}
+
+func startSampler(ctx context.Context, store *checkpoint.Store, rdb *redis.Client, prefix string, every time.Duration) *sampler {
+	ctx, cancel := context.WithCancel(ctx)
+	s := &sampler{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for ctx.Err() == nil {
+			pos, ok, err := store.Load(ctx)
+			if err != nil || !ok {
+				continue
+			}
+			seqs, err := readSeqs(ctx, rdb, prefix)
+			if err != nil {
+				continue
+			}
+			s.mu.Lock()
+			s.samples = append(s.samples, sample{pos: pos, seqs: seqs})
+			s.mu.Unlock()
+			time.Sleep(every)
+		}
+	}()
+	return s
+}
+
+func (s *sampler) stop() []sample {
+	s.cancel()
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.samples
+}
+
+// A catch-up after downtime takes the catch-up path (keys wait and coalesce while the
+// reader is busy); killed with SIGKILL in the middle of it and restarted, it still ends
+// equal, and no checkpoint written during it passes a change that Redis did not hold.
+func TestKill9DuringCatchUp(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	httpAddr := freeAddr(t)
+	cfgPath := e.writeConfig(func(c *config.Config) { c.HTTP.Listen = httpAddr })
+	p := startProc(t, cfgPath, httpAddr)
+	p.terminate(t)
+	store := e.checkpointStore()
+	startPos, ok, err := store.Load(context.Background())
+	if err != nil || !ok {
+		t.Fatalf("no checkpoint after the first start: %v", err)
+	}
+	// Downtime: a workload with many changes per key, then a pause so that every commit
+	// is old (the daemon is behind) when it starts again.
+	wl := &workload{db: e.db, table: "inventory", skus: 500, writers: 4, txns: 4000, maxRows: 20}
+	testenv.Must(t, wl.run(context.Background()), "workload")
+	written := e.currentPosition()
+	time.Sleep(2500 * time.Millisecond)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	smp := startSampler(ctx, store, e.rdb, e.cfg.Tables[0].KeyPrefix, 5*time.Millisecond)
+	p = startProc(t, cfgPath, httpAddr)
+	// Kill it once the catch-up path is at work: changes of waiting keys are being merged.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		body, err := httpBody("http://" + httpAddr + "/metrics")
+		if err == nil && metricSum(body, "invsync_rows_coalesced_total") > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the catch-up coalesced nothing: the catch-up path was not exercised")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	p.kill(t)
+	p = startProc(t, cfgPath, httpAddr)
+	e.waitEqual(60 * time.Second)
+	// Redis may be equal before the restarted daemon has re-read what the killed one
+	// wrote; wait until its checkpoint covers the whole workload.
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		pos, _, err := store.Load(context.Background())
+		testenv.Must(t, err, "checkpoint")
+		if !less(pos, canal.Position{File: written.File, Pos: written.Pos}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("checkpoint %s did not reach the end of the workload %s", pos, written)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // let the sampler see the final checkpoint too
+	p.terminate(t)
+	samples := smp.stop()
+	endPos, _, err := store.Load(context.Background())
+	testenv.Must(t, err, "final checkpoint")
+	checkSamples(t, e, startPos, endPos, samples, 3)
 }
 
 func readSeqs(ctx context.Context, rdb *redis.Client, prefix string) (map[string]string, error) {
@@ -218,7 +295,7 @@ func (r *recorder) Commit(_ context.Context, c canal.Commit) error {
 
 func (r *recorder) Heartbeat(context.Context) error { return nil }
 
-func checkSamples(t *testing.T, e *env, start, end canal.Position, samples []sample) {
+func checkSamples(t *testing.T, e *env, start, end canal.Position, samples []sample, atLeast int) {
 	t.Helper()
 	sort.SliceStable(samples, func(i, j int) bool { return less(samples[i].pos, samples[j].pos) })
 	tables, err := canal.LoadTables(context.Background(), testenv.DB(t, ""), e.cfg.Tables)
@@ -237,8 +314,16 @@ func checkSamples(t *testing.T, e *env, start, end canal.Position, samples []sam
 	if !errors.Is(err, errReachedEnd) {
 		t.Fatalf("replaying the binlog for the check: %v", err)
 	}
-	if rec.checked < 10 {
-		t.Fatalf("only %d of %d checkpoint samples were checked", rec.checked, len(samples))
+	if rec.checked < atLeast {
+		seen := map[string]bool{}
+		var distinct []string
+		for _, s := range samples {
+			if k := s.pos.String(); !seen[k] {
+				seen[k] = true
+				distinct = append(distinct, k)
+			}
+		}
+		t.Fatalf("only %d of %d checkpoint samples were checked (range %s .. %s; sampled positions %v)", rec.checked, len(samples), start, end, distinct)
 	}
 	t.Logf("checked %d checkpoint samples against %d keys", rec.checked, len(rec.last))
 }
