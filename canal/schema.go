@@ -152,6 +152,7 @@ type decoder struct {
 	pkIdx    []int // event column index of each primary key part
 	version  int   // event column index of the version column, or -1
 	mirrored int   // number of mirrored columns
+	scratch  []byte
 }
 
 var valuesRe = regexp.MustCompile(`'((?:[^']|'')*)'`)

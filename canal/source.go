@@ -376,23 +376,29 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 	return nil
 }
 
+// key builds the row's Redis key (layout.Key) into d's scratch buffer, so that a key
+// costs one allocation: this runs for every row read.
 func (d *decoder) key(t *Table, row []any) (string, error) {
-	var parts [4]string
-	pk := parts[:0]
-	for _, i := range d.pkIdx {
+	b := append(d.scratch[:0], t.KeyPrefix...)
+	b = append(b, '{')
+	for p, i := range d.pkIdx {
 		if i >= len(row) {
 			return "", fmt.Errorf("primary key column %d missing from row", i)
 		}
-		v, ok, err := d.cols[i].render(row[i])
-		if err != nil {
-			return "", err
-		}
-		if !ok {
+		if row[i] == nil {
 			return "", fmt.Errorf("primary key column %s is NULL", d.cols[i].name)
 		}
-		pk = append(pk, v)
+		if p > 0 {
+			b = append(b, ':')
+		}
+		var err error
+		if b, err = d.cols[i].appendText(b, row[i]); err != nil {
+			return "", err
+		}
 	}
-	return layout.Key(t.KeyPrefix, pk), nil
+	b = append(b, '}')
+	d.scratch = b
+	return string(b), nil
 }
 
 func (d *decoder) change(t *Table, row []any, seq layout.Seq, del bool) (layout.Change, error) {

@@ -115,6 +115,23 @@ func (c *column) render(v any) (string, bool, error) {
 	return fmt.Sprint(v), true, fmt.Errorf("column %s: unexpected %T value for its type", c.name, v)
 }
 
+// appendText appends the SELECT text of a non-NULL v, without an intermediate string
+// for the integer kinds (primary keys are usually integers).
+func (c *column) appendText(dst []byte, v any) ([]byte, error) {
+	if c.kind == kindInt && !c.unsigned {
+		if i, ok := asInt64(v); ok {
+			return strconv.AppendInt(dst, i, 10), nil
+		}
+	}
+	if c.kind == kindInt && c.unsigned {
+		if i, ok := asInt64(v); ok {
+			return strconv.AppendUint(dst, unsignedOf(v, i), 10), nil
+		}
+	}
+	s, _, err := c.render(v)
+	return append(dst, s...), err
+}
+
 func asString(v any) string {
 	switch x := v.(type) {
 	case string:

@@ -21,7 +21,9 @@ type entry struct {
 	table  int
 	at     int64 // when the key started waiting (unix nanos)
 	hold   *txnState
-	merged int // rows superseded while waiting // one per row merged into this entry, in arrival order
+	merged int    // rows superseded while waiting
+	hash   uint64 // of the key; the index in byHash unless overflow
+	spill  bool   // indexed in overflow (its hash collided with another key's) // one per row merged into this entry, in arrival order
 }
 
 // keyQueue is a worker's queue: at most one entry per key, in the order keys first
@@ -29,14 +31,20 @@ type entry struct {
 // at enqueue), so when Redis is slower than the binlog, repeated changes of one key cost
 // one write, and the queue's memory is bounded by the number of distinct keys.
 type keyQueue struct {
-	mu      sync.Mutex
-	byKey   map[string]*entry
-	order   []*entry // FIFO of keys; head is order[head]
-	head    int
-	limit   int
-	closed  bool
-	ready   chan struct{} // signalled when an entry was added or the queue closed
-	hasRoom chan struct{} // signalled when entries were taken
+	mu sync.Mutex
+	// byHash indexes waiting entries by the 64-bit hash of their key (cheaper than a
+	// string-keyed map on the per-row path); a key whose hash collides with another
+	// waiting key's goes to overflow. In the rare case that a key then waits in both
+	// (its first entry in overflow, a later one in byHash), the two are written in
+	// order, which the write guard makes right; they are just not merged.
+	byHash   map[uint64]*entry
+	overflow map[string]*entry
+	order    []*entry // FIFO of keys; head is order[head]
+	head     int
+	limit    int
+	closed   bool
+	ready    chan struct{} // signalled when an entry was added or the queue closed
+	hasRoom  chan struct{} // signalled when entries were taken
 }
 
 // errQueueClosed is returned by put after close.
@@ -44,10 +52,11 @@ var errQueueClosed = errors.New("sink queue closed")
 
 func newKeyQueue(limit int) *keyQueue {
 	return &keyQueue{
-		byKey:   make(map[string]*entry),
-		limit:   limit,
-		ready:   make(chan struct{}, 1),
-		hasRoom: make(chan struct{}, 1),
+		byHash:   make(map[uint64]*entry),
+		overflow: make(map[string]*entry),
+		limit:    limit,
+		ready:    make(chan struct{}, 1),
+		hasRoom:  make(chan struct{}, 1),
 	}
 }
 
@@ -61,23 +70,33 @@ func signal(c chan struct{}) {
 // put adds a change of transaction t. It blocks while the queue holds limit distinct
 // keys and the key is not among them. It reports whether the change was merged into a
 // waiting entry.
-func (q *keyQueue) put(ctx context.Context, c layout.Change, image canal.Image, table int, t *txnState) (merged bool, err error) {
+func (q *keyQueue) put(ctx context.Context, hash uint64, c layout.Change, image canal.Image, table int, t *txnState) (merged bool, err error) {
 	for {
 		q.mu.Lock()
 		if q.closed {
 			q.mu.Unlock()
 			return false, errQueueClosed
 		}
-		if e, ok := q.byKey[c.Key]; ok {
+		e, ok := q.byHash[hash]
+		spill := false
+		if ok && e.change.Key != c.Key {
+			spill = true
+			e, ok = q.overflow[c.Key]
+		}
+		if ok {
 			e.change, e.image, e.table = c, image, table
 			e.merged++
 			q.mu.Unlock()
 			t.pending.Add(-1)
 			return true, nil
 		}
-		if len(q.byKey) < q.limit {
-			e := &entry{change: c, image: image, table: table, at: time.Now().UnixNano(), hold: t}
-			q.byKey[c.Key] = e
+		if q.len() < q.limit {
+			e := &entry{change: c, image: image, table: table, at: time.Now().UnixNano(), hold: t, hash: hash, spill: spill}
+			if spill {
+				q.overflow[c.Key] = e
+			} else {
+				q.byHash[hash] = e
+			}
 			q.order = append(q.order, e)
 			q.mu.Unlock()
 			signal(q.ready)
@@ -101,7 +120,11 @@ func (q *keyQueue) take(dst []*entry, max int) ([]*entry, bool) {
 		e := q.order[q.head]
 		q.order[q.head] = nil
 		q.head++
-		delete(q.byKey, e.change.Key)
+		if e.spill {
+			delete(q.overflow, e.change.Key)
+		} else {
+			delete(q.byHash, e.hash)
+		}
 		dst = append(dst, e)
 	}
 	if q.head == len(q.order) {
@@ -123,14 +146,17 @@ func (q *keyQueue) take(dst []*entry, max int) ([]*entry, bool) {
 func (q *keyQueue) urgent(oldest int64) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.closed || len(q.byKey) >= q.limit || (q.head < len(q.order) && q.order[q.head].at <= oldest)
+	return q.closed || q.len() >= q.limit || (q.head < len(q.order) && q.order[q.head].at <= oldest)
 }
 
-// len is the number of waiting keys.
-func (q *keyQueue) len() int {
+// len is the number of waiting keys; q.mu must be held.
+func (q *keyQueue) len() int { return len(q.byHash) + len(q.overflow) }
+
+// depth is the number of waiting keys.
+func (q *keyQueue) depth() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.byKey)
+	return q.len()
 }
 
 func (q *keyQueue) close() {

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"errors"
+	"hash/maphash"
 	"testing"
 	"time"
 
@@ -20,7 +21,7 @@ func TestKeyQueueCoalescesAndHoldsTheOldestTransaction(t *testing.T) {
 	q := newKeyQueue(10)
 	put := func(t *txnState, key, v string) {
 		t.pending.Add(1)
-		if _, err := q.put(ctx, change(key, v), canal.Image{}, 0, t); err != nil {
+		if _, err := q.put(ctx, hashOf(key), change(key, v), canal.Image{}, 0, t); err != nil {
 			t.pending.Add(-1)
 			panic(err)
 		}
@@ -58,21 +59,21 @@ func TestKeyQueueCoalescesAndHoldsTheOldestTransaction(t *testing.T) {
 func TestKeyQueueBlocksWhenFullOfOtherKeys(t *testing.T) {
 	q := newKeyQueue(1)
 	tx := &txnState{}
-	if _, err := q.put(context.Background(), change("a", "1"), canal.Image{}, 0, tx); err != nil {
+	if _, err := q.put(context.Background(), hashOf("a"), change("a", "1"), canal.Image{}, 0, tx); err != nil {
 		t.Fatal(err)
 	}
 	// The same key merges even when full.
-	if merged, err := q.put(context.Background(), change("a", "2"), canal.Image{}, 0, tx); err != nil || !merged {
+	if merged, err := q.put(context.Background(), hashOf("a"), change("a", "2"), canal.Image{}, 0, tx); err != nil || !merged {
 		t.Fatalf("merge into a full queue: %v %v", merged, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, err := q.put(ctx, change("b", "1"), canal.Image{}, 0, tx); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := q.put(ctx, hashOf("b"), change("b", "1"), canal.Image{}, 0, tx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("put of another key into a full queue: %v, want to block", err)
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := q.put(context.Background(), change("b", "1"), canal.Image{}, 0, tx)
+		_, err := q.put(context.Background(), hashOf("b"), change("b", "1"), canal.Image{}, 0, tx)
 		done <- err
 	}()
 	q.take(nil, 1)
@@ -80,10 +81,34 @@ func TestKeyQueueBlocksWhenFullOfOtherKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	q.close()
-	if _, err := q.put(context.Background(), change("c", "1"), canal.Image{}, 0, tx); !errors.Is(err, errQueueClosed) {
+	if _, err := q.put(context.Background(), hashOf("c"), change("c", "1"), canal.Image{}, 0, tx); !errors.Is(err, errQueueClosed) {
 		t.Fatalf("put after close: %v", err)
 	}
 	if got, done := q.take(nil, 5); len(got) != 1 || !done {
 		t.Fatalf("drain after close: %d %v", len(got), done)
+	}
+}
+
+var testSeed = maphash.MakeSeed()
+
+func hashOf(key string) uint64 { return maphash.String(testSeed, key) }
+
+func TestKeyQueueSurvivesHashCollisions(t *testing.T) {
+	q := newKeyQueue(10)
+	tx := &txnState{}
+	ctx := context.Background()
+	// Two different keys with the same hash, as a 64-bit collision would give.
+	for _, k := range []string{"a", "b", "a", "b"} {
+		tx.pending.Add(1)
+		if _, err := q.put(ctx, 42, change(k, k), canal.Image{}, 0, tx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := q.take(nil, 10)
+	if len(got) != 2 || got[0].change.Key != "a" || got[1].change.Key != "b" || got[0].merged != 1 || got[1].merged != 1 {
+		t.Fatalf("take: %+v", got)
+	}
+	if q.depth() != 0 {
+		t.Fatalf("depth %d after taking everything", q.depth())
 	}
 }

@@ -92,7 +92,8 @@ func (s *Sink) Row(ctx context.Context, r canal.Row) error {
 	if s.rowsRead++; s.rowsRead&63 == 0 {
 		s.lastRead.Store(time.Now().UnixNano())
 	}
-	if _, err := s.queues[s.Worker(r.Change.Key)].put(ctx, r.Change, r.Image, r.Table, s.cur); err != nil {
+	h := maphash.String(s.seed, r.Change.Key)
+	if _, err := s.queues[h%uint64(len(s.queues))].put(ctx, h, r.Change, r.Image, r.Table, s.cur); err != nil {
 		s.cur.pending.Add(-1)
 		return err
 	}
@@ -120,7 +121,7 @@ func (s *Sink) Heartbeat(context.Context) error {
 func (s *Sink) QueueDepth() int {
 	n := 0
 	for _, q := range s.queues {
-		n += q.len()
+		n += q.depth()
 	}
 	return n
 }
