@@ -62,9 +62,10 @@ type Row struct {
 	Txn uint64
 	// Table is the index of the table in the config.
 	Table int
-	// Change is what to write to Redis. For an upsert its Fields are left nil: they are
-	// rendered from Image by the sink worker that writes the change (in parallel, and not
-	// at all for a change that a newer one of the same key supersedes first).
+	// Change is what to write to Redis. For an upsert its Version and Fields are left
+	// empty: they are rendered from Image by the sink worker that writes the change (in
+	// parallel, and not at all for a change that a newer one of the same key supersedes
+	// first).
 	Change layout.Change
 	// Image is the row's after-image (zero for a delete).
 	Image Image
@@ -78,6 +79,9 @@ type Image struct {
 
 // IsZero reports whether there is no image (a delete).
 func (im Image) IsZero() bool { return im.dec == nil }
+
+// Version renders _v of the image (seq is the change's binlog sequence).
+func (im Image) Version(seq layout.Seq) string { return im.dec.versionText(im.row, seq) }
 
 // Fields renders the mirrored non-NULL columns as the text MySQL returns for them. A
 // value of a type the column does not expect is rendered as well as possible and
@@ -411,21 +415,29 @@ func (d *decoder) change(t *Table, row []any, seq layout.Seq, del bool) (layout.
 		c.Op = layout.OpDelete
 	}
 	if d.version >= 0 {
-		v, ok, err := d.cols[d.version].render(row[d.version])
-		if err != nil {
-			return c, err
+		col := &d.cols[d.version]
+		if i, ok := asInt64(row[d.version]); ok && i < 0 && !col.unsigned {
+			return c, fmt.Errorf("version column %s is negative (%d); versions must be non-negative", col.name, i)
 		}
-		if !ok {
-			v = "0"
-		}
-		if strings.HasPrefix(v, "-") {
-			return c, fmt.Errorf("version column %s is negative (%s); versions must be non-negative", d.cols[d.version].name, v)
-		}
-		c.Version = v
-	} else {
-		c.Version = strconv.FormatUint(layout.PositionVersion(seq), 10)
 	}
+	if del {
+		c.Version = d.versionText(row, seq)
+	}
+	// An upsert's version is rendered with its fields, by the worker that writes it.
 	return c, nil
+}
+
+// versionText is _v for a row: the version column's text ("0" when NULL), or the
+// number derived from the binlog position.
+func (d *decoder) versionText(row []any, seq layout.Seq) string {
+	if d.version < 0 {
+		return strconv.FormatUint(layout.PositionVersion(seq), 10)
+	}
+	v, ok, _ := d.cols[d.version].render(row[d.version])
+	if !ok {
+		return "0"
+	}
+	return v
 }
 
 // samePK reports whether two images have the same primary key values, without

@@ -57,7 +57,7 @@ type Sink struct {
 const (
 	behindAfter    = 2 * time.Second
 	catchUpMaxHold = 2 * time.Second
-	readerIdle     = 5 * time.Millisecond
+	readerIdle     = 25 * time.Millisecond
 )
 
 // New returns a sink for tables (names by config index) writing through w.
@@ -198,6 +198,7 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 		for _, e := range batch {
 			c := e.change
 			if c.Op == layout.OpUpsert && c.Fields == nil && !e.image.IsZero() {
+				c.Version = e.image.Version(c.Seq)
 				var err error
 				if c.Fields, err = e.image.Fields(); err != nil {
 					s.m.RenderErrors.Inc()
