@@ -62,6 +62,9 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "invsync_transactions_done_total", Help: "Source transactions whose rows are all acknowledged by Redis.",
 		}),
 	}
+	// Export the error series at 0 from the start, so that alerts and dashboards see them.
+	m.RedisErrors.WithLabelValues("key")
+	m.RedisErrors.WithLabelValues("unavailable")
 	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.CommittedTxns)
 	return m
 }
