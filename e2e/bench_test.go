@@ -114,9 +114,9 @@ func runW1(b *testing.B) {
 		ratio := catchUp.Seconds() / bare.Seconds()
 		bares, catchUps, ratios = append(bares, bare.Seconds()), append(catchUps, catchUp.Seconds()), append(ratios, ratio)
 		maxRSS = max(maxRSS, rss)
-		b.Logf("round %d: bare go-mysql read %s, invsync catch-up %s (%.2fx), peak RSS %.1f MB; invsync CPU %s (whole run), redis-server CPU %.2fs; rows written %.0f, superseded while waiting %.0f",
+		b.Logf("round %d: bare go-mysql read %s, invsync catch-up %s (%.2fx), peak RSS %.1f MB; invsync CPU %s (whole run), redis-server CPU %.2fs; rows written %.0f, superseded while waiting %.0f, skipped %.0f",
 			round, bare.Round(time.Millisecond), catchUp.Round(time.Millisecond), ratio, float64(rss)/1024, daemonCPU.Round(time.Millisecond), redisBusy,
-			metricSum(metricsText, "invsync_rows_applied_total"), metricSum(metricsText, "invsync_rows_coalesced_total"))
+			metricSum(metricsText, "invsync_rows_applied_total"), metricSum(metricsText, "invsync_rows_coalesced_total"), metricSum(metricsText, "invsync_rows_skipped_total"))
 	}
 	b.ReportMetric(median(bares), "bare-read-s")
 	b.ReportMetric(median(catchUps), "catchup-s")
