@@ -89,7 +89,7 @@ func runW1(b *testing.B) {
 		bare := bareRead(b, startPos, endPos)
 		clearPrefix(b, rdb, prefix)
 		testenv.Must(b, store.Save(context.Background(), canal.Position{File: startPos.Name, Pos: startPos.Pos}), "reset checkpoint")
-		redisCPU0 := redisCPU(b, rdb)
+		redisCPU0 := testenv.RedisCPUSeconds(b, rdb)
 		b.StartTimer()
 		start := time.Now()
 		p := startProc(b, cfgPath, httpAddr)
@@ -103,7 +103,7 @@ func runW1(b *testing.B) {
 		}
 		catchUp := time.Since(start)
 		b.StopTimer()
-		redisBusy := redisCPU(b, rdb) - redisCPU0
+		redisBusy := testenv.RedisCPUSeconds(b, rdb) - redisCPU0
 		rss := peakRSS(b, p.cmd.Process.Pid)
 		metricsText, _ := httpBody("http://" + httpAddr + "/metrics")
 		p.terminate(b)
@@ -211,20 +211,6 @@ func peakRSS(tb testing.TB, pid int) int64 {
 		}
 	}
 	return 0
-}
-
-// redisCPU is the CPU time redis-server has used, in seconds (INFO cpu).
-func redisCPU(tb testing.TB, rdb *redis.Client) float64 {
-	info, err := rdb.Info(context.Background(), "cpu").Result()
-	testenv.Must(tb, err, "INFO cpu")
-	total := 0.0
-	for _, line := range strings.Split(info, "\r\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			f, _ := strconv.ParseFloat(v, 64)
-			total += f
-		}
-	}
-	return total
 }
 
 // metricSum adds up every sample of a metric in Prometheus text format.

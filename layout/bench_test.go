@@ -3,27 +3,12 @@ package layout_test
 import (
 	"context"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
-	"github.com/redis/go-redis/v9"
 )
-
-func redisCPUSeconds(tb testing.TB, rdb *redis.Client) float64 {
-	info, err := rdb.Info(context.Background(), "cpu").Result()
-	testenv.Must(tb, err, "INFO cpu")
-	total := 0.0
-	for _, line := range strings.Split(info, "\r\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			f, _ := strconv.ParseFloat(v, 64)
-			total += f
-		}
-	}
-	return total
-}
 
 // BenchmarkApplyUpdates measures the versioned script on updates of existing rows, the
 // common case of a catch-up: Redis CPU per row is what limits throughput.
@@ -48,7 +33,7 @@ func BenchmarkApplyUpdates(b *testing.B) {
 		}
 		testenv.Must(b, w.Apply(ctx, changes, out), "prefill")
 	}
-	cpu0 := redisCPUSeconds(b, rdb)
+	cpu0 := testenv.RedisCPUSeconds(b, rdb)
 	b.ResetTimer()
 	rows := 0
 	for n := 0; n < b.N; n++ {
@@ -61,5 +46,5 @@ func BenchmarkApplyUpdates(b *testing.B) {
 		rows += batch
 	}
 	b.StopTimer()
-	b.ReportMetric((redisCPUSeconds(b, rdb)-cpu0)*1e6/float64(rows), "redis-cpu-µs/row")
+	b.ReportMetric((testenv.RedisCPUSeconds(b, rdb)-cpu0)*1e6/float64(rows), "redis-cpu-µs/row")
 }
