@@ -131,7 +131,8 @@ func loadTable(ctx context.Context, db *sql.DB, idx int, tc config.Table) (*Tabl
 	return t, nil
 }
 
-func (t *Table) mirrored(name string) bool {
+// Mirrored reports whether a column is written to Redis.
+func (t *Table) Mirrored(name string) bool {
 	return t.mirror == nil || t.mirror[strings.ToLower(name)]
 }
 
@@ -189,7 +190,7 @@ func newDecoder(t *Table, tm *replication.TableMapEvent) (*decoder, error) {
 	d.cols = make([]column, n)
 	for i := 0; i < n; i++ {
 		info, known := t.info(names[i])
-		c := column{name: names[i], mirror: t.mirrored(names[i]), pk: -1}
+		c := column{name: names[i], mirror: t.Mirrored(names[i]), pk: -1}
 		if unsigned != nil {
 			c.unsigned = unsigned[i]
 		} else if known {

@@ -80,6 +80,19 @@ type Image struct {
 // IsZero reports whether there is no image (a delete).
 func (im Image) IsZero() bool { return im.dec == nil }
 
+// VersionValue is the version column's value as a number; ok is false for a table
+// without a version column (its versions grow with the binlog position).
+func (im Image) VersionValue() (v uint64, ok bool) {
+	if im.dec == nil || im.dec.version < 0 {
+		return 0, false
+	}
+	i, isInt := asInt64(im.row[im.dec.version])
+	if !isInt {
+		return 0, true // NULL: version 0
+	}
+	return unsignedOf(im.row[im.dec.version], i), true
+}
+
 // Version renders _v of the image (seq is the change's binlog sequence).
 func (im Image) Version(seq layout.Seq) string { return im.dec.versionText(im.row, seq) }
 

@@ -37,6 +37,8 @@ type Config struct {
 	Compensation Compensation `mapstructure:"compensation"`
 	// Bloom sizes the Bloom filter and the TTLs of null markers and tombstones.
 	Bloom Bloom `mapstructure:"bloom"`
+	// Snapshot tunes the full load of the tables.
+	Snapshot Snapshot `mapstructure:"snapshot"`
 	// Reconcile tunes the reconciliation job.
 	Reconcile Reconcile `mapstructure:"reconcile"`
 	// HTTP is the metrics and health endpoint.
@@ -161,6 +163,18 @@ type Bloom struct {
 	TombstoneTTL time.Duration `mapstructure:"tombstone_ttl"`
 }
 
+// Snapshot tunes the full load that `invsync snapshot` runs, and `run` when it finds no
+// checkpoint.
+type Snapshot struct {
+	// ChunkSize is the number of rows per keyset page (one SELECT each). Default 1000.
+	ChunkSize int `mapstructure:"chunk_size"`
+	// RowsPerSecond caps the read rate to spare the primary; 0 means no cap. Default 0.
+	RowsPerSecond int `mapstructure:"rows_per_second"`
+	// ProgressInterval is how often progress is logged (rows done, rows/s, ETA).
+	// Default 10s.
+	ProgressInterval time.Duration `mapstructure:"progress_interval"`
+}
+
 // Reconcile tunes the reconciliation job.
 type Reconcile struct {
 	// Schedule is a cron expression for the job inside the daemon; empty disables it.
@@ -196,6 +210,7 @@ func Default() Config {
 		Checkpoint:   Checkpoint{Interval: time.Second},
 		Compensation: Compensation{PollInterval: time.Second, InitialBackoff: 500 * time.Millisecond, MaxBackoff: 5 * time.Minute, MaxAttempts: 20},
 		Bloom:        Bloom{ExpectedItems: 10_000_000, FalsePositiveRate: 0.001, NullTTL: 60 * time.Second, TombstoneTTL: 24 * time.Hour},
+		Snapshot:     Snapshot{ChunkSize: 1000, ProgressInterval: 10 * time.Second},
 		Reconcile:    Reconcile{ChunkSize: 1000},
 		HTTP:         HTTP{Listen: "127.0.0.1:9108"},
 		Log:          Log{Level: "info", Format: "json"},
@@ -396,6 +411,9 @@ func (c *Config) Validate() error {
 	if c.Bloom.NullTTL < time.Millisecond || c.Bloom.TombstoneTTL < time.Millisecond {
 		add("bloom.null_ttl and bloom.tombstone_ttl must be at least 1ms")
 	}
+	if c.Snapshot.ChunkSize < 1 || c.Snapshot.RowsPerSecond < 0 || c.Snapshot.ProgressInterval <= 0 {
+		add("snapshot: chunk_size must be at least 1, rows_per_second at least 0, progress_interval positive")
+	}
 	if c.Reconcile.ChunkSize < 1 {
 		add("reconcile.chunk_size must be at least 1")
 	}
@@ -465,3 +483,18 @@ func RedactDSN(dsn string) string {
 
 // TableName is schema.table of a configured table.
 func (t Table) TableName() string { return t.Schema + "." + t.Table }
+
+// TimeZoneOffset returns the session time_zone value ("+hh:mm") for a configured zone,
+// at its current offset (named zones need the server's zone tables, offsets do not).
+func TimeZoneOffset(tz string) string {
+	loc, err := ParseTimeZone(tz)
+	if err != nil {
+		return "+00:00"
+	}
+	_, off := time.Now().In(loc).Zone()
+	sign := "+"
+	if off < 0 {
+		sign, off = "-", -off
+	}
+	return fmt.Sprintf("%s%02d:%02d", sign, off/3600, (off%3600)/60)
+}

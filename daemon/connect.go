@@ -22,7 +22,7 @@ func OpenSourceDB(cfg config.Source) (*sql.DB, error) {
 	c.Timeout = cfg.ConnectTimeout
 	c.ReadTimeout = 30 * time.Second
 	c.WriteTimeout = 30 * time.Second
-	c.Params = map[string]string{"time_zone": "'" + offsetOf(cfg.TimeZone) + "'"}
+	c.Params = map[string]string{"time_zone": "'" + config.TimeZoneOffset(cfg.TimeZone) + "'"}
 	conn, err := mysql.NewConnector(c)
 	if err != nil {
 		return nil, fmt.Errorf("source connection settings: %w", err)
@@ -47,21 +47,6 @@ func OpenStateDB(cfg *config.Config, source *sql.DB) (*sql.DB, error) {
 		return nil, err
 	}
 	return sql.OpenDB(conn), nil
-}
-
-// offsetOf returns the time_zone session value for a configured zone: the zone's
-// current offset (named zones need the server's zone tables, offsets do not).
-func offsetOf(tz string) string {
-	loc, err := config.ParseTimeZone(tz)
-	if err != nil {
-		return "+00:00"
-	}
-	_, off := time.Now().In(loc).Zone()
-	sign := "+"
-	if off < 0 {
-		sign, off = "-", -off
-	}
-	return fmt.Sprintf("%s%02d:%02d", sign, off/3600, (off%3600)/60)
 }
 
 // NewRedis returns the Redis client for the configured mode.

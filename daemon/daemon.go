@@ -22,6 +22,7 @@ import (
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/metrics"
 	"github.com/invsync/invsync/sink"
+	"github.com/invsync/invsync/snapshot"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -168,15 +169,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if found {
 		d.log.Info("resuming from the checkpoint", pos.Fields()...)
 	} else {
-		if err := d.retry(ctx, "read the current binlog position", func() error {
+		d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
+		if err := d.retry(ctx, "snapshot the tables", func() error {
 			var err error
-			pos, err = CurrentPosition(ctx, db, d.cfg.Source.Flavor)
+			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, store, d.log.Named("snapshot"), nil)
 			return err
 		}); err != nil {
-			return err
-		}
-		d.log.Warn("no checkpoint yet: starting from the current binlog position; rows that exist already are not loaded (run `invsync snapshot` for that)", pos.Fields()...)
-		if err := store.Save(ctx, pos); err != nil {
 			return err
 		}
 	}
@@ -209,6 +207,29 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
+}
+
+// RunSnapshot loads every table through w, then saves the position recorded before the
+// load as the checkpoint and returns it. progress may be nil (log lines only).
+func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress)) (canal.Position, error) {
+	logProgress := func(p snapshot.Progress) {
+		log.Info("snapshot progress", zap.String("table", p.Table), zap.Int64("rows", p.Rows), zap.Int64("estimated_rows", p.Estimate),
+			zap.Float64("rows_per_second", p.RowsPerS), zap.Duration("eta", p.Remaining.Round(time.Second)))
+		if progress != nil {
+			progress(p)
+		}
+	}
+	snap := snapshot.New(cfg, tables, w, log, logProgress)
+	pos, _, err := snap.Run(ctx, func(ctx context.Context) (canal.Position, error) {
+		return CurrentPosition(ctx, db, cfg.Source.Flavor)
+	})
+	if err != nil {
+		return pos, err
+	}
+	if err := store.Save(ctx, pos); err != nil {
+		return pos, err
+	}
+	return pos, nil
 }
 
 // waitReady checks the source and Redis, waiting with backoff while either is
@@ -378,4 +399,35 @@ func (d *Daemon) handler() http.Handler {
 		http.Error(w, "not ready: the binlog stream is not running", http.StatusServiceUnavailable)
 	})
 	return mux
+}
+
+// Snapshot is `invsync snapshot`: it checks the source and Redis (waiting while they
+// are unreachable), loads every table and records the position to stream from as the
+// checkpoint, so that a later `invsync run` resumes from it.
+func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress func(snapshot.Progress)) (canal.Position, error) {
+	d := New(cfg, log)
+	db, err := OpenSourceDB(cfg.Source)
+	if err != nil {
+		return canal.Position{}, err
+	}
+	defer db.Close()
+	stateDB, err := OpenStateDB(cfg, db)
+	if err != nil {
+		return canal.Position{}, err
+	}
+	if stateDB != db {
+		defer stateDB.Close()
+	}
+	rdb := NewRedis(cfg.Redis)
+	defer rdb.Close()
+	tables, err := d.waitReady(ctx, db, rdb)
+	if err != nil {
+		return canal.Position{}, err
+	}
+	store, err := checkpoint.Open(ctx, stateDB, cfg.State.Schema, "default")
+	if err != nil {
+		return canal.Position{}, err
+	}
+	w := layout.NewWriter(rdb, cfg.Bloom.TombstoneTTL, cfg.Redis.Mode == "cluster")
+	return RunSnapshot(ctx, cfg, db, tables, w, store, log, progress)
 }

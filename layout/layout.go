@@ -142,6 +142,14 @@ type Change struct {
 	Version string
 	// Seq orders binlog changes; zero for writes that do not come from the binlog.
 	Seq Seq
+	// MaxVersion, for a binlog change that stands for several (coalesced: newer changes
+	// of the key replaced older ones before they were written), is the greatest version
+	// among them; empty means Version. Over a value that did not come from the binlog
+	// (a snapshot row), such a change applies when MaxVersion is at least the stored
+	// _v: exactly when the changes, applied one by one, would have replaced it. Without
+	// it a DELETE then INSERT with the version restarting at 1 could not replace a
+	// snapshot row read before the DELETE.
+	MaxVersion string
 	// Fields are name/value pairs of the non-NULL mirrored columns (upsert only).
 	Fields []Field
 }

@@ -40,8 +40,9 @@ local res = {}
 local a = 2
 for i = 1, #KEYS do
   local k = KEYS[i]
-  local op, s, v, n = ARGV[a], ARGV[a+1], ARGV[a+2], tonumber(ARGV[a+3])
-  local f1 = a + 4
+  local op, s, v, mv, n = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], tonumber(ARGV[a+4])
+  if mv == '' then mv = v end
+  local f1 = a + 5
   a = f1 + 2 * n
   local cur = redis.pcall('HMGET', k, '_s', '_v', '_null', '_deleted')
   if cur.err then
@@ -52,7 +53,7 @@ for i = 1, #KEYS do
     if cn or not cv then
       apply = (not cs) or (s ~= '' and newer(s, cs))
     elseif s ~= '' then
-      if cs then apply = newer(s, cs) else apply = cmp(v, cv) >= 0 end
+      if cs then apply = newer(s, cs) else apply = cmp(mv, cv) >= 0 end
     else
       apply = cmp(v, cv) > 0
     end
@@ -247,7 +248,7 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 		keys := make([]string, len(idx))
 		n := 1
 		for _, ci := range idx {
-			n += 4 + 2*len(changes[ci].Fields)
+			n += 5 + 2*len(changes[ci].Fields)
 		}
 		args := make([]any, 0, n)
 		args = append(args, w.tombstoneTTL)
@@ -267,7 +268,7 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 			if c.Op == OpDelete {
 				nf = 0
 			}
-			args = append(args, op, seq, c.Version, nf)
+			args = append(args, op, seq, c.Version, c.MaxVersion, nf)
 			for _, f := range c.Fields[:nf] {
 				args = append(args, f.Name, f.Value)
 			}

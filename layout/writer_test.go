@@ -219,3 +219,22 @@ func equal(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// A coalesced binlog change carries the greatest version of the changes it stands for:
+// DELETE (version 2) then INSERT (version 1 again), merged into one write, must replace
+// a snapshot row read before the DELETE (version 2), as the two applied one by one would.
+func TestMaxVersionBridgesARestartOverASnapshotRow(t *testing.T) {
+	f := newFixture(t)
+	k := f.pfx + "{9}"
+	f.apply(up(k, "2", layout.Seq{}, "stock", "5")) // the snapshot read version 2
+	merged := up(k, "1", layout.Seq{File: 3, Pos: 30}, "stock", "7")
+	out := f.apply(merged)
+	if out[0].Result != layout.Skipped {
+		t.Fatalf("without MaxVersion an older-looking version must not replace the snapshot row")
+	}
+	merged.MaxVersion = "2"
+	out = f.apply(merged)
+	if h := f.hash(k); out[0].Result != layout.Applied || h["stock"] != "7" || h["_v"] != "1" {
+		t.Fatalf("with MaxVersion 2: %v %v", out[0], h)
+	}
+}

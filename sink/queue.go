@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
@@ -22,6 +23,8 @@ type entry struct {
 	at     int64 // when the key started waiting (unix nanos)
 	hold   *txnState
 	merged int    // rows superseded while waiting
+	maxVer uint64 // greatest version column value among the merged changes
+	hasVer bool
 	hash   uint64 // of the key; the index in byHash unless overflow
 	spill  bool   // indexed in overflow (its hash collided with another key's) // one per row merged into this entry, in arrival order
 }
@@ -86,12 +89,14 @@ func (q *keyQueue) put(ctx context.Context, hash uint64, c layout.Change, image 
 		if ok {
 			e.change, e.image, e.table = c, image, table
 			e.merged++
+			e.noteVersion(c, image)
 			q.mu.Unlock()
 			t.pending.Add(-1)
 			return true, nil
 		}
 		if q.len() < q.limit {
 			e := &entry{change: c, image: image, table: table, at: time.Now().UnixNano(), hold: t, hash: hash, spill: spill}
+			e.noteVersion(c, image)
 			if spill {
 				q.overflow[c.Key] = e
 			} else {
@@ -164,4 +169,30 @@ func (q *keyQueue) close() {
 	q.closed = true
 	q.mu.Unlock()
 	signal(q.ready)
+}
+
+// noteVersion keeps the greatest version of the changes merged into e (see
+// layout.Change.MaxVersion).
+func (e *entry) noteVersion(c layout.Change, image canal.Image) {
+	v, ok := image.VersionValue()
+	if c.Op == layout.OpDelete {
+		var err error
+		v, err = strconv.ParseUint(c.Version, 10, 64)
+		ok = err == nil
+	}
+	if ok && (!e.hasVer || v > e.maxVer) {
+		e.maxVer, e.hasVer = v, true
+	}
+}
+
+// maxVersion is the MaxVersion to write with e's change: empty unless a merged change
+// had a greater version than the final one.
+func (e *entry) maxVersion(final string) string {
+	if !e.hasVer || e.merged == 0 {
+		return ""
+	}
+	if f, err := strconv.ParseUint(final, 10, 64); err == nil && f >= e.maxVer {
+		return ""
+	}
+	return strconv.FormatUint(e.maxVer, 10)
 }

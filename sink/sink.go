@@ -205,6 +205,7 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 					log.Error("a column value has a type invsync does not expect; written as rendered", zap.String("key", c.Key), zap.Error(err))
 				}
 			}
+			c.MaxVersion = e.maxVersion(c.Version)
 			changes = append(changes, c)
 		}
 		if err := s.write(ctx, log, changes, batch, out[:len(changes)]); err != nil {

@@ -10,11 +10,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
+	"github.com/invsync/invsync/snapshot"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -23,7 +25,9 @@ import (
 const usage = `usage: invsync <command> -c FILE
 
 commands:
-  run            follow the binlog and keep Redis in step (the daemon)
+  run            follow the binlog and keep Redis in step (the daemon); loads every
+                 table first when there is no checkpoint yet
+  snapshot       load every table into Redis and record the position to stream from
   check-config   validate the config file, then the source, the tables and Redis
 `
 
@@ -51,7 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch cmd {
-	case "run", "check-config":
+	case "run", "check-config", "snapshot":
 	default:
 		fmt.Fprintf(stderr, "invsync: unknown command %q\n%s", cmd, usage)
 		return 2
@@ -73,6 +77,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer func() { _ = log.Sync() }()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if cmd == "snapshot" {
+		pos, err := daemon.Snapshot(ctx, cfg, log, progressBar(stderr))
+		if err != nil {
+			log.Error("snapshot failed", zap.Error(err))
+			fmt.Fprintf(stderr, "invsync: snapshot: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "snapshot done; streaming will start from %s\n", pos)
+		return 0
+	}
 	log.Info("starting", zap.String("source", cfg.Source.Addr), zap.Strings("redis", cfg.Redis.Addrs), zap.Int("tables", len(cfg.Tables)))
 	if err := daemon.New(cfg, log).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("fatal", zap.Error(err))
@@ -133,4 +147,25 @@ func checkConfig(cfg *config.Config, out io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// progressBar draws the snapshot's progress on stderr when it is a terminal (log lines
+// report it either way).
+func progressBar(w io.Writer) func(snapshot.Progress) {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return func(p snapshot.Progress) {
+		const width = 30
+		done := 0
+		if p.Estimate > 0 {
+			done = int(min(width, p.Rows*width/p.Estimate))
+		}
+		fmt.Fprintf(f, "\r[%s%s] %d rows, %.0f rows/s, ETA %s   ", strings.Repeat("#", done), strings.Repeat(".", width-done),
+			p.Rows, p.RowsPerS, p.Remaining.Round(time.Second))
+	}
 }

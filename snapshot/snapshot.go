@@ -1,0 +1,330 @@
+// Package snapshot loads every configured table into Redis: it records the source's
+// binlog position P0 first, then reads each table by primary key in chunks (keyset
+// pagination, never OFFSET, never a global read lock) with the text protocol, so that
+// every value is the exact text a SELECT returns, and writes the rows through the
+// versioned write path as writes that do not come from the binlog. Streaming then starts
+// from P0: changes made while the snapshot ran are read again from the binlog, and the
+// version guard makes that overlap harmless.
+package snapshot
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/layout"
+	"go.uber.org/zap"
+)
+
+// Writer applies rows; layout.Writer is the implementation.
+type Writer interface {
+	Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error
+}
+
+// Progress is reported while the snapshot runs.
+type Progress struct {
+	Table     string
+	Rows      int64 // rows written so far, all tables
+	Estimate  int64 // estimated rows in all tables (information_schema), 0 if unknown
+	Elapsed   time.Duration
+	RowsPerS  float64
+	Remaining time.Duration // estimate; 0 if unknown
+}
+
+// Stats describes a finished snapshot.
+type Stats struct {
+	Rows     int64
+	Applied  int64
+	Skipped  int64
+	Duration time.Duration
+}
+
+// Snapshot runs one full load.
+type Snapshot struct {
+	cfg      *config.Config
+	tables   []*canal.Table
+	w        Writer
+	log      *zap.Logger
+	progress func(Progress)
+}
+
+// New returns a snapshot of tables (from canal.LoadTables) written through w. progress,
+// if not nil, is called every snapshot.progress_interval and at the end.
+func New(cfg *config.Config, tables []*canal.Table, w Writer, log *zap.Logger, progress func(Progress)) *Snapshot {
+	return &Snapshot{cfg: cfg, tables: tables, w: w, log: log, progress: progress}
+}
+
+// Run records the current binlog position (via position, called before any row is
+// read), loads every table and returns that position: streaming must start from it.
+func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (canal.Position, error)) (canal.Position, Stats, error) {
+	p0, err := position(ctx)
+	if err != nil {
+		return p0, Stats{}, err
+	}
+	s.log.Info("snapshot started", p0.Fields()...)
+	conn, err := client.ConnectWithContext(ctx, s.cfg.Source.Addr, s.cfg.Source.User, s.cfg.Source.Password, "", s.cfg.Source.ConnectTimeout)
+	if err != nil {
+		return p0, Stats{}, fmt.Errorf("snapshot: connect to the source %s: %w", s.cfg.Source.Addr, err)
+	}
+	defer conn.Close()
+	tz := config.TimeZoneOffset(s.cfg.Source.TimeZone)
+	// A known session: TIMESTAMP in the configured zone (as the binlog renders it), and
+	// string literals where only quotes need escaping.
+	if _, err := conn.Execute("SET SESSION time_zone = '" + tz + "', SESSION sql_mode = 'NO_BACKSLASH_ESCAPES', NAMES utf8mb4"); err != nil {
+		return p0, Stats{}, fmt.Errorf("snapshot: prepare the session: %w", err)
+	}
+	var estimate int64
+	for _, t := range s.tables {
+		estimate += estimateRows(conn, t)
+	}
+	r := &run{s: s, conn: conn, start: time.Now(), estimate: estimate, lastReport: time.Now()}
+	var st Stats
+	for _, t := range s.tables {
+		if err := r.table(ctx, t, p0); err != nil {
+			return p0, st, err
+		}
+	}
+	st = Stats{Rows: r.rows, Applied: r.applied, Skipped: r.skipped, Duration: time.Since(r.start)}
+	r.report("", true)
+	s.log.Info("snapshot finished", append(p0.Fields(), zap.Int64("rows", st.Rows), zap.Duration("duration", st.Duration),
+		zap.Float64("rows_per_second", float64(st.Rows)/st.Duration.Seconds()))...)
+	return p0, st, nil
+}
+
+type run struct {
+	s                      *Snapshot
+	conn                   *client.Conn
+	start, lastReport      time.Time
+	rows, applied, skipped int64
+	estimate               int64
+}
+
+func estimateRows(conn *client.Conn, t *canal.Table) int64 {
+	res, err := conn.Execute("SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = '" + quote(t.Schema) + "' AND TABLE_NAME = '" + quote(t.Name) + "'")
+	if err != nil || res.RowNumber() == 0 {
+		return 0
+	}
+	defer res.Close()
+	n, _ := res.GetInt(0, 0)
+	return n
+}
+
+func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) error {
+	var cols []canal.ColumnInfo
+	for _, c := range t.Columns {
+		if t.Mirrored(c.Name) {
+			cols = append(cols, c)
+		}
+	}
+	names := make([]string, len(cols))
+	pkAt := make([]int, len(t.PK))
+	versionAt := -1
+	for i, c := range cols {
+		names[i] = ident(c.Name)
+		for p, pk := range t.PK {
+			if strings.EqualFold(pk, c.Name) {
+				pkAt[p] = i
+			}
+		}
+		if t.VersionColumn != "" && strings.EqualFold(t.VersionColumn, c.Name) {
+			versionAt = i
+		}
+	}
+	if t.VersionColumn != "" && versionAt < 0 {
+		return fmt.Errorf("snapshot: %s: version column %s is not mirrored", t.FullName(), t.VersionColumn)
+	}
+	pkCols := make([]string, len(t.PK))
+	for i, pk := range t.PK {
+		pkCols[i] = ident(pk)
+	}
+	base := "SELECT " + strings.Join(names, ", ") + " FROM " + ident(t.Schema) + "." + ident(t.Name)
+	order := " ORDER BY " + strings.Join(pkCols, ", ") + " LIMIT " + strconv.Itoa(r.s.cfg.Snapshot.ChunkSize)
+	positionVersion := ""
+	if versionAt < 0 {
+		// Without a version column, a snapshot row is as new as P0 at least; the binlog
+		// changes after P0 carry greater versions and win.
+		positionVersion = strconv.FormatUint(positionVersionOf(p0), 10)
+	}
+	var after []string // the last primary key read, as SQL literals
+	changes := make([]layout.Change, 0, r.s.cfg.Snapshot.ChunkSize)
+	out := make([]layout.Outcome, r.s.cfg.Snapshot.ChunkSize)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		q := base
+		if after != nil {
+			q += " WHERE (" + strings.Join(pkCols, ", ") + ") > (" + strings.Join(after, ", ") + ")"
+		}
+		chunkStart := time.Now()
+		res, err := r.conn.Execute(q + order)
+		if err != nil {
+			return fmt.Errorf("snapshot: read %s: %w", t.FullName(), err)
+		}
+		n := len(res.RowDatas)
+		changes = changes[:0]
+		var last [][]byte
+		for _, raw := range res.RowDatas {
+			vals, nulls, err := splitRow(raw, len(cols))
+			if err != nil {
+				res.Close()
+				return fmt.Errorf("snapshot: %s: %w", t.FullName(), err)
+			}
+			c := layout.Change{Op: layout.OpUpsert, Fields: make([]layout.Field, 0, len(cols))}
+			for i, col := range cols {
+				if !nulls[i] {
+					c.Fields = append(c.Fields, layout.Field{Name: col.Name, Value: string(vals[i])})
+				}
+			}
+			pk := make([]string, len(pkAt))
+			for p, i := range pkAt {
+				pk[p] = string(vals[i])
+			}
+			c.Key = layout.Key(t.KeyPrefix, pk)
+			if versionAt >= 0 {
+				c.Version = string(vals[versionAt])
+				if nulls[versionAt] {
+					c.Version = "0"
+				}
+			} else {
+				c.Version = positionVersion
+			}
+			changes = append(changes, c)
+			last = vals
+		}
+		if n > 0 {
+			after = make([]string, len(pkAt))
+			for p, i := range pkAt {
+				after[p] = literal(cols[i], last[i])
+			}
+		}
+		res.Close()
+		if err := r.write(ctx, changes, out); err != nil {
+			return err
+		}
+		r.report(t.FullName(), false)
+		if n < r.s.cfg.Snapshot.ChunkSize {
+			return nil
+		}
+		if limit := r.s.cfg.Snapshot.RowsPerSecond; limit > 0 {
+			want := time.Duration(float64(n) / float64(limit) * float64(time.Second))
+			if wait := want - time.Since(chunkStart); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		}
+	}
+}
+
+// write applies a chunk, retrying while Redis is unreachable.
+func (r *run) write(ctx context.Context, changes []layout.Change, out []layout.Outcome) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := r.s.w.Apply(ctx, changes, out[:len(changes)])
+		var failed []layout.Change
+		for i, o := range out[:len(changes)] {
+			switch o.Result {
+			case layout.Applied:
+				r.applied++
+				r.rows++
+			case layout.Skipped:
+				r.skipped++
+				r.rows++
+			default:
+				failed = append(failed, changes[i])
+			}
+		}
+		if len(failed) == 0 {
+			return nil
+		}
+		if err == nil {
+			err = out[0].Err
+			for _, o := range out[:len(changes)] {
+				if o.Err != nil {
+					err = o.Err
+					break
+				}
+			}
+		}
+		r.s.log.Warn("snapshot: writes failed; retrying", zap.Int("rows", len(failed)), zap.Error(err), zap.Duration("backoff", backoff))
+		changes = failed
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (r *run) report(table string, final bool) {
+	if r.s.progress == nil && !final {
+		return
+	}
+	now := time.Now()
+	if !final && now.Sub(r.lastReport) < r.s.cfg.Snapshot.ProgressInterval {
+		return
+	}
+	r.lastReport = now
+	p := Progress{Table: table, Rows: r.rows, Estimate: r.estimate, Elapsed: now.Sub(r.start)}
+	if secs := p.Elapsed.Seconds(); secs > 0 {
+		p.RowsPerS = float64(r.rows) / secs
+	}
+	if p.RowsPerS > 0 && r.estimate > r.rows {
+		p.Remaining = time.Duration(float64(r.estimate-r.rows) / p.RowsPerS * float64(time.Second))
+	}
+	if r.s.progress != nil {
+		r.s.progress(p)
+	}
+}
+
+// splitRow splits a text-protocol row into its column values (exactly the bytes the
+// server sent) and NULL flags.
+func splitRow(raw []byte, n int) ([][]byte, []bool, error) {
+	vals := make([][]byte, n)
+	nulls := make([]bool, n)
+	for i := 0; i < n; i++ {
+		v, isNull, m, err := mysql.LengthEncodedString(raw)
+		if err != nil {
+			return nil, nil, fmt.Errorf("malformed row from the server: %w", err)
+		}
+		vals[i], nulls[i] = v, isNull
+		raw = raw[m:]
+	}
+	return vals, nulls, nil
+}
+
+// literal renders a primary key value read with the text protocol as an SQL literal
+// that compares the way the index orders: numbers as they are, binary strings as hex,
+// other strings quoted (so that the column's collation applies).
+func literal(c canal.ColumnInfo, v []byte) string {
+	switch c.DataType {
+	case "tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year":
+		return string(v)
+	case "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit":
+		return "X'" + hex.EncodeToString(v) + "'"
+	}
+	return "'" + quote(string(v)) + "'"
+}
+
+func quote(s string) string { return strings.ReplaceAll(s, "'", "''") }
+
+func ident(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
+
+func positionVersionOf(p canal.Position) uint64 {
+	idx := uint64(0)
+	if dot := strings.LastIndexByte(p.File, '.'); dot >= 0 {
+		idx, _ = strconv.ParseUint(p.File[dot+1:], 10, 32)
+	}
+	return layout.PositionVersion(layout.Seq{File: uint32(idx), Pos: p.Pos})
+}
