@@ -72,6 +72,11 @@ type Source struct {
 	ReadTimeout time.Duration `mapstructure:"read_timeout"`
 	// ConnectTimeout bounds each connection attempt. Default 5s.
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+	// OnPositionLost says what to do when the checkpoint's binlog position is no longer on
+	// the server (purged): "resnapshot" loads every table again and streams from the
+	// new position; "fail" exits with an error naming the position and the fix.
+	// Default resnapshot.
+	OnPositionLost string `mapstructure:"on_position_lost"`
 }
 
 // State is where invsync keeps its own tables.
@@ -203,7 +208,8 @@ type Log struct {
 func Default() Config {
 	return Config{
 		Source: Source{Addr: "127.0.0.1:3306", User: "invsync", Flavor: "mysql", ServerID: 1001,
-			TimeZone: "UTC", HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second},
+			TimeZone: "UTC", HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second,
+			OnPositionLost: "resnapshot"},
 		State:        State{Schema: "invsync"},
 		Redis:        Redis{Addrs: []string{"127.0.0.1:6379"}, Mode: "standalone", DialTimeout: 2 * time.Second, WriteTimeout: 5 * time.Second},
 		Sink:         Sink{Workers: 8, BatchSize: 512, FlushInterval: 2 * time.Millisecond, QueueSize: 16384},
@@ -321,6 +327,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Source.ReadTimeout <= c.Source.HeartbeatPeriod {
 		add("source.read_timeout (%s) must exceed source.heartbeat_period (%s)", c.Source.ReadTimeout, c.Source.HeartbeatPeriod)
+	}
+	if c.Source.OnPositionLost != "resnapshot" && c.Source.OnPositionLost != "fail" {
+		add("source.on_position_lost %q is not resnapshot or fail", c.Source.OnPositionLost)
 	}
 	if c.Source.ConnectTimeout <= 0 {
 		add("source.connect_timeout must be positive (fix: e.g. 5s)")

@@ -172,7 +172,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
 		if err := d.retry(ctx, "snapshot the tables", func() error {
 			var err error
-			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, store, d.log.Named("snapshot"), nil)
+			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, rdb, store, d.log.Named("snapshot"), nil)
 			return err
 		}); err != nil {
 			return err
@@ -186,11 +186,36 @@ func (d *Daemon) Run(ctx context.Context) error {
 	backoff := time.Second
 	for {
 		started := time.Now()
-		next, err := d.session(ctx, pos, tables, names, writer, store)
+		next, err := pos, PositionAvailable(ctx, db, pos)
+		if err == nil {
+			next, err = d.session(ctx, pos, tables, names, writer, store)
+		}
 		pos = next
 		if ctx.Err() != nil {
 			d.log.Info("stopped cleanly", pos.Fields()...)
 			return nil
+		}
+		if errors.Is(err, canal.ErrPositionLost) {
+			oldest := OldestBinlog(ctx, db)
+			if d.cfg.Source.OnPositionLost == "fail" {
+				return fmt.Errorf("the checkpoint's binlog position %s is no longer on %s (its oldest binlog is %s): changes made since were purged unread "+
+					"(fix: run `invsync snapshot` to load every table again and record a new position, then `invsync run`; or set source.on_position_lost: resnapshot; "+
+					"and keep binlogs longer, e.g. binlog_expire_logs_seconds): %w", pos, d.cfg.Source.Addr, oldest, err)
+			}
+			d.m.Resnapshots.WithLabelValues("position_lost").Inc()
+			d.log.Error("the checkpoint's binlog position is no longer on the server: loading every table again (source.on_position_lost: resnapshot)",
+				append(pos.Fields(), zap.String("oldest_binlog", oldest), zap.Error(err))...)
+			if err := d.retry(ctx, "snapshot the tables", func() error {
+				var err error
+				pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, rdb, store, d.log.Named("snapshot"), nil)
+				return err
+			}); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			continue
 		}
 		if errors.Is(err, canal.ErrPermanent) {
 			return err
@@ -211,7 +236,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // RunSnapshot loads every table through w, then saves the position recorded before the
 // load as the checkpoint and returns it. progress may be nil (log lines only).
-func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress)) (canal.Position, error) {
+func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, rdb redis.UniversalClient, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress)) (canal.Position, error) {
 	logProgress := func(p snapshot.Progress) {
 		log.Info("snapshot progress", zap.String("table", p.Table), zap.Int64("rows", p.Rows), zap.Int64("estimated_rows", p.Estimate),
 			zap.Float64("rows_per_second", p.RowsPerS), zap.Duration("eta", p.Remaining.Round(time.Second)))
@@ -219,7 +244,7 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 			progress(p)
 		}
 	}
-	snap := snapshot.New(cfg, tables, w, log, logProgress)
+	snap := snapshot.New(cfg, tables, w, rdb, log, logProgress)
 	pos, _, err := snap.Run(ctx, func(ctx context.Context) (canal.Position, error) {
 		return CurrentPosition(ctx, db, cfg.Source.Flavor)
 	})
@@ -230,6 +255,60 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 		return pos, err
 	}
 	return pos, nil
+}
+
+// PositionAvailable returns an error wrapping canal.ErrPositionLost when the server no
+// longer has the binlog file of pos (purged). A server may not report that itself: a
+// MariaDB asked for a purged GTID position can wait without an error.
+func PositionAvailable(ctx context.Context, db *sql.DB, pos canal.Position) error {
+	if pos.File == "" {
+		return nil
+	}
+	rows, err := db.QueryContext(ctx, "SHOW BINARY LOGS")
+	if err != nil {
+		return fmt.Errorf("list the binlogs: %w", err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	vals := make([]sql.RawBytes, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			return err
+		}
+		if string(vals[0]) == pos.File {
+			return nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %w: %s is not among the server's binlogs", canal.ErrPermanent, canal.ErrPositionLost, pos.File)
+}
+
+// OldestBinlog names the oldest binlog file the server still has, for messages.
+func OldestBinlog(ctx context.Context, db *sql.DB) string {
+	rows, err := db.QueryContext(ctx, "SHOW BINARY LOGS")
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	if !rows.Next() {
+		return "none"
+	}
+	vals := make([]sql.RawBytes, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return "unknown"
+	}
+	return string(vals[0])
 }
 
 // waitReady checks the source and Redis, waiting with backoff while either is
@@ -429,5 +508,5 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 		return canal.Position{}, err
 	}
 	w := layout.NewWriter(rdb, cfg.Bloom.TombstoneTTL, cfg.Redis.Mode == "cluster")
-	return RunSnapshot(ctx, cfg, db, tables, w, store, log, progress)
+	return RunSnapshot(ctx, cfg, db, tables, w, rdb, store, log, progress)
 }

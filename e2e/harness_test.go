@@ -350,7 +350,7 @@ func (e *env) writeConfig(mutate func(*config.Config)) string {
 // INVSYNC_SOURCE_PASSWORD) and returns the file's path.
 func writeConfigTo(tb testing.TB, cfg *config.Config) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "source: { addr: %q, user: %q, flavor: %s, server_id: %d }\n", cfg.Source.Addr, cfg.Source.User, cfg.Source.Flavor, cfg.Source.ServerID)
+	fmt.Fprintf(&b, "source: { addr: %q, user: %q, flavor: %s, server_id: %d, on_position_lost: %s }\n", cfg.Source.Addr, cfg.Source.User, cfg.Source.Flavor, cfg.Source.ServerID, cfg.Source.OnPositionLost)
 	fmt.Fprintf(&b, "state: { schema: %s }\n", cfg.State.Schema)
 	fmt.Fprintf(&b, "redis: { addrs: [%q] }\n", cfg.Redis.Addrs[0])
 	fmt.Fprintf(&b, "checkpoint: { interval: %s }\n", cfg.Checkpoint.Interval)

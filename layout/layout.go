@@ -14,7 +14,9 @@
 //     marker is always overwritten.
 //   - A change that does not come from the binlog (Seq empty) is applied only where no
 //     key exists, over a null marker, or when its _v is strictly greater than the stored
-//     _v: it never overwrites a value it cannot prove older.
+//     _v: it never overwrites a value it cannot prove older. Such a delete (a row found
+//     absent) replaces only a live row whose _v is not above its own, and the tombstone
+//     it leaves yields to any later binlog write.
 package layout
 
 import (

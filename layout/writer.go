@@ -53,7 +53,15 @@ for i = 1, #KEYS do
     if cn or not cv then
       apply = (not cs) or (s ~= '' and newer(s, cs))
     elseif s ~= '' then
-      if cs then apply = newer(s, cs) else apply = cmp(mv, cv) >= 0 end
+      -- From the binlog: ordered by _s; over a value that did not come from the binlog,
+      -- by version, except that such a tombstone (a row found absent) yields to it.
+      if cs then apply = newer(s, cs)
+      elseif cd then apply = true
+      else apply = cmp(mv, cv) >= 0 end
+    elseif op == 'd' then
+      -- Not from the binlog, a delete (the row was found absent): only over a live row
+      -- whose version is not newer than the one the caller saw.
+      apply = (not cd) and cmp(v, cv) >= 0
     else
       apply = cmp(v, cv) > 0
     end

@@ -238,3 +238,21 @@ func TestMaxVersionBridgesARestartOverASnapshotRow(t *testing.T) {
 		t.Fatalf("with MaxVersion 2: %v %v", out[0], h)
 	}
 }
+
+// A row found absent (by a re-snapshot) becomes a tombstone without _s; a later binlog
+// insert, whatever its version, replaces it.
+func TestNonBinlogTombstoneYieldsToTheBinlog(t *testing.T) {
+	f := newFixture(t)
+	k := f.pfx + "{10}"
+	f.apply(up(k, "7", layout.Seq{File: 1, Pos: 10}, "stock", "1"))
+	// A sweep that saw version 6 must not delete the newer version 7.
+	if out := f.apply(del(k, "6", layout.Seq{})); out[0].Result != layout.Skipped {
+		t.Fatal("a stale sweep deleted a newer row")
+	}
+	if out := f.apply(del(k, "7", layout.Seq{})); out[0].Result != layout.Applied || f.hash(k)["_deleted"] != "1" {
+		t.Fatalf("sweep: %v", f.hash(k))
+	}
+	if out := f.apply(up(k, "1", layout.Seq{File: 2, Pos: 5}, "stock", "9")); out[0].Result != layout.Applied || f.hash(k)["stock"] != "9" {
+		t.Fatalf("binlog insert over a swept row: %v", f.hash(k))
+	}
+}

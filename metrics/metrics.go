@@ -26,6 +26,8 @@ type Metrics struct {
 	CheckpointWrites prometheus.Counter
 	// Restarts counts restarts of the binlog stream after an error.
 	StreamRestarts prometheus.Counter
+	// Resnapshots counts full reloads made to heal, by reason.
+	Resnapshots *prometheus.CounterVec
 	// CommittedTxns counts transactions whose rows are all acknowledged.
 	CommittedTxns prometheus.Counter
 }
@@ -58,6 +60,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		StreamRestarts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "invsync_stream_restarts_total", Help: "Restarts of the binlog stream after an error.",
 		}),
+		Resnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "invsync_resnapshots_total", Help: "Full reloads of the tables made to heal, by reason (position_lost).",
+		}, []string{"reason"}),
 		CommittedTxns: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "invsync_transactions_done_total", Help: "Source transactions whose rows are all acknowledged by Redis.",
 		}),
@@ -65,6 +70,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	// Export the error series at 0 from the start, so that alerts and dashboards see them.
 	m.RedisErrors.WithLabelValues("key")
 	m.RedisErrors.WithLabelValues("unavailable")
-	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.CommittedTxns)
+	m.Resnapshots.WithLabelValues("position_lost")
+	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.CommittedTxns)
 	return m
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"hash/maphash"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
@@ -43,6 +45,7 @@ type Stats struct {
 	Rows     int64
 	Applied  int64
 	Skipped  int64
+	Swept    int64 // live rows in Redis that the source no longer has, now tombstones
 	Duration time.Duration
 }
 
@@ -51,14 +54,18 @@ type Snapshot struct {
 	cfg      *config.Config
 	tables   []*canal.Table
 	w        Writer
+	rdb      redis.UniversalClient
 	log      *zap.Logger
 	progress func(Progress)
+	seed     maphash.Seed
 }
 
-// New returns a snapshot of tables (from canal.LoadTables) written through w. progress,
-// if not nil, is called every snapshot.progress_interval and at the end.
-func New(cfg *config.Config, tables []*canal.Table, w Writer, log *zap.Logger, progress func(Progress)) *Snapshot {
-	return &Snapshot{cfg: cfg, tables: tables, w: w, log: log, progress: progress}
+// New returns a snapshot of tables (from canal.LoadTables) written through w. After each
+// table, the keys under its prefix that hold a live row the snapshot did not find are
+// turned into tombstones (rdb is used to find them). progress, if not nil, is called
+// every snapshot.progress_interval and at the end.
+func New(cfg *config.Config, tables []*canal.Table, w Writer, rdb redis.UniversalClient, log *zap.Logger, progress func(Progress)) *Snapshot {
+	return &Snapshot{cfg: cfg, tables: tables, w: w, rdb: rdb, log: log, progress: progress, seed: maphash.MakeSeed()}
 }
 
 // Run records the current binlog position (via position, called before any row is
@@ -91,9 +98,9 @@ func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (cana
 			return p0, st, err
 		}
 	}
-	st = Stats{Rows: r.rows, Applied: r.applied, Skipped: r.skipped, Duration: time.Since(r.start)}
+	st = Stats{Rows: r.rows, Applied: r.applied, Skipped: r.skipped, Swept: r.swept, Duration: time.Since(r.start)}
 	r.report("", true)
-	s.log.Info("snapshot finished", append(p0.Fields(), zap.Int64("rows", st.Rows), zap.Duration("duration", st.Duration),
+	s.log.Info("snapshot finished", append(p0.Fields(), zap.Int64("rows", st.Rows), zap.Int64("swept", st.Swept), zap.Duration("duration", st.Duration),
 		zap.Float64("rows_per_second", float64(st.Rows)/st.Duration.Seconds()))...)
 	return p0, st, nil
 }
@@ -103,7 +110,9 @@ type run struct {
 	conn                   *client.Conn
 	start, lastReport      time.Time
 	rows, applied, skipped int64
+	swept                  int64
 	estimate               int64
+	seen                   map[uint64]struct{} // hashes of the keys of the current table
 }
 
 func estimateRows(conn *client.Conn, t *canal.Table) int64 {
@@ -152,6 +161,7 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 		// changes after P0 carry greater versions and win.
 		positionVersion = strconv.FormatUint(positionVersionOf(p0), 10)
 	}
+	r.seen = make(map[uint64]struct{})
 	var after []string // the last primary key read, as SQL literals
 	changes := make([]layout.Change, 0, r.s.cfg.Snapshot.ChunkSize)
 	out := make([]layout.Outcome, r.s.cfg.Snapshot.ChunkSize)
@@ -188,6 +198,7 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 				pk[p] = string(vals[i])
 			}
 			c.Key = layout.Key(t.KeyPrefix, pk)
+			r.seen[maphash.String(r.s.seed, c.Key)] = struct{}{}
 			if versionAt >= 0 {
 				c.Version = string(vals[versionAt])
 				if nulls[versionAt] {
@@ -211,7 +222,7 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 		}
 		r.report(t.FullName(), false)
 		if n < r.s.cfg.Snapshot.ChunkSize {
-			return nil
+			return r.sweep(ctx, t)
 		}
 		if limit := r.s.cfg.Snapshot.RowsPerSecond; limit > 0 {
 			want := time.Duration(float64(n) / float64(limit) * float64(time.Second))
@@ -224,6 +235,80 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 			}
 		}
 	}
+}
+
+// sweep turns into tombstones the live rows under t's prefix that the snapshot did not
+// find: rows deleted while invsync could not follow the binlog, or leftovers. A key
+// whose hash matches a found key's is left alone (a collision is harmless that way).
+func (r *run) sweep(ctx context.Context, t *canal.Table) error {
+	var pending []layout.Change
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		// The guard tombstones only a live row whose _v is still the one read here.
+		out := make([]layout.Outcome, len(pending))
+		err := r.s.w.Apply(ctx, pending, out)
+		for _, o := range out {
+			if o.Result == layout.Applied {
+				r.swept++
+			}
+		}
+		pending = pending[:0]
+		return err
+	}
+	var scanErr error
+	scan := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, globEscape(t.KeyPrefix)+"{*}", 1000).Iterator()
+		var keys []string
+		check := func() error {
+			if len(keys) == 0 {
+				return nil
+			}
+			pipe := c.Pipeline()
+			cmds := make([]*redis.SliceCmd, len(keys))
+			for i, k := range keys {
+				cmds[i] = pipe.HMGet(ctx, k, layout.FieldVersion, layout.FieldDeleted, layout.FieldNull)
+			}
+			_, _ = pipe.Exec(ctx)
+			for i, k := range keys {
+				v, err := cmds[i].Result()
+				if err != nil || len(v) != 3 || v[0] == nil || v[1] != nil || v[2] != nil {
+					continue // not a live row of ours (or not a hash)
+				}
+				ver, _ := v[0].(string)
+				pending = append(pending, layout.Change{Key: k, Op: layout.OpDelete, Version: ver})
+			}
+			keys = keys[:0]
+			return flush()
+		}
+		for iter.Next(ctx) {
+			k := iter.Val()
+			if _, ok := r.seen[maphash.String(r.s.seed, k)]; ok {
+				continue
+			}
+			keys = append(keys, k)
+			if len(keys) == 500 {
+				if err := check(); err != nil {
+					return err
+				}
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return err
+		}
+		return check()
+	}
+	if cc, ok := r.s.rdb.(*redis.ClusterClient); ok {
+		scanErr = cc.ForEachMaster(ctx, scan)
+	} else if c, ok := r.s.rdb.(*redis.Client); ok {
+		scanErr = scan(ctx, c)
+	}
+	r.seen = nil
+	if scanErr != nil {
+		return fmt.Errorf("snapshot: sweep %s: %w", t.FullName(), scanErr)
+	}
+	return nil
 }
 
 // write applies a chunk, retrying while Redis is unreachable.
@@ -327,4 +412,16 @@ func positionVersionOf(p canal.Position) uint64 {
 		idx, _ = strconv.ParseUint(p.File[dot+1:], 10, 32)
 	}
 	return layout.PositionVersion(layout.Seq{File: uint32(idx), Pos: p.Pos})
+}
+
+// globEscape escapes the characters SCAN MATCH treats as a pattern.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -1,0 +1,38 @@
+package snapshot
+
+import (
+	"testing"
+
+	"github.com/invsync/invsync/canal"
+)
+
+func TestGlobEscape(t *testing.T) {
+	if got := globEscape(`inv:*?[x]\`); got != `inv:\*\?\[x\]\\` {
+		t.Fatalf("globEscape = %q", got)
+	}
+}
+
+func TestLiteralKeepsIndexOrder(t *testing.T) {
+	cases := []struct {
+		typ, v, want string
+	}{
+		{"bigint", "18446744073709551615", "18446744073709551615"},
+		{"decimal", "-1.50", "-1.50"},
+		{"varchar", "it's", "'it''s'"},
+		{"varbinary", "\x00\xff", "X'00ff'"},
+		{"datetime", "2024-01-02 03:04:05", "'2024-01-02 03:04:05'"},
+	}
+	for _, c := range cases {
+		if got := literal(canal.ColumnInfo{DataType: c.typ}, []byte(c.v)); got != c.want {
+			t.Errorf("literal(%s, %q) = %s, want %s", c.typ, c.v, got, c.want)
+		}
+	}
+}
+
+func TestSplitRow(t *testing.T) {
+	raw := []byte{2, 'a', 'b', 0xfb, 0}
+	vals, nulls, err := splitRow(raw, 3)
+	if err != nil || string(vals[0]) != "ab" || !nulls[1] || nulls[2] || len(vals[2]) != 0 {
+		t.Fatalf("splitRow: %q %v %v", vals, nulls, err)
+	}
+}
