@@ -136,6 +136,12 @@ type Handler interface {
 	Commit(ctx context.Context, c Commit) error
 	// Heartbeat is called when the server reports that it has nothing more to send.
 	Heartbeat(ctx context.Context) error
+	// TableChanged is called after a DDL statement that may have changed a mirrored
+	// table, before its commit: the rows before it are decoded with the old definition,
+	// those after with the new one, and rows that the statement changed without row
+	// events (a new column's default, a dropped or renamed column) need loading again.
+	// at is the statement's position. The handler may update *t.
+	TableChanged(ctx context.Context, t *Table, at Position) error
 }
 
 // Errors the stream returns, for callers that choose between retrying and stopping.
@@ -269,7 +275,11 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 				gtid = e.GSet.String()
 			}
 			if !strings.EqualFold(q, "COMMIT") {
-				s.ddl(q)
+				for _, t := range s.ddl(string(e.Schema), q) {
+					if err := h.TableChanged(ctx, t, Position{File: s.file, Pos: ev.Header.LogPos, GTID: gtid}); err != nil {
+						return err
+					}
+				}
 			}
 			if err := s.commit(ctx, ev.Header, gtid, h); err != nil {
 				return err
@@ -292,17 +302,40 @@ func (s *Source) commit(ctx context.Context, hdr *replication.EventHeader, gtid 
 	return h.Commit(ctx, c)
 }
 
-// ddl forgets cached decoders after a statement that may change a mirrored table, so
-// that the next table map builds them again. With binlog_row_metadata=FULL the binlog
-// itself names the columns; without it, the definition read at start is used, which is
-// wrong after the DDL (check-config warns; DDL handling is issue 3).
-func (s *Source) ddl(q string) {
-	lq := strings.ToLower(q)
+// ddl returns the mirrored tables a statement (run with default schema) may change,
+// and forgets cached decoders then, so that the next table map builds them again. The
+// match is by name, erring on the side of reloading: a statement that names the table
+// (qualified, or unqualified in its schema) counts.
+func (s *Source) ddl(schema, q string) []*Table {
+	lq := strings.ToLower(strings.ReplaceAll(q, "`", ""))
+	var out []*Table
 	for name, t := range s.tables {
-		if strings.Contains(lq, strings.ToLower(t.Name)) {
-			s.log.Info("DDL on a mirrored table", zap.String("table", name), zap.String("query", truncate(q, 200)))
-			s.decoders = map[uint64]*decoder{}
+		n := strings.ToLower(t.Name)
+		if !containsWord(lq, strings.ToLower(t.Schema)+"."+n) && !(strings.EqualFold(schema, t.Schema) && containsWord(lq, n)) {
+			continue
 		}
+		s.log.Info("DDL on a mirrored table", zap.String("table", name), zap.String("query", truncate(q, 200)))
+		s.decoders = map[uint64]*decoder{}
+		out = append(out, t)
+	}
+	return out
+}
+
+// containsWord reports whether w occurs in s not as part of a longer identifier.
+func containsWord(s, w string) bool {
+	isIdent := func(b byte) bool {
+		return b == '_' || b == '$' || (b >= '0' && b <= '9') || (b >= 'a' && b <= 'z') || b >= 0x80
+	}
+	for i := 0; ; {
+		j := strings.Index(s[i:], w)
+		if j < 0 {
+			return false
+		}
+		start, end := i+j, i+j+len(w)
+		if (start == 0 || !isIdent(s[start-1])) && (end == len(s) || !isIdent(s[end])) {
+			return true
+		}
+		i = start + 1
 	}
 }
 

@@ -53,3 +53,18 @@ func TestRenderKinds(t *testing.T) {
 		t.Error("NULL must render as no field")
 	}
 }
+
+func TestContainsWord(t *testing.T) {
+	cases := map[string]bool{
+		"alter table inventory add column x int":     true,
+		"alter table shop.inventory drop column x":   true,
+		"alter table inventory_log add column x int": false,
+		"create table old_inventory (id int)":        false,
+		"rename table inventory to inventory2":       true,
+	}
+	for q, want := range cases {
+		if got := containsWord(q, "inventory"); got != want {
+			t.Errorf("containsWord(%q) = %v", q, got)
+		}
+	}
+}

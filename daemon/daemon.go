@@ -188,7 +188,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		started := time.Now()
 		next, err := pos, PositionAvailable(ctx, db, pos)
 		if err == nil {
-			next, err = d.session(ctx, pos, tables, names, writer, store)
+			next, err = d.session(ctx, pos, tables, names, writer, store, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position) error {
+				return d.reloadTable(ctx, db, rdb, writer, sk, t, at)
+			})
 		}
 		pos = next
 		if ctx.Err() != nil {
@@ -362,7 +364,8 @@ func (d *Daemon) retry(ctx context.Context, what string, f func() error) error {
 
 // session streams from start until the stream ends, then drains the workers and writes
 // the final checkpoint; it returns the position reached.
-func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*canal.Table, names []string, w sink.Writer, store *checkpoint.Store) (canal.Position, error) {
+func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*canal.Table, names []string, w sink.Writer, store *checkpoint.Store,
+	onDDL func(context.Context, *sink.Sink, *canal.Table, canal.Position) error) (canal.Position, error) {
 	wm := sink.NewWatermark(start, time.Now)
 	beat := func() {
 		d.lastEvent.Store(time.Now().UnixNano())
@@ -427,7 +430,7 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 	d.log.Info("streaming the binlog", start.Fields()...)
 	d.ready.Store(true)
 	d.lastEvent.Store(time.Now().UnixNano())
-	srcErr := src.Run(ctx, start, &readyHandler{Sink: sk, d: d})
+	srcErr := src.Run(ctx, start, &readyHandler{Sink: sk, d: d, onDDL: onDDL})
 
 	// Stop reading, let the workers write what is queued, then checkpoint.
 	sk.Close()
@@ -449,10 +452,64 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 	return saved, srcErr
 }
 
-// readyHandler notes progress for /readyz and the lag gauge.
+// readyHandler notes progress for /readyz and the lag gauge, and handles DDL.
 type readyHandler struct {
 	*sink.Sink
-	d *Daemon
+	d     *Daemon
+	onDDL func(context.Context, *sink.Sink, *canal.Table, canal.Position) error
+}
+
+func (h *readyHandler) TableChanged(ctx context.Context, t *canal.Table, at canal.Position) error {
+	return h.onDDL(ctx, h.Sink, t, at)
+}
+
+// reloadTable runs after a DDL on a mirrored table, before its commit is acknowledged
+// (so a crash replays the DDL and comes back here): it waits until everything before the
+// DDL is written, reads the table's definition again and, when the columns or the key
+// changed, loads the table again, replacing every row (a new column's default, a dropped
+// or renamed column, a changed type change rows without row events). The binlog stream
+// waits meanwhile, so nothing else writes.
+func (d *Daemon) reloadTable(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, sk *sink.Sink, t *canal.Table, at canal.Position) error {
+	if err := sk.Flush(ctx); err != nil {
+		return err
+	}
+	loaded, err := canal.LoadTables(ctx, db, []config.Table{d.cfg.Tables[t.Index]})
+	if err != nil {
+		if errors.Is(err, canal.ErrTable) {
+			return fmt.Errorf("%w: after the DDL at %s: %w (fix: restore the table, or remove it from tables and restart)", canal.ErrPermanent, at, err)
+		}
+		return err
+	}
+	nt := loaded[0]
+	nt.Index = t.Index
+	log := d.log.Named("ddl").With(zap.String("table", t.FullName()))
+	if sameDefinition(t, nt) {
+		log.Info("DDL left the mirrored columns and the key as they were; no reload", at.Fields()...)
+		return nil
+	}
+	*t = *nt
+	d.m.Resnapshots.WithLabelValues("ddl").Inc()
+	log.Warn("DDL changed a mirrored table: loading it again, replacing every row", at.Fields()...)
+	snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Replacing()
+	_, _, err = snap.Run(ctx, func(context.Context) (canal.Position, error) { return at, nil })
+	return err
+}
+
+func sameDefinition(a, b *canal.Table) bool {
+	if len(a.Columns) != len(b.Columns) || len(a.PK) != len(b.PK) {
+		return false
+	}
+	for i := range a.Columns {
+		if a.Columns[i] != b.Columns[i] {
+			return false
+		}
+	}
+	for i := range a.PK {
+		if a.PK[i] != b.PK[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func (h *readyHandler) Commit(ctx context.Context, c canal.Commit) error {

@@ -295,6 +295,8 @@ func (r *recorder) Commit(_ context.Context, c canal.Commit) error {
 
 func (r *recorder) Heartbeat(context.Context) error { return nil }
 
+func (r *recorder) TableChanged(context.Context, *canal.Table, canal.Position) error { return nil }
+
 func checkSamples(t *testing.T, e *env, start, end canal.Position, samples []sample, atLeast int) {
 	t.Helper()
 	sort.SliceStable(samples, func(i, j int) bool { return less(samples[i].pos, samples[j].pos) })

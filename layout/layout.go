@@ -152,6 +152,10 @@ type Change struct {
 	// it a DELETE then INSERT with the version restarting at 1 could not replace a
 	// snapshot row read before the DELETE.
 	MaxVersion string
+	// Replace, for a write that does not come from the binlog, replaces the row whatever
+	// Redis holds. Only for a reload after a DDL, made while the binlog stream is paused
+	// (nothing else writes then), when rows changed their text without a new version.
+	Replace bool
 	// Fields are name/value pairs of the non-NULL mirrored columns (upsert only).
 	Fields []Field
 }

@@ -12,7 +12,7 @@ import (
 )
 
 // applyScript applies a list of row changes. KEYS are the row keys; ARGV[1] is the
-// tombstone TTL in milliseconds, then per key: op ('u' or 'd'), seq (27 digits, or ”
+// tombstone TTL in milliseconds, then per key: op ('u', 'd', or 'r' for Change.Replace), seq (27 digits, or ”
 // for a write that does not come from the binlog), version, n, and n field/value pairs.
 // It returns per key 1 (applied), 0 (skipped) or 'E:<error>'.
 //
@@ -58,6 +58,8 @@ for i = 1, #KEYS do
       if cs then apply = newer(s, cs)
       elseif cd then apply = true
       else apply = cmp(mv, cv) >= 0 end
+    elseif op == 'r' then
+      apply = true
     elseif op == 'd' then
       -- Not from the binlog, a delete (the row was found absent): only over a live row
       -- whose version is not newer than the one the caller saw.
@@ -266,6 +268,8 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 			op := "u"
 			if c.Op == OpDelete {
 				op = "d"
+			} else if c.Replace && c.Seq.IsZero() {
+				op = "r"
 			}
 			seq := ""
 			if !c.Seq.IsZero() {

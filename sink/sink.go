@@ -44,6 +44,7 @@ type Sink struct {
 	coalesced [][2]prometheus.Counter
 	m         *metrics.Metrics
 	beat      func()
+	busy      atomic.Int64 // batches taken and not yet acknowledged
 	rowsRead  uint64       // router goroutine only
 	lastRead  atomic.Int64 // unix nanos when the reader last handed over rows
 	behind    atomic.Bool  // the newest commit read is old: catching up
@@ -117,6 +118,20 @@ func (s *Sink) Heartbeat(context.Context) error {
 	return nil
 }
 
+// Flush waits until every row handed over so far is written (the router must not hand
+// over more meanwhile).
+func (s *Sink) Flush(ctx context.Context) error {
+	s.behind.Store(false) // write at once, do not hold keys
+	for s.QueueDepth() > 0 || s.busy.Load() > 0 {
+		select {
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // QueueDepth is the number of keys waiting in the workers' queues.
 func (s *Sink) QueueDepth() int {
 	n := 0
@@ -162,8 +177,10 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 			return err
 		}
 		var done bool
+		s.busy.Add(1)
 		batch, done = q.take(batch[:0], s.cfg.BatchSize)
 		if len(batch) == 0 && !done {
+			s.busy.Add(-1)
 			select {
 			case <-q.ready:
 			case <-ctx.Done():
@@ -192,6 +209,7 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 			timer.Stop()
 		}
 		if len(batch) == 0 {
+			s.busy.Add(-1)
 			return nil // closed and drained
 		}
 		changes = changes[:0]
@@ -224,6 +242,7 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 			e.hold.pending.Add(-1)
 			batch[i] = nil
 		}
+		s.busy.Add(-1)
 		if done {
 			return nil
 		}

@@ -58,6 +58,14 @@ type Snapshot struct {
 	log      *zap.Logger
 	progress func(Progress)
 	seed     maphash.Seed
+	replace  bool
+}
+
+// Replacing makes every row written replace what Redis holds (layout.Change.Replace):
+// for a reload after a DDL, with the binlog stream paused.
+func (s *Snapshot) Replacing() *Snapshot {
+	s.replace = true
+	return s
 }
 
 // New returns a snapshot of tables (from canal.LoadTables) written through w. After each
@@ -187,7 +195,7 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 				res.Close()
 				return fmt.Errorf("snapshot: %s: %w", t.FullName(), err)
 			}
-			c := layout.Change{Op: layout.OpUpsert, Fields: make([]layout.Field, 0, len(cols))}
+			c := layout.Change{Op: layout.OpUpsert, Replace: r.s.replace, Fields: make([]layout.Field, 0, len(cols))}
 			for i, col := range cols {
 				if !nulls[i] {
 					c.Fields = append(c.Fields, layout.Field{Name: col.Name, Value: string(vals[i])})
