@@ -182,6 +182,25 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for i, t := range d.cfg.Tables {
 		names[i] = t.TableName()
 	}
+	// Watch for Redis losing its data (a restart without persistence, FLUSHALL, a
+	// failover to an empty replica) and load the tables again while streaming goes on.
+	marker := markerKey(d.cfg)
+	if !found {
+		// Just loaded: this Redis holds the data.
+		if err := rdb.Set(ctx, marker, time.Now().UTC().Format(time.RFC3339), 0).Err(); err != nil {
+			d.log.Warn("cannot write the data-loss marker", zap.String("key", marker), zap.Error(err))
+		}
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		d.watchDataLoss(watchCtx, db, rdb, writer, tables, marker)
+	}()
+	defer func() {
+		stopWatch()
+		<-watchDone
+	}()
 
 	backoff := time.Second
 	for {
@@ -233,6 +252,44 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return nil
 		}
 		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// dataLossCheck is how often the marker key is checked.
+const dataLossCheck = time.Second
+
+// markerKey is the key whose absence tells that Redis lost the data invsync wrote.
+func markerKey(cfg *config.Config) string {
+	return "invsync:marker:" + cfg.State.Schema
+}
+
+// watchDataLoss checks the marker key every dataLossCheck; when it is gone, it writes it
+// again and loads every table while the stream goes on. Snapshot rows are ordered by
+// version against the binlog's, so the two can run at once; there is no sweep (after a
+// loss nothing stale is left to remove, and a sweep would race the stream's inserts).
+func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string) {
+	t := time.NewTicker(dataLossCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		set, err := rdb.SetNX(ctx, marker, time.Now().UTC().Format(time.RFC3339), 0).Result()
+		if err != nil || !set {
+			continue // unreachable (the sink reports that) or still there
+		}
+		d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
+		d.log.Error("Redis lost invsync's data (the marker key is gone: restart without persistence, FLUSHALL or failover to an empty replica): loading every table again while streaming goes on",
+			zap.String("marker", marker))
+		snap := snapshot.New(d.cfg, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep()
+		if _, _, err := snap.Run(ctx, func(ctx context.Context) (canal.Position, error) {
+			return CurrentPosition(ctx, db, d.cfg.Source.Flavor)
+		}); err != nil && ctx.Err() == nil {
+			d.log.Error("reload after Redis data loss failed; will try again", zap.Error(err))
+			_ = rdb.Del(ctx, marker).Err()
+		}
 	}
 }
 

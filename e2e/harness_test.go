@@ -73,6 +73,7 @@ func newEnv(t *testing.T, tables ...tableSpec) *env {
 	cfg.Source.Flavor = "mariadb"
 	cfg.Source.ServerID = testenv.ServerID()
 	cfg.State.Schema = testenv.StateSchema(t)
+	t.Cleanup(func() { rdb.Del(context.Background(), "invsync:marker:"+cfg.State.Schema) })
 	cfg.Redis.Addrs = []string{testenv.RedisAddr()}
 	cfg.Checkpoint.Interval = 100 * time.Millisecond
 	cfg.HTTP.Listen = "127.0.0.1:0"
@@ -352,7 +353,7 @@ func writeConfigTo(tb testing.TB, cfg *config.Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "source: { addr: %q, user: %q, flavor: %s, server_id: %d, on_position_lost: %s }\n", cfg.Source.Addr, cfg.Source.User, cfg.Source.Flavor, cfg.Source.ServerID, cfg.Source.OnPositionLost)
 	fmt.Fprintf(&b, "state: { schema: %s }\n", cfg.State.Schema)
-	fmt.Fprintf(&b, "redis: { addrs: [%q] }\n", cfg.Redis.Addrs[0])
+	fmt.Fprintf(&b, "redis: { addrs: [%q], db: %d }\n", cfg.Redis.Addrs[0], cfg.Redis.DB)
 	fmt.Fprintf(&b, "checkpoint: { interval: %s }\n", cfg.Checkpoint.Interval)
 	fmt.Fprintf(&b, "sink: { workers: %d }\n", cfg.Sink.Workers)
 	fmt.Fprintf(&b, "http: { listen: %q }\n", cfg.HTTP.Listen)

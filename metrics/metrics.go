@@ -61,7 +61,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "invsync_stream_restarts_total", Help: "Restarts of the binlog stream after an error.",
 		}),
 		Resnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "invsync_resnapshots_total", Help: "Full reloads of the tables made to heal, by reason (position_lost, ddl).",
+			Name: "invsync_resnapshots_total", Help: "Full reloads of the tables made to heal, by reason (position_lost, ddl, redis_data_loss).",
 		}, []string{"reason"}),
 		CommittedTxns: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "invsync_transactions_done_total", Help: "Source transactions whose rows are all acknowledged by Redis.",
@@ -72,6 +72,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.RedisErrors.WithLabelValues("unavailable")
 	m.Resnapshots.WithLabelValues("position_lost")
 	m.Resnapshots.WithLabelValues("ddl")
+	m.Resnapshots.WithLabelValues("redis_data_loss")
 	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.CommittedTxns)
 	return m
 }

@@ -59,6 +59,15 @@ type Snapshot struct {
 	progress func(Progress)
 	seed     maphash.Seed
 	replace  bool
+	noSweep  bool
+}
+
+// WithoutSweep leaves keys the snapshot did not find alone: for a reload that runs while
+// the binlog stream writes (a key the stream inserts after its range was read is not
+// stale).
+func (s *Snapshot) WithoutSweep() *Snapshot {
+	s.noSweep = true
+	return s
 }
 
 // Replacing makes every row written replace what Redis holds (layout.Change.Replace):
@@ -169,7 +178,9 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 		// changes after P0 carry greater versions and win.
 		positionVersion = strconv.FormatUint(positionVersionOf(p0), 10)
 	}
-	r.seen = make(map[uint64]struct{})
+	if !r.s.noSweep {
+		r.seen = make(map[uint64]struct{})
+	}
 	var after []string // the last primary key read, as SQL literals
 	changes := make([]layout.Change, 0, r.s.cfg.Snapshot.ChunkSize)
 	out := make([]layout.Outcome, r.s.cfg.Snapshot.ChunkSize)
@@ -206,7 +217,9 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 				pk[p] = string(vals[i])
 			}
 			c.Key = layout.Key(t.KeyPrefix, pk)
-			r.seen[maphash.String(r.s.seed, c.Key)] = struct{}{}
+			if r.seen != nil {
+				r.seen[maphash.String(r.s.seed, c.Key)] = struct{}{}
+			}
 			if versionAt >= 0 {
 				c.Version = string(vals[versionAt])
 				if nulls[versionAt] {
@@ -249,6 +262,10 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 // find: rows deleted while invsync could not follow the binlog, or leftovers. A key
 // whose hash matches a found key's is left alone (a collision is harmless that way).
 func (r *run) sweep(ctx context.Context, t *canal.Table) error {
+	if r.s.noSweep {
+		r.seen = nil
+		return nil
+	}
 	var pending []layout.Change
 	flush := func() error {
 		if len(pending) == 0 {
