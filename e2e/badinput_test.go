@@ -18,7 +18,7 @@ import (
 )
 
 // runCLI runs the binary and returns its exit code and combined output.
-func runCLI(t *testing.T, timeout time.Duration, env []string, args ...string) (int, string) {
+func runCLI(t testing.TB, timeout time.Duration, env []string, args ...string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()

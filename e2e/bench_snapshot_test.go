@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/testenv"
+)
+
+// benchEnv is an env for a benchmark (the harness' env wants a *testing.T for its
+// helpers; benchmarks only use the parts below).
+func benchEnv(b *testing.B) *env {
+	schema, db := testenv.Schema(b)
+	rdb := testenv.Redis(b)
+	prefix := testenv.Prefix(b, rdb)
+	_, err := db.Exec(inventoryDDL)
+	testenv.Must(b, err, "create")
+	cfg := config.Default()
+	cfg.Source = config.Source{Addr: testenv.MySQLAddr(), User: testenv.AppUser(), Flavor: "mariadb", ServerID: testenv.ServerID(), TimeZone: "UTC",
+		HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second, OnPositionLost: "resnapshot"}
+	cfg.State.Schema = testenv.StateSchema(b)
+	cfg.Redis.Addrs = []string{testenv.RedisAddr()}
+	cfg.Tables = []config.Table{{Schema: schema, Table: "inventory", KeyPrefix: prefix, VersionColumn: "version"}}
+	cfg.Checkpoint.Interval = 100 * time.Millisecond
+	cfg.Log.Level = "info"
+	return &env{schema: schema, db: db, rdb: rdb, cfg: &cfg}
+}
+
+// BenchmarkSnapshot1M measures `invsync snapshot` of a 1,000,000-row table: rows/s.
+func BenchmarkSnapshot1M(b *testing.B) {
+	e := benchEnv(b)
+	loadRows(b, e, 1_000_000)
+	cfgPath := writeConfigTo(b, e.cfg)
+	b.ResetTimer()
+	start := time.Now()
+	code, out := runCLI(b, 10*time.Minute, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "snapshot", "-c", cfgPath)
+	d := time.Since(start)
+	b.StopTimer()
+	if code != 0 {
+		b.Fatalf("snapshot: exit %d\n%s", code, out)
+	}
+	if err := compareTable(context.Background(), e.db, e.rdb, e.cfg.Tables[0]); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(1_000_000/d.Seconds(), "rows/s")
+	b.Logf("snapshot of 1,000,000 rows in %s: %.0f rows/s (whole command, connection to exit)", d.Round(time.Millisecond), 1_000_000/d.Seconds())
+}
+
+// BenchmarkBigTransaction streams one transaction that updates 500,000 rows and reports
+// the daemon's peak RSS; it checks equality and that the checkpoint reached the end.
+func BenchmarkBigTransaction(b *testing.B) {
+	e := benchEnv(b)
+	loadRows(b, e, 500_000)
+	httpAddr := freeAddr(b)
+	e.cfg.HTTP.Listen = httpAddr
+	cfgPath := writeConfigTo(b, e.cfg)
+	pw := []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}
+	if code, out := runCLI(b, 10*time.Minute, pw, "snapshot", "-c", cfgPath); code != 0 {
+		b.Fatalf("snapshot: %s", out)
+	}
+	p := startProc(b, cfgPath, httpAddr)
+	b.ResetTimer()
+	start := time.Now()
+	_, err := e.db.Exec("UPDATE inventory SET stock = stock - 1, version = version + 1")
+	testenv.Must(b, err, "the 500k-row update")
+	end, err := currentPos(b)
+	testenv.Must(b, err, "position")
+	store := openStore(b, e.cfg.State.Schema)
+	for {
+		pos, _, err := store.Load(context.Background())
+		testenv.Must(b, err, "checkpoint")
+		if pos.File > end.Name || (pos.File == end.Name && pos.Pos >= end.Pos) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d := time.Since(start)
+	b.StopTimer()
+	rss := peakRSS(b, p.cmd.Process.Pid)
+	p.terminate(b)
+	if err := compareTable(context.Background(), e.db, e.rdb, e.cfg.Tables[0]); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(rss)/1024, "peak-RSS-MB")
+	b.Logf("one transaction of 500,000 updated rows: committed, streamed and checkpointed in %s; invsync peak RSS %.1f MB",
+		d.Round(time.Millisecond), float64(rss)/1024)
+}
