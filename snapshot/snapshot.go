@@ -182,10 +182,31 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 		r.seen = make(map[uint64]struct{})
 	}
 	var after []string // the last primary key read, as SQL literals
-	changes := make([]layout.Change, 0, r.s.cfg.Snapshot.ChunkSize)
-	out := make([]layout.Outcome, r.s.cfg.Snapshot.ChunkSize)
+	// A writer goroutine applies one chunk while the next is read.
+	writes := make(chan []layout.Change, 1)
+	werr := make(chan error, 1)
+	wctx, stopWriter := context.WithCancel(ctx)
+	defer stopWriter()
+	go func() {
+		out := make([]layout.Outcome, r.s.cfg.Snapshot.ChunkSize)
+		for changes := range writes {
+			if err := r.write(wctx, changes, out); err != nil {
+				werr <- err
+				for range writes {
+				}
+				return
+			}
+			r.report(t.FullName(), false)
+		}
+		werr <- nil
+	}()
+	finish := func() error {
+		close(writes)
+		return <-werr
+	}
 	for {
 		if err := ctx.Err(); err != nil {
+			_ = finish()
 			return err
 		}
 		q := base
@@ -195,15 +216,17 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 		chunkStart := time.Now()
 		res, err := r.conn.Execute(q + order)
 		if err != nil {
+			_ = finish()
 			return fmt.Errorf("snapshot: read %s: %w", t.FullName(), err)
 		}
 		n := len(res.RowDatas)
-		changes = changes[:0]
+		changes := make([]layout.Change, 0, n)
 		var last [][]byte
 		for _, raw := range res.RowDatas {
 			vals, nulls, err := splitRow(raw, len(cols))
 			if err != nil {
 				res.Close()
+				_ = finish()
 				return fmt.Errorf("snapshot: %s: %w", t.FullName(), err)
 			}
 			c := layout.Change{Op: layout.OpUpsert, Replace: r.s.replace, Fields: make([]layout.Field, 0, len(cols))}
@@ -238,11 +261,16 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 			}
 		}
 		res.Close()
-		if err := r.write(ctx, changes, out); err != nil {
+		select {
+		case writes <- changes:
+		case err := <-werr:
+			close(writes)
 			return err
 		}
-		r.report(t.FullName(), false)
 		if n < r.s.cfg.Snapshot.ChunkSize {
+			if err := finish(); err != nil {
+				return err
+			}
 			return r.sweep(ctx, t)
 		}
 		if limit := r.s.cfg.Snapshot.RowsPerSecond; limit > 0 {
@@ -251,6 +279,7 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 				select {
 				case <-time.After(wait):
 				case <-ctx.Done():
+					_ = finish()
 					return ctx.Err()
 				}
 			}
