@@ -185,12 +185,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// Watch for Redis losing its data (a restart without persistence, FLUSHALL, a
 	// failover to an empty replica) and load the tables again while streaming goes on.
 	marker := markerKey(d.cfg)
-	if !found {
-		// Just loaded: this Redis holds the data.
-		if err := rdb.Set(ctx, marker, time.Now().UTC().Format(time.RFC3339), 0).Err(); err != nil {
-			d.log.Warn("cannot write the data-loss marker", zap.String("key", marker), zap.Error(err))
-		}
-	}
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() {
@@ -296,12 +290,17 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 // RunSnapshot loads every table through w, then saves the position recorded before the
 // load as the checkpoint and returns it. progress may be nil (log lines only).
 func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, rdb redis.UniversalClient, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress)) (canal.Position, error) {
+	var lastLog time.Time
 	logProgress := func(p snapshot.Progress) {
-		log.Info("snapshot progress", zap.String("table", p.Table), zap.Int64("rows", p.Rows), zap.Int64("estimated_rows", p.Estimate),
-			zap.Float64("rows_per_second", p.RowsPerS), zap.Duration("eta", p.Remaining.Round(time.Second)))
 		if progress != nil {
 			progress(p)
 		}
+		if time.Since(lastLog) < cfg.Snapshot.ProgressInterval {
+			return
+		}
+		lastLog = time.Now()
+		log.Info("snapshot progress", zap.String("table", p.Table), zap.Int64("rows", p.Rows), zap.Int64("estimated_rows", p.Estimate),
+			zap.Float64("rows_per_second", p.RowsPerS), zap.Duration("eta", p.Remaining.Round(time.Second)))
 	}
 	snap := snapshot.New(cfg, tables, w, rdb, log, logProgress)
 	pos, _, err := snap.Run(ctx, func(ctx context.Context) (canal.Position, error) {
@@ -312,6 +311,10 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 	}
 	if err := store.Save(ctx, pos); err != nil {
 		return pos, err
+	}
+	// This Redis now holds the data; the marker's absence will tell if it loses it.
+	if err := rdb.Set(ctx, markerKey(cfg), time.Now().UTC().Format(time.RFC3339), 0).Err(); err != nil {
+		log.Warn("cannot write the data-loss marker", zap.String("key", markerKey(cfg)), zap.Error(err))
 	}
 	return pos, nil
 }

@@ -80,7 +80,7 @@ func (s *Snapshot) Replacing() *Snapshot {
 // New returns a snapshot of tables (from canal.LoadTables) written through w. After each
 // table, the keys under its prefix that hold a live row the snapshot did not find are
 // turned into tombstones (rdb is used to find them). progress, if not nil, is called
-// every snapshot.progress_interval and at the end.
+// every second (or snapshot.progress_interval if shorter) and at the end.
 func New(cfg *config.Config, tables []*canal.Table, w Writer, rdb redis.UniversalClient, log *zap.Logger, progress func(Progress)) *Snapshot {
 	return &Snapshot{cfg: cfg, tables: tables, w: w, rdb: rdb, log: log, progress: progress, seed: maphash.MakeSeed()}
 }
@@ -411,7 +411,7 @@ func (r *run) report(table string, final bool) {
 		return
 	}
 	now := time.Now()
-	if !final && now.Sub(r.lastReport) < r.s.cfg.Snapshot.ProgressInterval {
+	if !final && now.Sub(r.lastReport) < min(r.s.cfg.Snapshot.ProgressInterval, time.Second) {
 		return
 	}
 	r.lastReport = now

@@ -78,7 +78,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if cmd == "snapshot" {
-		pos, err := daemon.Snapshot(ctx, cfg, log, progressBar(stderr))
+		bar := progressBar(stderr)
+		pos, err := daemon.Snapshot(ctx, cfg, log, bar)
+		if bar != nil {
+			fmt.Fprintln(stderr)
+		}
 		if err != nil {
 			log.Error("snapshot failed", zap.Error(err))
 			fmt.Fprintf(stderr, "invsync: snapshot: %v\n", err)
