@@ -109,3 +109,23 @@ func TestSnapshotCommand(t *testing.T) {
 		t.Fatalf("run after snapshot reloaded %v times, want 0", got)
 	}
 }
+
+// snapshot.rows_per_second spares the primary: 3,000 rows at 1,000 rows/s in chunks of
+// 500 cannot take less than 2.5 s (five full chunks wait out their share).
+func TestSnapshotRateLimit(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL})
+	loadRows(t, e, 3_000)
+	cfgPath := e.writeConfig(nil)
+	start := time.Now()
+	code, out := runCLI(t, 60*time.Second, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword(),
+		"INVSYNC_SNAPSHOT_ROWS_PER_SECOND=1000", "INVSYNC_SNAPSHOT_CHUNK_SIZE=500"}, "snapshot", "-c", cfgPath)
+	if code != 0 {
+		t.Fatalf("snapshot: exit %d\n%s", code, out)
+	}
+	if d := time.Since(start); d < 2500*time.Millisecond {
+		t.Fatalf("3,000 rows at 1,000 rows/s took %s", d)
+	}
+	if err := e.compare(); err != nil {
+		t.Fatal(err)
+	}
+}
