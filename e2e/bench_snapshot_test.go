@@ -67,15 +67,7 @@ func BenchmarkBigTransaction(b *testing.B) {
 	testenv.Must(b, err, "the 500k-row update")
 	end, err := currentPos(b)
 	testenv.Must(b, err, "position")
-	store := openStore(b, e.cfg.State.Schema)
-	for {
-		pos, _, err := store.Load(context.Background())
-		testenv.Must(b, err, "checkpoint")
-		if pos.File > end.Name || (pos.File == end.Name && pos.Pos >= end.Pos) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitCheckpointPast(b, openStore(b, e.cfg.State.Schema), end)
 	d := time.Since(start)
 	b.StopTimer()
 	rss := peakRSS(b, p.cmd.Process.Pid)

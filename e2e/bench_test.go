@@ -15,6 +15,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/redis/go-redis/v9"
@@ -93,14 +94,7 @@ func runW1(b *testing.B) {
 		b.StartTimer()
 		start := time.Now()
 		p := startProc(b, cfgPath, httpAddr)
-		for {
-			pos, _, err := store.Load(context.Background())
-			testenv.Must(b, err, "checkpoint")
-			if pos.File > endPos.Name || (pos.File == endPos.Name && pos.Pos >= endPos.Pos) {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitCheckpointPast(b, store, endPos)
 		catchUp := time.Since(start)
 		b.StopTimer()
 		redisBusy := testenv.RedisCPUSeconds(b, rdb) - redisCPU0
@@ -124,6 +118,18 @@ func runW1(b *testing.B) {
 	b.ReportMetric(float64(maxRSS)/1024, "peak-RSS-MB")
 	b.Logf("W1 (median of %d rounds): bare go-mysql read %.3fs, invsync catch-up %.3fs, ratio %.2fx; highest invsync peak RSS %.1f MB",
 		w1Rounds, median(bares), median(catchUps), median(ratios), float64(maxRSS)/1024)
+}
+
+// waitCheckpointPast polls the checkpoint until it is at or past end.
+func waitCheckpointPast(tb testing.TB, store *checkpoint.Store, end mysql.Position) {
+	for {
+		pos, _, err := store.Load(context.Background())
+		testenv.Must(tb, err, "checkpoint")
+		if pos.File > end.Name || (pos.File == end.Name && pos.Pos >= end.Pos) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // w1Rounds is the number of bare-read / catch-up pairs measured.
