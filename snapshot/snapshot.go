@@ -98,10 +98,7 @@ func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (cana
 		return p0, Stats{}, fmt.Errorf("snapshot: connect to the source %s: %w", s.cfg.Source.Addr, err)
 	}
 	defer conn.Close()
-	tz := config.TimeZoneOffset(s.cfg.Source.TimeZone)
-	// A known session: TIMESTAMP in the configured zone (as the binlog renders it), and
-	// string literals where only quotes need escaping.
-	if _, err := conn.Execute("SET SESSION time_zone = '" + tz + "', SESSION sql_mode = 'NO_BACKSLASH_ESCAPES', NAMES utf8mb4"); err != nil {
+	if err := PrepareSession(conn, s.cfg.Source.TimeZone); err != nil {
 		return p0, Stats{}, fmt.Errorf("snapshot: prepare the session: %w", err)
 	}
 	var estimate int64
@@ -142,38 +139,119 @@ func estimateRows(conn *client.Conn, t *canal.Table) int64 {
 	return n
 }
 
-func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) error {
-	var cols []canal.ColumnInfo
+// tableQuery is how the rows of one table are selected and turned into changes.
+type tableQuery struct {
+	t         *canal.Table
+	cols      []canal.ColumnInfo
+	pkAt      []int // index in cols of each primary key part
+	versionAt int   // index in cols of the version column, or -1
+	pkCols    []string
+	base      string // SELECT ... FROM ...
+}
+
+func newTableQuery(t *canal.Table) (*tableQuery, error) {
+	q := &tableQuery{t: t, versionAt: -1}
 	for _, c := range t.Columns {
 		if t.Mirrored(c.Name) {
-			cols = append(cols, c)
+			q.cols = append(q.cols, c)
 		}
 	}
-	names := make([]string, len(cols))
-	pkAt := make([]int, len(t.PK))
-	versionAt := -1
-	for i, c := range cols {
+	names := make([]string, len(q.cols))
+	q.pkAt = make([]int, len(t.PK))
+	for i, c := range q.cols {
 		names[i] = ident(c.Name)
 		for p, pk := range t.PK {
 			if strings.EqualFold(pk, c.Name) {
-				pkAt[p] = i
+				q.pkAt[p] = i
 			}
 		}
 		if t.VersionColumn != "" && strings.EqualFold(t.VersionColumn, c.Name) {
-			versionAt = i
+			q.versionAt = i
 		}
 	}
-	if t.VersionColumn != "" && versionAt < 0 {
-		return fmt.Errorf("snapshot: %s: version column %s is not mirrored", t.FullName(), t.VersionColumn)
+	if t.VersionColumn != "" && q.versionAt < 0 {
+		return nil, fmt.Errorf("snapshot: %s: version column %s is not mirrored", t.FullName(), t.VersionColumn)
 	}
-	pkCols := make([]string, len(t.PK))
+	q.pkCols = make([]string, len(t.PK))
 	for i, pk := range t.PK {
-		pkCols[i] = ident(pk)
+		q.pkCols[i] = ident(pk)
 	}
-	base := "SELECT " + strings.Join(names, ", ") + " FROM " + ident(t.Schema) + "." + ident(t.Name)
+	q.base = "SELECT " + strings.Join(names, ", ") + " FROM " + ident(t.Schema) + "." + ident(t.Name)
+	return q, nil
+}
+
+// change turns one text-protocol row into a write that does not come from the binlog;
+// positionVersion is _v for a table without a version column.
+func (q *tableQuery) change(vals [][]byte, nulls []bool, positionVersion string, replace bool) layout.Change {
+	c := layout.Change{Op: layout.OpUpsert, Replace: replace, Fields: make([]layout.Field, 0, len(q.cols))}
+	for i, col := range q.cols {
+		if !nulls[i] {
+			c.Fields = append(c.Fields, layout.Field{Name: col.Name, Value: string(vals[i])})
+		}
+	}
+	pk := make([]string, len(q.pkAt))
+	for p, i := range q.pkAt {
+		pk[p] = string(vals[i])
+	}
+	c.Key = layout.Key(q.t.KeyPrefix, pk)
+	switch {
+	case q.versionAt < 0:
+		c.Version = positionVersion
+	case nulls[q.versionAt]:
+		c.Version = "0"
+	default:
+		c.Version = string(vals[q.versionAt])
+	}
+	return c
+}
+
+// Fetch reads the current row of t with primary key pk (the text of each part) with the
+// text protocol, as the snapshot would write it. found is false when the row does not
+// exist. conn must be a session prepared like the snapshot's (see PrepareSession).
+func Fetch(conn *client.Conn, t *canal.Table, pk []string, positionVersion string) (c layout.Change, found bool, err error) {
+	q, err := newTableQuery(t)
+	if err != nil {
+		return c, false, err
+	}
+	if len(pk) != len(q.pkAt) {
+		return c, false, fmt.Errorf("%s: primary key has %d parts, got %d", t.FullName(), len(q.pkAt), len(pk))
+	}
+	lits := make([]string, len(pk))
+	for p, i := range q.pkAt {
+		lits[p] = literal(q.cols[i], []byte(pk[p]))
+	}
+	res, err := conn.Execute(q.base + " WHERE (" + strings.Join(q.pkCols, ", ") + ") = (" + strings.Join(lits, ", ") + ")")
+	if err != nil {
+		return c, false, fmt.Errorf("read %s: %w", t.FullName(), err)
+	}
+	defer res.Close()
+	if len(res.RowDatas) == 0 {
+		return c, false, nil
+	}
+	vals, nulls, err := splitRow(res.RowDatas[0], len(q.cols))
+	if err != nil {
+		return c, false, err
+	}
+	return q.change(vals, nulls, positionVersion, false), true, nil
+}
+
+// PrepareSession sets a session up to read values as the binlog renders them: TIMESTAMP
+// in the configured zone, and literals where only quotes need escaping.
+func PrepareSession(conn *client.Conn, timeZone string) error {
+	_, err := conn.Execute("SET SESSION time_zone = '" + config.TimeZoneOffset(timeZone) + "', SESSION sql_mode = 'NO_BACKSLASH_ESCAPES', NAMES utf8mb4")
+	return err
+}
+
+func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) error {
+	tq, err := newTableQuery(t)
+	if err != nil {
+		return err
+	}
+	pkCols := tq.pkCols
+	base := tq.base
 	order := " ORDER BY " + strings.Join(pkCols, ", ") + " LIMIT " + strconv.Itoa(r.s.cfg.Snapshot.ChunkSize)
 	positionVersion := ""
-	if versionAt < 0 {
+	if tq.versionAt < 0 {
 		// Without a version column, a snapshot row is as new as P0 at least; the binlog
 		// changes after P0 carry greater versions and win.
 		positionVersion = strconv.FormatUint(positionVersionOf(p0), 10)
@@ -223,41 +301,23 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 		changes := make([]layout.Change, 0, n)
 		var last [][]byte
 		for _, raw := range res.RowDatas {
-			vals, nulls, err := splitRow(raw, len(cols))
+			vals, nulls, err := splitRow(raw, len(tq.cols))
 			if err != nil {
 				res.Close()
 				_ = finish()
 				return fmt.Errorf("snapshot: %s: %w", t.FullName(), err)
 			}
-			c := layout.Change{Op: layout.OpUpsert, Replace: r.s.replace, Fields: make([]layout.Field, 0, len(cols))}
-			for i, col := range cols {
-				if !nulls[i] {
-					c.Fields = append(c.Fields, layout.Field{Name: col.Name, Value: string(vals[i])})
-				}
-			}
-			pk := make([]string, len(pkAt))
-			for p, i := range pkAt {
-				pk[p] = string(vals[i])
-			}
-			c.Key = layout.Key(t.KeyPrefix, pk)
+			c := tq.change(vals, nulls, positionVersion, r.s.replace)
 			if r.seen != nil {
 				r.seen[maphash.String(r.s.seed, c.Key)] = struct{}{}
-			}
-			if versionAt >= 0 {
-				c.Version = string(vals[versionAt])
-				if nulls[versionAt] {
-					c.Version = "0"
-				}
-			} else {
-				c.Version = positionVersion
 			}
 			changes = append(changes, c)
 			last = vals
 		}
 		if n > 0 {
-			after = make([]string, len(pkAt))
-			for p, i := range pkAt {
-				after[p] = literal(cols[i], last[i])
+			after = make([]string, len(tq.pkAt))
+			for p, i := range tq.pkAt {
+				after[p] = literal(tq.cols[i], last[i])
 			}
 		}
 		res.Close()
