@@ -3,8 +3,11 @@
 // next_retry_at = now + min(max_backoff, initial_backoff * 2^attempts), with jitter; after
 // max_attempts the row is dead (kept, listed, replayable).
 //
-// This session adds the store and the schedule; the sink's parking of failed keys and the
-// retrier that re-reads the row from the source come next (issue 4).
+// The sink parks a write here after a short in-place retry when Redis refuses it for its
+// key (WRONGTYPE, a script error, OOM for that key), and the write counts as done for the
+// checkpoint; the Retrier re-reads the row from the source and writes it through the
+// versioned script when it is due. An outage of Redis as a whole is not parked: the sink
+// pauses instead.
 package compensation
 
 import (

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/invsync/invsync/layout"
 )
 
 // Status of a compensation row.
@@ -68,9 +70,20 @@ func Open(ctx context.Context, db *sql.DB, schema string, sched Schedule, now fu
 	return &Store{db: db, table: table, sched: sched, nowUTC: func() time.Time { return now().UTC() }}, nil
 }
 
-// Park records a failed write. A newer failure of the same key updates its row (the
+// Park records a write of table's row that Redis refused (sink.Parker).
+func (s *Store) Park(ctx context.Context, table string, c layout.Change, cause error) error {
+	pk := c.Key
+	if open := strings.IndexByte(pk, '{'); open >= 0 {
+		if end := strings.LastIndexByte(pk, '}'); end > open {
+			pk = pk[open+1 : end]
+		}
+	}
+	return s.Add(ctx, Entry{RedisKey: c.Key, Table: table, PK: pk, Version: c.Version, LastError: truncate(cause.Error(), 2000)})
+}
+
+// Add records a failed write. A newer failure of the same key updates its row (the
 // greater version and the latest error are kept) instead of adding one.
-func (s *Store) Park(ctx context.Context, e Entry) error {
+func (s *Store) Add(ctx context.Context, e Entry) error {
 	now := s.nowUTC()
 	next, _ := s.sched.Next(now, 0)
 	_, err := s.db.ExecContext(ctx, "INSERT INTO "+s.table+

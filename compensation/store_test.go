@@ -31,10 +31,10 @@ func TestStoreLifecycle(t *testing.T) {
 	testenv.Must(t, err, "open")
 
 	// One row per key: a newer failure keeps the greater version and the latest error.
-	testenv.Must(t, st.Park(ctx, entry("inv:{1}", "5")), "park")
-	testenv.Must(t, st.Park(ctx, entry("inv:{1}", "12")), "park newer")
-	testenv.Must(t, st.Park(ctx, entry("inv:{1}", "9")), "park older")
-	testenv.Must(t, st.Park(ctx, entry("inv:{2}", "1")), "park other")
+	testenv.Must(t, st.Add(ctx, entry("inv:{1}", "5")), "park")
+	testenv.Must(t, st.Add(ctx, entry("inv:{1}", "12")), "park newer")
+	testenv.Must(t, st.Add(ctx, entry("inv:{1}", "9")), "park older")
+	testenv.Must(t, st.Add(ctx, entry("inv:{2}", "1")), "park other")
 	all, err := st.List(ctx, "")
 	testenv.Must(t, err, "list")
 	if len(all) != 2 || all[0].Version != "12" || all[0].LastError != "WRONGTYPE v9" || all[0].Status != compensation.StatusPending {
@@ -89,7 +89,7 @@ func TestStoreLifecycle(t *testing.T) {
 		t.Fatalf("after replay: %+v", due)
 	}
 	// Done deletes, unless a newer failure came in since the row was read.
-	testenv.Must(t, st.Park(ctx, entry(due[0].RedisKey, "99")), "newer failure")
+	testenv.Must(t, st.Add(ctx, entry(due[0].RedisKey, "99")), "newer failure")
 	clk.Add(time.Millisecond)
 	if err := st.Done(ctx, due[0]); !errors.Is(err, compensation.ErrSuperseded) {
 		t.Fatalf("Done over a newer failure: %v", err)

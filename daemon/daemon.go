@@ -13,11 +13,15 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
+	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/metrics"
@@ -48,6 +52,7 @@ type Daemon struct {
 	lastEvent atomic.Int64 // unix nanos of the last commit or heartbeat
 	lastSave  atomic.Int64 // unix nanos of the last checkpoint write
 	wm        atomic.Pointer[sink.Watermark]
+	parker    sink.Parker
 	sk        atomic.Pointer[sink.Sink]
 	addr      atomic.Pointer[string] // the HTTP listener's address, once listening
 }
@@ -157,6 +162,23 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	var comp *compensation.Store
+	if err := d.retry(ctx, "open the compensation table", func() error {
+		var err error
+		comp, err = compensation.Open(ctx, stateDB, d.cfg.State.Schema, compensation.NewSchedule(d.cfg.Compensation), time.Now)
+		return err
+	}); err != nil {
+		return err
+	}
+	d.parker = comp
+	fetch := newFetcher(d.cfg, db, tables)
+	defer fetch.close()
+	retrier := compensation.NewRetrier(comp, fetch.fetch, writer, d.m, d.log.Named("compensation"), d.cfg.Compensation.PollInterval)
+	retryCtx, stopRetry := context.WithCancel(ctx)
+	retryDone := make(chan struct{})
+	go func() { defer close(retryDone); retrier.Run(retryCtx) }()
+	defer func() { stopRetry(); <-retryDone }()
+
 	var pos canal.Position
 	var found bool
 	if err := d.retry(ctx, "read the checkpoint", func() error {
@@ -432,6 +454,9 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 		d.ready.Store(true)
 	}
 	sk := sink.New(d.cfg.Sink, names, w, wm, d.m, d.log.Named("sink"), beat)
+	if d.parker != nil {
+		sk.SetParker(d.parker)
+	}
 	d.wm.Store(wm)
 	d.sk.Store(sk)
 	defer d.ready.Store(false)
@@ -626,4 +651,93 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 	}
 	w := layout.NewWriter(rdb, cfg.Bloom.TombstoneTTL, cfg.Redis.Mode == "cluster")
 	return RunSnapshot(ctx, cfg, db, tables, w, rdb, store, log, progress)
+}
+
+// fetcher reads single rows from the source for the compensation retrier, with a
+// text-protocol session like the snapshot's.
+type fetcher struct {
+	cfg    *config.Config
+	db     *sql.DB
+	tables map[string]*canal.Table
+	conn   *client.Conn
+}
+
+func newFetcher(cfg *config.Config, db *sql.DB, tables []*canal.Table) *fetcher {
+	f := &fetcher{cfg: cfg, db: db, tables: map[string]*canal.Table{}}
+	for _, t := range tables {
+		f.tables[t.FullName()] = t
+	}
+	return f
+}
+
+func (f *fetcher) close() {
+	if f.conn != nil {
+		f.conn.Close()
+		f.conn = nil
+	}
+}
+
+func (f *fetcher) fetch(ctx context.Context, table, pk string) (layout.Change, bool, error) {
+	t := f.tables[table]
+	if t == nil {
+		return layout.Change{}, false, fmt.Errorf("table %s is not mirrored (any more)", table)
+	}
+	parts := []string{pk}
+	if len(t.PK) > 1 {
+		parts = strings.Split(pk, ":")
+		if len(parts) != len(t.PK) {
+			return layout.Change{}, false, fmt.Errorf("the key %q of %s cannot be split into its %d primary key parts (a part contains ':')", pk, table, len(t.PK))
+		}
+	}
+	if f.conn == nil {
+		conn, err := client.ConnectWithContext(ctx, f.cfg.Source.Addr, f.cfg.Source.User, f.cfg.Source.Password, "", f.cfg.Source.ConnectTimeout)
+		if err != nil {
+			return layout.Change{}, false, fmt.Errorf("connect to the source: %w", err)
+		}
+		if err := snapshot.PrepareSession(conn, f.cfg.Source.TimeZone); err != nil {
+			conn.Close()
+			return layout.Change{}, false, err
+		}
+		f.conn = conn
+	}
+	version := ""
+	if t.VersionColumn == "" {
+		// The row as of now: newer than the change that failed.
+		pos, err := CurrentPosition(ctx, f.db, f.cfg.Source.Flavor)
+		if err != nil {
+			return layout.Change{}, false, err
+		}
+		version = strconv.FormatUint(snapshot.PositionVersion(pos), 10)
+	}
+	c, found, err := snapshot.Fetch(f.conn, t, parts, version)
+	if err != nil {
+		f.close()
+	}
+	return c, found, err
+}
+
+// OpenCompensation opens the compensation table for `invsync compensation`; close the
+// returned function when done.
+func OpenCompensation(ctx context.Context, cfg *config.Config) (*compensation.Store, func(), error) {
+	db, err := OpenSourceDB(cfg.Source)
+	if err != nil {
+		return nil, nil, err
+	}
+	stateDB, err := OpenStateDB(cfg, db)
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	closeAll := func() {
+		if stateDB != db {
+			stateDB.Close()
+		}
+		db.Close()
+	}
+	st, err := compensation.Open(ctx, stateDB, cfg.State.Schema, compensation.NewSchedule(cfg.Compensation), time.Now)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return st, closeAll, nil
 }

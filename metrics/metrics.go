@@ -26,6 +26,13 @@ type Metrics struct {
 	CheckpointWrites prometheus.Counter
 	// Restarts counts restarts of the binlog stream after an error.
 	StreamRestarts prometheus.Counter
+	// CompensationParked counts writes parked in the compensation table.
+	CompensationParked prometheus.Counter
+	// CompensationRetries counts retries of parked writes, by result (applied, failed, dead).
+	CompensationRetries *prometheus.CounterVec
+	// CompensationPending, CompensationDead and CompensationOldest describe the
+	// compensation table: pending rows, dead rows, age of the oldest pending row (s).
+	CompensationPending, CompensationDead, CompensationOldest prometheus.Gauge
 	// Resnapshots counts full reloads made to heal, by reason.
 	Resnapshots *prometheus.CounterVec
 	// CommittedTxns counts transactions whose rows are all acknowledged.
@@ -60,6 +67,16 @@ func New(reg prometheus.Registerer) *Metrics {
 		StreamRestarts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "invsync_stream_restarts_total", Help: "Restarts of the binlog stream after an error.",
 		}),
+		CompensationParked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "invsync_compensation_parked_total", Help: "Writes Redis refused for their key, parked in the compensation table.",
+		}),
+		CompensationRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "invsync_compensation_retries_total", Help: "Retries of parked writes, by result (applied, failed, dead).",
+		}, []string{"result"}),
+		CompensationPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "invsync_compensation_pending", Help: "Pending rows in the compensation table."}),
+		CompensationDead:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "invsync_compensation_dead", Help: "Dead rows in the compensation table (max_attempts reached)."}),
+		CompensationOldest: prometheus.NewGauge(prometheus.GaugeOpts{Name: "invsync_compensation_oldest_pending_seconds",
+			Help: "Age of the oldest pending row in the compensation table."}),
 		Resnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "invsync_resnapshots_total", Help: "Full reloads of the tables made to heal, by reason (position_lost, ddl, redis_data_loss).",
 		}, []string{"reason"}),
@@ -70,9 +87,13 @@ func New(reg prometheus.Registerer) *Metrics {
 	// Export the error series at 0 from the start, so that alerts and dashboards see them.
 	m.RedisErrors.WithLabelValues("key")
 	m.RedisErrors.WithLabelValues("unavailable")
+	for _, r := range []string{"applied", "failed", "dead"} {
+		m.CompensationRetries.WithLabelValues(r)
+	}
 	m.Resnapshots.WithLabelValues("position_lost")
 	m.Resnapshots.WithLabelValues("ddl")
 	m.Resnapshots.WithLabelValues("redis_data_loss")
-	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.CommittedTxns)
+	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
+		m.CompensationPending, m.CompensationDead, m.CompensationOldest)
 	return m
 }

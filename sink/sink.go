@@ -24,6 +24,17 @@ import (
 	"go.uber.org/zap"
 )
 
+// Parker stores a change that Redis refused for its key (not for an outage) so that it
+// is retried later; the compensation store is the implementation. A parked change counts
+// as done for the checkpoint.
+type Parker interface {
+	Park(ctx context.Context, table string, c layout.Change, cause error) error
+}
+
+// keyRetries is how many times a change refused for its key is retried in place before
+// it is parked.
+const keyRetries = 2
+
 // Writer applies a batch of changes; layout.Writer is the implementation.
 type Writer interface {
 	Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error
@@ -44,6 +55,8 @@ type Sink struct {
 	coalesced [][2]prometheus.Counter
 	m         *metrics.Metrics
 	beat      func()
+	parker    Parker
+	tables    []string
 	busy      atomic.Int64 // batches taken and not yet acknowledged
 	rowsRead  uint64       // router goroutine only
 	lastRead  atomic.Int64 // unix nanos when the reader last handed over rows
@@ -64,7 +77,7 @@ const (
 // New returns a sink for tables (names by config index) writing through w.
 // heartbeat is called when the source reports it is idle.
 func New(cfg config.Sink, tables []string, w Writer, wm *Watermark, m *metrics.Metrics, log *zap.Logger, heartbeat func()) *Sink {
-	s := &Sink{cfg: cfg, w: w, wm: wm, log: log, seed: maphash.MakeSeed(), m: m, beat: heartbeat}
+	s := &Sink{cfg: cfg, w: w, wm: wm, log: log, seed: maphash.MakeSeed(), m: m, beat: heartbeat, tables: tables}
 	s.queues = make([]*keyQueue, cfg.Workers)
 	for i := range s.queues {
 		s.queues[i] = newKeyQueue(cfg.QueueSize)
@@ -76,6 +89,10 @@ func New(cfg config.Sink, tables []string, w Writer, wm *Watermark, m *metrics.M
 	}
 	return s
 }
+
+// SetParker makes the sink park changes Redis refuses for their key (after keyRetries
+// in-place retries) instead of retrying them in place until they succeed.
+func (s *Sink) SetParker(p Parker) { s.parker = p }
 
 // Worker returns the worker index of a key.
 func (s *Sink) Worker(key string) int {
@@ -306,6 +323,16 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 		if len(failed) == 0 {
 			return nil
 		}
+		if err == nil && s.parker != nil && attempt >= keyRetries {
+			// Refused for the key itself, again: park it and go on with the others.
+			for _, i := range failed {
+				if perr := s.park(ctx, log, batch[i], changes[i], out[i].Err); perr != nil {
+					return perr
+				}
+				out[i] = layout.Outcome{Result: layout.Applied}
+			}
+			return nil
+		}
 		if err != nil {
 			s.m.RedisErrors.WithLabelValues("unavailable").Inc()
 			if attempt == 0 || attempt%20 == 0 {
@@ -330,6 +357,27 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 			return ctx.Err()
 		}
 		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// park stores a refused change, retrying while the state database is unreachable (the
+// worker, and so the reader, pause meanwhile: nothing is dropped).
+func (s *Sink) park(ctx context.Context, log *zap.Logger, e *entry, c layout.Change, cause error) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := s.parker.Park(ctx, s.tables[e.table], c, cause)
+		if err == nil {
+			s.m.CompensationParked.Inc()
+			log.Warn("redis refused a key write; parked in the compensation table for retries", zap.String("key", c.Key), zap.Error(cause))
+			return nil
+		}
+		log.Warn("cannot park a refused write (state database unreachable?); retrying", zap.String("key", c.Key), zap.Error(err), zap.Duration("backoff", backoff))
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

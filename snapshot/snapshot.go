@@ -520,6 +520,9 @@ func quote(s string) string { return strings.ReplaceAll(s, "'", "''") }
 
 func ident(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
 
+// PositionVersion is _v, for a table without a version column, of a row read at p.
+func PositionVersion(p canal.Position) uint64 { return positionVersionOf(p) }
+
 func positionVersionOf(p canal.Position) uint64 {
 	idx := uint64(0)
 	if dot := strings.LastIndexByte(p.File, '.'); dot >= 0 {

@@ -4,16 +4,20 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
+	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/snapshot"
@@ -29,6 +33,8 @@ commands:
                  table first when there is no checkpoint yet
   snapshot       load every table into Redis and record the position to stream from
   check-config   validate the config file, then the source, the tables and Redis
+  compensation list [--json] | replay [--id N ...] | purge --older-than DURATION
+                 inspect and act on the writes Redis refused (the compensation table)
 `
 
 // quietLogger drops go-redis's own log lines; invsync logs Redis failures itself, with
@@ -48,14 +54,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cmd := args[0]
+	sub := ""
+	rest := args[1:]
+	if cmd == "compensation" {
+		if len(rest) == 0 {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		sub, rest = rest[0], rest[1:]
+	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("c", "invsync.yaml", "config file")
-	if err := fs.Parse(args[1:]); err != nil {
+	asJSON := fs.Bool("json", false, "compensation list: print JSON")
+	var ids idList
+	fs.Var(&ids, "id", "compensation replay: a row id (repeatable); none means every dead row")
+	olderThan := fs.Duration("older-than", 0, "compensation purge: delete dead rows last updated longer ago than this")
+	if err := fs.Parse(rest); err != nil {
 		return 2
 	}
 	switch cmd {
-	case "run", "check-config", "snapshot":
+	case "run", "check-config", "snapshot", "compensation":
 	default:
 		fmt.Fprintf(stderr, "invsync: unknown command %q\n%s", cmd, usage)
 		return 2
@@ -68,6 +87,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "check-config":
 		return checkConfig(cfg, stdout)
+	case "compensation":
+		return compensationCmd(cfg, sub, *asJSON, ids, *olderThan, stdout, stderr)
 	}
 	log, err := newLogger(cfg.Log)
 	if err != nil {
@@ -172,4 +193,75 @@ func progressBar(w io.Writer) func(snapshot.Progress) {
 		fmt.Fprintf(f, "\r[%s%s] %d rows, %.0f rows/s, ETA %s   ", strings.Repeat("#", done), strings.Repeat(".", width-done),
 			p.Rows, p.RowsPerS, p.Remaining.Round(time.Second))
 	}
+}
+
+type idList []int64
+
+func (l *idList) String() string { return fmt.Sprint(*l) }
+func (l *idList) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("not a row id: %q", s)
+	}
+	*l = append(*l, n)
+	return nil
+}
+
+func compensationCmd(cfg *config.Config, sub string, asJSON bool, ids []int64, olderThan time.Duration, stdout, stderr io.Writer) int {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, closeDB, err := daemon.OpenCompensation(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "invsync: %v\n", err)
+		return 1
+	}
+	defer closeDB()
+	switch sub {
+	case "list":
+		rows, err := st.List(ctx, "")
+		if err != nil {
+			fmt.Fprintf(stderr, "invsync: %v\n", err)
+			return 1
+		}
+		if asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			if rows == nil {
+				rows = []compensation.Entry{}
+			}
+			_ = enc.Encode(rows)
+			return 0
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSTATUS\tKEY\tTABLE\tVERSION\tATTEMPTS\tNEXT RETRY (UTC)\tLAST ERROR")
+		for _, e := range rows {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.Status, e.RedisKey, e.Table, e.Version, e.Attempts,
+				e.NextRetryAt.Format("2006-01-02 15:04:05"), strings.ReplaceAll(e.LastError, "\n", " "))
+		}
+		_ = tw.Flush()
+		fmt.Fprintf(stdout, "%d row(s)\n", len(rows))
+		return 0
+	case "replay":
+		n, err := st.Replay(ctx, ids)
+		if err != nil {
+			fmt.Fprintf(stderr, "invsync: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%d dead row(s) made pending again, due now\n", n)
+		return 0
+	case "purge":
+		if olderThan <= 0 {
+			fmt.Fprintln(stderr, "invsync: compensation purge needs --older-than, e.g. --older-than 168h")
+			return 2
+		}
+		n, err := st.Purge(ctx, olderThan)
+		if err != nil {
+			fmt.Fprintf(stderr, "invsync: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%d dead row(s) deleted\n", n)
+		return 0
+	}
+	fmt.Fprintf(stderr, "invsync: unknown compensation command %q (list, replay or purge)\n", sub)
+	return 2
 }

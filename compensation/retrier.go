@@ -1,0 +1,118 @@
+package compensation
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/metrics"
+	"go.uber.org/zap"
+)
+
+// Fetch reads the current row of table (schema.table) with primary key pk (as in the
+// Redis key) from the source, as a write that does not come from the binlog; found is
+// false when the row no longer exists.
+type Fetch func(ctx context.Context, table, pk string) (c layout.Change, found bool, err error)
+
+// Writer applies changes; layout.Writer is the implementation.
+type Writer interface {
+	Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error
+}
+
+// Retrier retries parked writes when they are due: it reads the row again from the
+// source (or learns it was deleted), writes it through the versioned script, and deletes
+// the compensation row on success; otherwise it backs off, and marks the row dead after
+// max_attempts.
+type Retrier struct {
+	st    *Store
+	fetch Fetch
+	w     Writer
+	m     *metrics.Metrics
+	log   *zap.Logger
+	poll  time.Duration
+}
+
+// NewRetrier returns a retrier polling every poll.
+func NewRetrier(st *Store, fetch Fetch, w Writer, m *metrics.Metrics, log *zap.Logger, poll time.Duration) *Retrier {
+	return &Retrier{st: st, fetch: fetch, w: w, m: m, log: log, poll: poll}
+}
+
+// Run retries due rows until ctx ends.
+func (r *Retrier) Run(ctx context.Context) {
+	t := time.NewTicker(r.poll)
+	defer t.Stop()
+	for {
+		if err := r.Once(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("compensation retries paused", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Once retries the rows that are due now, and updates the gauges.
+func (r *Retrier) Once(ctx context.Context) error {
+	defer r.gauges(ctx)
+	due, err := r.st.Due(ctx, 100)
+	if err != nil {
+		return err
+	}
+	out := make([]layout.Outcome, 1)
+	for _, e := range due {
+		c, found, err := r.fetch(ctx, e.Table, e.PK)
+		if err != nil {
+			if err := r.failed(ctx, e, err); err != nil {
+				return err
+			}
+			continue
+		}
+		if !found {
+			// Deleted since: a tombstone, unless Redis holds a newer live row.
+			c = layout.Change{Key: e.RedisKey, Op: layout.OpDelete, Version: e.Version}
+		}
+		if err := r.w.Apply(ctx, []layout.Change{c}, out); err != nil && !errors.Is(out[0].Err, layout.ErrKey) {
+			return err // Redis unreachable: not the key's fault, try again next poll
+		}
+		if out[0].Result == layout.Failed {
+			if err := r.failed(ctx, e, out[0].Err); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := r.st.Done(ctx, e); err != nil && !errors.Is(err, ErrSuperseded) {
+			return err
+		}
+		r.m.CompensationRetries.WithLabelValues("applied").Inc()
+		r.log.Info("parked write retried and applied", zap.String("key", e.RedisKey), zap.Int("attempts", e.Attempts+1))
+	}
+	return nil
+}
+
+func (r *Retrier) failed(ctx context.Context, e Entry, cause error) error {
+	dead, err := r.st.Failed(ctx, e, cause)
+	if err != nil {
+		return err
+	}
+	if dead {
+		r.m.CompensationRetries.WithLabelValues("dead").Inc()
+		r.log.Error("parked write gave up after max_attempts; it is kept as dead (invsync compensation list / replay)",
+			zap.String("key", e.RedisKey), zap.Error(cause))
+		return nil
+	}
+	r.m.CompensationRetries.WithLabelValues("failed").Inc()
+	return nil
+}
+
+func (r *Retrier) gauges(ctx context.Context) {
+	pending, dead, oldest, err := r.st.Counts(ctx)
+	if err != nil {
+		return
+	}
+	r.m.CompensationPending.Set(float64(pending))
+	r.m.CompensationDead.Set(float64(dead))
+	r.m.CompensationOldest.Set(oldest.Seconds())
+}
