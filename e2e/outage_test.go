@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/internal/testenv"
+)
+
+// ownRedis runs a redis-server of the test's own on addr (no persistence).
+type ownRedis struct {
+	addr string
+	cmd  *exec.Cmd
+}
+
+func startOwnRedis(t *testing.T, addr string) *ownRedis {
+	t.Helper()
+	_, port, _ := strings.Cut(addr, ":")
+	cmd := exec.Command(redisServer(), "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	testenv.Must(t, cmd.Start(), "start redis-server")
+	r := &ownRedis{addr: addr, cmd: cmd}
+	t.Cleanup(r.stop)
+	c := redisClient(t, addr)
+	waitFor(t, "redis-server answers", 10*time.Second, func() bool { return c.Ping(context.Background()).Err() == nil })
+	return r
+}
+
+func (r *ownRedis) stop() {
+	if r.cmd.ProcessState == nil {
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+	}
+}
+
+// Issue 4, acceptance 3: Redis stopped for 20 s during a workload of 4 writers, then
+// started again, empty: the outage is not copied into the compensation table (at most a
+// handful of rows), and the end state equals MySQL.
+func TestRedisOutageDuringWorkload(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	addr := freeAddr(t)
+	srv := startOwnRedis(t, addr)
+	e.cfg.Redis.Addrs = []string{addr}
+	e.rdb = redisClient(t, addr)
+	loadRows(t, e, 1000)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wl := &workload{db: e.db, table: "inventory", skus: 1500, writers: 4, txns: 1_000_000, maxRows: 10}
+	wdone := make(chan error, 1)
+	go func() { wdone <- wl.run(ctx) }()
+	time.Sleep(time.Second)
+	srv.stop()
+	stopped := wl.done.Load()
+	time.Sleep(20 * time.Second)
+	startOwnRedis(t, addr)
+	time.Sleep(2 * time.Second)
+	cancel()
+	if err := <-wdone; err != nil && ctx.Err() == nil {
+		t.Fatalf("workload: %v", err)
+	}
+	t.Logf("%d transactions during the outage, %d in all", wl.done.Load()-stopped, wl.done.Load())
+	e.waitEqual(60 * time.Second)
+	if rows := e.compensationRows(t); len(rows) > 5 {
+		t.Fatalf("%d compensation rows after a Redis outage; the outage must not be copied into MySQL", len(rows))
+	}
+}
