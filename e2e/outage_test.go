@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/internal/testenv"
 )
 
@@ -68,5 +69,45 @@ func TestRedisOutageDuringWorkload(t *testing.T) {
 	e.waitEqual(60 * time.Second)
 	if rows := e.compensationRows(t); len(rows) > 5 {
 		t.Fatalf("%d compensation rows after a Redis outage; the outage must not be copied into MySQL", len(rows))
+	}
+}
+
+// Issue 4, acceptance 6: the state database (checkpoint and compensation table, here on
+// its own address through a TCP proxy) unreachable for 10 s during a workload: nothing
+// is lost, the checkpoint moves again afterwards, and the end state equals MySQL.
+func TestStateDatabaseOutage(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	proxy := newProxy(t, "state", testenv.MySQLAddr())
+	e.cfg.State.DSN = testenv.AdminUser() + ":" + testenv.AdminPassword() + "@tcp(" + proxy.Listen + ")/?timeout=2s&readTimeout=2s&writeTimeout=2s"
+	loadRows(t, e, 500)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wl := &workload{db: e.db, table: "inventory", skus: 800, writers: 4, txns: 1_000_000, maxRows: 10}
+	wdone := make(chan error, 1)
+	go func() { wdone <- wl.run(ctx) }()
+	time.Sleep(500 * time.Millisecond)
+	proxy.Stop()
+	time.Sleep(10 * time.Second)
+	testenv.Must(t, proxy.Start(), "restart proxy")
+	time.Sleep(time.Second)
+	cancel()
+	if err := <-wdone; err != nil && ctx.Err() == nil {
+		t.Fatalf("workload: %v", err)
+	}
+	end := e.currentPosition()
+	e.waitEqual(60 * time.Second)
+	store := e.checkpointStore()
+	waitFor(t, "the checkpoint caught up after the outage", 30*time.Second, func() bool {
+		p, _, err := store.Load(context.Background())
+		return err == nil && !less(p, canal.Position{File: end.File, Pos: end.Pos})
+	})
+	select {
+	case err := <-r.done:
+		t.Fatalf("daemon exited during the state database outage: %v", err)
+	default:
 	}
 }
