@@ -48,18 +48,31 @@ type Daemon struct {
 	reg *prometheus.Registry
 	m   *metrics.Metrics
 
-	ready     atomic.Bool
-	lastEvent atomic.Int64 // unix nanos of the last commit or heartbeat
-	lastSave  atomic.Int64 // unix nanos of the last checkpoint write
-	wm        atomic.Pointer[sink.Watermark]
-	parker    sink.Parker
-	sk        atomic.Pointer[sink.Sink]
-	addr      atomic.Pointer[string] // the HTTP listener's address, once listening
+	ready      atomic.Bool
+	lastEvent  atomic.Int64 // unix nanos of the last commit or heartbeat
+	lastSave   atomic.Int64 // unix nanos of the last checkpoint write
+	wm         atomic.Pointer[sink.Watermark]
+	parker     sink.Parker
+	redisHooks []redis.Hook
+	sk         atomic.Pointer[sink.Sink]
+	addr       atomic.Pointer[string] // the HTTP listener's address, once listening
+}
+
+// Option adjusts a Daemon.
+type Option func(*Daemon)
+
+// WithRedisHook adds a go-redis hook to the daemon's Redis client (tests inject faults
+// with it).
+func WithRedisHook(h redis.Hook) Option {
+	return func(d *Daemon) { d.redisHooks = append(d.redisHooks, h) }
 }
 
 // New prepares a daemon; Run starts it.
-func New(cfg *config.Config, log *zap.Logger) *Daemon {
+func New(cfg *config.Config, log *zap.Logger, opts ...Option) *Daemon {
 	d := &Daemon{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	for _, o := range opts {
+		o(d)
+	}
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.m = metrics.New(d.reg)
 	d.reg.MustRegister(
@@ -148,6 +161,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	rdb := NewRedis(d.cfg.Redis)
 	defer rdb.Close()
+	for _, h := range d.redisHooks {
+		rdb.AddHook(h)
+	}
 
 	tables, err := d.waitReady(ctx, db, rdb)
 	if err != nil {

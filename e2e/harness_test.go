@@ -98,13 +98,13 @@ type running struct {
 	done   chan error
 }
 
-func (e *env) start(logger *zap.Logger) *running {
+func (e *env) start(logger *zap.Logger, opts ...daemon.Option) *running {
 	e.t.Helper()
 	if logger == nil {
 		logger = zaptest.NewLogger(e.t, zaptest.Level(zap.WarnLevel))
 	}
 	cfg := *e.cfg
-	d := daemon.New(&cfg, logger)
+	d := daemon.New(&cfg, logger, opts...)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{d: d, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- d.Run(ctx) }()
