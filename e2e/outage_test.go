@@ -67,9 +67,11 @@ func TestRedisOutageDuringWorkload(t *testing.T) {
 	}
 	t.Logf("%d transactions during the outage, %d in all", wl.done.Load()-stopped, wl.done.Load())
 	e.waitEqual(60 * time.Second)
-	if rows := e.compensationRows(t); len(rows) > 5 {
+	rows := e.compensationRows(t)
+	if len(rows) > 5 {
 		t.Fatalf("%d compensation rows after a Redis outage; the outage must not be copied into MySQL", len(rows))
 	}
+	t.Logf("%d compensation rows written during the outage", len(rows))
 }
 
 // Issue 4, acceptance 6: the state database (checkpoint and compensation table, here on
