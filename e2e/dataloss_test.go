@@ -24,19 +24,13 @@ func TestRedisDataLossHealsWhileStreaming(t *testing.T) {
 	waitReady(t, r)
 	e.waitEqual(30 * time.Second)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	wl := &workload{db: e.db, table: "inventory", skus: 3000, writers: 4, txns: 1_000_000, maxRows: 10}
-	wdone := make(chan error, 1)
-	go func() { wdone <- wl.run(ctx) }()
-	time.Sleep(500 * time.Millisecond)
-	testenv.Must(t, e.rdb.FlushDB(context.Background()).Err(), "FLUSHDB")
-	flushed := time.Now()
-	time.Sleep(2 * time.Second)
-	cancel()
-	if err := <-wdone; err != nil && ctx.Err() == nil {
-		t.Fatalf("workload: %v", err)
-	}
+	var flushed time.Time
+	wl := during(t, e, 3000, func(*workload) {
+		time.Sleep(500 * time.Millisecond)
+		testenv.Must(t, e.rdb.FlushDB(context.Background()).Err(), "FLUSHDB")
+		flushed = time.Now()
+		time.Sleep(2 * time.Second)
+	})
 	e.waitEqual(30*time.Second - time.Since(flushed))
 	t.Logf("equal again %s after the flush (workload ran %d transactions)", time.Since(flushed).Round(time.Millisecond), wl.done.Load())
 	if got := counterSum(t, r.d.Registry(), "invsync_resnapshots_total"); got < 1 {

@@ -50,21 +50,15 @@ func TestRedisOutageDuringWorkload(t *testing.T) {
 	waitReady(t, r)
 	e.waitEqual(30 * time.Second)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	wl := &workload{db: e.db, table: "inventory", skus: 1500, writers: 4, txns: 1_000_000, maxRows: 10}
-	wdone := make(chan error, 1)
-	go func() { wdone <- wl.run(ctx) }()
-	time.Sleep(time.Second)
-	srv.stop()
-	stopped := wl.done.Load()
-	time.Sleep(20 * time.Second)
-	startOwnRedis(t, addr)
-	time.Sleep(2 * time.Second)
-	cancel()
-	if err := <-wdone; err != nil && ctx.Err() == nil {
-		t.Fatalf("workload: %v", err)
-	}
+	var stopped int64
+	wl := during(t, e, 1500, func(wl *workload) {
+		time.Sleep(time.Second)
+		srv.stop()
+		stopped = wl.done.Load()
+		time.Sleep(20 * time.Second)
+		startOwnRedis(t, addr)
+		time.Sleep(2 * time.Second)
+	})
 	t.Logf("%d transactions during the outage, %d in all", wl.done.Load()-stopped, wl.done.Load())
 	e.waitEqual(60 * time.Second)
 	rows := e.compensationRows(t)
@@ -86,20 +80,13 @@ func TestStateDatabaseOutage(t *testing.T) {
 	waitReady(t, r)
 	e.waitEqual(30 * time.Second)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	wl := &workload{db: e.db, table: "inventory", skus: 800, writers: 4, txns: 1_000_000, maxRows: 10}
-	wdone := make(chan error, 1)
-	go func() { wdone <- wl.run(ctx) }()
-	time.Sleep(500 * time.Millisecond)
-	proxy.Stop()
-	time.Sleep(10 * time.Second)
-	testenv.Must(t, proxy.Start(), "restart proxy")
-	time.Sleep(time.Second)
-	cancel()
-	if err := <-wdone; err != nil && ctx.Err() == nil {
-		t.Fatalf("workload: %v", err)
-	}
+	during(t, e, 800, func(*workload) {
+		time.Sleep(500 * time.Millisecond)
+		proxy.Stop()
+		time.Sleep(10 * time.Second)
+		testenv.Must(t, proxy.Start(), "restart proxy")
+		time.Sleep(time.Second)
+	})
 	end := e.currentPosition()
 	e.waitEqual(60 * time.Second)
 	store := e.checkpointStore()

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -244,4 +245,21 @@ func waitReady(t *testing.T, r *running) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatal("daemon not ready within 30s")
+}
+
+// during runs an endless random workload of 4 writers over skus while fn runs, then
+// stops it and returns it (for its counts).
+func during(t *testing.T, e *env, skus int, fn func(wl *workload)) *workload {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wl := &workload{db: e.db, table: "inventory", skus: skus, writers: 4, txns: 1_000_000, maxRows: 10}
+	done := make(chan error, 1)
+	go func() { done <- wl.run(ctx) }()
+	fn(wl)
+	cancel()
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) && !strings.Contains(err.Error(), "context canceled") {
+		t.Fatalf("workload: %v", err)
+	}
+	return wl
 }

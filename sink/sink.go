@@ -94,11 +94,6 @@ func New(cfg config.Sink, tables []string, w Writer, wm *Watermark, m *metrics.M
 // in-place retries) instead of retrying them in place until they succeed.
 func (s *Sink) SetParker(p Parker) { s.parker = p }
 
-// Worker returns the worker index of a key.
-func (s *Sink) Worker(key string) int {
-	return int(maphash.String(s.seed, key) % uint64(len(s.queues)))
-}
-
 // Row routes one row change to its worker; it blocks while that worker's queue holds
 // queue_size other keys.
 func (s *Sink) Row(ctx context.Context, r canal.Row) error {
