@@ -62,6 +62,9 @@ const (
 	OpUpsert Op = iota + 1
 	// OpDelete writes a tombstone {_v, _s, _deleted: 1} that expires.
 	OpDelete
+	// OpNull writes a "does not exist" marker {_null: 1} that expires, only where no key
+	// exists (never over a row or a tombstone).
+	OpNull
 )
 
 func (o Op) String() string {
@@ -70,6 +73,8 @@ func (o Op) String() string {
 		return "upsert"
 	case OpDelete:
 		return "delete"
+	case OpNull:
+		return "null"
 	}
 	return "unknown"
 }

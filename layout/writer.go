@@ -12,7 +12,7 @@ import (
 )
 
 // applyScript applies a list of row changes. KEYS are the row keys; ARGV[1] is the
-// tombstone TTL in milliseconds, then per key: op ('u', 'd', or 'r' for Change.Replace), seq (27 digits, or ”
+// tombstone TTL in milliseconds, ARGV[2] the null-marker TTL, then per key: op ('u', 'd', or 'r' for Change.Replace), seq (27 digits, or ”
 // for a write that does not come from the binlog), version, n, and n field/value pairs.
 // It returns per key 1 (applied), 0 (skipped) or 'E:<error>'.
 //
@@ -35,15 +35,25 @@ local function newer(a, b)
   if x ~= y then return x > y end
   return tonumber(string.sub(a, 15)) > tonumber(string.sub(b, 15))
 end
-local ttl = ARGV[1]
+local ttl, nullttl = ARGV[1], ARGV[2]
 local res = {}
-local a = 2
+local a = 3
 for i = 1, #KEYS do
   local k = KEYS[i]
   local op, s, v, mv, n = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], tonumber(ARGV[a+4])
   if mv == '' then mv = v end
   local f1 = a + 5
   a = f1 + 2 * n
+  if op == 'n' then
+    -- A "does not exist" marker, only where no key exists at all.
+    if redis.call('EXISTS', k) == 0 then
+      redis.call('HSET', k, '_null', '1')
+      redis.call('PEXPIRE', k, nullttl)
+      res[i] = 1
+    else
+      res[i] = 0
+    end
+  else
   local cur = redis.pcall('HMGET', k, '_s', '_v', '_null', '_deleted')
   if cur.err then
     res[i] = 'E:' .. cur.err
@@ -97,6 +107,7 @@ for i = 1, #KEYS do
       res[i] = 0
     end
   end
+  end
 end
 return res
 `
@@ -114,16 +125,23 @@ type Writer struct {
 	rdb          redis.UniversalClient
 	script       *redis.Script
 	tombstoneTTL string
+	nullTTL      string
 	cluster      bool
 }
 
 // NewWriter returns a Writer. Tombstones expire after tombstoneTTL. With cluster set,
 // the changes of one script call are grouped by hash slot.
 func NewWriter(rdb redis.UniversalClient, tombstoneTTL time.Duration, cluster bool) *Writer {
+	return NewWriterWithNullTTL(rdb, tombstoneTTL, time.Minute, cluster)
+}
+
+// NewWriterWithNullTTL is NewWriter with the lifetime of null markers (OpNull).
+func NewWriterWithNullTTL(rdb redis.UniversalClient, tombstoneTTL, nullTTL time.Duration, cluster bool) *Writer {
 	return &Writer{
 		rdb:          rdb,
 		script:       redis.NewScript(applyScript),
 		tombstoneTTL: strconv.FormatInt(tombstoneTTL.Milliseconds(), 10),
+		nullTTL:      strconv.FormatInt(max(nullTTL.Milliseconds(), 1), 10),
 		cluster:      cluster,
 	}
 }
@@ -256,18 +274,20 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 	var seqBuf []byte
 	for g, idx := range groups {
 		keys := make([]string, len(idx))
-		n := 1
+		n := 2
 		for _, ci := range idx {
 			n += 5 + 2*len(changes[ci].Fields)
 		}
 		args := make([]any, 0, n)
-		args = append(args, w.tombstoneTTL)
+		args = append(args, w.tombstoneTTL, w.nullTTL)
 		for j, ci := range idx {
 			c := &changes[ci]
 			keys[j] = c.Key
 			op := "u"
 			if c.Op == OpDelete {
 				op = "d"
+			} else if c.Op == OpNull {
+				op = "n"
 			} else if c.Replace && c.Seq.IsZero() {
 				op = "r"
 			}
@@ -277,7 +297,7 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 				seq = string(seqBuf)
 			}
 			nf := len(c.Fields)
-			if c.Op == OpDelete {
+			if c.Op != OpUpsert {
 				nf = 0
 			}
 			args = append(args, op, seq, c.Version, c.MaxVersion, nf)

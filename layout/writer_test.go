@@ -256,3 +256,33 @@ func TestNonBinlogTombstoneYieldsToTheBinlog(t *testing.T) {
 		t.Fatalf("binlog insert over a swept row: %v", f.hash(k))
 	}
 }
+
+// A null marker is written only where no key exists, expires, and any row replaces it.
+func TestNullMarkers(t *testing.T) {
+	f := newFixture(t)
+	f.w = layout.NewWriterWithNullTTL(f.rdb, time.Hour, 30*time.Second, false)
+	absent, row, tomb := f.pfx+"{n1}", f.pfx+"{n2}", f.pfx+"{n3}"
+	f.apply(up(row, "1", layout.Seq{File: 1, Pos: 1}, "stock", "1"), del(tomb, "1", layout.Seq{File: 1, Pos: 2}))
+	null := func(k string) layout.Change { return layout.Change{Key: k, Op: layout.OpNull} }
+	out := f.apply(null(absent), null(row), null(tomb))
+	if r := results(out); r[0] != layout.Applied || r[1] != layout.Skipped || r[2] != layout.Skipped {
+		t.Fatalf("null markers: %v", r)
+	}
+	if h := f.hash(absent); h["_null"] != "1" || len(h) != 1 {
+		t.Fatalf("marker: %v", h)
+	}
+	if ttl := f.rdb.PTTL(context.Background(), absent).Val(); ttl <= 0 || ttl > 30*time.Second {
+		t.Fatalf("marker TTL %v", ttl)
+	}
+	if f.hash(row)["stock"] != "1" || f.hash(tomb)["_deleted"] != "1" {
+		t.Fatal("a marker overwrote a row or a tombstone")
+	}
+	// An insert, from the binlog or a fill, replaces the marker.
+	f.apply(up(absent, "1", layout.Seq{}, "stock", "3"))
+	if h := f.hash(absent); h["stock"] != "3" || h["_null"] != "" {
+		t.Fatalf("fill over a marker: %v", h)
+	}
+	if ttl := f.rdb.PTTL(context.Background(), absent).Val(); ttl != -1 {
+		t.Fatalf("the row must not expire with the marker's TTL: %v", ttl)
+	}
+}
