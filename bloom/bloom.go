@@ -9,12 +9,10 @@
 package bloom
 
 import (
-	"context"
-	"fmt"
-	"strconv"
+	"math"
+	"math/bits"
 
 	bloomv3 "github.com/bits-and-blooms/bloom/v3"
-	"github.com/redis/go-redis/v9"
 )
 
 // HashName identifies the position scheme in the meta key.
@@ -60,96 +58,74 @@ func (f *Filter) Test(item string) bool { return f.f.TestString(item) }
 // Count estimates the number of items added.
 func (f *Filter) Count() uint32 { return f.f.ApproximatedSize() }
 
-// EstimatedFalsePositiveRate is the rate expected with n items.
+// EstimatedFalsePositiveRate is the rate expected with n items: (1 - e^(-kn/m))^k.
 func (f *Filter) EstimatedFalsePositiveRate(n uint) float64 {
-	return bloomv3.EstimateFalsePositiveRate(f.M(), f.K(), n)
+	return FalsePositiveRate(f.M(), f.K(), n)
 }
 
-// Bitmap returns the filter as a Redis bitmap: bit i of the filter is bit i of the
-// string as GETBIT numbers it (the most significant bit of byte 0 is bit 0).
+// FalsePositiveRate is the rate expected of a filter of m bits and k hashes holding n
+// items.
+func FalsePositiveRate(m, k, n uint) float64 {
+	if m == 0 {
+		return 1
+	}
+	return math.Pow(1-math.Exp(-float64(k)*float64(n)/float64(m)), float64(k))
+}
+
+// Capacity is how many items a filter of m bits holds at the false-positive rate fp (the
+// inverse of bloom/v3's sizing).
+func Capacity(m uint, fp float64) uint {
+	return uint(float64(m) * math.Ln2 * math.Ln2 / -math.Log(fp))
+}
+
+// testAndPositions returns whether item may be in f and its positions.
+func (f *Filter) testAndPositions(item string) (bool, []uint64) {
+	pos := f.Positions(item)
+	bs := f.f.BitSet()
+	in := true
+	for _, p := range pos {
+		if !bs.Test(uint(p)) {
+			in = false
+			break
+		}
+	}
+	return in, pos
+}
+
+// setPositions sets bits (positions of f's parameters).
+func (f *Filter) setPositions(pos []uint64) {
+	bs := f.f.BitSet()
+	for _, p := range pos {
+		bs.Set(uint(p))
+	}
+}
+
+// Bitmap returns the filter as a Redis bitmap of (m+7)/8 bytes: bit i of the filter is
+// bit i of the string as GETBIT numbers it (the most significant bit of byte 0 is bit 0).
 func (f *Filter) Bitmap() []byte {
-	m := f.M()
-	out := make([]byte, (m+7)/8)
-	b := f.f.BitSet()
-	for i, ok := b.NextSet(0); ok && i < m; i, ok = b.NextSet(i + 1) {
-		out[i/8] |= 0x80 >> (i % 8)
+	n := (f.M() + 7) / 8
+	out := make([]byte, n)
+	for i, w := range f.f.BitSet().Words() {
+		for j := uint(0); j < 8; j++ {
+			b := uint(i)*8 + j
+			if b >= n {
+				return out
+			}
+			out[b] = bits.Reverse8(uint8(w >> (8 * j)))
+		}
 	}
 	return out
 }
 
-// Mirror is the Redis copy of one table's filter.
-type Mirror struct {
-	rdb redis.UniversalClient
-	key string
-}
-
-// NewMirror returns the mirror at key (its parameters at key+":meta").
-func NewMirror(rdb redis.UniversalClient, key string) *Mirror { return &Mirror{rdb: rdb, key: key} }
-
-// Key is the bitmap's key.
-func (m *Mirror) Key() string { return m.key }
-
-// SetBits sets the given positions (of items added since the bitmap was written).
-func (m *Mirror) SetBits(ctx context.Context, positions []uint64) error {
-	if len(positions) == 0 {
-		return nil
+// FromBitmap is the filter of m bits and k hashes whose Redis bitmap is data (see
+// Bitmap).
+func FromBitmap(data []byte, m, k uint) *Filter {
+	words := make([]uint64, (m+63)/64)
+	for j, b := range data[:min(uint(len(data)), (m+7)/8)] {
+		words[j/8] |= uint64(bits.Reverse8(b)) << (8 * (j % 8))
 	}
-	pipe := m.rdb.Pipeline()
-	for _, p := range positions {
-		pipe.SetBit(ctx, m.key, int64(p), 1)
+	if r := m % 64; r != 0 {
+		words[len(words)-1] &= 1<<r - 1 // bits past m are not part of the filter
 	}
-	_, err := pipe.Exec(ctx)
-	return err
-}
-
-// Replace writes f as the new bitmap under a temporary key, then renames it over the
-// live one (atomic: a reader sees the old filter or the new one), and updates the meta.
-func (m *Mirror) Replace(ctx context.Context, f *Filter) error {
-	tmp := m.key + ":building"
-	if err := m.rdb.Set(ctx, tmp, f.Bitmap(), 0).Err(); err != nil {
-		return fmt.Errorf("write the bloom bitmap: %w", err)
-	}
-	if err := m.rdb.HSet(ctx, m.key+":meta", "m", f.M(), "k", f.K(), "hash", HashName).Err(); err != nil {
-		return fmt.Errorf("write the bloom meta: %w", err)
-	}
-	if err := m.rdb.Rename(ctx, tmp, m.key).Err(); err != nil {
-		return fmt.Errorf("swap in the bloom bitmap: %w", err)
-	}
-	return nil
-}
-
-// Params reads m and k from the meta key.
-func (m *Mirror) Params(ctx context.Context) (mBits, k uint, err error) {
-	v, err := m.rdb.HMGet(ctx, m.key+":meta", "m", "k").Result()
-	if err != nil {
-		return 0, 0, err
-	}
-	if len(v) != 2 || v[0] == nil || v[1] == nil {
-		return 0, 0, fmt.Errorf("bloom meta %s:meta is missing", m.key)
-	}
-	mm, err1 := strconv.ParseUint(v[0].(string), 10, 64)
-	kk, err2 := strconv.ParseUint(v[1].(string), 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, 0, fmt.Errorf("bloom meta %s:meta is malformed", m.key)
-	}
-	return uint(mm), uint(kk), nil
-}
-
-// MayContain tests item against the Redis bitmap with k GETBITs in one round trip.
-func (m *Mirror) MayContain(ctx context.Context, item string, mBits, k uint) (bool, error) {
-	pipe := m.rdb.Pipeline()
-	pos := Positions(item, mBits, k)
-	cmds := make([]*redis.IntCmd, len(pos))
-	for i, p := range pos {
-		cmds[i] = pipe.GetBit(ctx, m.key, int64(p))
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return false, err
-	}
-	for _, c := range cmds {
-		if c.Val() == 0 {
-			return false, nil
-		}
-	}
-	return true, nil
+	return &Filter{f: bloomv3.FromWithM(words, m, k)}
 }

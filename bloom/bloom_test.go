@@ -2,6 +2,7 @@ package bloom_test
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"strconv"
 	"testing"
@@ -52,8 +53,8 @@ func TestSizingAndFalsePositiveRate(t *testing.T) {
 	}
 }
 
-// The Redis bitmap answers exactly like the in-process filter, and Replace swaps a new
-// bitmap in with RENAME.
+// The Redis bitmap answers exactly like the in-process filter, reads back into the same
+// filter, and Replace swaps a new bitmap in with RENAME.
 func TestMirrorMatchesTheFilter(t *testing.T) {
 	ctx := context.Background()
 	rdb := testenv.Redis(t)
@@ -68,8 +69,9 @@ func TestMirrorMatchesTheFilter(t *testing.T) {
 	if err != nil || mBits != f.M() || k != f.K() {
 		t.Fatalf("params %d %d %v", mBits, k, err)
 	}
+	r := bloom.NewReader(rdb, pfx+"bloom")
 	for i := 0; i < 5000; i++ {
-		got, err := mir.MayContain(ctx, strconv.Itoa(i), mBits, k)
+		got, err := r.MayContain(ctx, strconv.Itoa(i))
 		testenv.Must(t, err, "MayContain")
 		if got != f.Test(strconv.Itoa(i)) {
 			t.Fatalf("item %d: Redis says %v, the filter %v", i, got, !got)
@@ -77,10 +79,46 @@ func TestMirrorMatchesTheFilter(t *testing.T) {
 	}
 	// Items added later are mirrored bit by bit.
 	testenv.Must(t, mir.SetBits(ctx, f.Add("new-sku")), "setbits")
-	if ok, _ := mir.MayContain(ctx, "new-sku", mBits, k); !ok {
+	if ok, _ := r.MayContain(ctx, "new-sku"); !ok {
 		t.Fatal("a mirrored addition is not found")
 	}
-	if rdb.Exists(ctx, pfx+"bloom:building").Val() != 0 {
+	if n := len(rdb.Keys(ctx, "*"+pfx+"bloom}:building").Val()); n != 0 {
 		t.Fatal("the temporary bitmap was left behind")
+	}
+	// Read back: the same filter, bit for bit.
+	g, err := mir.Load(ctx)
+	testenv.Must(t, err, "load")
+	if g.M() != f.M() || g.K() != f.K() || string(g.Bitmap()) != string(f.Bitmap()) {
+		t.Fatal("the filter loaded from Redis differs from the one written")
+	}
+	for i := 0; i < 5000; i++ {
+		if g.Test(strconv.Itoa(i)) != f.Test(strconv.Itoa(i)) {
+			t.Fatalf("item %d answered differently after the round trip", i)
+		}
+	}
+	// Without its meta, the bitmap is not trusted: everything may be present.
+	testenv.Must(t, mir.Invalidate(ctx), "invalidate")
+	if _, err := mir.Load(ctx); !errors.Is(err, bloom.ErrNoFilter) {
+		t.Fatalf("load without meta: %v", err)
+	}
+	if ok, err := r.MayContain(ctx, "1"); !ok || err != nil {
+		t.Fatalf("without meta MayContain = %v, %v; want true", ok, err)
+	}
+}
+
+// FromBitmap and Bitmap are inverse for sizes that are not whole bytes or words.
+func TestBitmapRoundTrip(t *testing.T) {
+	for _, n := range []uint{1, 7, 63, 100, 1000} {
+		f := bloom.New(n, 0.05)
+		for i := uint(0); i < n; i += 3 {
+			f.Add(strconv.Itoa(int(i)))
+		}
+		g := bloom.FromBitmap(f.Bitmap(), f.M(), f.K())
+		if string(g.Bitmap()) != string(f.Bitmap()) || uint(len(f.Bitmap())) != (f.M()+7)/8 {
+			t.Fatalf("n=%d: round trip differs", n)
+		}
+		if g.Count() != f.Count() {
+			t.Fatalf("n=%d: counts %d vs %d", n, g.Count(), f.Count())
+		}
 	}
 }

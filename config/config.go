@@ -166,7 +166,13 @@ type Bloom struct {
 	NullTTL time.Duration `mapstructure:"null_ttl"`
 	// TombstoneTTL is the lifetime of a deleted row's tombstone. Default 24h.
 	TombstoneTTL time.Duration `mapstructure:"tombstone_ttl"`
+	// KeyPrefix of the Redis bitmaps: a table's filter is at <key_prefix><schema>.<table>,
+	// its parameters at <that key>:meta. Default "invsync:bloom:".
+	KeyPrefix string `mapstructure:"key_prefix"`
 }
+
+// BloomKey is the Redis key of table t's Bloom bitmap.
+func (c *Config) BloomKey(t Table) string { return c.Bloom.KeyPrefix + t.TableName() }
 
 // Snapshot tunes the full load that `invsync snapshot` runs, and `run` when it finds no
 // checkpoint.
@@ -215,7 +221,7 @@ func Default() Config {
 		Sink:         Sink{Workers: 8, BatchSize: 512, FlushInterval: 2 * time.Millisecond, QueueSize: 16384},
 		Checkpoint:   Checkpoint{Interval: time.Second},
 		Compensation: Compensation{PollInterval: time.Second, InitialBackoff: 500 * time.Millisecond, MaxBackoff: 5 * time.Minute, MaxAttempts: 20},
-		Bloom:        Bloom{ExpectedItems: 10_000_000, FalsePositiveRate: 0.001, NullTTL: 60 * time.Second, TombstoneTTL: 24 * time.Hour},
+		Bloom:        Bloom{ExpectedItems: 10_000_000, FalsePositiveRate: 0.001, NullTTL: 60 * time.Second, TombstoneTTL: 24 * time.Hour, KeyPrefix: "invsync:bloom:"},
 		Snapshot:     Snapshot{ChunkSize: 1000, ProgressInterval: 10 * time.Second},
 		Reconcile:    Reconcile{ChunkSize: 1000},
 		HTTP:         HTTP{Listen: "127.0.0.1:9108"},
@@ -419,6 +425,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Bloom.NullTTL < time.Millisecond || c.Bloom.TombstoneTTL < time.Millisecond {
 		add("bloom.null_ttl and bloom.tombstone_ttl must be at least 1ms")
+	}
+	if c.Bloom.KeyPrefix == "" || strings.ContainsAny(c.Bloom.KeyPrefix, "{}") {
+		add("bloom.key_prefix %q must be set and must not contain braces (fix: e.g. invsync:bloom:)", c.Bloom.KeyPrefix)
 	}
 	if c.Snapshot.ChunkSize < 1 || c.Snapshot.RowsPerSecond < 0 || c.Snapshot.ProgressInterval <= 0 {
 		add("snapshot: chunk_size must be at least 1, rows_per_second at least 0, progress_interval positive")

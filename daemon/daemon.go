@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/compensation"
@@ -56,6 +57,7 @@ type Daemon struct {
 	redisHooks []redis.Hook
 	sk         atomic.Pointer[sink.Sink]
 	addr       atomic.Pointer[string] // the HTTP listener's address, once listening
+	keeper     atomic.Pointer[bloom.Keeper]
 }
 
 // Option adjusts a Daemon.
@@ -169,7 +171,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	writer := layout.NewWriter(rdb, d.cfg.Bloom.TombstoneTTL, d.cfg.Redis.Mode == "cluster")
+	keeper := newKeeper(d.cfg, rdb, tables, d.log.Named("bloom"), d.reg)
+	if err := d.retry(ctx, "load the bloom filters", func() error { return keeper.Open(ctx) }); err != nil {
+		return err
+	}
+	d.keeper.Store(keeper)
+	// Every row write sets its key's bloom bits first (see bloom.Keeper).
+	writer := keeper.Wrap(newWriter(d.cfg, rdb))
 	var store *checkpoint.Store
 	if err := d.retry(ctx, "open the state schema", func() error {
 		var err error
@@ -210,12 +218,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
 		if err := d.retry(ctx, "snapshot the tables", func() error {
 			var err error
-			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, rdb, store, d.log.Named("snapshot"), nil)
+			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil)
 			return err
 		}); err != nil {
 			return err
 		}
 	}
+	// Keep the Redis copies of the Bloom filters whole, and build the ones missing.
+	bloomCtx, stopBloom := context.WithCancel(ctx)
+	bloomDone := make(chan struct{})
+	go func() { defer close(bloomDone); keeper.Run(bloomCtx, bloomCheckInterval) }()
+	defer func() { stopBloom(); <-bloomDone }()
 	names := make([]string, len(d.cfg.Tables))
 	for i, t := range d.cfg.Tables {
 		names[i] = t.TableName()
@@ -260,7 +273,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				append(pos.Fields(), zap.String("oldest_binlog", oldest), zap.Error(err))...)
 			if err := d.retry(ctx, "snapshot the tables", func() error {
 				var err error
-				pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, rdb, store, d.log.Named("snapshot"), nil)
+				pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil)
 				return err
 			}); err != nil {
 				if ctx.Err() != nil {
@@ -285,6 +298,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
+}
+
+// newWriter is the versioned writer of rows, tombstones and null markers.
+func newWriter(cfg *config.Config, rdb redis.UniversalClient) *layout.Writer {
+	return layout.NewWriterWithNullTTL(rdb, cfg.Bloom.TombstoneTTL, cfg.Bloom.NullTTL, cfg.Redis.Mode == "cluster")
 }
 
 // dataLossCheck is how often the marker key is checked.
@@ -325,9 +343,10 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 	}
 }
 
-// RunSnapshot loads every table through w, then saves the position recorded before the
-// load as the checkpoint and returns it. progress may be nil (log lines only).
-func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, rdb redis.UniversalClient, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress)) (canal.Position, error) {
+// RunSnapshot loads every table through w (which must set bloom bits through keeper),
+// rebuilding the Bloom filters from the rows it writes, then saves the position recorded
+// before the load as the checkpoint and returns it. progress may be nil (log lines only).
+func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, keeper *bloom.Keeper, rdb redis.UniversalClient, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress)) (canal.Position, error) {
 	var lastLog time.Time
 	logProgress := func(p snapshot.Progress) {
 		if progress != nil {
@@ -341,8 +360,13 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 			zap.Float64("rows_per_second", p.RowsPerS), zap.Duration("eta", p.Remaining.Round(time.Second)))
 	}
 	snap := snapshot.New(cfg, tables, w, rdb, log, logProgress)
-	pos, _, err := snap.Run(ctx, func(ctx context.Context) (canal.Position, error) {
-		return CurrentPosition(ctx, db, cfg.Source.Flavor)
+	var pos canal.Position
+	err := keeper.Rebuild(ctx, func(ctx context.Context) error {
+		var err error
+		pos, _, err = snap.Run(ctx, func(ctx context.Context) (canal.Position, error) {
+			return CurrentPosition(ctx, db, cfg.Source.Flavor)
+		})
+		return err
 	})
 	if err != nil {
 		return pos, err
@@ -625,6 +649,7 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/bloom/rebuild", d.rebuildHandler)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
@@ -665,8 +690,11 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 	if err != nil {
 		return canal.Position{}, err
 	}
-	w := layout.NewWriter(rdb, cfg.Bloom.TombstoneTTL, cfg.Redis.Mode == "cluster")
-	return RunSnapshot(ctx, cfg, db, tables, w, rdb, store, log, progress)
+	keeper := newKeeper(cfg, rdb, tables, log.Named("bloom"), nil)
+	if err := keeper.Open(ctx); err != nil {
+		return canal.Position{}, err
+	}
+	return RunSnapshot(ctx, cfg, db, tables, keeper.Wrap(newWriter(cfg, rdb)), keeper, rdb, store, log, progress)
 }
 
 // fetcher reads single rows from the source for the compensation retrier, with a

@@ -84,6 +84,13 @@ func newEnv(t *testing.T, tables ...tableSpec) *env {
 		}
 		cfg.Tables = append(cfg.Tables, config.Table{Schema: schema, Table: ts.name, KeyPrefix: testenv.Prefix(t, rdb), VersionColumn: ts.version})
 	}
+	// Sized for the tests' tables (the default, 10M keys, takes 17 MiB per table).
+	cfg.Bloom.ExpectedItems = 1_000_000
+	t.Cleanup(func() {
+		for _, tc := range cfg.Tables {
+			rdb.Del(context.Background(), cfg.BloomKey(tc), cfg.BloomKey(tc)+":meta")
+		}
+	})
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -542,3 +542,62 @@ func globEscape(s string) string {
 	}
 	return b.String()
 }
+
+// ScanKeys reads every primary key of t with keyset pagination, chunk keys at a time,
+// and calls fn with each key's text as it appears in the row key (parts joined with
+// ':'). conn must be a session prepared like the snapshot's (see PrepareSession).
+func ScanKeys(ctx context.Context, conn *client.Conn, t *canal.Table, chunk int, fn func(pk string)) error {
+	tq, err := newTableQuery(t)
+	if err != nil {
+		return err
+	}
+	cols := make([]canal.ColumnInfo, len(tq.pkAt))
+	for p, i := range tq.pkAt {
+		cols[p] = tq.cols[i]
+	}
+	base := "SELECT " + strings.Join(tq.pkCols, ", ") + " FROM " + ident(t.Schema) + "." + ident(t.Name)
+	order := " ORDER BY " + strings.Join(tq.pkCols, ", ") + " LIMIT " + strconv.Itoa(chunk)
+	var after []string
+	var sb strings.Builder
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		q := base
+		if after != nil {
+			q += " WHERE (" + strings.Join(tq.pkCols, ", ") + ") > (" + strings.Join(after, ", ") + ")"
+		}
+		res, err := conn.Execute(q + order)
+		if err != nil {
+			return fmt.Errorf("read the keys of %s: %w", t.FullName(), err)
+		}
+		n := len(res.RowDatas)
+		var last [][]byte
+		for _, raw := range res.RowDatas {
+			vals, _, err := splitRow(raw, len(cols))
+			if err != nil {
+				res.Close()
+				return fmt.Errorf("%s: %w", t.FullName(), err)
+			}
+			sb.Reset()
+			for p, v := range vals {
+				if p > 0 {
+					sb.WriteByte(':')
+				}
+				sb.Write(v)
+			}
+			fn(sb.String())
+			last = vals
+		}
+		res.Close()
+		if n > 0 {
+			after = make([]string, len(cols))
+			for p := range cols {
+				after[p] = literal(cols[p], last[p])
+			}
+		}
+		if n < chunk {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,528 @@
+package bloom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	bloomv3 "github.com/bits-and-blooms/bloom/v3"
+	"github.com/invsync/invsync/layout"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// TableSpec names one mirrored table for the Keeper.
+type TableSpec struct {
+	// Name is schema.table.
+	Name string
+	// Prefix is the row key prefix (keys are Prefix{pk}).
+	Prefix string
+	// Key is the bitmap's key.
+	Key string
+}
+
+// Scanner reads every primary key of table i (an index in the Keeper's specs) from the
+// source and calls add with each one's text (as it appears between the braces of the row
+// key).
+type Scanner func(ctx context.Context, table int, add func(pk string)) error
+
+// Keeper maintains the filters of the mirrored tables for the daemon: in process, and in
+// Redis. Every writer of rows calls Ensure before it writes them (Wrap does), so a row
+// readable in Redis always has its bits set there, and a checkpoint that covers a row
+// covers its bits. Rebuild makes new filters from a full scan (forgetting deleted keys)
+// and swaps them in.
+type Keeper struct {
+	rdb      redis.UniversalClient
+	expected uint
+	fp       float64
+	log      *zap.Logger
+	tables   []*tableFilter
+	byPrefix map[string]*tableFilter
+	scan     Scanner
+
+	// swap is held for reading while bits are being set in Redis, and for writing while
+	// a new bitmap replaces the live one, so that no bit set with the old parameters
+	// lands in the new bitmap unrecorded.
+	swap      sync.RWMutex
+	rebuildMu sync.Mutex // one rebuild at a time
+
+	rebuilds, restores, overCapacity *prometheus.CounterVec
+}
+
+type tableFilter struct {
+	idx    int
+	spec   TableSpec
+	mirror *Mirror
+
+	mu        sync.Mutex // guards the fields below
+	cur       *Filter
+	items     uint64 // items added to cur
+	capacity  uint   // items cur was sized for
+	complete  bool   // Redis holds cur completely (false until a rebuild or a load)
+	next      *Filter
+	nextItems uint64
+	warned    bool // growth past capacity reported
+}
+
+// NewKeeper returns a keeper of tables' filters, sized for expected items each at the
+// false-positive rate fp. scan (may be nil) lets it rebuild a filter from the source on
+// its own (see Run). Its metrics are registered on reg (may be nil).
+func NewKeeper(rdb redis.UniversalClient, tables []TableSpec, expected uint, fp float64, scan Scanner, log *zap.Logger, reg prometheus.Registerer) *Keeper {
+	k := &Keeper{rdb: rdb, expected: expected, fp: fp, log: log, scan: scan, byPrefix: map[string]*tableFilter{},
+		rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_bloom_rebuilds_total",
+			Help: "Bloom filters rebuilt from a full scan and swapped in, by table."}, []string{"table"}),
+		restores: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_bloom_restores_total",
+			Help: "Bloom bitmaps found missing or damaged in Redis and written again from memory, by table."}, []string{"table"}),
+		overCapacity: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_bloom_over_capacity_total",
+			Help: "Times a table's filter grew past the items it was sized for (the next rebuild is sized larger)."}, []string{"table"}),
+	}
+	for i, s := range tables {
+		t := &tableFilter{idx: i, spec: s, mirror: NewMirror(rdb, s.Key)}
+		k.tables = append(k.tables, t)
+		k.byPrefix[s.Prefix] = t
+	}
+	if reg != nil {
+		reg.MustRegister(k.rebuilds, k.restores, k.overCapacity, keeperCollector{k})
+	}
+	return k
+}
+
+// Open loads each table's filter from Redis; a table without a complete one there gets
+// an empty filter, marked incomplete (readers do not trust its bitmap) until a rebuild.
+func (k *Keeper) Open(ctx context.Context) error {
+	for _, t := range k.tables {
+		f, err := t.mirror.Load(ctx)
+		if err != nil && !errors.Is(err, ErrNoFilter) {
+			return fmt.Errorf("bloom: load %s: %w", t.mirror.Key(), err)
+		}
+		t.mu.Lock()
+		if err == nil {
+			t.cur, t.complete = f, true
+			t.items = uint64(f.Count())
+			t.capacity = Capacity(f.M(), k.fp)
+		} else {
+			t.cur, t.complete = New(k.expected, k.fp), false
+			t.items, t.capacity = 0, k.expected
+		}
+		t.mu.Unlock()
+		if err != nil {
+			if ierr := t.mirror.Invalidate(ctx); ierr != nil {
+				return fmt.Errorf("bloom: %w", ierr)
+			}
+			k.log.Info("no complete bloom filter in Redis yet; readers treat every key as possibly present until it is built",
+				zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()), zap.String("reason", err.Error()))
+		} else {
+			k.log.Info("bloom filter loaded from Redis", zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()),
+				zap.Uint("bits", f.M()), zap.Uint("hashes", f.K()), zap.Uint64("items", t.items))
+		}
+	}
+	return nil
+}
+
+// Complete reports whether every table's filter is complete in Redis.
+func (k *Keeper) Complete() bool {
+	for _, t := range k.tables {
+		t.mu.Lock()
+		c := t.complete
+		t.mu.Unlock()
+		if !c {
+			return false
+		}
+	}
+	return true
+}
+
+// splitKey returns the prefix and the primary key text of a row key prefix{pk}.
+func splitKey(key string) (prefix, pk string, ok bool) {
+	i := strings.IndexByte(key, '{')
+	if i < 0 || len(key) < i+2 || key[len(key)-1] != '}' {
+		return "", "", false
+	}
+	return key[:i], key[i+1 : len(key)-1], true
+}
+
+type adds struct {
+	t   *tableFilter
+	pks []string
+	pos []uint64
+}
+
+// Ensure sets the bits of the keys of changes' upserts (and null markers never) in the
+// filters and in Redis, before the rows are written. It returns an error only when Redis
+// could not be reached: the rows must then not be written yet. A bitmap Redis refuses
+// (not a string) is invalidated and rebuilt later; the rows go on.
+func (k *Keeper) Ensure(ctx context.Context, changes []layout.Change) error {
+	k.swap.RLock()
+	defer k.swap.RUnlock()
+	var groups []adds
+	for i := range changes {
+		c := &changes[i]
+		if c.Op != layout.OpUpsert {
+			continue
+		}
+		prefix, pk, ok := splitKey(c.Key)
+		if !ok {
+			continue
+		}
+		t := k.byPrefix[prefix]
+		if t == nil {
+			continue
+		}
+		g := -1
+		for j := range groups {
+			if groups[j].t == t {
+				g = j
+				break
+			}
+		}
+		if g < 0 {
+			groups = append(groups, adds{t: t})
+			g = len(groups) - 1
+		}
+		groups[g].pks = append(groups[g].pks, pk)
+	}
+	if len(groups) == 0 {
+		return nil
+	}
+	pending := false
+	for j := range groups {
+		g := &groups[j]
+		t := g.t
+		t.mu.Lock()
+		news := g.pks[:0]
+		for _, pk := range g.pks {
+			if t.next != nil {
+				if in, pos := t.next.testAndPositions(pk); !in {
+					t.next.setPositions(pos)
+					t.nextItems++
+				}
+			}
+			if in, pos := t.cur.testAndPositions(pk); !in {
+				news = append(news, pk)
+				g.pos = append(g.pos, pos...)
+			}
+		}
+		g.pks = news
+		t.mu.Unlock()
+		pending = pending || len(news) > 0
+	}
+	if !pending {
+		return nil
+	}
+	pipe := k.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(groups))
+	for j, g := range groups {
+		if len(g.pos) > 0 {
+			cmds[j] = pipe.Do(ctx, g.t.mirror.setBitsArgs(g.pos)...)
+		}
+	}
+	_, err := pipe.Exec(ctx)
+	for j := range groups {
+		g := &groups[j]
+		if cmds[j] == nil {
+			continue
+		}
+		if cerr := cmds[j].Err(); cerr != nil {
+			if !strings.HasPrefix(cerr.Error(), "WRONGTYPE") {
+				return fmt.Errorf("bloom: set bits in %s: %w", g.t.mirror.Key(), cerr)
+			}
+			k.damaged(ctx, g.t, cerr)
+		}
+		g.t.mu.Lock()
+		for _, pk := range g.pks {
+			if in, pos := g.t.cur.testAndPositions(pk); !in {
+				g.t.cur.setPositions(pos)
+				g.t.items++
+			}
+		}
+		k.checkCapacity(g.t)
+		g.t.mu.Unlock()
+	}
+	if err != nil && !strings.HasPrefix(err.Error(), "WRONGTYPE") {
+		return fmt.Errorf("bloom: set bits: %w", err)
+	}
+	return nil
+}
+
+// damaged handles a bitmap key that holds another type: readers are told to stop
+// trusting it, and the next check rebuilds it.
+func (k *Keeper) damaged(ctx context.Context, t *tableFilter, cause error) {
+	t.mu.Lock()
+	was := t.complete
+	t.complete = false
+	t.mu.Unlock()
+	if was {
+		k.log.Error("the bloom bitmap key holds a value of another type; readers now treat every key as possibly present, and the filter is rebuilt from the source",
+			zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()), zap.Error(cause))
+	}
+	_ = t.mirror.Invalidate(ctx)
+}
+
+// checkCapacity reports (once) a filter that holds more items than it was sized for.
+// Called with t.mu held.
+func (k *Keeper) checkCapacity(t *tableFilter) {
+	if t.warned || t.items <= uint64(t.capacity) {
+		return
+	}
+	t.warned = true
+	k.overCapacity.WithLabelValues(t.spec.Name).Inc()
+	k.log.Warn("the bloom filter holds more keys than it was sized for: its false-positive rate rises; the next rebuild is sized for twice as many",
+		zap.String("table", t.spec.Name), zap.Uint64("items", t.items), zap.Uint("sized_for", t.capacity),
+		zap.Float64("estimated_false_positive_rate", t.cur.EstimatedFalsePositiveRate(uint(t.items))),
+		zap.String("fix", "raise bloom.expected_items, or let the next rebuild (reconcile, or POST /bloom/rebuild) size it"))
+}
+
+// sizeFor returns the filter for the next rebuild of t: sized for the configured items,
+// or twice the items held when the table grew past them. Called with t.mu held.
+func (k *Keeper) sizeFor(t *tableFilter) *Filter {
+	n := k.expected
+	if t.items > uint64(n) {
+		n = uint(2 * t.items)
+	}
+	f := New(n, k.fp)
+	// Filters of different parameters must differ in length, so that readers can tell
+	// which one they read (see Reader).
+	if c := t.cur; c != nil && (f.M() != c.M() || f.K() != c.K()) && (f.M()+7)/8 == (c.M()+7)/8 {
+		f = &Filter{f: bloomv3.New(((c.M()+7)/8+1)*8, f.K())}
+	}
+	return f
+}
+
+// Scanned records a key read by a rebuild's scan of the source.
+func (k *Keeper) Scanned(table int, pk string) {
+	t := k.tables[table]
+	t.mu.Lock()
+	if t.next != nil {
+		if in, pos := t.next.testAndPositions(pk); !in {
+			t.next.setPositions(pos)
+			t.nextItems++
+		}
+	}
+	t.mu.Unlock()
+}
+
+// Rebuild builds new filters for every table while fill runs (fill feeds them: rows
+// written through Ensure, or keys passed to Scanned), then swaps each one in: Redis
+// first (RENAME), then memory. Keys written while fill runs go into the new filters too.
+func (k *Keeper) Rebuild(ctx context.Context, fill func(context.Context) error) error {
+	k.rebuildMu.Lock()
+	defer k.rebuildMu.Unlock()
+	start := time.Now()
+	for _, t := range k.tables {
+		t.mu.Lock()
+		t.next, t.nextItems = k.sizeFor(t), 0
+		t.mu.Unlock()
+	}
+	drop := func() {
+		for _, t := range k.tables {
+			t.mu.Lock()
+			t.next = nil
+			t.mu.Unlock()
+		}
+	}
+	if err := fill(ctx); err != nil {
+		drop()
+		return err
+	}
+	k.swap.Lock()
+	defer k.swap.Unlock()
+	for _, t := range k.tables {
+		t.mu.Lock()
+		next, items := t.next, t.nextItems
+		t.mu.Unlock()
+		if err := t.mirror.Replace(ctx, next); err != nil {
+			drop()
+			return fmt.Errorf("bloom: %w", err)
+		}
+		t.mu.Lock()
+		t.cur, t.items, t.next = next, items, nil
+		t.capacity = Capacity(next.M(), k.fp)
+		t.complete, t.warned = true, false
+		k.checkCapacity(t)
+		t.mu.Unlock()
+		k.rebuilds.WithLabelValues(t.spec.Name).Inc()
+		k.log.Info("bloom filter rebuilt and swapped in", zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()),
+			zap.Uint64("items", items), zap.Uint("bits", next.M()), zap.Uint("hashes", next.K()),
+			zap.Float64("estimated_false_positive_rate", next.EstimatedFalsePositiveRate(uint(items))), zap.Duration("took", time.Since(start)))
+	}
+	return nil
+}
+
+// RebuildFromSource rebuilds every filter from a scan of the source's primary keys.
+func (k *Keeper) RebuildFromSource(ctx context.Context) error {
+	if k.scan == nil {
+		return errors.New("bloom: no scanner to rebuild from")
+	}
+	return k.Rebuild(ctx, func(ctx context.Context) error {
+		for i := range k.tables {
+			if err := k.scan(ctx, i, func(pk string) { k.Scanned(i, pk) }); err != nil {
+				return fmt.Errorf("bloom: scan %s: %w", k.tables[i].spec.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Check verifies that Redis still holds each complete filter (meta and bitmap length)
+// and writes it again from memory when not (Redis lost its data, or the key was deleted
+// by hand). It reports whether some table has no complete filter (a rebuild is needed).
+func (k *Keeper) Check(ctx context.Context) (needRebuild bool, err error) {
+	for _, t := range k.tables {
+		t.mu.Lock()
+		complete, cur := t.complete, t.cur
+		t.mu.Unlock()
+		if !complete {
+			needRebuild = true
+			continue
+		}
+		ok, err := t.mirror.Healthy(ctx, cur)
+		if err != nil || ok {
+			if err != nil {
+				return needRebuild, err
+			}
+			continue
+		}
+		if err := k.restore(ctx, t); err != nil {
+			return needRebuild, err
+		}
+	}
+	return needRebuild, nil
+}
+
+func (k *Keeper) restore(ctx context.Context, t *tableFilter) error {
+	k.swap.Lock()
+	defer k.swap.Unlock()
+	t.mu.Lock()
+	cur, complete := t.cur, t.complete
+	t.mu.Unlock()
+	if !complete {
+		return nil
+	}
+	if ok, err := t.mirror.Healthy(ctx, cur); err != nil || ok {
+		return err
+	}
+	if err := t.mirror.Replace(ctx, cur); err != nil {
+		return fmt.Errorf("bloom: restore %s: %w", t.mirror.Key(), err)
+	}
+	k.restores.WithLabelValues(t.spec.Name).Inc()
+	k.log.Warn("the bloom bitmap was missing or damaged in Redis; written again from memory", zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()))
+	return nil
+}
+
+// Run checks the Redis copies every interval (see Check) and rebuilds from the source
+// the filters that are not complete, until ctx ends.
+func (k *Keeper) Run(ctx context.Context, interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	backoff := interval
+	var nextTry time.Time
+	for {
+		need, err := k.Check(ctx)
+		if err != nil && ctx.Err() == nil {
+			k.log.Debug("bloom check failed; will check again", zap.Error(err))
+		}
+		if need && k.scan != nil && time.Now().After(nextTry) {
+			k.log.Info("building the bloom filters from a scan of the source's primary keys")
+			if err := k.RebuildFromSource(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				k.log.Warn("bloom rebuild failed; will try again", zap.Error(err), zap.Duration("backoff", backoff))
+				nextTry = time.Now().Add(backoff)
+				backoff = min(2*backoff, 5*time.Minute)
+			} else {
+				backoff = interval
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// Stats describes one table's filter.
+type Stats struct {
+	Table    string
+	Key      string
+	Bits     uint
+	Hashes   uint
+	Items    uint64
+	Capacity uint
+	// EstimatedFalsePositiveRate at Items.
+	EstimatedFalsePositiveRate float64
+	Complete                   bool
+	Rebuilding                 bool
+}
+
+// Stats returns the filters' figures.
+func (k *Keeper) Stats() []Stats {
+	out := make([]Stats, len(k.tables))
+	for i, t := range k.tables {
+		t.mu.Lock()
+		out[i] = Stats{Table: t.spec.Name, Key: t.mirror.Key(), Bits: t.cur.M(), Hashes: t.cur.K(), Items: t.items, Capacity: t.capacity,
+			EstimatedFalsePositiveRate: t.cur.EstimatedFalsePositiveRate(uint(t.items)), Complete: t.complete, Rebuilding: t.next != nil}
+		t.mu.Unlock()
+	}
+	return out
+}
+
+// Wrap returns a writer that calls Ensure before it writes changes through w.
+func (k *Keeper) Wrap(w Writer) Writer { return &ensuring{k: k, w: w} }
+
+// Writer applies rows; layout.Writer is the implementation.
+type Writer interface {
+	Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error
+}
+
+type ensuring struct {
+	k *Keeper
+	w Writer
+}
+
+func (e *ensuring) Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error {
+	if err := e.k.Ensure(ctx, changes); err != nil {
+		for i := range out[:len(changes)] {
+			out[i] = layout.Outcome{Result: layout.Failed, Err: err}
+		}
+		return err
+	}
+	return e.w.Apply(ctx, changes, out)
+}
+
+var (
+	descItems = prometheus.NewDesc("invsync_bloom_items", "Keys added to the table's Bloom filter since it was built.", []string{"table"}, nil)
+	descBits  = prometheus.NewDesc("invsync_bloom_bits", "Size of the table's Bloom filter in bits.", []string{"table"}, nil)
+	descFP    = prometheus.NewDesc("invsync_bloom_estimated_false_positive_rate", "False-positive rate expected of the table's Bloom filter at its current items.", []string{"table"}, nil)
+	descCap   = prometheus.NewDesc("invsync_bloom_capacity_items", "Items the table's Bloom filter was sized for at bloom.false_positive_rate.", []string{"table"}, nil)
+	descReady = prometheus.NewDesc("invsync_bloom_complete", "1 when Redis holds the table's complete Bloom filter (readers use it), 0 while it is being built.", []string{"table"}, nil)
+)
+
+type keeperCollector struct{ k *Keeper }
+
+func (c keeperCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descItems
+	ch <- descBits
+	ch <- descFP
+	ch <- descCap
+	ch <- descReady
+}
+
+func (c keeperCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.k.Stats() {
+		ch <- prometheus.MustNewConstMetric(descItems, prometheus.GaugeValue, float64(s.Items), s.Table)
+		ch <- prometheus.MustNewConstMetric(descBits, prometheus.GaugeValue, float64(s.Bits), s.Table)
+		ch <- prometheus.MustNewConstMetric(descFP, prometheus.GaugeValue, s.EstimatedFalsePositiveRate, s.Table)
+		ch <- prometheus.MustNewConstMetric(descCap, prometheus.GaugeValue, float64(s.Capacity), s.Table)
+		ready := 0.0
+		if s.Complete {
+			ready = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready, s.Table)
+	}
+}
