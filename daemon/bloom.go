@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/canal"
+	invclient "github.com/invsync/invsync/client"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/snapshot"
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,4 +64,58 @@ func (d *Daemon) rebuildHandler(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(k.Stats())
+}
+
+// ClientTables describes the configured tables for package client.
+func ClientTables(cfg *config.Config) []invclient.Table {
+	out := make([]invclient.Table, len(cfg.Tables))
+	for i, t := range cfg.Tables {
+		out[i] = invclient.Table{Name: t.TableName(), KeyPrefix: t.KeyPrefix, BloomKey: cfg.BloomKey(t)}
+	}
+	return out
+}
+
+// OpenClient returns the read path of package client over the configured Redis, with a
+// loader that reads rows from the source as the snapshot does (`invsync get`). Call the
+// returned function when done.
+func OpenClient(ctx context.Context, cfg *config.Config, reg prometheus.Registerer) (*invclient.Client, func(), error) {
+	db, err := OpenSourceDB(cfg.Source)
+	if err != nil {
+		return nil, nil, err
+	}
+	tables, err := canal.LoadTables(ctx, db, cfg.Tables)
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	rdb := NewRedis(cfg.Redis)
+	f := newFetcher(cfg, db, tables)
+	var mu sync.Mutex
+	load := func(ctx context.Context, table string, pk []string) (*invclient.Row, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		c, found, err := f.fetch(ctx, table, strings.Join(pk, ":"))
+		if err != nil || !found {
+			return nil, err
+		}
+		row := &invclient.Row{Fields: make(map[string]string, len(c.Fields)), Version: c.Version}
+		for _, fl := range c.Fields {
+			row.Fields[fl.Name] = fl.Value
+		}
+		return row, nil
+	}
+	cl, err := invclient.New(rdb, ClientTables(cfg), load, invclient.Options{NullTTL: cfg.Bloom.NullTTL, Registerer: reg})
+	if err != nil {
+		f.close()
+		rdb.Close()
+		db.Close()
+		return nil, nil, err
+	}
+	return cl, func() {
+		mu.Lock()
+		f.close()
+		mu.Unlock()
+		rdb.Close()
+		db.Close()
+	}, nil
 }

@@ -35,6 +35,11 @@ commands:
   check-config   validate the config file, then the source, the tables and Redis
   compensation list [--json] | replay [--id N ...] | purge --older-than DURATION
                  inspect and act on the writes Redis refused (the compensation table)
+  get TABLE PK...
+                 read rows the way application servers do (package client): Redis,
+                 the Bloom filter, the null cache, then MySQL; exit 0 when every row
+                 was found, 1 when one was not, 2 on errors. A composite key is given
+                 as its parts joined with ':'
 `
 
 // quietLogger drops go-redis's own log lines; invsync logs Redis failures itself, with
@@ -56,6 +61,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := args[0]
 	sub := ""
 	rest := args[1:]
+	if cmd == "get" {
+		return getCmd(rest, stdout, stderr)
+	}
 	if cmd == "compensation" {
 		if len(rest) == 0 {
 			fmt.Fprint(stderr, usage)

@@ -1,0 +1,344 @@
+// Package client is the read path for application servers: it reads inventory rows that
+// invsync mirrors into Redis, and keeps lookups of keys that do not exist away from
+// MySQL.
+//
+// Get reads the row's hash. When Redis has no key for it, the table's Bloom filter
+// (kept by the daemon, see package bloom) answers "not found" for almost every key that
+// never existed; otherwise the application's Loader reads MySQL, once per key at a time
+// however many callers ask (singleflight), and the answer is written back to Redis
+// through invsync's versioned script: the row (a fill never overwrites a newer value the
+// daemon wrote), or a short-lived null marker when MySQL has no such row. Tombstones
+// (deleted rows) and null markers read as "not found".
+//
+// The hash is read before the Bloom filter is consulted, not after: a live row's bits are
+// always set before the row is written, so the answer is the same, and a hot read costs
+// one HGETALL instead of k GETBITs more.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/invsync/invsync/bloom"
+	"github.com/invsync/invsync/layout"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+)
+
+// Source tells where an answer came from.
+type Source string
+
+const (
+	// FromBloom: not found, the table's Bloom filter has no such key.
+	FromBloom Source = "bloom"
+	// FromNullCache: not found, a recent lookup found no such row in MySQL.
+	FromNullCache Source = "null cache"
+	// FromCache: the row invsync mirrors in Redis (or its tombstone: deleted).
+	FromCache Source = "cache"
+	// FromDatabase: the loader read MySQL (the answer was then written to Redis).
+	FromDatabase Source = "mysql"
+)
+
+// Row is one row as invsync mirrors it.
+type Row struct {
+	// Fields are the non-NULL columns, each as the text MySQL returns for it.
+	Fields map[string]string
+	// Version is the row's _v: its version column, or a number derived from its binlog
+	// position; "0" for a row a loader filled without a version.
+	Version string
+}
+
+// Result is Get's answer.
+type Result struct {
+	Found  bool
+	Source Source
+	// Row is set when Found.
+	Row Row
+	// Deleted is set when Redis holds the row's tombstone.
+	Deleted bool
+}
+
+// Loader reads one row from MySQL for a key Redis does not hold. It returns nil when
+// there is no such row. Return the mirrored columns as MySQL's text (scan into
+// sql.RawBytes or []byte; leave NULL columns out), and Version as the table's version
+// column (tables.version_column), or "" for a table without one: the fill is then
+// written only where Redis holds no key at all.
+type Loader func(ctx context.Context, table string, pk []string) (*Row, error)
+
+// Table is one mirrored table, as in invsync's config.
+type Table struct {
+	// Name is schema.table (Get also accepts the bare table name when it is unique).
+	Name string
+	// KeyPrefix is tables[].key_prefix (default "inv:").
+	KeyPrefix string
+	// BloomKey is the filter's key: bloom.key_prefix + Name (default
+	// "invsync:bloom:" + Name); empty for no filter.
+	BloomKey string
+}
+
+// Options tune a Client.
+type Options struct {
+	// NullTTL is the lifetime of a null marker (bloom.null_ttl). Default 60s.
+	NullTTL time.Duration
+	// LoadTimeout bounds one loader call and its fill. Default 5s.
+	LoadTimeout time.Duration
+	// Registerer, when set, receives the client's metrics.
+	Registerer prometheus.Registerer
+}
+
+// Client reads through Redis.
+type Client struct {
+	rdb     redis.UniversalClient
+	tables  map[string]*table
+	load    Loader
+	w       *layout.Writer
+	timeout time.Duration
+	flight  singleflight.Group
+	m       clientMetrics
+}
+
+type table struct {
+	Table
+	bloom *bloom.Reader
+}
+
+type clientMetrics struct {
+	gets        *prometheus.CounterVec
+	rejects     *prometheus.CounterVec
+	nullHits    *prometheus.CounterVec
+	loads       *prometheus.CounterVec
+	bloomErrors *prometheus.CounterVec
+}
+
+// New returns a client of the given tables; load reads MySQL on a miss.
+func New(rdb redis.UniversalClient, tables []Table, load Loader, opts Options) (*Client, error) {
+	if opts.NullTTL <= 0 {
+		opts.NullTTL = time.Minute
+	}
+	if opts.LoadTimeout <= 0 {
+		opts.LoadTimeout = 5 * time.Second
+	}
+	if load == nil {
+		return nil, errors.New("client: a Loader is required")
+	}
+	_, cluster := rdb.(*redis.ClusterClient)
+	c := &Client{rdb: rdb, tables: map[string]*table{}, load: load, timeout: opts.LoadTimeout,
+		// Fills create no tombstones; the TTL is the writer's required argument only.
+		w: layout.NewWriterWithNullTTL(rdb, 24*time.Hour, opts.NullTTL, cluster)}
+	bare := map[string]int{}
+	for _, t := range tables {
+		if t.Name == "" || t.KeyPrefix == "" {
+			return nil, fmt.Errorf("client: table %q needs a Name and a KeyPrefix", t.Name)
+		}
+		tt := &table{Table: t}
+		if t.BloomKey != "" {
+			tt.bloom = bloom.NewReader(rdb, t.BloomKey)
+		}
+		c.tables[t.Name] = tt
+		if i := strings.LastIndexByte(t.Name, '.'); i >= 0 {
+			bare[t.Name[i+1:]]++
+		}
+	}
+	for _, t := range tables {
+		if i := strings.LastIndexByte(t.Name, '.'); i >= 0 && bare[t.Name[i+1:]] == 1 {
+			if _, taken := c.tables[t.Name[i+1:]]; !taken {
+				c.tables[t.Name[i+1:]] = c.tables[t.Name]
+			}
+		}
+	}
+	c.m = clientMetrics{
+		gets: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_gets_total",
+			Help: "Get calls by table, where the answer came from (bloom, null cache, cache, mysql) and whether the row was found."}, []string{"table", "source", "found"}),
+		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_bloom_rejects_total",
+			Help: "Lookups the Bloom filter answered \"not found\" without a query to MySQL."}, []string{"table"}),
+		nullHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_null_cache_hits_total",
+			Help: "Lookups a null marker answered \"not found\" without a query to MySQL."}, []string{"table"}),
+		loads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_loader_calls_total",
+			Help: "Loader calls (reads of MySQL), by result: found, not_found, error."}, []string{"table", "result"}),
+		bloomErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_bloom_errors_total",
+			Help: "Bloom checks that failed (the key was then treated as possibly present)."}, []string{"table"}),
+	}
+	if opts.Registerer != nil {
+		for _, col := range []prometheus.Collector{c.m.gets, c.m.rejects, c.m.nullHits, c.m.loads, c.m.bloomErrors} {
+			if err := opts.Registerer.Register(col); err != nil {
+				return nil, fmt.Errorf("client: register metrics: %w", err)
+			}
+		}
+	}
+	return c, nil
+}
+
+func (c *Client) table(name string) (*table, error) {
+	t := c.tables[name]
+	if t == nil {
+		return nil, fmt.Errorf("client: table %q is not configured", name)
+	}
+	return t, nil
+}
+
+// MayExist reports false only when the table's Bloom filter says the key was never
+// inserted (true when the table has no complete filter).
+func (c *Client) MayExist(ctx context.Context, tableName string, pk ...string) (bool, error) {
+	t, err := c.table(tableName)
+	if err != nil {
+		return false, err
+	}
+	if t.bloom == nil {
+		return true, nil
+	}
+	return t.bloom.MayContain(ctx, strings.Join(pk, ":"))
+}
+
+// Get returns the row of tableName with primary key pk (one string per key column, each
+// as MySQL's text of it).
+func (c *Client) Get(ctx context.Context, tableName string, pk ...string) (Result, error) {
+	t, err := c.table(tableName)
+	if err != nil {
+		return Result{}, err
+	}
+	if len(pk) == 0 {
+		return Result{}, errors.New("client: no primary key given")
+	}
+	key := layout.Key(t.KeyPrefix, pk)
+	res, present, err := c.read(ctx, key)
+	if err != nil {
+		return Result{}, err
+	}
+	if present {
+		return c.done(t, res), nil
+	}
+	if t.bloom != nil {
+		ok, err := t.bloom.MayContain(ctx, strings.Join(pk, ":"))
+		if err != nil {
+			c.m.bloomErrors.WithLabelValues(t.Name).Inc()
+		} else if !ok {
+			c.m.rejects.WithLabelValues(t.Name).Inc()
+			return c.done(t, Result{Source: FromBloom}), nil
+		}
+	}
+	ch := c.flight.DoChan(t.Name+"\x00"+key, func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+		defer cancel()
+		return c.loadAndFill(lctx, t, key, pk)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return Result{}, r.Err
+		}
+		res := r.Val.(Result)
+		res.Row.Fields = copyFields(res.Row.Fields) // callers share one flight's answer
+		return c.done(t, res), nil
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+}
+
+func (c *Client) done(t *table, r Result) Result {
+	found := "false"
+	if r.Found {
+		found = "true"
+	}
+	if r.Source == FromNullCache {
+		c.m.nullHits.WithLabelValues(t.Name).Inc()
+	}
+	c.m.gets.WithLabelValues(t.Name, string(r.Source), found).Inc()
+	return r
+}
+
+// loadAndFill runs once per key at a time: it reads Redis again (an earlier flight may
+// have just filled it), then MySQL, and writes the answer to Redis.
+func (c *Client) loadAndFill(ctx context.Context, t *table, key string, pk []string) (Result, error) {
+	if res, present, err := c.read(ctx, key); err != nil || present {
+		return res, err
+	}
+	row, err := c.load(ctx, t.Name, pk)
+	if err != nil {
+		c.m.loads.WithLabelValues(t.Name, "error").Inc()
+		return Result{}, fmt.Errorf("client: load %s %s: %w", t.Name, strings.Join(pk, ":"), err)
+	}
+	out := make([]layout.Outcome, 1)
+	if row == nil {
+		c.m.loads.WithLabelValues(t.Name, "not_found").Inc()
+		if err := c.w.Apply(ctx, []layout.Change{{Key: key, Op: layout.OpNull}}, out); err != nil || out[0].Err != nil {
+			return Result{}, fmt.Errorf("client: write the null marker of %s: %w", key, errors.Join(err, out[0].Err))
+		}
+		if out[0].Result == layout.Skipped {
+			// A key appeared meanwhile (the daemon inserted the row): it is the answer.
+			if res, present, err := c.read(ctx, key); err != nil || present {
+				return res, err
+			}
+		}
+		return Result{Source: FromDatabase}, nil
+	}
+	c.m.loads.WithLabelValues(t.Name, "found").Inc()
+	version := row.Version
+	if version == "" {
+		version = "0"
+	}
+	if strings.Trim(version, "0123456789") != "" {
+		return Result{}, fmt.Errorf("client: the loader returned version %q for %s: not a non-negative integer", row.Version, key)
+	}
+	ch := layout.Change{Key: key, Op: layout.OpUpsert, Version: version, Fields: make([]layout.Field, 0, len(row.Fields))}
+	names := make([]string, 0, len(row.Fields))
+	for n := range row.Fields {
+		if strings.HasPrefix(n, "_") {
+			return Result{}, fmt.Errorf("client: the loader returned field %q for %s: names starting with '_' are invsync's", n, key)
+		}
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		ch.Fields = append(ch.Fields, layout.Field{Name: n, Value: row.Fields[n]})
+	}
+	if err := c.w.Apply(ctx, []layout.Change{ch}, out); err != nil || out[0].Err != nil {
+		return Result{}, fmt.Errorf("client: fill %s: %w", key, errors.Join(err, out[0].Err))
+	}
+	if out[0].Result == layout.Skipped {
+		// Redis holds a newer state (the daemon wrote it meanwhile): that is the answer.
+		if res, present, err := c.read(ctx, key); err != nil || present {
+			return res, err
+		}
+	}
+	return Result{Found: true, Source: FromDatabase, Row: Row{Fields: row.Fields, Version: version}}, nil
+}
+
+// read returns the answer Redis holds for key; present is false when it holds no key.
+func (c *Client) read(ctx context.Context, key string) (Result, bool, error) {
+	h, err := c.rdb.HGetAll(ctx, key).Result()
+	if err != nil {
+		return Result{}, false, fmt.Errorf("client: read %s: %w", key, err)
+	}
+	if len(h) == 0 {
+		return Result{}, false, nil
+	}
+	if _, ok := h[layout.FieldNull]; ok {
+		return Result{Source: FromNullCache}, true, nil
+	}
+	if _, ok := h[layout.FieldDeleted]; ok {
+		return Result{Source: FromCache, Deleted: true}, true, nil
+	}
+	row := Row{Fields: make(map[string]string, len(h)), Version: h[layout.FieldVersion]}
+	for k, v := range h {
+		if !strings.HasPrefix(k, "_") {
+			row.Fields[k] = v
+		}
+	}
+	return Result{Found: true, Source: FromCache, Row: row}, true, nil
+}
+
+func copyFields(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
