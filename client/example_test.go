@@ -37,8 +37,8 @@ func ExampleClient_Get() {
 	}
 
 	c, err := client.New(rdb, []client.Table{{
-		Name:      "shop.inventory",              // schema.table, as in invsync's config
-		KeyPrefix: "inv:",                        // tables[].key_prefix
+		Name:      "shop.inventory",               // schema.table, as in invsync's config
+		KeyPrefix: "inv:",                         // tables[].key_prefix
 		BloomKey:  "invsync:bloom:shop.inventory", // bloom.key_prefix + schema.table
 	}}, load, client.Options{NullTTL: time.Minute})
 	if err != nil {

@@ -41,7 +41,7 @@ func BenchmarkSnapshot1M(b *testing.B) {
 	if code != 0 {
 		b.Fatalf("snapshot: exit %d\n%s", code, out)
 	}
-	if err := compareTable(context.Background(), e.db, e.rdb, e.cfg.Tables[0]); err != nil {
+	if err := compareTable(context.Background(), e.db, e.rdb, e.cfg.Tables[0], e.cfg.BloomKey(e.cfg.Tables[0])); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(1_000_000/d.Seconds(), "rows/s")
@@ -72,7 +72,7 @@ func BenchmarkBigTransaction(b *testing.B) {
 	b.StopTimer()
 	rss := peakRSS(b, p.cmd.Process.Pid)
 	p.terminate(b)
-	if err := compareTable(context.Background(), e.db, e.rdb, e.cfg.Tables[0]); err != nil {
+	if err := compareTable(context.Background(), e.db, e.rdb, e.cfg.Tables[0], e.cfg.BloomKey(e.cfg.Tables[0])); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(rss)/1024, "peak-RSS-MB")

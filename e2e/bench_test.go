@@ -102,7 +102,7 @@ func runW1(b *testing.B) {
 		metricsText, _ := httpBody("http://" + httpAddr + "/metrics")
 		p.terminate(b)
 		daemonCPU := p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime()
-		if err := compareTable(context.Background(), db, rdb, cfg.Tables[0]); err != nil {
+		if err := compareTable(context.Background(), db, rdb, cfg.Tables[0], cfg.BloomKey(cfg.Tables[0])); err != nil {
 			b.Fatalf("after catch-up: %v", err)
 		}
 		ratio := catchUp.Seconds() / bare.Seconds()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
@@ -155,14 +156,16 @@ func (e *env) waitEqual(timeout time.Duration) {
 func (e *env) compare() error {
 	ctx := context.Background()
 	for _, tc := range e.cfg.Tables {
-		if err := compareTable(ctx, e.db, e.rdb, tc); err != nil {
+		if err := compareTable(ctx, e.db, e.rdb, tc, e.cfg.BloomKey(tc)); err != nil {
 			return fmt.Errorf("%s: %w", tc.Table, err)
 		}
 	}
 	return nil
 }
 
-func compareTable(ctx context.Context, db *sql.DB, rdb *redis.Client, tc config.Table) error {
+// compareTable compares the rows of a table with their hashes, and checks that every row
+// is in the table's Bloom filter in Redis (bloomKey; "" skips that).
+func compareTable(ctx context.Context, db *sql.DB, rdb *redis.Client, tc config.Table, bloomKey string) error {
 	pk, err := primaryKey(ctx, db, tc)
 	if err != nil {
 		return err
@@ -196,6 +199,17 @@ func compareTable(ctx context.Context, db *sql.DB, rdb *redis.Client, tc config.
 		}
 		if h[layout.FieldDeleted] != "1" && h[layout.FieldNull] != "1" {
 			diffs = append(diffs, fmt.Sprintf("%s: live hash for a row that does not exist: %v", key, h))
+		}
+	}
+	if bloomKey != "" {
+		f, err := bloom.NewMirror(rdb, bloomKey).Load(ctx)
+		if err != nil {
+			return fmt.Errorf("bloom filter: %w", err)
+		}
+		for key := range want {
+			if pk := key[len(tc.KeyPrefix)+1 : len(key)-1]; !f.Test(pk) {
+				diffs = append(diffs, key+" is not in the Bloom filter")
+			}
 		}
 	}
 	if len(diffs) > 0 {

@@ -16,6 +16,7 @@ func TestMetricsAndIdleLag(t *testing.T) {
 	waitReady(t, r)
 	_, err := e.db.Exec("INSERT INTO inventory VALUES (1, 5, 1.00, 'a', 1), (2, 6, NULL, 'b', 1)")
 	testenv.Must(t, err, "insert")
+	e.waitEqual(30 * time.Second) // else the delete may supersede the insert before it is written
 	_, err = e.db.Exec("DELETE FROM inventory WHERE sku = 2")
 	testenv.Must(t, err, "delete")
 	e.waitEqual(30 * time.Second)

@@ -18,6 +18,7 @@ echo "== loading testdata/inventory.sql (fresh schema shop_demo, fresh state, em
 "${SQL[@]}" < testdata/inventory.sql
 "${SQL[@]}" -e "DROP DATABASE IF EXISTS invsync_demo"
 "${RCLI[@]}" --scan --pattern 'demo:inv:*' | xargs -r -n 500 "${RCLI[@]}" unlink >/dev/null
+"${RCLI[@]}" unlink invsync:bloom:shop_demo.inventory invsync:bloom:shop_demo.inventory:meta >/dev/null
 
 echo "== checking the config and the connections"
 export INVSYNC_SOURCE_PASSWORD="$INVSYNC_TEST_MYSQL_PASSWORD"
@@ -74,6 +75,10 @@ else
   echo "MISMATCH: Redis differs from MySQL; see .run/demo.mysql and .run/demo.redis"
   diff "$here/.run/demo.mysql" "$here/.run/demo.redis" | head -20
 fi
+echo "== the read path (invsync get: Redis, the Bloom filter, the null cache, then MySQL)"
+gone=$(comm -13 <(cut -f1 "$here/.run/demo.mysql" | sort) <(seq 1 1000 | sort) | head -1)
+"$here/.run/invsync" get -c testdata/demo.yaml shop_demo.inventory 42 ${gone:+$gone} 5000000 || true
+curl -s http://127.0.0.1:19108/metrics | grep -E '^invsync_bloom_(items|bits|estimated_false_positive_rate)' || true
 echo "== stopping invsync (SIGTERM: drain, final checkpoint, exit 0)"
 kill -TERM $pid
 wait $pid && echo "invsync exited 0"
