@@ -103,29 +103,45 @@ func (f *Filter) setPositions(pos []uint64) {
 // Bitmap returns the filter as a Redis bitmap of (m+7)/8 bytes: bit i of the filter is
 // bit i of the string as GETBIT numbers it (the most significant bit of byte 0 is bit 0).
 func (f *Filter) Bitmap() []byte {
-	n := (f.M() + 7) / 8
-	out := make([]byte, n)
-	for i, w := range f.f.BitSet().Words() {
-		for j := uint(0); j < 8; j++ {
-			b := uint(i)*8 + j
-			if b >= n {
-				return out
-			}
-			out[b] = bits.Reverse8(uint8(w >> (8 * j)))
+	return f.appendBitmap(nil, 0, (f.M()+7)/8)
+}
+
+// appendBitmap appends bytes [from, to) of the Redis bitmap to dst.
+func (f *Filter) appendBitmap(dst []byte, from, to uint) []byte {
+	words := f.f.BitSet().Words()
+	for b := from; b < to; b++ {
+		var v uint8
+		if w := b / 8; w < uint(len(words)) {
+			v = bits.Reverse8(uint8(words[w] >> (8 * (b % 8))))
 		}
+		dst = append(dst, v)
 	}
-	return out
+	return dst
+}
+
+// empty returns an empty filter of m bits and k hashes.
+func empty(m, k uint) *Filter { return &Filter{f: bloomv3.New(m, k)} }
+
+// setBitmap ORs bytes of a Redis bitmap, starting at byte from, into f.
+func (f *Filter) setBitmap(from uint, data []byte) {
+	words := f.f.BitSet().Words()
+	m := f.M()
+	for j, b := range data {
+		at := from + uint(j)
+		if at*8 >= m || b == 0 {
+			continue
+		}
+		words[at/8] |= uint64(bits.Reverse8(b)) << (8 * (at % 8))
+	}
+	if r := m % 64; r != 0 && len(words) > 0 {
+		words[len(words)-1] &= 1<<r - 1 // bits past m are not part of the filter
+	}
 }
 
 // FromBitmap is the filter of m bits and k hashes whose Redis bitmap is data (see
 // Bitmap).
 func FromBitmap(data []byte, m, k uint) *Filter {
-	words := make([]uint64, (m+63)/64)
-	for j, b := range data[:min(uint(len(data)), (m+7)/8)] {
-		words[j/8] |= uint64(bits.Reverse8(b)) << (8 * (j % 8))
-	}
-	if r := m % 64; r != 0 {
-		words[len(words)-1] &= 1<<r - 1 // bits past m are not part of the filter
-	}
-	return &Filter{f: bloomv3.FromWithM(words, m, k)}
+	f := empty(m, k)
+	f.setBitmap(0, data[:min(uint(len(data)), (m+7)/8)])
+	return f
 }

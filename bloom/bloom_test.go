@@ -122,3 +122,25 @@ func TestBitmapRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// A filter larger than one transfer chunk (1 MiB) goes to Redis and back unchanged.
+func TestLargeFilterRoundTripThroughRedis(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	key := testenv.Prefix(t, rdb) + "bloom"
+	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	f := bloom.New(1_500_000, 0.001) // 2.6 MiB
+	for i := 0; i < 200_000; i++ {
+		f.Add("k" + strconv.Itoa(i*7))
+	}
+	mir := bloom.NewMirror(rdb, key)
+	testenv.Must(t, mir.Replace(ctx, f), "replace")
+	if n := rdb.StrLen(ctx, key).Val(); n != int64((f.M()+7)/8) {
+		t.Fatalf("bitmap length %d, want %d", n, (f.M()+7)/8)
+	}
+	g, err := mir.Load(ctx)
+	testenv.Must(t, err, "load")
+	if string(g.Bitmap()) != string(f.Bitmap()) {
+		t.Fatal("the filter changed on its way through Redis")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/invsync/invsync/layout"
@@ -61,13 +62,25 @@ func (m *Mirror) setBitsArgs(positions []uint64) []any {
 	return args
 }
 
+// ioChunk is how many bytes of a bitmap one command reads or writes: a filter of 10M keys
+// is 17 MiB, moved without a copy of that size in memory or one long command in Redis.
+const ioChunk = 1 << 20
+
 // Replace writes f as the new bitmap under a temporary key, then renames it over the
 // live one and writes the meta. A reader sees the old filter or the new one; while the
 // two keys disagree (in a cluster, between RENAME and the meta write) the bitmap's
 // length tells (see Reader), as filters of different parameters have different lengths.
 func (m *Mirror) Replace(ctx context.Context, f *Filter) error {
-	if err := m.rdb.Set(ctx, m.tmp, f.Bitmap(), 0).Err(); err != nil {
+	n := (f.M() + 7) / 8
+	if err := m.rdb.Del(ctx, m.tmp).Err(); err != nil {
 		return fmt.Errorf("write the bloom bitmap %s: %w", m.tmp, err)
+	}
+	buf := make([]byte, 0, min(n, ioChunk))
+	for off := uint(0); off < n; off += ioChunk {
+		buf = f.appendBitmap(buf[:0], off, min(off+ioChunk, n))
+		if err := m.rdb.Append(ctx, m.tmp, string(buf)).Err(); err != nil {
+			return fmt.Errorf("write the bloom bitmap %s: %w", m.tmp, err)
+		}
 	}
 	meta := []any{"m", f.M(), "k", f.K(), "hash", HashName}
 	if m.cluster {
@@ -123,23 +136,43 @@ func parseParams(v []any) (mBits, k uint, ok bool) {
 	return uint(mm), uint(kk), true
 }
 
-// Load reads the filter back from Redis (ErrNoFilter when there is no complete one).
+// Load reads the filter back from Redis (ErrNoFilter when there is no complete one), in
+// chunks; when a rebuild was swapped in meanwhile it reads again.
 func (m *Mirror) Load(ctx context.Context) (*Filter, error) {
-	mBits, k, err := m.Params(ctx)
-	if err != nil {
-		return nil, err
+	for try := 0; ; try++ {
+		mBits, k, err := m.Params(ctx)
+		if err != nil {
+			return nil, err
+		}
+		n := (mBits + 7) / 8
+		f := empty(mBits, k)
+		healthy, err := m.Healthy(ctx, f)
+		if err != nil {
+			if strings.HasPrefix(err.Error(), "WRONGTYPE") {
+				return nil, fmt.Errorf("%w: %s holds another type", ErrNoFilter, m.key)
+			}
+			return nil, err
+		}
+		if !healthy {
+			return nil, fmt.Errorf("%w: %s is missing or its length does not match %d bits", ErrNoFilter, m.key, mBits)
+		}
+		for off := uint(0); off < n; off += ioChunk {
+			b, err := m.rdb.GetRange(ctx, m.key, int64(off), int64(min(off+ioChunk, n))-1).Bytes()
+			if err != nil {
+				return nil, err
+			}
+			f.setBitmap(off, b)
+		}
+		if ok, err := m.Healthy(ctx, f); err != nil || ok || try == 2 {
+			if err == nil && !ok {
+				err = fmt.Errorf("%w: %s kept changing while it was read", ErrNoFilter, m.key)
+			}
+			if err != nil {
+				return nil, err
+			}
+			return f, nil
+		}
 	}
-	data, err := m.rdb.Get(ctx, m.key).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("%w: %s is missing", ErrNoFilter, m.key)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if uint(len(data)) != (mBits+7)/8 {
-		return nil, fmt.Errorf("%w: %s holds %d bytes, its meta says %d bits", ErrNoFilter, m.key, len(data), mBits)
-	}
-	return FromBitmap(data, mBits, k), nil
 }
 
 // Healthy reports whether the meta and the bitmap in Redis agree with f's parameters.
