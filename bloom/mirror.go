@@ -253,3 +253,21 @@ func (r *Reader) MayContain(ctx context.Context, item string) (bool, error) {
 	}
 	return true, nil
 }
+
+// Add sets the bits of items in the Redis bitmap with the parameters of its meta (for a
+// process other than the daemon that writes rows, such as a repair); with no complete
+// filter in Redis there is nothing to add to.
+func (r *Reader) Add(ctx context.Context, items []string) error {
+	mBits, k, err := r.m.Params(ctx)
+	if errors.Is(err, ErrNoFilter) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var pos []uint64
+	for _, it := range items {
+		pos = append(pos, Positions(it, mBits, k)...)
+	}
+	return r.m.SetBits(ctx, pos)
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-viper/mapstructure/v2"
+	"github.com/robfig/cron/v3"
 	"github.com/spf13/viper"
 )
 
@@ -193,7 +194,16 @@ type Reconcile struct {
 	Schedule string `mapstructure:"schedule"`
 	// ChunkSize is the number of rows per keyset page. Default 1000.
 	ChunkSize int `mapstructure:"chunk_size"`
+	// Repair makes the scheduled job repair what it finds (the command repairs only with
+	// --repair). Default true.
+	Repair bool `mapstructure:"repair"`
+	// RecheckFor is how long a difference is re-checked before it is reported, so that a
+	// change the daemon has not applied yet is not reported. Default 5s.
+	RecheckFor time.Duration `mapstructure:"recheck_for"`
 }
+
+// CronWithSeconds reports whether a cron expression has a seconds field (six fields).
+func CronWithSeconds(expr string) bool { return len(strings.Fields(expr)) == 6 }
 
 // HTTP is the metrics and health endpoint.
 type HTTP struct {
@@ -223,7 +233,7 @@ func Default() Config {
 		Compensation: Compensation{PollInterval: time.Second, InitialBackoff: 500 * time.Millisecond, MaxBackoff: 5 * time.Minute, MaxAttempts: 20},
 		Bloom:        Bloom{ExpectedItems: 10_000_000, FalsePositiveRate: 0.001, NullTTL: 60 * time.Second, TombstoneTTL: 24 * time.Hour, KeyPrefix: "invsync:bloom:"},
 		Snapshot:     Snapshot{ChunkSize: 1000, ProgressInterval: 10 * time.Second},
-		Reconcile:    Reconcile{ChunkSize: 1000},
+		Reconcile:    Reconcile{ChunkSize: 1000, Repair: true, RecheckFor: 5 * time.Second},
 		HTTP:         HTTP{Listen: "127.0.0.1:9108"},
 		Log:          Log{Level: "info", Format: "json"},
 	}
@@ -434,6 +444,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Reconcile.ChunkSize < 1 {
 		add("reconcile.chunk_size must be at least 1")
+	}
+	if c.Reconcile.RecheckFor < 0 {
+		add("reconcile.recheck_for must not be negative")
+	}
+	if c.Reconcile.Schedule != "" {
+		fields := cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor
+		if CronWithSeconds(c.Reconcile.Schedule) {
+			fields |= cron.Second
+		}
+		if _, err := cron.NewParser(fields).Parse(c.Reconcile.Schedule); err != nil {
+			add("reconcile.schedule %q is not a cron expression: %v (fix: e.g. \"0 3 * * *\" for 03:00 every night; six fields add seconds)", c.Reconcile.Schedule, err)
+		}
 	}
 	if c.HTTP.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {

@@ -166,6 +166,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for _, h := range d.redisHooks {
 		rdb.AddHook(h)
 	}
+	lock, err := d.lead(ctx, stateDB)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer lock.Release()
 
 	tables, err := d.waitReady(ctx, db, rdb)
 	if err != nil {
@@ -177,7 +185,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.keeper.Store(keeper)
 	// Every row write sets its key's bloom bits first (see bloom.Keeper).
-	writer := keeper.Wrap(newWriter(d.cfg, rdb))
+	rawWriter := newWriter(d.cfg, rdb)
+	writer := keeper.Wrap(rawWriter)
 	var store *checkpoint.Store
 	if err := d.retry(ctx, "open the state schema", func() error {
 		var err error
@@ -229,6 +238,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	bloomDone := make(chan struct{})
 	go func() { defer close(bloomDone); keeper.Run(bloomCtx, bloomCheckInterval) }()
 	defer func() { stopBloom(); <-bloomDone }()
+	stopSchedule, err := d.startSchedule(db, tables, rdb, rawWriter, keeper)
+	if err != nil {
+		return err
+	}
+	defer stopSchedule()
 	names := make([]string, len(d.cfg.Tables))
 	for i, t := range d.cfg.Tables {
 		names[i] = t.TableName()
@@ -303,6 +317,33 @@ func (d *Daemon) Run(ctx context.Context) error {
 // newWriter is the versioned writer of rows, tombstones and null markers.
 func newWriter(cfg *config.Config, rdb redis.UniversalClient) *layout.Writer {
 	return layout.NewWriterWithNullTTL(rdb, cfg.Bloom.TombstoneTTL, cfg.Bloom.NullTTL, cfg.Redis.Mode == "cluster")
+}
+
+// lead takes the leader lock of the config, waiting (standing by) while another
+// instance holds it; it returns nil, nil when ctx ends first.
+func (d *Daemon) lead(ctx context.Context, stateDB *sql.DB) (*Lock, error) {
+	name := LockName(d.cfg)
+	logged := false
+	for {
+		lock, held, err := TryLock(ctx, stateDB, name)
+		if err == nil && held {
+			if logged {
+				d.log.Info("leading now: the other instance is gone", zap.String("lock", name))
+			}
+			return lock, nil
+		}
+		if err != nil {
+			d.log.Warn("cannot take the leader lock; retrying", zap.String("lock", name), zap.Error(err))
+		} else if !logged {
+			d.log.Info("another invsync instance leads this config (it holds the lock); standing by", zap.String("lock", name))
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // dataLossCheck is how often the marker key is checked.

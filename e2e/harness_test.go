@@ -381,6 +381,8 @@ func writeConfigTo(tb testing.TB, cfg *config.Config) string {
 	fmt.Fprintf(&b, "log: { level: %s, format: %s }\n", cfg.Log.Level, cfg.Log.Format)
 	fmt.Fprintf(&b, "bloom: { expected_items: %d, false_positive_rate: %v, null_ttl: %s, tombstone_ttl: %s, key_prefix: %q }\n",
 		cfg.Bloom.ExpectedItems, cfg.Bloom.FalsePositiveRate, cfg.Bloom.NullTTL, cfg.Bloom.TombstoneTTL, cfg.Bloom.KeyPrefix)
+	fmt.Fprintf(&b, "reconcile: { schedule: %q, chunk_size: %d, repair: %v, recheck_for: %s }\n",
+		cfg.Reconcile.Schedule, cfg.Reconcile.ChunkSize, cfg.Reconcile.Repair, cfg.Reconcile.RecheckFor)
 	b.WriteString("tables:\n")
 	for _, t := range cfg.Tables {
 		fmt.Fprintf(&b, "  - { schema: %s, table: %s, key_prefix: %q, version_column: %q }\n", t.Schema, t.Table, t.KeyPrefix, t.VersionColumn)

@@ -127,6 +127,7 @@ type Writer struct {
 	tombstoneTTL string
 	nullTTL      string
 	cluster      bool
+	repair       *redis.Script
 }
 
 // NewWriter returns a Writer. Tombstones expire after tombstoneTTL. With cluster set,
@@ -140,6 +141,7 @@ func NewWriterWithNullTTL(rdb redis.UniversalClient, tombstoneTTL, nullTTL time.
 	return &Writer{
 		rdb:          rdb,
 		script:       redis.NewScript(applyScript),
+		repair:       redis.NewScript(repairScript),
 		tombstoneTTL: strconv.FormatInt(tombstoneTTL.Milliseconds(), 10),
 		nullTTL:      strconv.FormatInt(max(nullTTL.Milliseconds(), 1), 10),
 		cluster:      cluster,

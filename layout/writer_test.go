@@ -286,3 +286,53 @@ func TestNullMarkers(t *testing.T) {
 		t.Fatalf("the row must not expire with the marker's TTL: %v", ttl)
 	}
 }
+
+// A repair writes only over the state it observed: absent, a hash with the observed _s
+// and _v, or a value of another type; anything newer makes it a no-op.
+func TestRepairIsCompareAndSet(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	prefix := testenv.Prefix(t, rdb)
+	w := layout.NewWriter(rdb, time.Hour, false)
+	key := layout.Key(prefix, []string{"1"})
+	at := layout.Seq{File: 3, Pos: 100}
+	row := layout.Change{Key: key, Op: layout.OpUpsert, Version: "5", Fields: []layout.Field{{Name: "stock", Value: "7"}}}
+	ok, err := w.Repair(ctx, []layout.Repair{{Observed: layout.Observed{Type: "none"}, Change: row, At: at}})
+	testenv.Must(t, err, "repair")
+	h := rdb.HGetAll(ctx, key).Val()
+	if !ok[0] || h["stock"] != "7" || h["_v"] != "5" || h["_s"] != string(layout.AppendSeq(nil, at)) {
+		t.Fatalf("absent key not repaired: %v %v", ok, h)
+	}
+	// Observed state no longer there: refused.
+	stale := layout.Observed{Type: "hash", Seq: "", Version: "4"}
+	row.Fields[0].Value = "8"
+	ok, _ = w.Repair(ctx, []layout.Repair{{Observed: stale, Change: row, At: at}})
+	if ok[0] || rdb.HGet(ctx, key, "stock").Val() != "7" {
+		t.Fatal("repair over a changed key")
+	}
+	// The observed state: written; a later binlog change still wins, an earlier one not.
+	seen := layout.Observed{Type: "hash", Seq: h["_s"], Version: "5"}
+	ok, _ = w.Repair(ctx, []layout.Repair{{Observed: seen, Change: row, At: at}})
+	if !ok[0] || rdb.HGet(ctx, key, "stock").Val() != "8" {
+		t.Fatal("repair over the observed state refused")
+	}
+	out := make([]layout.Outcome, 1)
+	early := layout.Change{Key: key, Op: layout.OpUpsert, Version: "9", Seq: layout.Seq{File: 3, Pos: 99}, Fields: []layout.Field{{Name: "stock", Value: "1"}}}
+	testenv.Must(t, w.Apply(ctx, []layout.Change{early}, out), "apply")
+	if out[0].Result != layout.Skipped {
+		t.Fatal("a binlog change from before the repair's position replaced it")
+	}
+	late := early
+	late.Seq = layout.Seq{File: 3, Pos: 101}
+	testenv.Must(t, w.Apply(ctx, []layout.Change{late}, out), "apply")
+	if out[0].Result != layout.Applied {
+		t.Fatal("a binlog change after the repair's position did not replace it")
+	}
+	// A value of another type: removed and replaced; a tombstone repair.
+	rdb.Del(ctx, key)
+	rdb.Set(ctx, key, "junk", 0)
+	ok, _ = w.Repair(ctx, []layout.Repair{{Observed: layout.Observed{Type: "other"}, Change: layout.Change{Key: key, Op: layout.OpDelete, Version: "5"}, At: at}})
+	if !ok[0] || rdb.HGet(ctx, key, "_deleted").Val() != "1" || rdb.PTTL(ctx, key).Val() <= 0 {
+		t.Fatalf("wrong-type key not repaired into a tombstone: %v", rdb.HGetAll(ctx, key).Val())
+	}
+}

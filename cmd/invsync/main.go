@@ -35,6 +35,10 @@ commands:
   check-config   validate the config file, then the source, the tables and Redis
   compensation list [--json] | replay [--id N ...] | purge --older-than DURATION
                  inspect and act on the writes Redis refused (the compensation table)
+  reconcile [--repair] [--report FILE.json] [--table T]...
+                 compare every table with Redis and report the drift (missing, stale,
+                 mismatch, extra, wrong_type); --repair fixes it. Exit 0 no drift (or
+                 all repaired), 1 drift found, 2 error
   get TABLE PK...
                  read rows the way application servers do (package client): Redis,
                  the Bloom filter, the null cache, then MySQL; exit 0 when every row
@@ -63,6 +67,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	rest := args[1:]
 	if cmd == "get" {
 		return getCmd(rest, stdout, stderr)
+	}
+	if cmd == "reconcile" {
+		return reconcileCmd(rest, stdout, stderr)
 	}
 	if cmd == "compensation" {
 		if len(rest) == 0 {

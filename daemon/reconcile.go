@@ -1,0 +1,186 @@
+package daemon
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-co-op/gocron/v2"
+	"github.com/invsync/invsync/bloom"
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/reconcile"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+func reconcileDeps(cfg *config.Config, db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, log *zap.Logger) reconcile.Deps {
+	return reconcile.Deps{Cfg: cfg, DB: db, Tables: tables, RDB: rdb, Writer: w, Log: log,
+		Position: func(ctx context.Context) (canal.Position, error) { return CurrentPosition(ctx, db, cfg.Source.Flavor) }}
+}
+
+// Reconcile is `invsync reconcile`. When no instance leads the config (it can take the
+// leader lock), it rebuilds the Bloom filters from the same scan and swaps them in (only
+// when every table is reconciled), holding the lock meanwhile so that a daemon starting
+// then waits. When a daemon leads, the filters are its to rebuild: Reconcile asks it
+// (POST /bloom/rebuild on http.listen). note says what happened to the filters.
+func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts reconcile.Options) (rep *reconcile.Report, note string, err error) {
+	db, err := OpenSourceDB(cfg.Source)
+	if err != nil {
+		return nil, "", err
+	}
+	defer db.Close()
+	stateDB, err := OpenStateDB(cfg, db)
+	if err != nil {
+		return nil, "", err
+	}
+	if stateDB != db {
+		defer stateDB.Close()
+	}
+	tables, err := canal.LoadTables(ctx, db, cfg.Tables)
+	if err != nil {
+		return nil, "", err
+	}
+	rdb := NewRedis(cfg.Redis)
+	defer rdb.Close()
+	if err := CheckRedis(ctx, rdb, cfg.Redis); err != nil {
+		return nil, "", err
+	}
+	w := newWriter(cfg, rdb)
+	deps := reconcileDeps(cfg, db, tables, rdb, w, log)
+	if opts.Recheck == 0 {
+		opts.Recheck = cfg.Reconcile.RecheckFor
+	}
+	lock, held, err := TryLock(ctx, stateDB, LockName(cfg))
+	if err != nil {
+		return nil, "", err
+	}
+	if held {
+		defer lock.Release()
+		keeper := newKeeper(cfg, rdb, tables, log.Named("bloom"), nil)
+		if err := keeper.Open(ctx); err != nil {
+			return nil, "", err
+		}
+		deps.Ensure = keeper.Ensure
+		if len(opts.Tables) > 0 {
+			rep, err = reconcile.Run(ctx, deps, opts)
+			return rep, "Bloom filters not rebuilt (only some tables were reconciled)", err
+		}
+		deps.OnKey = keeper.Scanned
+		err = keeper.Rebuild(ctx, func(ctx context.Context) error {
+			var err error
+			rep, err = reconcile.Run(ctx, deps, opts)
+			return err
+		})
+		if err != nil {
+			return rep, "", err
+		}
+		return rep, "Bloom filters rebuilt from the same scan and swapped in", nil
+	}
+	// A daemon leads: repairs set their bits with the parameters in Redis.
+	readers := map[string]*bloom.Reader{}
+	for i, t := range tables {
+		readers[t.KeyPrefix] = bloom.NewReader(rdb, cfg.BloomKey(cfg.Tables[i]))
+	}
+	deps.Ensure = func(ctx context.Context, rows []layout.Change) error {
+		for _, c := range rows {
+			i := strings.IndexByte(c.Key, '{')
+			if r := readers[c.Key[:max(i, 0)]]; r != nil && i >= 0 {
+				if err := r.Add(ctx, []string{c.Key[i+1 : len(c.Key)-1]}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	rep, err = reconcile.Run(ctx, deps, opts)
+	if err != nil {
+		return rep, "", err
+	}
+	if len(opts.Tables) > 0 {
+		return rep, "Bloom filters not rebuilt (only some tables were reconciled)", nil
+	}
+	if cfg.HTTP.Listen == "" {
+		return rep, "Bloom filters not rebuilt: a running invsync leads this config and http.listen is off (its scheduled reconciliation rebuilds them)", nil
+	}
+	hc := &http.Client{Timeout: 10 * time.Minute}
+	resp, err := hc.Post("http://"+cfg.HTTP.Listen+"/bloom/rebuild", "", nil)
+	if err != nil {
+		return rep, fmt.Sprintf("Bloom filters not rebuilt: a running invsync leads this config but http://%s/bloom/rebuild did not answer (%v); its scheduled reconciliation rebuilds them", cfg.HTTP.Listen, err), nil
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return rep, fmt.Sprintf("Bloom filters not rebuilt: the running invsync answered %s", resp.Status), nil
+	}
+	return rep, "Bloom filters rebuilt by the running invsync (POST /bloom/rebuild)", nil
+}
+
+// startSchedule runs the reconciliation on reconcile.schedule inside the daemon (the
+// leader), repairing when reconcile.repair is on and rebuilding the Bloom filters from
+// the same scan. It returns a function that stops it.
+func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, keeper *bloom.Keeper) (func(), error) {
+	if d.cfg.Reconcile.Schedule == "" {
+		return func() {}, nil
+	}
+	s, err := gocron.NewScheduler()
+	if err != nil {
+		return nil, err
+	}
+	log := d.log.Named("reconcile")
+	ctx, cancel := context.WithCancel(context.Background())
+	job := func() {
+		start := time.Now()
+		deps := reconcileDeps(d.cfg, db, tables, rdb, w, log)
+		deps.Ensure, deps.OnKey = keeper.Ensure, keeper.Scanned
+		var rep *reconcile.Report
+		err := keeper.Rebuild(ctx, func(ctx context.Context) error {
+			var err error
+			rep, err = reconcile.Run(ctx, deps, reconcile.Options{Repair: d.cfg.Reconcile.Repair, Recheck: d.cfg.Reconcile.RecheckFor})
+			return err
+		})
+		d.m.ReconcileLastTimestamp.Set(float64(time.Now().Unix()))
+		d.m.ReconcileLastDuration.Set(time.Since(start).Seconds())
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				d.m.ReconcileRuns.WithLabelValues("error").Inc()
+				log.Error("scheduled reconciliation failed", zap.Error(err))
+			}
+			return
+		}
+		for _, tr := range rep.Tables {
+			d.m.ReconcileLastRows.WithLabelValues(tr.Table).Set(float64(tr.RowsChecked))
+			for _, k := range reconcile.Kinds {
+				d.m.ReconcileLastDifferences.WithLabelValues(tr.Table, string(k)).Set(float64(tr.Differences[k]))
+				d.m.ReconcileLastRepaired.WithLabelValues(tr.Table, string(k)).Set(float64(tr.Repaired[k]))
+			}
+		}
+		result := "clean"
+		switch {
+		case rep.Drift():
+			result = "drift"
+			log.Warn("scheduled reconciliation found drift", zap.Int64("differences", rep.Differences), zap.Int64("unrepaired", rep.Unrepaired), zap.Int64("rows", rep.RowsChecked))
+		case rep.Differences > 0:
+			result = "repaired"
+			log.Warn("scheduled reconciliation repaired drift", zap.Int64("differences", rep.Differences), zap.Int64("rows", rep.RowsChecked))
+		default:
+			log.Info("scheduled reconciliation: no drift", zap.Int64("rows", rep.RowsChecked), zap.Duration("took", time.Since(start)))
+		}
+		d.m.ReconcileRuns.WithLabelValues(result).Inc()
+	}
+	if _, err := s.NewJob(gocron.CronJob(d.cfg.Reconcile.Schedule, config.CronWithSeconds(d.cfg.Reconcile.Schedule)), gocron.NewTask(job),
+		gocron.WithSingletonMode(gocron.LimitModeReschedule)); err != nil {
+		cancel()
+		return nil, fmt.Errorf("reconcile.schedule %q: %w", d.cfg.Reconcile.Schedule, err)
+	}
+	s.Start()
+	log.Info("reconciliation scheduled", zap.String("schedule", d.cfg.Reconcile.Schedule))
+	return func() {
+		cancel()
+		_ = s.Shutdown()
+	}, nil
+}

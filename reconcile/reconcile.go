@@ -1,0 +1,637 @@
+// Package reconcile compares every mirrored table with Redis and repairs the drift: it
+// walks each table by primary key in chunks (keyset pagination), reads the same keys from
+// Redis with pipelined calls, then scans the keys under the table's prefix for hashes
+// whose row does not exist.
+//
+// A difference is reported only when it survives a re-check: the row is read again from
+// MySQL (after recording the binlog position P), Redis is read again, and a key that the
+// binlog stream wrote after P (its _s is later) is left alone: it holds a full row image
+// newer than the re-read. Re-checks repeat with backoff for a while, so a daemon that is
+// a little behind catches up instead of being reported.
+//
+// Repairs are compare-and-set writes (layout.Writer.Repair) stamped with P: they apply
+// only if the key is still as observed, so they can never undo a change the daemon wrote
+// meanwhile; a later binlog change replaces them and an earlier one is skipped.
+package reconcile
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/snapshot"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Kind is a kind of difference.
+type Kind string
+
+const (
+	// Missing: the row exists, Redis has no live hash for it (no key, a tombstone or a
+	// null marker).
+	Missing Kind = "missing"
+	// Stale: Redis holds a lower version than MySQL.
+	Stale Kind = "stale"
+	// Mismatch: the values differ at the same version (or, for a table without a version
+	// column, the values differ; or Redis holds a higher version than MySQL).
+	Mismatch Kind = "mismatch"
+	// Extra: a live hash under the table's prefix whose row does not exist.
+	Extra Kind = "extra"
+	// WrongType: a key under the table's prefix holds a value that is not a hash.
+	WrongType Kind = "wrong_type"
+)
+
+// Kinds lists every kind, in report order.
+var Kinds = []Kind{Missing, Stale, Mismatch, Extra, WrongType}
+
+// Deps is what a run reads and writes.
+type Deps struct {
+	Cfg    *config.Config
+	DB     *sql.DB // the source (table size estimates)
+	// Position reads the source's current binlog position.
+	Position func(context.Context) (canal.Position, error)
+	Tables []*canal.Table
+	RDB    redis.UniversalClient
+	Writer *layout.Writer
+	// Ensure, if set, is called with the rows a repair is about to write (the Bloom bits
+	// go first).
+	Ensure func(context.Context, []layout.Change) error
+	// OnKey, if set, is called with every primary key read from MySQL (a Bloom rebuild
+	// from the same scan); table is the index in Tables.
+	OnKey func(table int, pk string)
+	Log   *zap.Logger
+}
+
+// Options tune a run.
+type Options struct {
+	// Repair fixes what is found.
+	Repair bool
+	// Tables restricts the run to these tables (schema.table or the bare name).
+	Tables []string
+	// Samples is how many keys of each kind the report lists. Default 100.
+	Samples int
+	// Recheck is how long differences are re-checked before they are reported (the
+	// daemon's lag). Default 5s.
+	Recheck time.Duration
+	// Progress, if set, is called after every chunk.
+	Progress func(Progress)
+}
+
+// Progress is reported while a run goes.
+type Progress struct {
+	Table    string
+	Rows     int64 // rows checked so far, all tables
+	Estimate int64 // estimated rows of all tables
+	RowsPerS float64
+}
+
+// TableReport is the outcome for one table.
+type TableReport struct {
+	Table       string            `json:"table"`
+	RowsChecked int64             `json:"rows_checked"`
+	KeysScanned int64             `json:"redis_keys_scanned"`
+	Differences map[Kind]int64    `json:"differences"`
+	Repaired    map[Kind]int64    `json:"repaired"`
+	Samples     map[Kind][]string `json:"samples"`
+	// Unverifiable counts keys under the prefix whose composite key cannot be split
+	// into its parts (a part contains ':'); they are not judged.
+	Unverifiable int64   `json:"unverifiable,omitempty"`
+	Seconds      float64 `json:"duration_seconds"`
+}
+
+// Report is the outcome of a run.
+type Report struct {
+	Started  time.Time     `json:"started"`
+	Finished time.Time     `json:"finished"`
+	Seconds  float64       `json:"duration_seconds"`
+	Repair   bool          `json:"repair"`
+	Tables   []TableReport `json:"tables"`
+	// Differences counts every difference found; Unrepaired those still there.
+	Differences int64 `json:"differences"`
+	Unrepaired  int64 `json:"unrepaired"`
+	RowsChecked int64 `json:"rows_checked"`
+}
+
+// Drift reports whether differences remain.
+func (r *Report) Drift() bool { return r.Unrepaired > 0 }
+
+// candidate is a key that differed.
+type candidate struct {
+	key  string
+	pk   []string
+	kind Kind
+	row  *snapshot.Row // nil: no row in MySQL
+	obs  layout.Observed
+}
+
+// recheckBatch bounds the candidates held before they are re-checked.
+const recheckBatch = 20_000
+
+// fetchBatch is how many rows one re-read query asks for.
+const fetchBatch = 500
+
+// Run reconciles the configured tables (or opts.Tables).
+func Run(ctx context.Context, d Deps, opts Options) (*Report, error) {
+	if opts.Samples <= 0 {
+		opts.Samples = 100
+	}
+	if opts.Recheck <= 0 {
+		opts.Recheck = 5 * time.Second
+	}
+	if d.Log == nil {
+		d.Log = zap.NewNop()
+	}
+	rep := &Report{Started: time.Now(), Repair: opts.Repair}
+	var selected []int
+	for i, t := range d.Tables {
+		if len(opts.Tables) == 0 || slices.ContainsFunc(opts.Tables, func(n string) bool { return n == t.FullName() || n == t.Name }) {
+			selected = append(selected, i)
+		}
+	}
+	if len(selected) == 0 {
+		return nil, fmt.Errorf("reconcile: none of the tables %v is configured", opts.Tables)
+	}
+	// One session walks the tables, another re-reads the rows that differ.
+	var conns [2]*client.Conn
+	for i := range conns {
+		conn, err := client.ConnectWithContext(ctx, d.Cfg.Source.Addr, d.Cfg.Source.User, d.Cfg.Source.Password, "", d.Cfg.Source.ConnectTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("reconcile: connect to the source %s: %w", d.Cfg.Source.Addr, err)
+		}
+		defer conn.Close()
+		if err := snapshot.PrepareSession(conn, d.Cfg.Source.TimeZone); err != nil {
+			return nil, fmt.Errorf("reconcile: prepare the session: %w", err)
+		}
+		conns[i] = conn
+	}
+	r := &runner{d: d, opts: opts, conn: conns[0], recheck: conns[1], seed: maphash.MakeSeed(), start: time.Now()}
+	for _, i := range selected {
+		r.estimate += estimateRows(ctx, d.DB, d.Tables[i])
+	}
+	for _, i := range selected {
+		tr, err := r.table(ctx, i)
+		if err != nil {
+			return nil, err
+		}
+		rep.Tables = append(rep.Tables, *tr)
+		for _, k := range Kinds {
+			rep.Differences += tr.Differences[k]
+			rep.Unrepaired += tr.Differences[k] - tr.Repaired[k]
+		}
+		rep.RowsChecked += tr.RowsChecked
+	}
+	rep.Finished = time.Now()
+	rep.Seconds = rep.Finished.Sub(rep.Started).Seconds()
+	return rep, nil
+}
+
+type runner struct {
+	d        Deps
+	opts     Options
+	conn     *client.Conn // walks the tables
+	recheck  *client.Conn // re-reads rows
+	seed     maphash.Seed
+	start    time.Time
+	rows     int64
+	estimate int64
+	deadline time.Time // of the current table's re-checks
+}
+
+func estimateRows(ctx context.Context, db *sql.DB, t *canal.Table) int64 {
+	var n sql.NullInt64
+	_ = db.QueryRowContext(ctx, "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?", t.Schema, t.Name).Scan(&n)
+	return n.Int64
+}
+
+// chunkResult is one compared chunk.
+type chunkResult struct {
+	n     int
+	cands []candidate
+	seen  []uint64
+}
+
+func (r *runner) table(ctx context.Context, ti int) (*TableReport, error) {
+	t := r.d.Tables[ti]
+	start := time.Now()
+	tr := &TableReport{Table: t.FullName(), Differences: map[Kind]int64{}, Repaired: map[Kind]int64{}, Samples: map[Kind][]string{}}
+	r.deadline = time.Now().Add(r.opts.Recheck)
+	rows, err := snapshot.NewRows(r.conn, t, r.d.Cfg.Reconcile.ChunkSize, "")
+	if err != nil {
+		return nil, err
+	}
+	// The reader queries MySQL while two comparers read Redis.
+	chunks := make(chan []snapshot.Row, 2)
+	results := make(chan chunkResult, 4)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var readErr error
+	go func() {
+		defer close(chunks)
+		for {
+			c, err := rows.Next()
+			if err != nil {
+				readErr = err
+				cancel()
+				return
+			}
+			if len(c) == 0 {
+				return
+			}
+			if r.d.OnKey != nil {
+				for _, row := range c {
+					r.d.OnKey(ti, strings.Join(row.PK, ":"))
+				}
+			}
+			select {
+			case chunks <- c:
+			case <-rctx.Done():
+				return
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	var cmpErr error
+	var errOnce sync.Once
+	for w := 0; w < 2; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range chunks {
+				res, err := r.compareChunk(rctx, t, c)
+				if err != nil {
+					errOnce.Do(func() { cmpErr = err; cancel() })
+					continue
+				}
+				results <- res
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(results) }()
+	var seen []uint64
+	var cands []candidate
+	for res := range results {
+		tr.RowsChecked += int64(res.n)
+		r.rows += int64(res.n)
+		seen = append(seen, res.seen...)
+		cands = append(cands, res.cands...)
+		if len(cands) >= recheckBatch {
+			if err := r.settle(ctx, t, tr, cands); err != nil {
+				return nil, err
+			}
+			cands = cands[:0]
+		}
+		if r.opts.Progress != nil {
+			r.opts.Progress(Progress{Table: t.FullName(), Rows: r.rows, Estimate: r.estimate, RowsPerS: float64(r.rows) / time.Since(r.start).Seconds()})
+		}
+	}
+	if readErr != nil {
+		return nil, fmt.Errorf("reconcile: %w", readErr)
+	}
+	if cmpErr != nil {
+		return nil, cmpErr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := r.settle(ctx, t, tr, cands); err != nil {
+		return nil, err
+	}
+	// Keys under the prefix that no row stands for.
+	slices.Sort(seen)
+	if err := r.extras(ctx, t, tr, seen); err != nil {
+		return nil, err
+	}
+	tr.Seconds = time.Since(start).Seconds()
+	r.d.Log.Info("reconciled", zap.String("table", t.FullName()), zap.Int64("rows", tr.RowsChecked), zap.Any("differences", tr.Differences),
+		zap.Any("repaired", tr.Repaired), zap.Float64("seconds", tr.Seconds))
+	return tr, nil
+}
+
+// compareChunk reads the keys of a chunk of rows from Redis and returns those that
+// differ.
+func (r *runner) compareChunk(ctx context.Context, t *canal.Table, rows []snapshot.Row) (chunkResult, error) {
+	res := chunkResult{n: len(rows), seen: make([]uint64, len(rows))}
+	pipe := r.d.RDB.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(rows))
+	for i := range rows {
+		cmds[i] = pipe.HGetAll(ctx, rows[i].Change.Key)
+		res.seen[i] = maphash.String(r.seed, rows[i].Change.Key)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !allKeyErrors(cmds) {
+		return res, fmt.Errorf("reconcile: read Redis: %w", err)
+	}
+	versioned := t.VersionColumn != ""
+	for i := range rows {
+		h, err := cmds[i].Result()
+		if k, ok := classify(&rows[i], h, err, versioned); ok {
+			res.cands = append(res.cands, candidate{key: rows[i].Change.Key, pk: rows[i].PK, kind: k})
+		}
+	}
+	return res, nil
+}
+
+func allKeyErrors(cmds []*redis.MapStringStringCmd) bool {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !isWrongType(err) {
+			return false
+		}
+	}
+	return true
+}
+
+func isWrongType(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") }
+
+// classify compares a row (nil: none in MySQL) with what Redis holds for its key.
+func classify(row *snapshot.Row, h map[string]string, herr error, versioned bool) (Kind, bool) {
+	if isWrongType(herr) {
+		return WrongType, true
+	}
+	live := len(h) > 0 && h[layout.FieldDeleted] == "" && h[layout.FieldNull] == ""
+	if row == nil {
+		return Extra, live
+	}
+	if !live {
+		return Missing, true
+	}
+	if versioned {
+		switch c := cmpDecimal(h[layout.FieldVersion], row.Change.Version); {
+		case c < 0:
+			return Stale, true
+		case c > 0:
+			return Mismatch, true
+		}
+	}
+	if !sameFields(row.Change.Fields, h) {
+		return Mismatch, true
+	}
+	return "", false
+}
+
+func sameFields(want []layout.Field, h map[string]string) bool {
+	n := 0
+	for k := range h {
+		if !strings.HasPrefix(k, "_") {
+			n++
+		}
+	}
+	if n != len(want) {
+		return false
+	}
+	for _, f := range want {
+		if v, ok := h[f.Name]; !ok || v != f.Value {
+			return false
+		}
+	}
+	return true
+}
+
+// cmpDecimal compares non-negative decimal integers given as text.
+func cmpDecimal(a, b string) int {
+	a, b = strings.TrimLeft(a, "0"), strings.TrimLeft(b, "0")
+	if len(a) != len(b) {
+		if len(a) < len(b) {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(a, b)
+}
+
+// observe describes what Redis holds for a key, for a compare-and-set repair.
+func observe(h map[string]string, herr error) layout.Observed {
+	switch {
+	case isWrongType(herr):
+		return layout.Observed{Type: "other"}
+	case len(h) == 0:
+		return layout.Observed{Type: "none"}
+	}
+	return layout.Observed{Type: "hash", Seq: h[layout.FieldSeq], Version: h[layout.FieldVersion]}
+}
+
+// settle re-checks candidates until they agree, the re-check time runs out, or they
+// are all explained; what remains is reported (and repaired).
+func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, cands []candidate) error {
+	delay := 100 * time.Millisecond
+	for len(cands) > 0 {
+		p0, err := r.d.Position(ctx)
+		if err != nil {
+			return err
+		}
+		at := seqOf(p0)
+		pv := ""
+		if t.VersionColumn == "" {
+			pv = strconv.FormatUint(snapshot.PositionVersion(p0), 10)
+		}
+		found := make(map[string]snapshot.Row, len(cands))
+		for i := 0; i < len(cands); i += fetchBatch {
+			pks := make([][]string, 0, fetchBatch)
+			for _, c := range cands[i:min(i+fetchBatch, len(cands))] {
+				pks = append(pks, c.pk)
+			}
+			m, err := snapshot.FetchRows(r.recheck, t, pks, pv)
+			if err != nil {
+				return fmt.Errorf("reconcile: re-read: %w", err)
+			}
+			for k, v := range m {
+				found[k] = v
+			}
+		}
+		pipe := r.d.RDB.Pipeline()
+		cmds := make([]*redis.MapStringStringCmd, len(cands))
+		for i, c := range cands {
+			cmds[i] = pipe.HGetAll(ctx, c.key)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !allKeyErrors(cmds) {
+			return fmt.Errorf("reconcile: read Redis: %w", err)
+		}
+		still := cands[:0]
+		for i, c := range cands {
+			h, herr := cmds[i].Result()
+			if herr == nil && h[layout.FieldSeq] != "" {
+				if s, err := layout.ParseSeq(h[layout.FieldSeq]); err == nil && at.Less(s) {
+					continue // the stream wrote it after the re-read: a newer full row
+				}
+			}
+			var row *snapshot.Row
+			if f, ok := found[c.key]; ok {
+				row = &f
+			}
+			kind, differs := classify(row, h, herr, t.VersionColumn != "")
+			if !differs {
+				continue
+			}
+			c.kind, c.row, c.obs = kind, row, observe(h, herr)
+			still = append(still, c)
+		}
+		cands = still
+		if len(cands) == 0 || time.Now().Add(delay).After(r.deadline) {
+			return r.report(ctx, tr, cands, at)
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+	return nil
+}
+
+// report counts confirmed differences and repairs them when asked.
+func (r *runner) report(ctx context.Context, tr *TableReport, cands []candidate, at layout.Seq) error {
+	for _, c := range cands {
+		tr.Differences[c.kind]++
+		if len(tr.Samples[c.kind]) < r.opts.Samples {
+			tr.Samples[c.kind] = append(tr.Samples[c.kind], c.key)
+		}
+	}
+	if !r.opts.Repair || len(cands) == 0 {
+		return nil
+	}
+	repairs := make([]layout.Repair, len(cands))
+	var rows []layout.Change
+	for i, c := range cands {
+		rp := layout.Repair{Observed: c.obs, At: at}
+		switch {
+		case c.row != nil:
+			rp.Change = c.row.Change
+			rows = append(rows, c.row.Change)
+		case c.kind == Extra:
+			rp.Change = layout.Change{Key: c.key, Op: layout.OpDelete, Version: c.obs.Version}
+		default: // a value of another type where no row exists: remove it
+			rp.Change = layout.Change{Key: c.key}
+		}
+		repairs[i] = rp
+	}
+	if r.d.Ensure != nil && len(rows) > 0 {
+		if err := r.d.Ensure(ctx, rows); err != nil {
+			return fmt.Errorf("reconcile: bloom bits before the repairs: %w", err)
+		}
+	}
+	for i := 0; i < len(repairs); i += 500 {
+		part := repairs[i:min(i+500, len(repairs))]
+		ok, err := r.d.Writer.Repair(ctx, part)
+		if err != nil {
+			return fmt.Errorf("reconcile: repair: %w", err)
+		}
+		for j, done := range ok {
+			if done {
+				tr.Repaired[cands[i+j].kind]++
+			}
+		}
+	}
+	return nil
+}
+
+// extras scans the keys under the table's prefix for live hashes (or values of another
+// type) whose key the walk did not see, and settles them.
+func (r *runner) extras(ctx context.Context, t *canal.Table, tr *TableReport, seen []uint64) error {
+	var cands []candidate
+	check := func(c *redis.Client, keys []string) error {
+		pipe := c.Pipeline()
+		cmds := make([]*redis.MapStringStringCmd, len(keys))
+		for i, k := range keys {
+			cmds[i] = pipe.HGetAll(ctx, k)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !allKeyErrors(cmds) {
+			return err
+		}
+		for i, k := range keys {
+			h, herr := cmds[i].Result()
+			kind, differs := classify(nil, h, herr, false)
+			if !differs {
+				continue
+			}
+			inner := k[len(t.KeyPrefix)+1 : len(k)-1]
+			pk := []string{inner}
+			if len(t.PK) > 1 {
+				pk = strings.Split(inner, ":")
+				if len(pk) != len(t.PK) {
+					tr.Unverifiable++
+					continue
+				}
+			}
+			cands = append(cands, candidate{key: k, pk: pk, kind: kind})
+		}
+		return nil
+	}
+	scan := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, globEscape(t.KeyPrefix)+"{*}", 1000).Iterator()
+		var keys []string
+		for iter.Next(ctx) {
+			k := iter.Val()
+			tr.KeysScanned++
+			if _, ok := slices.BinarySearch(seen, maphash.String(r.seed, k)); ok {
+				continue
+			}
+			keys = append(keys, k)
+			if len(keys) == 500 {
+				if err := check(c, keys); err != nil {
+					return err
+				}
+				keys = keys[:0]
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return err
+		}
+		return check(c, keys)
+	}
+	var err error
+	switch c := r.d.RDB.(type) {
+	case *redis.ClusterClient:
+		var mu sync.Mutex
+		err = c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return scan(ctx, m)
+		})
+	case *redis.Client:
+		err = scan(ctx, c)
+	default:
+		err = fmt.Errorf("unsupported Redis client %T", r.d.RDB)
+	}
+	if err != nil {
+		return fmt.Errorf("reconcile: scan the keys of %s: %w", t.FullName(), err)
+	}
+	for i := 0; i < len(cands); i += recheckBatch {
+		if err := r.settle(ctx, t, tr, cands[i:min(i+recheckBatch, len(cands))]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// globEscape escapes the characters SCAN MATCH treats as a pattern.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		switch c {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// seqOf is the position p as a binlog sequence: after every row of the events that end
+// at or before p.
+func seqOf(p canal.Position) layout.Seq {
+	idx := uint64(0)
+	if dot := strings.LastIndexByte(p.File, '.'); dot >= 0 {
+		idx, _ = strconv.ParseUint(p.File[dot+1:], 10, 32)
+	}
+	return layout.Seq{File: uint32(idx), Pos: p.Pos, Index: 9_999_999}
+}

@@ -1,0 +1,125 @@
+package snapshot
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/layout"
+)
+
+// Row is one row read from the source: as the snapshot would write it, and its primary
+// key's parts (the text of each).
+type Row struct {
+	Change layout.Change
+	PK     []string
+}
+
+// Rows reads a table in primary key order with keyset pagination (reconciliation).
+type Rows struct {
+	q     *tableQuery
+	conn  *client.Conn
+	chunk int
+	pv    string
+	after []string
+	done  bool
+}
+
+// NewRows reads t through conn (a session prepared with PrepareSession), chunk rows per
+// query; positionVersion is _v for a table without a version column.
+func NewRows(conn *client.Conn, t *canal.Table, chunk int, positionVersion string) (*Rows, error) {
+	q, err := newTableQuery(t)
+	if err != nil {
+		return nil, err
+	}
+	return &Rows{q: q, conn: conn, chunk: chunk, pv: positionVersion}, nil
+}
+
+// Next returns the next chunk; an empty one at the end.
+func (r *Rows) Next() ([]Row, error) {
+	if r.done {
+		return nil, nil
+	}
+	q := r.q.base
+	if r.after != nil {
+		q += " WHERE (" + strings.Join(r.q.pkCols, ", ") + ") > (" + strings.Join(r.after, ", ") + ")"
+	}
+	res, err := r.conn.Execute(q + " ORDER BY " + strings.Join(r.q.pkCols, ", ") + " LIMIT " + strconv.Itoa(r.chunk))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", r.q.t.FullName(), err)
+	}
+	defer res.Close()
+	out, last, err := r.q.rows(res.RowDatas, r.pv)
+	if err != nil {
+		return nil, err
+	}
+	if len(out) < r.chunk {
+		r.done = true
+	}
+	if last != nil {
+		r.after = make([]string, len(r.q.pkAt))
+		for p, i := range r.q.pkAt {
+			r.after[p] = literal(r.q.cols[i], last[i])
+		}
+	}
+	return out, nil
+}
+
+func (q *tableQuery) rows(raws []mysql.RowData, pv string) ([]Row, [][]byte, error) {
+	out := make([]Row, 0, len(raws))
+	var last [][]byte
+	for _, raw := range raws {
+		vals, nulls, err := splitRow(raw, len(q.cols))
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", q.t.FullName(), err)
+		}
+		pk := make([]string, len(q.pkAt))
+		for p, i := range q.pkAt {
+			pk[p] = string(vals[i])
+		}
+		out = append(out, Row{Change: q.change(vals, nulls, pv, false), PK: pk})
+		last = vals
+	}
+	return out, last, nil
+}
+
+// FetchRows reads the current rows of t with the given primary keys (each the text of
+// its parts), as many per query as given; rows that do not exist are absent from the
+// result, which is keyed by Redis key.
+func FetchRows(conn *client.Conn, t *canal.Table, pks [][]string, positionVersion string) (map[string]Row, error) {
+	q, err := newTableQuery(t)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]Row, len(pks))
+	if len(pks) == 0 {
+		return out, nil
+	}
+	tuples := make([]string, 0, len(pks))
+	for _, pk := range pks {
+		if len(pk) != len(q.pkAt) {
+			return nil, fmt.Errorf("%s: primary key has %d parts, got %d", t.FullName(), len(q.pkAt), len(pk))
+		}
+		lits := make([]string, len(pk))
+		for p, i := range q.pkAt {
+			lits[p] = literal(q.cols[i], []byte(pk[p]))
+		}
+		tuples = append(tuples, "("+strings.Join(lits, ", ")+")")
+	}
+	res, err := conn.Execute(q.base + " WHERE (" + strings.Join(q.pkCols, ", ") + ") IN (" + strings.Join(tuples, ", ") + ")")
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", t.FullName(), err)
+	}
+	defer res.Close()
+	rows, _, err := q.rows(res.RowDatas, positionVersion)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range rows {
+		out[r.Change.Key] = r
+	}
+	return out, nil
+}
