@@ -10,7 +10,7 @@ import (
 // repairScript writes a row state over a key only if the key is still exactly as its
 // caller observed it (compare-and-set): so a repair can never undo a change written
 // after it looked. KEYS[1] is the key; ARGV: tombstone TTL (ms), the observed type
-// ('none', 'hash' or 'other'), the observed _s and _v ('' when absent), then op ('u' or
+// ('none', 'hash' or 'other'), the observed _s and _v (” when absent), then op ('u' or
 // 'd' for a tombstone, or '-' to only delete a value of another type), the new _s, _v,
 // n, and n field/value pairs. It returns 1 when written, 0 when the key changed.
 const repairScript = `

@@ -57,13 +57,13 @@ var Kinds = []Kind{Missing, Stale, Mismatch, Extra, WrongType}
 
 // Deps is what a run reads and writes.
 type Deps struct {
-	Cfg    *config.Config
-	DB     *sql.DB // the source (table size estimates)
+	Cfg *config.Config
+	DB  *sql.DB // the source (table size estimates)
 	// Position reads the source's current binlog position.
 	Position func(context.Context) (canal.Position, error)
-	Tables []*canal.Table
-	RDB    redis.UniversalClient
-	Writer *layout.Writer
+	Tables   []*canal.Table
+	RDB      redis.UniversalClient
+	Writer   *layout.Writer
 	// Ensure, if set, is called with the rows a repair is about to write (the Bloom bits
 	// go first).
 	Ensure func(context.Context, []layout.Change) error
