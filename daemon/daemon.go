@@ -723,6 +723,14 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 	}
 	rdb := NewRedis(cfg.Redis)
 	defer rdb.Close()
+	lock, held, err := TryLock(ctx, stateDB, LockName(cfg))
+	if err != nil {
+		return canal.Position{}, err
+	}
+	if !held {
+		return canal.Position{}, fmt.Errorf("a running invsync leads this config (it holds the lock %s on the state database): stop it before `invsync snapshot` (fix: stop the daemon, or let it heal by itself: it reloads on its own when it needs to)", LockName(cfg))
+	}
+	defer lock.Release()
 	tables, err := d.waitReady(ctx, db, rdb)
 	if err != nil {
 		return canal.Position{}, err
