@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/invsync/invsync/canal"
 )
@@ -61,4 +62,17 @@ func (s *Store) Save(ctx context.Context, pos canal.Position) error {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
 	return nil
+}
+
+// Age returns how long ago the checkpoint was last written (ok false: none yet).
+func (s *Store) Age(ctx context.Context) (age time.Duration, ok bool, err error) {
+	var us sql.NullInt64
+	err = s.db.QueryRowContext(ctx, "SELECT TIMESTAMPDIFF(MICROSECOND, updated_at, NOW(6)) FROM `"+s.schema+"`.checkpoint WHERE name = ?", s.name).Scan(&us)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read the checkpoint: %w", err)
+	}
+	return time.Duration(us.Int64) * time.Microsecond, true, nil
 }

@@ -33,6 +33,7 @@ commands:
                  table first when there is no checkpoint yet
   snapshot       load every table into Redis and record the position to stream from
   check-config   validate the config file, then the source, the tables and Redis
+  status         checkpoint, lag, leader, pending and dead compensations, Bloom filters
   compensation list [--json] | replay [--id N ...] | purge --older-than DURATION
                  inspect and act on the writes Redis refused (the compensation table)
   reconcile [--repair] [--report FILE.json] [--table T]...
@@ -89,7 +90,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch cmd {
-	case "run", "check-config", "snapshot", "compensation":
+	case "run", "check-config", "snapshot", "compensation", "status":
 	default:
 		fmt.Fprintf(stderr, "invsync: unknown command %q\n%s", cmd, usage)
 		return 2
@@ -102,6 +103,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "check-config":
 		return checkConfig(cfg, stdout)
+	case "status":
+		return statusCmd(cfg, *cfgPath, stdout, stderr)
 	case "compensation":
 		return compensationCmd(cfg, sub, *asJSON, ids, *olderThan, stdout, stderr)
 	}

@@ -1,0 +1,155 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/invsync/invsync/bloom"
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/checkpoint"
+	"github.com/invsync/invsync/compensation"
+	"github.com/invsync/invsync/config"
+)
+
+// StatusReport is what `invsync status` shows.
+type StatusReport struct {
+	Checkpoint    canal.Position
+	HasCheckpoint bool
+	CheckpointAge time.Duration
+	Source        canal.Position
+	// LeaderConnection is the state database connection id holding the leader lock; 0
+	// when no instance leads.
+	LeaderConnection int64
+	// Daemon is read from the daemon's /metrics on http.listen; DaemonErr says why not.
+	DaemonReachable bool
+	DaemonErr       string
+	Ready           bool
+	LagSeconds      float64
+	QueueDepth      float64
+	Pending, Dead   int64
+	OldestPending   time.Duration
+	Bloom           []BloomStatus
+}
+
+// BloomStatus describes a table's filter as Redis holds it.
+type BloomStatus struct {
+	Table    string
+	Key      string
+	Complete bool
+	Bits     uint
+	Hashes   uint
+	// SetBits is BITCOUNT; Items the number of keys it implies; FalsePositiveRate the rate
+	// expected at that many.
+	SetBits           int64
+	Items             float64
+	FalsePositiveRate float64
+}
+
+// Status gathers the status of the instance that the config describes.
+func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
+	db, err := OpenSourceDB(cfg.Source)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	stateDB, err := OpenStateDB(cfg, db)
+	if err != nil {
+		return nil, err
+	}
+	if stateDB != db {
+		defer stateDB.Close()
+	}
+	st := &StatusReport{}
+	store, err := checkpoint.Open(ctx, stateDB, cfg.State.Schema, "default")
+	if err != nil {
+		return nil, err
+	}
+	if st.Checkpoint, st.HasCheckpoint, err = store.Load(ctx); err != nil {
+		return nil, err
+	}
+	if st.CheckpointAge, _, err = store.Age(ctx); err != nil {
+		return nil, err
+	}
+	if st.Source, err = CurrentPosition(ctx, db, cfg.Source.Flavor); err != nil {
+		return nil, err
+	}
+	var holder sql.NullInt64
+	if err := stateDB.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", LockName(cfg)).Scan(&holder); err != nil {
+		return nil, err
+	}
+	st.LeaderConnection = holder.Int64
+	comp, err := compensation.Open(ctx, stateDB, cfg.State.Schema, compensation.NewSchedule(cfg.Compensation), time.Now)
+	if err != nil {
+		return nil, err
+	}
+	if st.Pending, st.Dead, st.OldestPending, err = comp.Counts(ctx); err != nil {
+		return nil, err
+	}
+	rdb := NewRedis(cfg.Redis)
+	defer rdb.Close()
+	for _, t := range cfg.Tables {
+		bs := BloomStatus{Table: t.TableName(), Key: cfg.BloomKey(t)}
+		mir := bloom.NewMirror(rdb, bs.Key)
+		m, k, err := mir.Params(ctx)
+		switch {
+		case errors.Is(err, bloom.ErrNoFilter):
+		case err != nil:
+			return nil, err
+		default:
+			bs.Bits, bs.Hashes = m, k
+			n, err := rdb.BitCount(ctx, bs.Key, nil).Result()
+			if err != nil {
+				return nil, err
+			}
+			bs.SetBits = n
+			bs.Complete = rdb.StrLen(ctx, bs.Key).Val() == int64((m+7)/8)
+			if float64(n) < float64(m) {
+				bs.Items = -float64(m) / float64(k) * math.Log(1-float64(n)/float64(m))
+			} else {
+				bs.Items = math.Inf(1)
+			}
+			bs.FalsePositiveRate = bloom.FalsePositiveRate(m, k, uint(min(bs.Items, float64(math.MaxInt64))))
+		}
+		st.Bloom = append(st.Bloom, bs)
+	}
+	if cfg.HTTP.Listen == "" {
+		st.DaemonErr = "http.listen is off"
+		return st, nil
+	}
+	hc := &http.Client{Timeout: 3 * time.Second}
+	resp, err := hc.Get("http://" + cfg.HTTP.Listen + "/metrics")
+	if err != nil {
+		st.DaemonErr = err.Error()
+		return st, nil
+	}
+	defer resp.Body.Close()
+	st.DaemonReachable = true
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") {
+			continue
+		}
+		v, err := strconv.ParseFloat(val, 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "invsync_ready":
+			st.Ready = v == 1
+		case "invsync_replication_lag_seconds":
+			st.LagSeconds = v
+		case "invsync_queue_depth":
+			st.QueueDepth = v
+		}
+	}
+	return st, nil
+}
