@@ -24,7 +24,7 @@ import (
 type Config struct {
 	// Source is the MySQL or MariaDB primary whose binlog is followed.
 	Source Source `mapstructure:"source"`
-	// State is where the checkpoint (and later the compensation table) lives.
+	// State is where the checkpoint and the compensation table live.
 	State State `mapstructure:"state"`
 	// Redis is the target.
 	Redis Redis `mapstructure:"redis"`
