@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bloomv3 "github.com/bits-and-blooms/bloom/v3"
@@ -50,7 +51,30 @@ type Keeper struct {
 	swap      sync.RWMutex
 	rebuildMu sync.Mutex // one rebuild at a time
 
+	m *Metrics
+}
+
+// Metrics are the keeper's metrics, made once per process and handed to each keeper (an
+// instance that stops and starts leading makes a new keeper).
+type Metrics struct {
 	rebuilds, restores, overCapacity *prometheus.CounterVec
+	keeper                           atomic.Pointer[Keeper]
+}
+
+// NewMetrics creates the metrics and registers them on reg (may be nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_bloom_rebuilds_total",
+			Help: "Bloom filters rebuilt from a full scan and swapped in, by table."}, []string{"table"}),
+		restores: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_bloom_restores_total",
+			Help: "Bloom bitmaps found missing or damaged in Redis and written again from memory, by table."}, []string{"table"}),
+		overCapacity: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_bloom_over_capacity_total",
+			Help: "Times a table's filter grew past the items it was sized for (the next rebuild is sized larger)."}, []string{"table"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.rebuilds, m.restores, m.overCapacity, keeperCollector{m})
+	}
+	return m
 }
 
 type tableFilter struct {
@@ -70,24 +94,18 @@ type tableFilter struct {
 
 // NewKeeper returns a keeper of tables' filters, sized for expected items each at the
 // false-positive rate fp. scan (may be nil) lets it rebuild a filter from the source on
-// its own (see Run). Its metrics are registered on reg (may be nil).
-func NewKeeper(rdb redis.UniversalClient, tables []TableSpec, expected uint, fp float64, scan Scanner, log *zap.Logger, reg prometheus.Registerer) *Keeper {
-	k := &Keeper{rdb: rdb, expected: expected, fp: fp, log: log, scan: scan, byPrefix: map[string]*tableFilter{},
-		rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_bloom_rebuilds_total",
-			Help: "Bloom filters rebuilt from a full scan and swapped in, by table."}, []string{"table"}),
-		restores: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_bloom_restores_total",
-			Help: "Bloom bitmaps found missing or damaged in Redis and written again from memory, by table."}, []string{"table"}),
-		overCapacity: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_bloom_over_capacity_total",
-			Help: "Times a table's filter grew past the items it was sized for (the next rebuild is sized larger)."}, []string{"table"}),
+// its own (see Run). m (may be nil) receives its metrics.
+func NewKeeper(rdb redis.UniversalClient, tables []TableSpec, expected uint, fp float64, scan Scanner, log *zap.Logger, m *Metrics) *Keeper {
+	if m == nil {
+		m = NewMetrics(nil)
 	}
+	k := &Keeper{rdb: rdb, expected: expected, fp: fp, log: log, scan: scan, byPrefix: map[string]*tableFilter{}, m: m}
 	for i, s := range tables {
 		t := &tableFilter{idx: i, spec: s, mirror: NewMirror(rdb, s.Key)}
 		k.tables = append(k.tables, t)
 		k.byPrefix[s.Prefix] = t
 	}
-	if reg != nil {
-		reg.MustRegister(k.rebuilds, k.restores, k.overCapacity, keeperCollector{k})
-	}
+	m.keeper.Store(k)
 	return k
 }
 
@@ -269,7 +287,7 @@ func (k *Keeper) checkCapacity(t *tableFilter) {
 		return
 	}
 	t.warned = true
-	k.overCapacity.WithLabelValues(t.spec.Name).Inc()
+	k.m.overCapacity.WithLabelValues(t.spec.Name).Inc()
 	k.log.Warn("the bloom filter holds more keys than it was sized for: its false-positive rate rises; the next rebuild is sized for twice as many",
 		zap.String("table", t.spec.Name), zap.Uint64("items", t.items), zap.Uint("sized_for", t.capacity),
 		zap.Float64("estimated_false_positive_rate", t.cur.EstimatedFalsePositiveRate(uint(t.items))),
@@ -344,7 +362,7 @@ func (k *Keeper) Rebuild(ctx context.Context, fill func(context.Context) error) 
 		t.complete, t.warned = true, false
 		k.checkCapacity(t)
 		t.mu.Unlock()
-		k.rebuilds.WithLabelValues(t.spec.Name).Inc()
+		k.m.rebuilds.WithLabelValues(t.spec.Name).Inc()
 		k.log.Info("bloom filter rebuilt and swapped in", zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()),
 			zap.Uint64("items", items), zap.Uint("bits", next.M()), zap.Uint("hashes", next.K()),
 			zap.Float64("estimated_false_positive_rate", next.EstimatedFalsePositiveRate(uint(items))), zap.Duration("took", time.Since(start)))
@@ -408,7 +426,7 @@ func (k *Keeper) restore(ctx context.Context, t *tableFilter) error {
 	if err := t.mirror.Replace(ctx, cur); err != nil {
 		return fmt.Errorf("bloom: restore %s: %w", t.mirror.Key(), err)
 	}
-	k.restores.WithLabelValues(t.spec.Name).Inc()
+	k.m.restores.WithLabelValues(t.spec.Name).Inc()
 	k.log.Warn("the bloom bitmap was missing or damaged in Redis; written again from memory", zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()))
 	return nil
 }
@@ -503,7 +521,7 @@ var (
 	descReady = prometheus.NewDesc("invsync_bloom_complete", "1 when Redis holds the table's complete Bloom filter (readers use it), 0 while it is being built.", []string{"table"}, nil)
 )
 
-type keeperCollector struct{ k *Keeper }
+type keeperCollector struct{ m *Metrics }
 
 func (c keeperCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descItems
@@ -514,7 +532,11 @@ func (c keeperCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c keeperCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, s := range c.k.Stats() {
+	k := c.m.keeper.Load()
+	if k == nil {
+		return
+	}
+	for _, s := range k.Stats() {
 		ch <- prometheus.MustNewConstMetric(descItems, prometheus.GaugeValue, float64(s.Items), s.Table)
 		ch <- prometheus.MustNewConstMetric(descBits, prometheus.GaugeValue, float64(s.Bits), s.Table)
 		ch <- prometheus.MustNewConstMetric(descFP, prometheus.GaugeValue, s.EstimatedFalsePositiveRate, s.Table)

@@ -48,7 +48,7 @@ func upserts(prefix string, from, to int) []layout.Change {
 
 func newKeeper(t *testing.T, rdb *redis.Client, prefix, key string, expected uint, scan bloom.Scanner) (*bloom.Keeper, *prometheus.Registry) {
 	reg := prometheus.NewRegistry()
-	k := bloom.NewKeeper(rdb, []bloom.TableSpec{{Name: "db.t", Prefix: prefix, Key: key}}, expected, 0.01, scan, zaptest.NewLogger(t), reg)
+	k := bloom.NewKeeper(rdb, []bloom.TableSpec{{Name: "db.t", Prefix: prefix, Key: key}}, expected, 0.01, scan, zaptest.NewLogger(t), bloom.NewMetrics(reg))
 	testenv.Must(t, k.Open(context.Background()), "open")
 	return k, reg
 }

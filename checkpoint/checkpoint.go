@@ -18,7 +18,20 @@ type Store struct {
 	db     *sql.DB
 	schema string
 	name   string
+	// lock and owner, when set, fence writes: a checkpoint is written only while the
+	// named lock is held by connection owner.
+	lock  string
+	owner int64
 }
+
+// ErrNotLeader is returned by Save when the store is fenced and its instance no longer
+// holds the leader lock.
+var ErrNotLeader = errors.New("this instance no longer holds the leader lock")
+
+// Fence makes Save write only while the named lock is held by the state database
+// connection owner (the instance's lock connection): an instance that lost the lock
+// can never move the checkpoint of the one that took over.
+func (s *Store) Fence(lock string, owner int64) { s.lock, s.owner = lock, owner }
 
 // Open creates the state schema and the checkpoint table when missing. name identifies
 // the pipeline (one row per name).
@@ -56,6 +69,17 @@ func (s *Store) Load(ctx context.Context) (pos canal.Position, ok bool, err erro
 
 // Save replaces the stored position.
 func (s *Store) Save(ctx context.Context, pos canal.Position) error {
+	if s.lock != "" {
+		res, err := s.db.ExecContext(ctx, "REPLACE INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set) SELECT ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?",
+			s.name, pos.File, pos.Pos, pos.GTID, s.lock, s.owner)
+		if err != nil {
+			return fmt.Errorf("write checkpoint: %w", err)
+		}
+		if n, err := res.RowsAffected(); err == nil && n == 0 {
+			return fmt.Errorf("write checkpoint: %w (lock %s)", ErrNotLeader, s.lock)
+		}
+		return nil
+	}
 	_, err := s.db.ExecContext(ctx, "REPLACE INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set) VALUES (?, ?, ?, ?)",
 		s.name, pos.File, pos.Pos, pos.GTID)
 	if err != nil {

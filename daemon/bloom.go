@@ -27,7 +27,7 @@ const bloomCheckInterval = time.Second
 
 // newKeeper returns the keeper of the tables' Bloom filters; a rebuild scans the primary
 // keys from the source.
-func newKeeper(cfg *config.Config, rdb redis.UniversalClient, tables []*canal.Table, log *zap.Logger, reg prometheus.Registerer) *bloom.Keeper {
+func newKeeper(cfg *config.Config, rdb redis.UniversalClient, tables []*canal.Table, log *zap.Logger, m *bloom.Metrics) *bloom.Keeper {
 	specs := make([]bloom.TableSpec, len(tables))
 	for i, t := range tables {
 		specs[i] = bloom.TableSpec{Name: t.FullName(), Prefix: t.KeyPrefix, Key: cfg.BloomKey(cfg.Tables[i])}
@@ -43,7 +43,7 @@ func newKeeper(cfg *config.Config, rdb redis.UniversalClient, tables []*canal.Ta
 		}
 		return snapshot.ScanKeys(ctx, conn, tables[i], keyScanChunk, add)
 	}
-	return bloom.NewKeeper(rdb, specs, cfg.Bloom.ExpectedItems, cfg.Bloom.FalsePositiveRate, scan, log, reg)
+	return bloom.NewKeeper(rdb, specs, cfg.Bloom.ExpectedItems, cfg.Bloom.FalsePositiveRate, scan, log, m)
 }
 
 // rebuildHandler is POST /bloom/rebuild: it rebuilds every table's filter from a scan

@@ -58,6 +58,7 @@ type Daemon struct {
 	sk         atomic.Pointer[sink.Sink]
 	addr       atomic.Pointer[string] // the HTTP listener's address, once listening
 	keeper     atomic.Pointer[bloom.Keeper]
+	bloomM     *bloom.Metrics
 }
 
 // Option adjusts a Daemon.
@@ -77,6 +78,7 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) *Daemon {
 	}
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.m = metrics.New(d.reg)
+	d.bloomM = bloom.NewMetrics(d.reg)
 	d.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "invsync_replication_lag_seconds",
 			Help: "Seconds between a change's commit on the source and now, for the oldest change not yet in Redis; 0 when caught up."}, d.lag),
@@ -166,20 +168,63 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for _, h := range d.redisHooks {
 		rdb.AddHook(h)
 	}
-	lock, err := d.lead(ctx, stateDB)
-	if err != nil {
+	for {
+		lock, err := d.lead(ctx, stateDB)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		leadCtx, lost := context.WithCancelCause(ctx)
+		watchDone := make(chan struct{})
+		go func() { defer close(watchDone); d.watchLock(leadCtx, lock, lost) }()
+		err = d.runLeading(leadCtx, db, stateDB, rdb, lock)
+		lost(nil)
+		<-watchDone
+		lock.Release()
 		if ctx.Err() != nil {
 			return nil
 		}
+		if cause := context.Cause(leadCtx); errors.Is(cause, errLostLock) {
+			d.log.Error("lost the leader lock: stopped leading; standing by", zap.Error(cause))
+			continue
+		}
 		return err
 	}
-	defer lock.Release()
+}
 
+// errLostLock is the cause of the end of leading when the lock's connection failed.
+var errLostLock = errors.New("lost the leader lock")
+
+// watchLock checks every second that the instance still holds the leader lock, and ends
+// leading (lost) when it does not.
+func (d *Daemon) watchLock(ctx context.Context, lock *Lock, lost context.CancelCauseFunc) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := lock.Held(cctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			lost(fmt.Errorf("%w: %w", errLostLock, err))
+			return
+		}
+	}
+}
+
+// runLeading does the leader's work until ctx ends (nil) or a permanent error.
+func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.UniversalClient, lock *Lock) error {
 	tables, err := d.waitReady(ctx, db, rdb)
 	if err != nil {
 		return err
 	}
-	keeper := newKeeper(d.cfg, rdb, tables, d.log.Named("bloom"), d.reg)
+	keeper := newKeeper(d.cfg, rdb, tables, d.log.Named("bloom"), d.bloomM)
 	if err := d.retry(ctx, "load the bloom filters", func() error { return keeper.Open(ctx) }); err != nil {
 		return err
 	}
@@ -195,6 +240,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	store.Fence(lock.name, lock.ID())
 	var comp *compensation.Store
 	if err := d.retry(ctx, "open the compensation table", func() error {
 		var err error
@@ -739,6 +785,7 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 	if err != nil {
 		return canal.Position{}, err
 	}
+	store.Fence(lock.name, lock.ID())
 	keeper := newKeeper(cfg, rdb, tables, log.Named("bloom"), nil)
 	if err := keeper.Open(ctx); err != nil {
 		return canal.Position{}, err

@@ -26,6 +26,22 @@ func LockName(cfg *config.Config) string {
 type Lock struct {
 	conn *sql.Conn
 	name string
+	id   int64 // the connection's id on the state database
+}
+
+// ID is the state database connection id that holds the lock.
+func (l *Lock) ID() int64 { return l.id }
+
+// Held checks that the lock's connection is alive and still holds it.
+func (l *Lock) Held(ctx context.Context) error {
+	var ok sql.NullInt64
+	if err := l.conn.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?) = CONNECTION_ID()", l.name).Scan(&ok); err != nil {
+		return fmt.Errorf("the leader lock's connection: %w", err)
+	}
+	if ok.Int64 != 1 {
+		return fmt.Errorf("the leader lock %s is no longer held by this instance", l.name)
+	}
+	return nil
 }
 
 // TryLock takes the named lock without waiting; held is false when another connection
@@ -44,7 +60,12 @@ func TryLock(ctx context.Context, db *sql.DB, name string) (l *Lock, held bool, 
 		conn.Close()
 		return nil, false, nil
 	}
-	return &Lock{conn: conn, name: name}, true, nil
+	l = &Lock{conn: conn, name: name}
+	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&l.id); err != nil {
+		l.Release()
+		return nil, false, err
+	}
+	return l, true, nil
 }
 
 // Release gives the lock up.

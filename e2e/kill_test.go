@@ -27,6 +27,7 @@ import (
 type proc struct {
 	cmd  *exec.Cmd
 	http string
+	log  string
 }
 
 func freeAddr(t testing.TB) string {
@@ -36,7 +37,8 @@ func freeAddr(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-func startProc(t testing.TB, cfgPath, httpAddr string) *proc {
+// spawnProc starts `invsync run` without waiting.
+func spawnProc(t testing.TB, cfgPath, httpAddr string) *proc {
 	t.Helper()
 	cmd := exec.Command(binary, "run", "-c", cfgPath)
 	cmd.Env = append(os.Environ(), "INVSYNC_SOURCE_PASSWORD="+testenv.AppPassword())
@@ -44,13 +46,20 @@ func startProc(t testing.TB, cfgPath, httpAddr string) *proc {
 	testenv.Must(t, err, "log file")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	testenv.Must(t, cmd.Start(), "start daemon")
-	p := &proc{cmd: cmd, http: httpAddr}
+	p := &proc{cmd: cmd, http: httpAddr, log: logf.Name()}
 	t.Cleanup(func() {
 		if p.cmd.ProcessState == nil {
 			_ = p.cmd.Process.Kill()
 			_ = p.cmd.Wait()
 		}
 	})
+	return p
+}
+
+// startProc starts `invsync run` and waits until it is ready.
+func startProc(t testing.TB, cfgPath, httpAddr string) *proc {
+	t.Helper()
+	p := spawnProc(t, cfgPath, httpAddr)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if code, err := httpGet("http://" + httpAddr + "/readyz"); err == nil && code == 200 {
@@ -58,7 +67,7 @@ func startProc(t testing.TB, cfgPath, httpAddr string) *proc {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	out, _ := os.ReadFile(logf.Name())
+	out, _ := os.ReadFile(p.log)
 	t.Fatalf("daemon not ready within 30s; log:\n%s", out)
 	return nil
 }

@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/testenv"
+)
+
+// Issue 7, acceptance 2: two instances with the same config; the standby does nothing
+// while the leader lives; kill -9 of the leader during a workload: the standby leads
+// within 10 s and the end state equals MySQL.
+func TestStandbyTakesOverAfterKill9(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 5000)
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	a := startProc(t, e.writeConfig(func(c *config.Config) { c.HTTP.Listen = addrA }), addrA)
+	b := spawnProc(t, e.writeConfig(func(c *config.Config) { c.HTTP.Listen = addrB }), addrB)
+	waitHTTP(t, "http://"+addrB+"/healthz", 200, 30*time.Second)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wl := &workload{db: e.db, table: "inventory", skus: 5000, writers: 4, txns: 1_000_000, maxRows: 10}
+	wdone := make(chan error, 1)
+	go func() { wdone <- wl.run(ctx) }()
+	time.Sleep(2 * time.Second)
+	if code, _ := httpGet("http://" + addrB + "/readyz"); code != 503 {
+		t.Fatalf("the standby's /readyz = %d while the leader lives, want 503", code)
+	}
+	if m, _ := httpBody("http://" + addrB + "/metrics"); metricSum(m, "invsync_rows_applied_total") != 0 {
+		t.Fatal("the standby wrote rows while the leader lives")
+	}
+	if m, _ := httpBody("http://" + addrA + "/metrics"); metricSum(m, "invsync_rows_applied_total") == 0 {
+		t.Fatal("the leader wrote nothing during the workload")
+	}
+	a.kill(t)
+	killed := time.Now()
+	waitHTTP(t, "http://"+addrB+"/readyz", 200, 10*time.Second)
+	took := time.Since(killed)
+	time.Sleep(time.Second)
+	cancel()
+	if err := <-wdone; err != nil && ctx.Err() == nil {
+		t.Fatal(err)
+	}
+	e.waitEqual(60 * time.Second)
+	m, _ := httpBody("http://" + addrB + "/metrics")
+	t.Logf("standby led %s after the leader's kill -9; it wrote %.0f rows; %d transactions in the workload",
+		took.Round(time.Millisecond), metricSum(m, "invsync_rows_applied_total"), wl.done.Load())
+	if metricSum(m, "invsync_rows_applied_total") == 0 {
+		t.Fatal("the new leader wrote nothing")
+	}
+	b.terminate(t)
+}
+
+// A leader whose lock is taken away (its connection killed) stops leading, and its
+// checkpoint writes are refused meanwhile.
+func TestLeaderThatLosesItsLockStandsBy(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	r := e.start(nil)
+	waitReady(t, r)
+	admin := testenv.DB(t, "")
+	var id int64
+	testenv.Must(t, admin.QueryRow("SELECT IS_USED_LOCK(?)", "invsync:"+e.cfg.State.Schema).Scan(&id), "lock holder")
+	_, err := admin.Exec("KILL ?", id)
+	testenv.Must(t, err, "kill the lock connection")
+	// It notices, stands by, and (the lock being free) leads again.
+	deadline := time.Now().Add(20 * time.Second)
+	var again int64
+	for time.Now().Before(deadline) {
+		_ = admin.QueryRow("SELECT IFNULL(IS_USED_LOCK(?), 0)", "invsync:"+e.cfg.State.Schema).Scan(&again)
+		if again != 0 && again != id {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if again == 0 || again == id {
+		t.Fatal("the instance did not take the lock again")
+	}
+	waitReady(t, r)
+	_, err = e.db.Exec("INSERT INTO inventory VALUES (1, 5, 1.00, 'a', 1)")
+	testenv.Must(t, err, "insert")
+	e.waitEqual(30 * time.Second)
+}
+
+func waitHTTP(t *testing.T, url string, want int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		code, _ := httpGet(url)
+		if code == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not answer %d within %s (last %d)", url, want, timeout, code)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var _ = strings.Contains
