@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-sql-driver/mysql"
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
@@ -167,6 +168,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer rdb.Close()
 	for _, h := range d.redisHooks {
 		rdb.AddHook(h)
+	}
+	// A permanent problem (bad credentials, binlog settings, a missing table) is reported
+	// before standing by for the lock.
+	if _, err := d.waitReady(ctx, db, rdb); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
 	}
 	for {
 		lock, err := d.lead(ctx, stateDB)
@@ -370,6 +379,7 @@ func newWriter(cfg *config.Config, rdb redis.UniversalClient) *layout.Writer {
 func (d *Daemon) lead(ctx context.Context, stateDB *sql.DB) (*Lock, error) {
 	name := LockName(d.cfg)
 	logged := false
+	var lastWarn time.Time
 	for {
 		lock, held, err := TryLock(ctx, stateDB, name)
 		if err == nil && held {
@@ -379,7 +389,14 @@ func (d *Daemon) lead(ctx context.Context, stateDB *sql.DB) (*Lock, error) {
 			return lock, nil
 		}
 		if err != nil {
-			d.log.Warn("cannot take the leader lock; retrying", zap.String("lock", name), zap.Error(err))
+			var me *mysql.MySQLError
+			if errors.As(err, &me) && (me.Number == 1044 || me.Number == 1045) {
+				return nil, fmt.Errorf("%w: the state database refused invsync: %w (fix: the user and password of state.dsn, or of the source when state.dsn is empty)", canal.ErrPermanent, err)
+			}
+			if time.Since(lastWarn) > 30*time.Second {
+				d.log.Warn("cannot take the leader lock; retrying every second", zap.String("lock", name), zap.Error(err))
+				lastWarn = time.Now()
+			}
 		} else if !logged {
 			d.log.Info("another invsync instance leads this config (it holds the lock); standing by", zap.String("lock", name))
 			logged = true
