@@ -3,6 +3,7 @@ package compensation
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/invsync/invsync/layout"
@@ -30,18 +31,21 @@ type Retrier struct {
 	w     Writer
 	m     *metrics.Metrics
 	log   *zap.Logger
-	poll  time.Duration
+	poll  atomic.Int64 // nanoseconds
 }
 
 // NewRetrier returns a retrier polling every poll.
 func NewRetrier(st *Store, fetch Fetch, w Writer, m *metrics.Metrics, log *zap.Logger, poll time.Duration) *Retrier {
-	return &Retrier{st: st, fetch: fetch, w: w, m: m, log: log, poll: poll}
+	r := &Retrier{st: st, fetch: fetch, w: w, m: m, log: log}
+	r.SetInterval(poll)
+	return r
 }
+
+// SetInterval changes the polling interval from the next poll on (a config reload).
+func (r *Retrier) SetInterval(poll time.Duration) { r.poll.Store(int64(max(poll, time.Millisecond))) }
 
 // Run retries due rows until ctx ends.
 func (r *Retrier) Run(ctx context.Context) {
-	t := time.NewTicker(r.poll)
-	defer t.Stop()
 	for {
 		if err := r.Once(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("compensation retries paused", zap.Error(err))
@@ -49,7 +53,7 @@ func (r *Retrier) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(time.Duration(r.poll.Load())):
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/invsync/invsync/layout"
@@ -37,7 +38,7 @@ type Entry struct {
 type Store struct {
 	db     *sql.DB
 	table  string
-	sched  Schedule
+	sched  atomic.Pointer[Schedule]
 	nowUTC func() time.Time
 }
 
@@ -67,7 +68,9 @@ func Open(ctx context.Context, db *sql.DB, schema string, sched Schedule, now fu
 	if _, err := db.ExecContext(ctx, q); err != nil {
 		return nil, fmt.Errorf("create the compensation table in %s: %w", schema, err)
 	}
-	return &Store{db: db, table: table, sched: sched, nowUTC: func() time.Time { return now().UTC() }}, nil
+	st := &Store{db: db, table: table, nowUTC: func() time.Time { return now().UTC() }}
+	st.SetSchedule(sched)
+	return st, nil
 }
 
 // Park records a write of table's row that Redis refused (sink.Parker).
@@ -85,7 +88,7 @@ func (s *Store) Park(ctx context.Context, table string, c layout.Change, cause e
 // greater version and the latest error are kept) instead of adding one.
 func (s *Store) Add(ctx context.Context, e Entry) error {
 	now := s.nowUTC()
-	next, _ := s.sched.Next(now, 0)
+	next, _ := s.sched.Load().Next(now, 0)
 	_, err := s.db.ExecContext(ctx, "INSERT INTO "+s.table+
 		` (redis_key, table_name, pk, version, attempts, next_retry_at, last_error, status, created_at, updated_at)
 		VALUES (?, ?, ?, ?, 0, ?, ?, 'pending', ?, ?)
@@ -151,12 +154,16 @@ func (s *Store) Done(ctx context.Context, e Entry) error {
 	return nil
 }
 
+// SetSchedule changes the retry schedule (a config reload); rows already scheduled keep
+// their next retry time.
+func (s *Store) SetSchedule(sched Schedule) { s.sched.Store(&sched) }
+
 // Failed records a failed retry: the next retry per the schedule, or dead after
 // max_attempts. It reports whether the row is now dead.
 func (s *Store) Failed(ctx context.Context, e Entry, cause error) (dead bool, err error) {
 	now := s.nowUTC()
 	attempts := e.Attempts + 1
-	next, dead := s.sched.Next(now, attempts)
+	next, dead := s.sched.Load().Next(now, attempts)
 	status := StatusPending
 	if dead {
 		status, next = StatusDead, now

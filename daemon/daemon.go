@@ -15,6 +15,7 @@ import (
 	"net/http/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,6 +61,20 @@ type Daemon struct {
 	addr       atomic.Pointer[string] // the HTTP listener's address, once listening
 	keeper     atomic.Pointer[bloom.Keeper]
 	bloomM     *bloom.Metrics
+
+	// live is the config as reloaded: its live settings (see liveKeys) are current.
+	live       atomic.Pointer[config.Config]
+	reloadPath string
+	level      *zap.AtomicLevel
+	running    atomic.Pointer[leading]
+}
+
+// leading is what a reload adjusts while the instance leads.
+type leading struct {
+	writer     *layout.Writer
+	comp       *compensation.Store
+	retrier    *compensation.Retrier
+	reschedule func() error
 }
 
 // Option adjusts a Daemon.
@@ -74,6 +89,8 @@ func WithRedisHook(h redis.Hook) Option {
 // New prepares a daemon; Run starts it.
 func New(cfg *config.Config, log *zap.Logger, opts ...Option) *Daemon {
 	d := &Daemon{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	live := *cfg
+	d.live.Store(&live)
 	for _, o := range opts {
 		o(d)
 	}
@@ -169,6 +186,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for _, h := range d.redisHooks {
 		rdb.AddHook(h)
 	}
+	if d.reloadPath != "" {
+		go d.watchConfig(ctx)
+	}
 	// A permanent problem (bad credentials, binlog settings, a missing table) is reported
 	// before standing by for the lock.
 	if _, err := d.waitReady(ctx, db, rdb); err != nil {
@@ -239,7 +259,9 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	}
 	d.keeper.Store(keeper)
 	// Every row write sets its key's bloom bits first (see bloom.Keeper).
+	live := d.live.Load()
 	rawWriter := newWriter(d.cfg, rdb)
+	rawWriter.SetTTLs(live.Bloom.TombstoneTTL, live.Bloom.NullTTL)
 	writer := keeper.Wrap(rawWriter)
 	var store *checkpoint.Store
 	if err := d.retry(ctx, "open the state schema", func() error {
@@ -253,7 +275,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	var comp *compensation.Store
 	if err := d.retry(ctx, "open the compensation table", func() error {
 		var err error
-		comp, err = compensation.Open(ctx, stateDB, d.cfg.State.Schema, compensation.NewSchedule(d.cfg.Compensation), time.Now)
+		comp, err = compensation.Open(ctx, stateDB, d.cfg.State.Schema, compensation.NewSchedule(live.Compensation), time.Now)
 		return err
 	}); err != nil {
 		return err
@@ -261,7 +283,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	d.parker = comp
 	fetch := newFetcher(d.cfg, db, tables)
 	defer fetch.close()
-	retrier := compensation.NewRetrier(comp, fetch.fetch, writer, d.m, d.log.Named("compensation"), d.cfg.Compensation.PollInterval)
+	retrier := compensation.NewRetrier(comp, fetch.fetch, writer, d.m, d.log.Named("compensation"), live.Compensation.PollInterval)
 	retryCtx, stopRetry := context.WithCancel(ctx)
 	retryDone := make(chan struct{})
 	go func() { defer close(retryDone); retrier.Run(retryCtx) }()
@@ -297,7 +319,25 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	if err != nil {
 		return err
 	}
-	defer stopSchedule()
+	var schedMu sync.Mutex
+	defer func() {
+		schedMu.Lock()
+		defer schedMu.Unlock()
+		stopSchedule()
+	}()
+	d.running.Store(&leading{writer: rawWriter, comp: comp, retrier: retrier, reschedule: func() error {
+		schedMu.Lock()
+		defer schedMu.Unlock()
+		stopSchedule()
+		stop, err := d.startSchedule(db, tables, rdb, rawWriter, keeper)
+		if err != nil {
+			stopSchedule = func() {}
+			return err
+		}
+		stopSchedule = stop
+		return nil
+	}})
+	defer d.running.Store(nil)
 	names := make([]string, len(d.cfg.Tables))
 	for i, t := range d.cfg.Tables {
 		names[i] = t.TableName()
@@ -598,6 +638,9 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 		d.ready.Store(true)
 	}
 	sk := sink.New(d.cfg.Sink, names, w, wm, d.m, d.log.Named("sink"), beat)
+	if live := d.live.Load(); live != nil {
+		sk.SetTuning(live.Sink.BatchSize, live.Sink.FlushInterval)
+	}
 	if d.parker != nil {
 		sk.SetParker(d.parker)
 	}

@@ -124,7 +124,8 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 // leader), repairing when reconcile.repair is on and rebuilding the Bloom filters from
 // the same scan. It returns a function that stops it.
 func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, keeper *bloom.Keeper) (func(), error) {
-	if d.cfg.Reconcile.Schedule == "" {
+	rc := d.live.Load().Reconcile
+	if rc.Schedule == "" {
 		return func() {}, nil
 	}
 	s, err := gocron.NewScheduler()
@@ -135,12 +136,13 @@ func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.Univ
 	ctx, cancel := context.WithCancel(context.Background())
 	job := func() {
 		start := time.Now()
-		deps := reconcileDeps(d.cfg, db, tables, rdb, w, log)
+		deps := reconcileDeps(d.live.Load(), db, tables, rdb, w, log)
 		deps.Ensure, deps.OnKey = keeper.Ensure, keeper.Scanned
 		var rep *reconcile.Report
 		err := keeper.Rebuild(ctx, func(ctx context.Context) error {
 			var err error
-			rep, err = reconcile.Run(ctx, deps, reconcile.Options{Repair: d.cfg.Reconcile.Repair, Recheck: d.cfg.Reconcile.RecheckFor})
+			rc := d.live.Load().Reconcile
+			rep, err = reconcile.Run(ctx, deps, reconcile.Options{Repair: rc.Repair, Recheck: rc.RecheckFor})
 			return err
 		})
 		d.m.ReconcileLastTimestamp.Set(float64(time.Now().Unix()))
@@ -172,13 +174,13 @@ func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.Univ
 		}
 		d.m.ReconcileRuns.WithLabelValues(result).Inc()
 	}
-	if _, err := s.NewJob(gocron.CronJob(d.cfg.Reconcile.Schedule, config.CronWithSeconds(d.cfg.Reconcile.Schedule)), gocron.NewTask(job),
+	if _, err := s.NewJob(gocron.CronJob(rc.Schedule, config.CronWithSeconds(rc.Schedule)), gocron.NewTask(job),
 		gocron.WithSingletonMode(gocron.LimitModeReschedule)); err != nil {
 		cancel()
-		return nil, fmt.Errorf("reconcile.schedule %q: %w", d.cfg.Reconcile.Schedule, err)
+		return nil, fmt.Errorf("reconcile.schedule %q: %w", rc.Schedule, err)
 	}
 	s.Start()
-	log.Info("reconciliation scheduled", zap.String("schedule", d.cfg.Reconcile.Schedule))
+	log.Info("reconciliation scheduled", zap.String("schedule", rc.Schedule))
 	return func() {
 		cancel()
 		_ = s.Shutdown()

@@ -371,12 +371,19 @@ func (e *env) writeConfig(mutate func(*config.Config)) string {
 // writeConfigTo writes cfg as YAML (without the password, which the process gets from
 // INVSYNC_SOURCE_PASSWORD) and returns the file's path.
 func writeConfigTo(tb testing.TB, cfg *config.Config) string {
+	path := filepath.Join(tb.TempDir(), "invsync.yaml")
+	testenv.Must(tb, os.WriteFile(path, []byte(renderConfig(cfg)), 0o600), "write config")
+	return path
+}
+
+// renderConfig is cfg as YAML, without the source password.
+func renderConfig(cfg *config.Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "source: { addr: %q, user: %q, flavor: %s, server_id: %d, on_position_lost: %s }\n", cfg.Source.Addr, cfg.Source.User, cfg.Source.Flavor, cfg.Source.ServerID, cfg.Source.OnPositionLost)
 	fmt.Fprintf(&b, "state: { schema: %s }\n", cfg.State.Schema)
 	fmt.Fprintf(&b, "redis: { addrs: [%q], db: %d }\n", cfg.Redis.Addrs[0], cfg.Redis.DB)
 	fmt.Fprintf(&b, "checkpoint: { interval: %s }\n", cfg.Checkpoint.Interval)
-	fmt.Fprintf(&b, "sink: { workers: %d }\n", cfg.Sink.Workers)
+	fmt.Fprintf(&b, "sink: { workers: %d, batch_size: %d, flush_interval: %s }\n", cfg.Sink.Workers, cfg.Sink.BatchSize, cfg.Sink.FlushInterval)
 	fmt.Fprintf(&b, "http: { listen: %q }\n", cfg.HTTP.Listen)
 	fmt.Fprintf(&b, "log: { level: %s, format: %s }\n", cfg.Log.Level, cfg.Log.Format)
 	fmt.Fprintf(&b, "bloom: { expected_items: %d, false_positive_rate: %v, null_ttl: %s, tombstone_ttl: %s, key_prefix: %q }\n",
@@ -387,9 +394,7 @@ func writeConfigTo(tb testing.TB, cfg *config.Config) string {
 	for _, t := range cfg.Tables {
 		fmt.Fprintf(&b, "  - { schema: %s, table: %s, key_prefix: %q, version_column: %q }\n", t.Schema, t.Table, t.KeyPrefix, t.VersionColumn)
 	}
-	path := filepath.Join(tb.TempDir(), "invsync.yaml")
-	testenv.Must(tb, os.WriteFile(path, []byte(b.String()), 0o600), "write config")
-	return path
+	return b.String()
 }
 
 // collect is a concurrency-safe list of problems found by background checkers.

@@ -73,7 +73,7 @@ func (w *Writer) Repair(ctx context.Context, repairs []Repair) ([]bool, error) {
 			case r.Change.Op == 0:
 				op = "-"
 			}
-			args := []any{w.tombstoneTTL, r.Observed.Type, r.Observed.Seq, r.Observed.Version, op, string(AppendSeq(nil, r.At)), r.Change.Version, len(r.Change.Fields)}
+			args := []any{w.ttls.Load()[0], r.Observed.Type, r.Observed.Seq, r.Observed.Version, op, string(AppendSeq(nil, r.At)), r.Change.Version, len(r.Change.Fields)}
 			if op == "u" {
 				for _, f := range r.Change.Fields {
 					args = append(args, f.Name, f.Value)

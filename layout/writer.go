@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -122,12 +123,11 @@ var ErrKey = errors.New("redis refused the write of this key")
 
 // Writer applies changes through the versioned script.
 type Writer struct {
-	rdb          redis.UniversalClient
-	script       *redis.Script
-	tombstoneTTL string
-	nullTTL      string
-	cluster      bool
-	repair       *redis.Script
+	rdb     redis.UniversalClient
+	script  *redis.Script
+	ttls    atomic.Pointer[[2]string] // tombstone, null marker (ms)
+	cluster bool
+	repair  *redis.Script
 }
 
 // NewWriter returns a Writer. Tombstones expire after tombstoneTTL. With cluster set,
@@ -138,14 +138,20 @@ func NewWriter(rdb redis.UniversalClient, tombstoneTTL time.Duration, cluster bo
 
 // NewWriterWithNullTTL is NewWriter with the lifetime of null markers (OpNull).
 func NewWriterWithNullTTL(rdb redis.UniversalClient, tombstoneTTL, nullTTL time.Duration, cluster bool) *Writer {
-	return &Writer{
-		rdb:          rdb,
-		script:       redis.NewScript(applyScript),
-		repair:       redis.NewScript(repairScript),
-		tombstoneTTL: strconv.FormatInt(tombstoneTTL.Milliseconds(), 10),
-		nullTTL:      strconv.FormatInt(max(nullTTL.Milliseconds(), 1), 10),
-		cluster:      cluster,
+	w := &Writer{
+		rdb:     rdb,
+		script:  redis.NewScript(applyScript),
+		repair:  redis.NewScript(repairScript),
+		cluster: cluster,
 	}
+	w.SetTTLs(tombstoneTTL, nullTTL)
+	return w
+}
+
+// SetTTLs changes the lifetimes of the tombstones and null markers written from now on
+// (a config reload).
+func (w *Writer) SetTTLs(tombstoneTTL, nullTTL time.Duration) {
+	w.ttls.Store(&[2]string{strconv.FormatInt(max(tombstoneTTL.Milliseconds(), 1), 10), strconv.FormatInt(max(nullTTL.Milliseconds(), 1), 10)})
 }
 
 // Load loads the script into every Redis server (done again automatically on NOSCRIPT).
@@ -281,7 +287,8 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 			n += 5 + 2*len(changes[ci].Fields)
 		}
 		args := make([]any, 0, n)
-		args = append(args, w.tombstoneTTL, w.nullTTL)
+		ttls := w.ttls.Load()
+		args = append(args, ttls[0], ttls[1])
 		for j, ci := range idx {
 			c := &changes[ci]
 			keys[j] = c.Key

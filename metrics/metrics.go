@@ -45,6 +45,8 @@ type Metrics struct {
 	// ReconcileLastDifferences and ReconcileLastRepaired count the last run's
 	// differences and repairs by table and kind; ReconcileLastRows its rows by table.
 	ReconcileLastDifferences, ReconcileLastRepaired, ReconcileLastRows *prometheus.GaugeVec
+	// ConfigReloads counts config reloads by result (applied, unchanged, refused).
+	ConfigReloads *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them on reg.
@@ -113,6 +115,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "Differences the last reconciliation repaired, by table and kind."}, []string{"table", "kind"})
 	m.ReconcileLastRows = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "invsync_reconcile_last_rows_checked",
 		Help: "Rows the last reconciliation compared, by table."}, []string{"table"})
+	m.ConfigReloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_config_reloads_total",
+		Help: "Config reloads (file change or SIGHUP) by result: applied, unchanged, refused (invalid file; the running config stays)."}, []string{"result"})
+	reg.MustRegister(m.ConfigReloads)
 	reg.MustRegister(m.ReconcileRuns, m.ReconcileLastTimestamp, m.ReconcileLastDuration, m.ReconcileLastDifferences, m.ReconcileLastRepaired, m.ReconcileLastRows)
 	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
 		m.CompensationPending, m.CompensationDead, m.CompensationOldest)

@@ -35,6 +35,18 @@ type Parker interface {
 // it is parked.
 const keyRetries = 2
 
+// tuning returns the batch size and the flush interval now in force.
+func (s *Sink) tuning() (int, time.Duration) {
+	return int(s.batchSize.Load()), time.Duration(s.flushInterval.Load())
+}
+
+// SetTuning changes the batch size and the flush interval of the running workers (a
+// config reload); a worker applies them from its next batch.
+func (s *Sink) SetTuning(batchSize int, flushInterval time.Duration) {
+	s.batchSize.Store(int64(max(batchSize, 1)))
+	s.flushInterval.Store(int64(flushInterval))
+}
+
 // Writer applies a batch of changes; layout.Writer is the implementation.
 type Writer interface {
 	Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error
@@ -58,6 +70,8 @@ type Sink struct {
 	parker    Parker
 	tables    []string
 	busy      atomic.Int64 // batches taken and not yet acknowledged
+
+	batchSize, flushInterval atomic.Int64
 	rowsRead  uint64       // router goroutine only
 	lastRead  atomic.Int64 // unix nanos when the reader last handed over rows
 	behind    atomic.Bool  // the newest commit read is old: catching up
@@ -78,6 +92,7 @@ const (
 // heartbeat is called when the source reports it is idle.
 func New(cfg config.Sink, tables []string, w Writer, wm *Watermark, m *metrics.Metrics, log *zap.Logger, heartbeat func()) *Sink {
 	s := &Sink{cfg: cfg, w: w, wm: wm, log: log, seed: maphash.MakeSeed(), m: m, beat: heartbeat, tables: tables}
+	s.SetTuning(cfg.BatchSize, cfg.FlushInterval)
 	s.queues = make([]*keyQueue, cfg.Workers)
 	for i := range s.queues {
 		s.queues[i] = newKeyQueue(cfg.QueueSize)
@@ -178,11 +193,17 @@ func (s *Sink) Run(ctx context.Context) error {
 
 func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 	log := s.log.With(zap.Int("worker", id))
-	batch := make([]*entry, 0, s.cfg.BatchSize)
-	changes := make([]layout.Change, 0, s.cfg.BatchSize)
-	out := make([]layout.Outcome, s.cfg.BatchSize)
+	bs, fi := s.tuning()
+	batch := make([]*entry, 0, bs)
+	changes := make([]layout.Change, 0, bs)
+	out := make([]layout.Outcome, bs)
 	var timer *time.Timer
 	for {
+		// batch_size and flush_interval can change while running (config reload).
+		bs, fi = s.tuning()
+		if len(out) < bs {
+			out = make([]layout.Outcome, bs)
+		}
 		// Block for the first entries, then, if the batch is not full, wait up to
 		// flush_interval for more.
 		if err := s.waitForTurn(ctx, q, &timer); err != nil {
@@ -190,7 +211,7 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 		}
 		var done bool
 		s.busy.Add(1)
-		batch, done = q.take(batch[:0], s.cfg.BatchSize)
+		batch, done = q.take(batch[:0], bs)
 		if len(batch) == 0 && !done {
 			s.busy.Add(-1)
 			select {
@@ -200,17 +221,17 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 			}
 			continue
 		}
-		if len(batch) < s.cfg.BatchSize && !done && s.cfg.FlushInterval > 0 {
+		if len(batch) < bs && !done && fi > 0 {
 			if timer == nil {
-				timer = time.NewTimer(s.cfg.FlushInterval)
+				timer = time.NewTimer(fi)
 			} else {
-				timer.Reset(s.cfg.FlushInterval)
+				timer.Reset(fi)
 			}
 		linger:
-			for len(batch) < s.cfg.BatchSize && !done {
+			for len(batch) < bs && !done {
 				select {
 				case <-q.ready:
-					batch, done = q.take(batch, s.cfg.BatchSize)
+					batch, done = q.take(batch, bs)
 				case <-timer.C:
 					break linger
 				case <-ctx.Done():

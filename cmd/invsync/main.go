@@ -108,7 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "compensation":
 		return compensationCmd(cfg, sub, *asJSON, ids, *olderThan, stdout, stderr)
 	}
-	log, err := newLogger(cfg.Log)
+	log, level, err := newLeveledLogger(cfg.Log)
 	if err != nil {
 		fmt.Fprintf(stderr, "invsync: %v\n", err)
 		return 2
@@ -131,7 +131,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	log.Info("starting", zap.String("source", cfg.Source.Addr), zap.Strings("redis", cfg.Redis.Addrs), zap.Int("tables", len(cfg.Tables)))
-	if err := daemon.New(cfg, log).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	if err := daemon.New(cfg, log, daemon.WithReload(*cfgPath, level)).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("fatal", zap.Error(err))
 		fmt.Fprintf(stderr, "invsync: %v\n", err)
 		return 1
@@ -140,9 +140,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func newLogger(c config.Log) (*zap.Logger, error) {
+	log, _, err := newLeveledLogger(c)
+	return log, err
+}
+
+// newLeveledLogger returns the logger and its level, which a config reload changes.
+func newLeveledLogger(c config.Log) (*zap.Logger, zap.AtomicLevel, error) {
 	lvl, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
-		return nil, err
+		return nil, zap.AtomicLevel{}, err
 	}
 	zc := zap.NewProductionConfig()
 	if c.Format == "console" {
@@ -152,7 +158,8 @@ func newLogger(c config.Log) (*zap.Logger, error) {
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	zc.Sampling = nil
 	zc.DisableStacktrace = true
-	return zc.Build()
+	log, err := zc.Build()
+	return log, zc.Level, err
 }
 
 func checkConfig(cfg *config.Config, out io.Writer) int {

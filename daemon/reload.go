@@ -1,0 +1,167 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"reflect"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/invsync/invsync/compensation"
+	"github.com/invsync/invsync/config"
+	"github.com/spf13/viper"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// WithReload makes the daemon reload the config file at path when it changes (viper's
+// WatchConfig) and on SIGHUP; level is the logger's level, which log.level sets.
+func WithReload(path string, level zap.AtomicLevel) Option {
+	return func(d *Daemon) {
+		d.reloadPath = path
+		d.level = &level
+	}
+}
+
+// liveKeys are the settings a reload applies while running; any other change needs a
+// restart (named in a warning).
+var liveKeys = []string{
+	"log.level", "sink.batch_size", "sink.flush_interval",
+	"compensation.poll_interval", "compensation.initial_backoff", "compensation.max_backoff", "compensation.max_attempts",
+	"bloom.null_ttl", "bloom.tombstone_ttl",
+	"reconcile.schedule", "reconcile.chunk_size", "reconcile.repair", "reconcile.recheck_for",
+}
+
+// secretKeys are never logged with their values.
+var secretKeys = map[string]bool{"source.password": true, "redis.password": true, "state.dsn": true}
+
+// watchConfig reloads the config on file changes and SIGHUP until ctx ends.
+func (d *Daemon) watchConfig(ctx context.Context) {
+	trigger := make(chan string, 1)
+	fire := func(why string) {
+		select {
+		case trigger <- why:
+		default:
+		}
+	}
+	v := viper.New()
+	v.SetConfigFile(d.reloadPath)
+	if err := v.ReadInConfig(); err == nil {
+		v.OnConfigChange(func(fsnotify.Event) { fire("the file changed") })
+		v.WatchConfig()
+	} else {
+		d.log.Warn("cannot watch the config file; reload with SIGHUP", zap.String("file", d.reloadPath), zap.Error(err))
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			d.reload("SIGHUP")
+		case why := <-trigger:
+			// Editors write a file in several steps: let them finish.
+			time.Sleep(100 * time.Millisecond)
+			d.reload(why)
+		}
+	}
+}
+
+// reload reads, decodes and validates the file, then applies what can change live.
+func (d *Daemon) reload(why string) {
+	next, err := config.Load(d.reloadPath)
+	if err != nil {
+		d.m.ConfigReloads.WithLabelValues("refused").Inc()
+		d.log.Error("config reload refused; the running config stays", zap.String("file", d.reloadPath), zap.String("trigger", why), zap.Error(err))
+		return
+	}
+	cur := d.live.Load()
+	changes := diffConfig("", reflect.ValueOf(*cur), reflect.ValueOf(*next))
+	if len(changes) == 0 {
+		d.m.ConfigReloads.WithLabelValues("unchanged").Inc()
+		d.log.Info("config reloaded: nothing changed", zap.String("trigger", why))
+		return
+	}
+	merged := *cur
+	var applied, restart []string
+	for _, c := range changes {
+		shown := c.key + "=" + c.value
+		if secretKeys[c.key] {
+			shown = c.key + " (changed)"
+		}
+		if isLive(c.key) {
+			applied = append(applied, shown)
+		} else {
+			restart = append(restart, shown)
+		}
+	}
+	merged.Log.Level = next.Log.Level
+	merged.Sink.BatchSize, merged.Sink.FlushInterval = next.Sink.BatchSize, next.Sink.FlushInterval
+	merged.Compensation = next.Compensation
+	merged.Bloom.NullTTL, merged.Bloom.TombstoneTTL = next.Bloom.NullTTL, next.Bloom.TombstoneTTL
+	merged.Reconcile = next.Reconcile
+	d.live.Store(&merged)
+
+	if d.level != nil {
+		if lvl, err := zapcore.ParseLevel(merged.Log.Level); err == nil {
+			d.level.SetLevel(lvl)
+		}
+	}
+	if sk := d.sk.Load(); sk != nil {
+		sk.SetTuning(merged.Sink.BatchSize, merged.Sink.FlushInterval)
+	}
+	if r := d.running.Load(); r != nil {
+		r.writer.SetTTLs(merged.Bloom.TombstoneTTL, merged.Bloom.NullTTL)
+		r.comp.SetSchedule(compensation.NewSchedule(merged.Compensation))
+		r.retrier.SetInterval(merged.Compensation.PollInterval)
+		if cur.Reconcile.Schedule != merged.Reconcile.Schedule {
+			if err := r.reschedule(); err != nil {
+				d.log.Error("the new reconcile.schedule could not be started", zap.Error(err))
+			}
+		}
+	}
+	d.m.ConfigReloads.WithLabelValues("applied").Inc()
+	d.log.Info("config reloaded", zap.String("trigger", why), zap.Strings("applied", applied))
+	if len(restart) > 0 {
+		d.log.Warn("config reloaded, but these changes need a restart of invsync to take effect", zap.Strings("restart_needed", restart))
+	}
+}
+
+func isLive(key string) bool {
+	for _, k := range liveKeys {
+		if k == key {
+			return true
+		}
+	}
+	return false
+}
+
+type change struct{ key, value string }
+
+// diffConfig lists the keys (mapstructure paths) whose values differ.
+func diffConfig(prefix string, a, b reflect.Value) []change {
+	var out []change
+	t := a.Type()
+	for i := 0; i < t.NumField(); i++ {
+		tag := t.Field(i).Tag.Get("mapstructure")
+		if tag == "" {
+			continue
+		}
+		key := strings.TrimPrefix(prefix+"."+tag, ".")
+		fa, fb := a.Field(i), b.Field(i)
+		if fa.Kind() == reflect.Struct && fa.Type() != reflect.TypeOf(time.Duration(0)) {
+			out = append(out, diffConfig(key, fa, fb)...)
+			continue
+		}
+		if !reflect.DeepEqual(fa.Interface(), fb.Interface()) {
+			out = append(out, change{key: key, value: fmt.Sprint(fb.Interface())})
+		}
+	}
+	return out
+}

@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/internal/testenv"
+)
+
+// waitLog waits until the process log contains s (after the first skip bytes).
+func waitLog(t *testing.T, p *proc, skip int, s string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(p.log)
+		if len(b) > skip && strings.Contains(string(b[skip:]), s) {
+			return string(b[skip:])
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the log did not show %q within %s:\n%s", s, timeout, b[min(skip, len(b)):])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func logSize(p *proc) int {
+	fi, err := os.Stat(p.log)
+	if err != nil {
+		return 0
+	}
+	return int(fi.Size())
+}
+
+// Issue 7, acceptance 1: a log level changed in the file applies within 2 s and is
+// logged; an invalid file is refused while syncing goes on and /healthz stays OK; SIGHUP
+// reloads; a change that needs a restart is named.
+func TestConfigReload(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	addr := freeAddr(t)
+	cfg := *e.cfg
+	cfg.HTTP.Listen = addr
+	cfg.Log.Level = "info"
+	path := writeConfigTo(t, &cfg)
+	p := startProc(t, path, addr)
+	write := func(s string) { testenv.Must(t, os.WriteFile(path, []byte(s), 0o600), "write config") }
+
+	// Log level: applied within 2 s, and debug lines appear.
+	at := logSize(p)
+	cfg.Log.Level = "debug"
+	cfg.Sink.BatchSize = 128
+	write(renderConfig(&cfg))
+	start := time.Now()
+	out := waitLog(t, p, at, `"msg":"config reloaded"`, 2*time.Second)
+	t.Logf("reloaded %s after the write", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(out, `"applied":["sink.batch_size=128","log.level=debug"]`) {
+		t.Fatalf("the reload did not list what changed:\n%s", out)
+	}
+	_, err := e.db.Exec("INSERT INTO inventory VALUES (1, 5, 1.00, 'a', 1)")
+	testenv.Must(t, err, "insert")
+	waitLog(t, p, at, `"level":"debug"`, 5*time.Second)
+
+	// An invalid file: refused, the old config stays, syncing goes on.
+	at = logSize(p)
+	write("sink: { batch_size: -1 }\nnot: [valid\n")
+	waitLog(t, p, at, `"msg":"config reload refused; the running config stays"`, 2*time.Second)
+	at = logSize(p)
+	write(strings.Replace(renderConfig(&cfg), "sink: {", "sink: { batch_size: 0,", 1))
+	out = waitLog(t, p, at, `"msg":"config reload refused; the running config stays"`, 2*time.Second)
+	if !strings.Contains(out, "batch_size") {
+		t.Errorf("the refusal does not name the problem:\n%s", out)
+	}
+	if code, _ := httpGet("http://" + addr + "/healthz"); code != 200 {
+		t.Fatalf("/healthz = %d after an invalid config", code)
+	}
+	_, err = e.db.Exec("INSERT INTO inventory VALUES (2, 6, 1.00, 'b', 1)")
+	testenv.Must(t, err, "insert")
+	e.waitEqual(20 * time.Second)
+
+	// Back to a valid file with a change that needs a restart; then SIGHUP.
+	at = logSize(p)
+	cfg2 := cfg
+	cfg2.Sink.Workers = 2
+	write(renderConfig(&cfg2))
+	out = waitLog(t, p, at, `"msg":"config reloaded, but these changes need a restart of invsync to take effect"`, 2*time.Second)
+	if !strings.Contains(out, `"restart_needed":["sink.workers=2"]`) {
+		t.Errorf("the warning does not name sink.workers:\n%s", out)
+	}
+	at = logSize(p)
+	testenv.Must(t, p.cmd.Process.Signal(syscall.SIGHUP), "SIGHUP")
+	waitLog(t, p, at, `"trigger":"SIGHUP"`, 2*time.Second)
+	m, _ := httpBody("http://" + addr + "/metrics")
+	for _, s := range []string{`invsync_config_reloads_total{result="applied"}`, `invsync_config_reloads_total{result="refused"}`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+	if b, _ := os.ReadFile(p.log); strings.Contains(string(b), testenv.AppPassword()) {
+		t.Fatal("the log contains the password")
+	}
+	p.terminate(t)
+}
