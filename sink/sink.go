@@ -72,9 +72,9 @@ type Sink struct {
 	busy      atomic.Int64 // batches taken and not yet acknowledged
 
 	batchSize, flushInterval atomic.Int64
-	rowsRead  uint64       // router goroutine only
-	lastRead  atomic.Int64 // unix nanos when the reader last handed over rows
-	behind    atomic.Bool  // the newest commit read is old: catching up
+	rowsRead                 uint64       // router goroutine only
+	lastRead                 atomic.Int64 // unix nanos when the reader last handed over rows
+	behind                   atomic.Bool  // the newest commit read is old: catching up
 }
 
 // Catching up: while the newest commit read is more than behindAfter old and the
