@@ -53,7 +53,7 @@ type env struct {
 	t      *testing.T
 	schema string
 	db     *sql.DB
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	cfg    *config.Config
 }
 
@@ -165,7 +165,7 @@ func (e *env) compare() error {
 
 // compareTable compares the rows of a table with their hashes, and checks that every row
 // is in the table's Bloom filter in Redis (bloomKey; "" skips that).
-func compareTable(ctx context.Context, db *sql.DB, rdb *redis.Client, tc config.Table, bloomKey string) error {
+func compareTable(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, tc config.Table, bloomKey string) error {
 	pk, err := primaryKey(ctx, db, tc)
 	if err != nil {
 		return err
@@ -303,7 +303,7 @@ func selectRows(ctx context.Context, _ *sql.DB, tc config.Table, pk []string) (m
 	return out, nil
 }
 
-func hashes(ctx context.Context, rdb *redis.Client, keys []string) (map[string]map[string]string, error) {
+func hashes(ctx context.Context, rdb redis.UniversalClient, keys []string) (map[string]map[string]string, error) {
 	out := make(map[string]map[string]string, len(keys))
 	for i := 0; i < len(keys); i += 500 {
 		chunk := keys[i:min(i+500, len(keys))]

@@ -27,3 +27,12 @@ func httpBody(url string) (string, error) {
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
 }
+
+func httpPost(url string) (int, error) {
+	resp, err := http.Post(url, "", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}

@@ -152,7 +152,7 @@ type sampler struct {
 	samples []sample
 }
 
-func startSampler(ctx context.Context, store *checkpoint.Store, rdb *redis.Client, prefix string, every time.Duration) *sampler {
+func startSampler(ctx context.Context, store *checkpoint.Store, rdb redis.UniversalClient, prefix string, every time.Duration) *sampler {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &sampler{cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -244,7 +244,7 @@ func TestKill9DuringCatchUp(t *testing.T) {
 	checkSamples(t, e, startPos, endPos, samples, 3)
 }
 
-func readSeqs(ctx context.Context, rdb *redis.Client, prefix string) (map[string]string, error) {
+func readSeqs(ctx context.Context, rdb redis.UniversalClient, prefix string) (map[string]string, error) {
 	keys, err := testenv.ScanKeys(ctx, rdb, prefix)
 	if err != nil {
 		return nil, err

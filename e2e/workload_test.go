@@ -133,13 +133,13 @@ func (w *workload) try(ctx context.Context, rng *rand.Rand, skus, ops []int) err
 
 // watcher reads _v and _s of keys every millisecond and records any that goes down.
 type watcher struct {
-	rdb   *redis.Client
+	rdb   redis.UniversalClient
 	keys  []string
 	bad   collect
 	reads atomic.Int64
 }
 
-func newWatcher(rdb *redis.Client, prefix string, n int) *watcher {
+func newWatcher(rdb redis.UniversalClient, prefix string, n int) *watcher {
 	w := &watcher{rdb: rdb}
 	for i := 0; i < n; i++ {
 		w.keys = append(w.keys, layout.Key(prefix, []string{strconv.Itoa(i)}))

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,22 +122,14 @@ func Redis(t testing.TB) *redis.Client {
 }
 
 // Prefix returns a key prefix unique to this test; its keys are deleted when it ends.
-func Prefix(t testing.TB, rdb *redis.Client) string {
+func Prefix(t testing.TB, rdb redis.UniversalClient) string {
 	t.Helper()
 	p := Name("t") + ":"
 	t.Cleanup(func() {
 		ctx := context.Background()
-		iter := rdb.Scan(ctx, 0, p+"*", 1000).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-			if len(keys) == 1000 {
-				rdb.Unlink(ctx, keys...)
-				keys = keys[:0]
-			}
-		}
-		if len(keys) > 0 {
-			rdb.Unlink(ctx, keys...)
+		keys, _ := ScanKeys(ctx, rdb, p)
+		for _, k := range keys {
+			rdb.Unlink(ctx, k) // one by one: the keys may live on different cluster nodes
 		}
 	})
 	return p
@@ -150,14 +143,24 @@ func ServerID() uint32 {
 	return base + serverIDs.Add(1)
 }
 
-// ScanKeys returns every key under prefix.
-func ScanKeys(ctx context.Context, rdb *redis.Client, prefix string) ([]string, error) {
+// ScanKeys returns every key under prefix (on every master of a cluster).
+func ScanKeys(ctx context.Context, rdb redis.UniversalClient, prefix string) ([]string, error) {
+	var mu sync.Mutex
 	var keys []string
-	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
+	scan := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			keys = append(keys, iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
 	}
-	return keys, iter.Err()
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err := cc.ForEachMaster(ctx, scan)
+		return keys, err
+	}
+	return keys, scan(ctx, rdb.(*redis.Client))
 }
 
 // Quote returns s as a backquoted identifier.

@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/internal/testenv"
+	"github.com/redis/go-redis/v9"
+)
+
+// startCluster starts a Redis Cluster of three masters (redis-server processes on free
+// loopback ports, data in a temporary directory), stopped when the test ends.
+func startCluster(t *testing.T) []string {
+	t.Helper()
+	server := os.Getenv("INVSYNC_TEST_REDIS_SERVER")
+	if server == "" {
+		server = "redis-server"
+	}
+	cli := filepath.Join(filepath.Dir(server), "redis-cli")
+	if _, err := os.Stat(cli); err != nil {
+		cli = "redis-cli"
+	}
+	var addrs []string
+	for i := 0; i < 3; i++ {
+		addr := freeAddr(t)
+		port := addr[strings.LastIndexByte(addr, ':')+1:]
+		dir := t.TempDir()
+		cmd := exec.Command(server, "--bind", "127.0.0.1", "--port", port, "--cluster-enabled", "yes",
+			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--dir", dir, "--save", "", "--appendonly", "no")
+		cmd.Stdout, cmd.Stderr = nil, nil
+		testenv.Must(t, cmd.Start(), "start redis-server %s", addr)
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		addrs = append(addrs, addr)
+	}
+	for _, a := range addrs {
+		c := redis.NewClient(&redis.Options{Addr: a})
+		deadline := time.Now().Add(10 * time.Second)
+		for c.Ping(context.Background()).Err() != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("redis-server %s did not start", a)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		c.Close()
+	}
+	out, err := exec.Command(cli, append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	for _, a := range addrs {
+		c := redis.NewClient(&redis.Options{Addr: a})
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(c.ClusterInfo(context.Background()).Val(), "cluster_state:ok") {
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster not ok on %s", a)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		c.Close()
+	}
+	return addrs
+}
+
+// newClusterEnv is newEnv with Redis in cluster mode on a cluster of its own.
+func newClusterEnv(t *testing.T, tables ...tableSpec) *env {
+	addrs := startCluster(t)
+	e := newEnv(t, tables...)
+	e.cfg.Redis.Mode = "cluster"
+	e.cfg.Redis.Addrs = addrs
+	e.cfg.Redis.DB = 0
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	t.Cleanup(func() { rdb.Close() })
+	e.rdb = rdb
+	return e
+}
+
+// Issue 7, acceptance 3: the core mirror's random workload against a 3-master cluster,
+// then the read path, a reconciliation with repair, and a Bloom rebuild on it.
+func TestRandomWorkloadOnRedisCluster(t *testing.T) {
+	e := newClusterEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 2000)
+	r := e.start(nil)
+	waitReady(t, r)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
+	wdone := make(chan struct{})
+	go func() { defer close(wdone); w.run(ctx) }()
+	wl := &workload{db: e.db, table: "inventory", skus: 2000, writers: 4, txns: 4000, maxRows: 20}
+	if err := wl.run(ctx); err != nil {
+		t.Fatalf("workload: %v", err)
+	}
+	e.waitEqual(60 * time.Second)
+	cancel()
+	<-wdone
+	if bad := w.bad.list(); len(bad) > 0 {
+		t.Fatalf("watcher saw versions go down: %v", bad)
+	}
+	// The keys are spread over the three masters.
+	cc := e.rdb.(*redis.ClusterClient)
+	var perNode []string
+	_ = cc.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error {
+		keys, _ := testenv.ScanKeys(ctx, c, e.cfg.Tables[0].KeyPrefix)
+		perNode = append(perNode, fmt.Sprint(len(keys)))
+		return nil
+	})
+	t.Logf("workload: %d transactions; keys per master: %s", wl.done.Load(), strings.Join(perNode, ", "))
+	for _, n := range perNode {
+		if n == "0" {
+			t.Fatal("a master holds no keys")
+		}
+	}
+	// Drift repaired by reconcile, and the Bloom filter rebuilt, on the cluster.
+	var sku int
+	testenv.Must(t, e.db.QueryRow("SELECT MIN(sku) FROM inventory").Scan(&sku), "a row")
+	k := fmt.Sprintf("%s{%d}", e.cfg.Tables[0].KeyPrefix, sku)
+	testenv.Must(t, e.rdb.Del(context.Background(), k).Err(), "del")
+	cfgPath := e.writeConfig(nil)
+	cfgPath = rewriteRedis(t, cfgPath, e.cfg.Redis.Addrs)
+	code, out := runCLI(t, 2*time.Minute, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "reconcile", "-c", cfgPath, "--repair")
+	t.Logf("reconcile on the cluster (exit %d):\n%s", code, out)
+	if code != 0 || !strings.Contains(out, "drift repaired: 1 differences") {
+		t.Fatalf("reconcile --repair: exit %d", code)
+	}
+	e.waitEqual(30 * time.Second)
+	resp, err := httpPost("http://" + r.d.Addr() + "/bloom/rebuild")
+	testenv.Must(t, err, "bloom rebuild")
+	if resp != 200 {
+		t.Fatalf("bloom rebuild: %d", resp)
+	}
+	e.waitEqual(30 * time.Second)
+}
+
+// rewriteRedis points a written config at a cluster.
+func rewriteRedis(t *testing.T, path string, addrs []string) string {
+	b, err := os.ReadFile(path)
+	testenv.Must(t, err, "read config")
+	lines := strings.Split(string(b), "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, "redis:") {
+			lines[i] = fmt.Sprintf("redis: { mode: cluster, addrs: [%s] }", strings.Join(addrs, ", "))
+		}
+	}
+	testenv.Must(t, os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o600), "write config")
+	return path
+}
