@@ -16,7 +16,6 @@ package canal
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -156,7 +155,6 @@ var (
 // Source streams the binlog.
 type Source struct {
 	cfg    config.Source
-	tls    *tls.Config
 	tables map[string]*Table // by schema.table
 	tz     *time.Location
 	log    *zap.Logger
@@ -189,7 +187,12 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 		return fmt.Errorf("%w: source.addr: %v", ErrPermanent, err)
 	}
 	port, _ := strconv.Atoi(portStr)
+	tc, err := tlsConfig(s.cfg)
+	if err != nil {
+		return fmt.Errorf("%w: source.tls: %v", ErrPermanent, err)
+	}
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		TLSConfig:               tc,
 		ServerID:                s.cfg.ServerID,
 		Flavor:                  s.cfg.Flavor,
 		Host:                    host,
@@ -204,7 +207,6 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 		ParseTime:               false,
 		DisableRetrySync:        true,
 		EventCacheCount:         256,
-		TLSConfig:               s.tls,
 		Logger:                  slogDiscard(),
 		RowsEventDecodeFunc: func(ev *replication.RowsEvent, data []byte) error {
 			pos, err := ev.DecodeHeader(data)

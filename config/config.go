@@ -7,6 +7,8 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -54,8 +56,14 @@ type Source struct {
 	Addr string `mapstructure:"addr"`
 	// User is the replication user. Default "invsync". Grants: see README.
 	User string `mapstructure:"user"`
-	// Password of User. Default empty. Prefer INVSYNC_SOURCE_PASSWORD. Never logged.
+	// Password of User. Default empty. Prefer INVSYNC_SOURCE_PASSWORD or PasswordFile.
+	// Never logged.
 	Password string `mapstructure:"password"`
+	// PasswordFile is a file whose content (trailing newline removed) is the password,
+	// when Password is empty (for example a mounted secret). Default empty.
+	PasswordFile string `mapstructure:"password_file"`
+	// TLS encrypts the connections to the source (the binlog stream and the queries).
+	TLS TLS `mapstructure:"tls"`
 	// Flavor is "mysql" or "mariadb". Default "mysql".
 	Flavor string `mapstructure:"flavor"`
 	// ServerID is the replica server id invsync registers with; unique among the
@@ -98,14 +106,79 @@ type Redis struct {
 	Mode string `mapstructure:"mode"`
 	// MasterName is the sentinel master name (mode sentinel only). Default empty.
 	MasterName string `mapstructure:"master_name"`
-	// Password for Redis AUTH. Default empty. Prefer INVSYNC_REDIS_PASSWORD. Never logged.
+	// Password for Redis AUTH. Default empty. Prefer INVSYNC_REDIS_PASSWORD or
+	// PasswordFile. Never logged.
 	Password string `mapstructure:"password"`
+	// PasswordFile is a file whose content (trailing newline removed) is the password,
+	// when Password is empty. Default empty.
+	PasswordFile string `mapstructure:"password_file"`
+	// TLS encrypts the connections to Redis.
+	TLS TLS `mapstructure:"tls"`
 	// DB is the database number (standalone and sentinel). Default 0.
 	DB int `mapstructure:"db"`
 	// DialTimeout bounds each connection attempt. Default 2s.
 	DialTimeout time.Duration `mapstructure:"dial_timeout"`
 	// WriteTimeout bounds each pipeline round trip. Default 5s.
 	WriteTimeout time.Duration `mapstructure:"write_timeout"`
+}
+
+// TLS configures an encrypted connection to a server.
+type TLS struct {
+	// Enabled turns TLS on. Default false.
+	Enabled bool `mapstructure:"enabled"`
+	// CAFile is a PEM file of the certificate authorities that sign the server's
+	// certificate. Default empty: the system's.
+	CAFile string `mapstructure:"ca_file"`
+	// CertFile is the client certificate (PEM), for servers that require one. Default
+	// empty.
+	CertFile string `mapstructure:"cert_file"`
+	// KeyFile is the client certificate's private key (PEM). Default empty.
+	KeyFile string `mapstructure:"key_file"`
+	// ServerName is the name checked against the server's certificate. Default empty:
+	// the host of the address.
+	ServerName string `mapstructure:"server_name"`
+	// InsecureSkipVerify accepts any server certificate. UNSAFE: anyone between invsync
+	// and the server can then read and change everything; for tests only. Default false.
+	InsecureSkipVerify bool `mapstructure:"insecure_skip_verify"`
+}
+
+// Config returns the crypto/tls configuration (nil when TLS is off); host is the
+// server's host, the default ServerName.
+func (t TLS) Config(host string) (*tls.Config, error) {
+	if !t.Enabled {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // documented as unsafe
+	if c.ServerName == "" {
+		c.ServerName = host
+	}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s holds no PEM certificate", t.CAFile)
+		}
+		c.RootCAs = pool
+	}
+	if t.CertFile != "" || t.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load cert_file and key_file: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// HostOf is the host part of a host:port address.
+func HostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }
 
 // Table is one mirrored table.
@@ -280,8 +353,34 @@ func Parse(data []byte, name string) (*Config, error) {
 			cfg.Tables[i].KeyPrefix = DefaultKeyPrefix
 		}
 	}
+	var problems []string
+	for _, p := range []struct {
+		key      string
+		password *string
+		file     string
+	}{{"source", &cfg.Source.Password, cfg.Source.PasswordFile}, {"redis", &cfg.Redis.Password, cfg.Redis.PasswordFile}} {
+		if p.file == "" {
+			continue
+		}
+		if *p.password != "" {
+			problems = append(problems, fmt.Sprintf("%s.password and %s.password_file are both set (fix: keep one)", p.key, p.key))
+			continue
+		}
+		b, err := os.ReadFile(p.file)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s.password_file: %v (fix: a readable file holding the password)", p.key, err))
+			continue
+		}
+		*p.password = strings.TrimRight(string(b), "\r\n")
+	}
 	if err := cfg.Validate(); err != nil {
+		if len(problems) > 0 {
+			return nil, fmt.Errorf("%w; %s", err, strings.Join(problems, "; "))
+		}
 		return nil, err
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, strings.Join(problems, "; "))
 	}
 	return &cfg, nil
 }
@@ -444,6 +543,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Reconcile.ChunkSize < 1 {
 		add("reconcile.chunk_size must be at least 1")
+	}
+	if _, err := c.Source.TLS.Config(HostOf(c.Source.Addr)); err != nil {
+		add("source.tls: %v", err)
+	}
+	if len(c.Redis.Addrs) > 0 {
+		if _, err := c.Redis.TLS.Config(HostOf(c.Redis.Addrs[0])); err != nil {
+			add("redis.tls: %v", err)
+		}
 	}
 	if c.Reconcile.RecheckFor < 0 {
 		add("reconcile.recheck_for must not be negative")

@@ -65,19 +65,33 @@ func Reference(src []byte) (string, error) {
 			dv = def.FieldByName(fld.Names[0].Name)
 		}
 		b.WriteString("| key | type | default | meaning |\n|---|---|---|---|\n")
-		for _, sf := range st.Fields.List {
-			k := tagOf(sf)
-			if k == "" {
-				continue
-			}
-			dflt := ""
-			if dv.IsValid() {
-				dflt = render(dv.FieldByName(sf.Names[0].Name))
-			}
-			fmt.Fprintf(&b, "| `%s%s` | %s | %s | %s |\n", prefix, k, typeName(sf.Type), dflt, strings.ReplaceAll(oneLine(sf.Doc.Text()), "|", "\\|"))
-		}
+		rows(&b, structs, st, prefix, dv)
 	}
 	return b.String(), nil
+}
+
+// rows writes one row per field of st (recursing into nested structs); dv holds the
+// defaults (invalid: none).
+func rows(b *strings.Builder, structs map[string]*ast.StructType, st *ast.StructType, prefix string, dv reflect.Value) {
+	for _, sf := range st.Fields.List {
+		k := tagOf(sf)
+		if k == "" {
+			continue
+		}
+		var fv reflect.Value
+		if dv.IsValid() {
+			fv = dv.FieldByName(sf.Names[0].Name)
+		}
+		if nested := structs[typeName(sf.Type)]; nested != nil {
+			rows(b, structs, nested, prefix+k+".", fv)
+			continue
+		}
+		dflt := ""
+		if fv.IsValid() {
+			dflt = render(fv)
+		}
+		fmt.Fprintf(b, "| `%s%s` | %s | %s | %s |\n", prefix, k, typeName(sf.Type), dflt, strings.ReplaceAll(oneLine(sf.Doc.Text()), "|", "\\|"))
+	}
 }
 
 func tagOf(f *ast.Field) string {

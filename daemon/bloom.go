@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/canal"
 	invclient "github.com/invsync/invsync/client"
@@ -33,7 +32,7 @@ func newKeeper(cfg *config.Config, rdb redis.UniversalClient, tables []*canal.Ta
 		specs[i] = bloom.TableSpec{Name: t.FullName(), Prefix: t.KeyPrefix, Key: cfg.BloomKey(cfg.Tables[i])}
 	}
 	scan := func(ctx context.Context, i int, add func(string)) error {
-		conn, err := client.ConnectWithContext(ctx, cfg.Source.Addr, cfg.Source.User, cfg.Source.Password, "", cfg.Source.ConnectTimeout)
+		conn, err := canal.Connect(ctx, cfg.Source)
 		if err != nil {
 			return err
 		}

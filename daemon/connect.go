@@ -19,6 +19,11 @@ import (
 func OpenSourceDB(cfg config.Source) (*sql.DB, error) {
 	c := mysql.NewConfig()
 	c.User, c.Passwd, c.Net, c.Addr = cfg.User, cfg.Password, "tcp", cfg.Addr
+	tc, err := cfg.TLS.Config(config.HostOf(cfg.Addr))
+	if err != nil {
+		return nil, fmt.Errorf("source.tls: %w", err)
+	}
+	c.TLS = tc
 	c.Timeout = cfg.ConnectTimeout
 	c.ReadTimeout = 30 * time.Second
 	c.WriteTimeout = 30 * time.Second
@@ -60,6 +65,10 @@ func NewRedis(cfg config.Redis) redis.UniversalClient {
 		WriteTimeout: cfg.WriteTimeout,
 		MaxRetries:   1,
 		PoolSize:     64,
+	}
+	if len(cfg.Addrs) > 0 {
+		// Validate checked the files; an error here cannot happen after it.
+		opts.TLSConfig, _ = cfg.TLS.Config(config.HostOf(cfg.Addrs[0]))
 	}
 	switch cfg.Mode {
 	case "cluster":

@@ -890,7 +890,7 @@ func (f *fetcher) fetch(ctx context.Context, table, pk string) (layout.Change, b
 		}
 	}
 	if f.conn == nil {
-		conn, err := client.ConnectWithContext(ctx, f.cfg.Source.Addr, f.cfg.Source.User, f.cfg.Source.Password, "", f.cfg.Source.ConnectTimeout)
+		conn, err := canal.Connect(ctx, f.cfg.Source)
 		if err != nil {
 			return layout.Change{}, false, fmt.Errorf("connect to the source: %w", err)
 		}

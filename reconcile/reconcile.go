@@ -165,7 +165,7 @@ func Run(ctx context.Context, d Deps, opts Options) (*Report, error) {
 	// One session walks the tables, another re-reads the rows that differ.
 	var conns [2]*client.Conn
 	for i := range conns {
-		conn, err := client.ConnectWithContext(ctx, d.Cfg.Source.Addr, d.Cfg.Source.User, d.Cfg.Source.Password, "", d.Cfg.Source.ConnectTimeout)
+		conn, err := canal.Connect(ctx, d.Cfg.Source)
 		if err != nil {
 			return nil, fmt.Errorf("reconcile: connect to the source %s: %w", d.Cfg.Source.Addr, err)
 		}

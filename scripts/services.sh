@@ -18,6 +18,7 @@ REDIS_PORT=${INVSYNC_REDIS_PORT:-26379}
 RUN_DIR=${INVSYNC_RUN_DIR:-$here/.run}
 MYSQL_DIR=$RUN_DIR/mariadb
 REDIS_DIR=$RUN_DIR/redis
+TLS_DIR=$RUN_DIR/tls
 SOCK=$MYSQL_DIR/mysqld.sock
 # The admin account the tests and the demo use to create schemas and apply workloads.
 ADMIN_USER=invsync_admin
@@ -50,7 +51,22 @@ mysql_admin() { mariadb --protocol=socket -S "$SOCK" -uroot "$@"; }
 
 mysql_up() { mariadb --protocol=tcp -h127.0.0.1 -P"$MYSQL_PORT" -u"$ADMIN_USER" -p"$ADMIN_PASSWORD" -e 'SELECT 1' >/dev/null 2>&1; }
 
+# ensure_certs writes a test CA and server/client certificates (for TLS tests) once.
+ensure_certs() {
+  [ -f "$TLS_DIR/ca.pem" ] && return
+  log "writing test TLS certificates to $TLS_DIR"
+  (cd "$here" && go run ./internal/gencerts "$TLS_DIR")
+}
+
+mysql_has_tls() { mariadb --protocol=tcp -h127.0.0.1 -P"$MYSQL_PORT" -u"$ADMIN_USER" -p"$ADMIN_PASSWORD" -N -B -e "SELECT @@have_ssl" 2>/dev/null | grep -q YES; }
+
 start_mysql() {
+  ensure_certs
+  if mysql_up && ! mysql_has_tls; then
+    log "MariaDB on 127.0.0.1:$MYSQL_PORT runs without TLS (started by an older script): restarting it"
+    kill "$(cat "$MYSQL_DIR/mysqld.pid")" 2>/dev/null || true
+    for _ in $(seq 1 60); do [ -f "$MYSQL_DIR/mysqld.pid" ] || break; sleep 0.5; done
+  fi
   if mysql_up; then log "MariaDB already up on 127.0.0.1:$MYSQL_PORT"; return; fi
   mkdir -p "$MYSQL_DIR"
   local user_opt=()
@@ -71,6 +87,7 @@ start_mysql() {
     --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
     --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 \
     --max-connections=500 --skip-name-resolve \
+    --ssl-ca="$TLS_DIR/ca.pem" --ssl-cert="$TLS_DIR/server.pem" --ssl-key="$TLS_DIR/server-key.pem" \
     >/dev/null 2>&1 &
   for _ in $(seq 1 120); do
     if mysql_admin -e 'SELECT 1' >/dev/null 2>&1; then break; fi
@@ -83,6 +100,9 @@ GRANT ALL PRIVILEGES ON *.* TO '$ADMIN_USER'@'127.0.0.1' WITH GRANT OPTION;
 CREATE USER IF NOT EXISTS '$APP_USER'@'127.0.0.1' IDENTIFIED BY '$APP_PASSWORD';
 GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, BINLOG MONITOR, SLAVE MONITOR ON *.* TO '$APP_USER'@'127.0.0.1';
 GRANT ALL PRIVILEGES ON \`invsync%\`.* TO '$APP_USER'@'127.0.0.1';
+CREATE USER IF NOT EXISTS '${APP_USER}_tls'@'127.0.0.1' IDENTIFIED BY '$APP_PASSWORD' REQUIRE SSL;
+GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, BINLOG MONITOR, SLAVE MONITOR ON *.* TO '${APP_USER}_tls'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON \`invsync%\`.* TO '${APP_USER}_tls'@'127.0.0.1';
 FLUSH PRIVILEGES;
 SQL
   log "MariaDB up on 127.0.0.1:$MYSQL_PORT"
@@ -118,6 +138,7 @@ export INVSYNC_TEST_MYSQL_USER=$APP_USER
 export INVSYNC_TEST_MYSQL_PASSWORD=$APP_PASSWORD
 export INVSYNC_TEST_REDIS_ADDR=127.0.0.1:$REDIS_PORT
 export INVSYNC_TEST_REDIS_SERVER=$(command -v redis-server || echo redis-server)
+export INVSYNC_TEST_TLS_DIR=$TLS_DIR
 ENV
 }
 

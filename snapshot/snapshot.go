@@ -93,7 +93,7 @@ func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (cana
 		return p0, Stats{}, err
 	}
 	s.log.Info("snapshot started", p0.Fields()...)
-	conn, err := client.ConnectWithContext(ctx, s.cfg.Source.Addr, s.cfg.Source.User, s.cfg.Source.Password, "", s.cfg.Source.ConnectTimeout)
+	conn, err := canal.Connect(ctx, s.cfg.Source)
 	if err != nil {
 		return p0, Stats{}, fmt.Errorf("snapshot: connect to the source %s: %w", s.cfg.Source.Addr, err)
 	}
