@@ -150,3 +150,39 @@ func rewriteRedis(t *testing.T, path string, addrs []string) string {
 	testenv.Must(t, os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o600), "write config")
 	return path
 }
+
+// Redis behind Sentinel: a master and one sentinel of the test's own; invsync finds the
+// master through the sentinel (redis.mode: sentinel) and mirrors.
+func TestRedisSentinel(t *testing.T) {
+	server := redisServer()
+	master := startOwnRedis(t, freeAddr(t))
+	sAddr := freeAddr(t)
+	_, sPort, _ := strings.Cut(sAddr, ":")
+	_, mPort, _ := strings.Cut(master.addr, ":")
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	testenv.Must(t, os.WriteFile(conf, []byte(fmt.Sprintf("port %s\nbind 127.0.0.1\nsentinel monitor invsyncmaster 127.0.0.1 %s 1\n", sPort, mPort)), 0o600), "write sentinel.conf")
+	cmd := exec.Command(server, conf, "--sentinel")
+	cmd.Dir = dir
+	testenv.Must(t, cmd.Start(), "start sentinel")
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	sc := redis.NewSentinelClient(&redis.Options{Addr: sAddr})
+	t.Cleanup(func() { sc.Close() })
+	waitFor(t, "the sentinel knows the master", 10*time.Second, func() bool {
+		a, err := sc.GetMasterAddrByName(context.Background(), "invsyncmaster").Result()
+		return err == nil && len(a) == 2
+	})
+
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	e.cfg.Redis.Mode = "sentinel"
+	e.cfg.Redis.Addrs = []string{sAddr}
+	e.cfg.Redis.MasterName = "invsyncmaster"
+	e.cfg.Redis.DB = 0
+	e.rdb = redisClient(t, master.addr)
+	loadRows(t, e, 300)
+	r := e.start(nil)
+	waitReady(t, r)
+	_, err := e.db.Exec("UPDATE inventory SET stock = 1, version = version + 1 WHERE sku < 50")
+	testenv.Must(t, err, "update")
+	e.waitEqual(30 * time.Second)
+}
