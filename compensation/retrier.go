@@ -12,7 +12,8 @@ import (
 )
 
 // Fetch reads the current row of table (schema.table) with primary key pk (as in the
-// Redis key) from the source, as a write that does not come from the binlog; found is
+// Redis key) from the source, as a write that does not come from the binlog (or stamped
+// with the binlog position it was read at, Change.Seq, also when not found); found is
 // false when the row no longer exists.
 type Fetch func(ctx context.Context, table, pk string) (c layout.Change, found bool, err error)
 
@@ -75,8 +76,9 @@ func (r *Retrier) Once(ctx context.Context) error {
 			continue
 		}
 		if !found {
-			// Deleted since: a tombstone, unless Redis holds a newer live row.
-			c = layout.Change{Key: e.RedisKey, Op: layout.OpDelete, Version: e.Version}
+			// Deleted since: a tombstone, unless Redis holds a newer live row (the fetch
+			// may stamp it with the position it read at).
+			c = layout.Change{Key: e.RedisKey, Op: layout.OpDelete, Version: e.Version, Seq: c.Seq}
 		}
 		if err := r.w.Apply(ctx, []layout.Change{c}, out); err != nil && !errors.Is(out[0].Err, layout.ErrKey) {
 			return err // Redis unreachable: not the key's fault, try again next poll

@@ -900,19 +900,21 @@ func (f *fetcher) fetch(ctx context.Context, table, pk string) (layout.Change, b
 		}
 		f.conn = conn
 	}
+	// The row as of now, stamped with the position recorded before it is read: ordered
+	// against the stream's writes by position (see snapshot.SeqOf).
+	pos, err := CurrentPosition(ctx, f.db, f.cfg.Source.Flavor)
+	if err != nil {
+		return layout.Change{}, false, err
+	}
 	version := ""
 	if t.VersionColumn == "" {
-		// The row as of now: newer than the change that failed.
-		pos, err := CurrentPosition(ctx, f.db, f.cfg.Source.Flavor)
-		if err != nil {
-			return layout.Change{}, false, err
-		}
 		version = strconv.FormatUint(snapshot.PositionVersion(pos), 10)
 	}
 	c, found, err := snapshot.Fetch(f.conn, t, parts, version)
 	if err != nil {
 		f.close()
 	}
+	c.Seq = snapshot.SeqOf(pos)
 	return c, found, err
 }
 

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -105,8 +106,11 @@ func TestRandomWorkloadOnRedisCluster(t *testing.T) {
 	// The keys are spread over the three masters.
 	cc := e.rdb.(*redis.ClusterClient)
 	var perNode []string
+	var mu sync.Mutex
 	_ = cc.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error {
 		keys, _ := testenv.ScanKeys(ctx, c, e.cfg.Tables[0].KeyPrefix)
+		mu.Lock()
+		defer mu.Unlock()
 		perNode = append(perNode, fmt.Sprint(len(keys)))
 		return nil
 	})

@@ -428,7 +428,7 @@ func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, ca
 		if err != nil {
 			return err
 		}
-		at := seqOf(p0)
+		at := snapshot.SeqOf(p0)
 		pv := ""
 		if t.VersionColumn == "" {
 			pv = strconv.FormatUint(snapshot.PositionVersion(p0), 10)
@@ -626,12 +626,3 @@ func globEscape(s string) string {
 	return b.String()
 }
 
-// seqOf is the position p as a binlog sequence: after every row of the events that end
-// at or before p.
-func seqOf(p canal.Position) layout.Seq {
-	idx := uint64(0)
-	if dot := strings.LastIndexByte(p.File, '.'); dot >= 0 {
-		idx, _ = strconv.ParseUint(p.File[dot+1:], 10, 32)
-	}
-	return layout.Seq{File: uint32(idx), Pos: p.Pos, Index: 9_999_999}
-}

@@ -60,11 +60,13 @@ type Snapshot struct {
 	seed     maphash.Seed
 	replace  bool
 	noSweep  bool
+	position func(context.Context) (canal.Position, error)
 }
 
-// WithoutSweep leaves keys the snapshot did not find alone: for a reload that runs while
-// the binlog stream writes (a key the stream inserts after its range was read is not
-// stale).
+// WithoutSweep is for a reload that runs while the binlog stream writes: keys the
+// snapshot did not find are left alone (a key the stream inserts after its range was read
+// is not stale), and each chunk is stamped with the binlog position recorded before it
+// was read (see SeqOf), so that its rows are ordered against the stream's by position.
 func (s *Snapshot) WithoutSweep() *Snapshot {
 	s.noSweep = true
 	return s
@@ -88,6 +90,7 @@ func New(cfg *config.Config, tables []*canal.Table, w Writer, rdb redis.Universa
 // Run records the current binlog position (via position, called before any row is
 // read), loads every table and returns that position: streaming must start from it.
 func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (canal.Position, error)) (canal.Position, Stats, error) {
+	s.position = position
 	p0, err := position(ctx)
 	if err != nil {
 		return p0, Stats{}, err
@@ -292,6 +295,20 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 			q += " WHERE (" + strings.Join(pkCols, ", ") + ") > (" + strings.Join(after, ", ") + ")"
 		}
 		chunkStart := time.Now()
+		// A reload that runs while the stream writes stamps each chunk with the position
+		// recorded just before it is read: its rows are then ordered against the
+		// stream's by position. Versions cannot order them: a row read before a DELETE
+		// may carry a higher version than the tombstone of a later incarnation whose
+		// version restarted.
+		var stamp layout.Seq
+		if r.s.noSweep {
+			pos, err := r.s.position(ctx)
+			if err != nil {
+				_ = finish()
+				return fmt.Errorf("snapshot: %s: record the position: %w", t.FullName(), err)
+			}
+			stamp = SeqOf(pos)
+		}
 		res, err := r.conn.Execute(q + order)
 		if err != nil {
 			_ = finish()
@@ -308,6 +325,7 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 				return fmt.Errorf("snapshot: %s: %w", t.FullName(), err)
 			}
 			c := tq.change(vals, nulls, positionVersion, r.s.replace)
+			c.Seq = stamp
 			if r.seen != nil {
 				r.seen[maphash.String(r.s.seed, c.Key)] = struct{}{}
 			}
@@ -519,6 +537,18 @@ func literal(c canal.ColumnInfo, v []byte) string {
 func quote(s string) string { return strings.ReplaceAll(s, "'", "''") }
 
 func ident(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
+
+// SeqOf is the binlog sequence of a state read at position p (after p was recorded):
+// after every row of the events that end at or before p. A write stamped with it is
+// ordered against the binlog stream's writes by position, as a binlog write is: a change
+// committed after p replaces it, one committed before p cannot.
+func SeqOf(p canal.Position) layout.Seq {
+	idx := uint64(0)
+	if dot := strings.LastIndexByte(p.File, '.'); dot >= 0 {
+		idx, _ = strconv.ParseUint(p.File[dot+1:], 10, 32)
+	}
+	return layout.Seq{File: uint32(idx), Pos: p.Pos, Index: 9_999_999}
+}
 
 // PositionVersion is _v, for a table without a version column, of a row read at p.
 func PositionVersion(p canal.Position) uint64 { return positionVersionOf(p) }
