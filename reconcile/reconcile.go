@@ -625,4 +625,3 @@ func globEscape(s string) string {
 	}
 	return b.String()
 }
-
