@@ -6,8 +6,9 @@
 // (kept by the daemon, see package bloom) answers "not found" for almost every key that
 // never existed; otherwise the application's Loader reads MySQL, once per key at a time
 // however many callers ask (singleflight), and the answer is written back to Redis
-// through invsync's versioned script: the row (a fill never overwrites a newer value the
-// daemon wrote), or a short-lived null marker when MySQL has no such row. Tombstones
+// through invsync's versioned script: the row, only where Redis still holds no key (a
+// fill never overwrites anything the daemon wrote meanwhile), or a short-lived null
+// marker when MySQL has no such row. Tombstones
 // (deleted rows) and null markers read as "not found".
 //
 // The hash is read before the Bloom filter is consulted, not after: a live row's bits are
@@ -284,7 +285,7 @@ func (c *Client) loadAndFill(ctx context.Context, t *table, key string, pk []str
 	if strings.Trim(version, "0123456789") != "" {
 		return Result{}, fmt.Errorf("client: the loader returned version %q for %s: not a non-negative integer", row.Version, key)
 	}
-	ch := layout.Change{Key: key, Op: layout.OpUpsert, Version: version, Fields: make([]layout.Field, 0, len(row.Fields))}
+	ch := layout.Change{Key: key, Op: layout.OpUpsert, Version: version, IfAbsent: true, Fields: make([]layout.Field, 0, len(row.Fields))}
 	names := make([]string, 0, len(row.Fields))
 	for n := range row.Fields {
 		if strings.HasPrefix(n, "_") {

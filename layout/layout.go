@@ -161,6 +161,11 @@ type Change struct {
 	// Redis holds. Only for a reload after a DDL, made while the binlog stream is paused
 	// (nothing else writes then), when rows changed their text without a new version.
 	Replace bool
+	// IfAbsent, for an upsert that does not come from the binlog, writes it only where no
+	// key or a null marker is (a read path's fill: whatever the stream wrote meanwhile,
+	// a row or a tombstone, is a full binlog state and wins; versions cannot order them
+	// across a delete and a re-insert whose version restarted).
+	IfAbsent bool
 	// Fields are name/value pairs of the non-NULL mirrored columns (upsert only).
 	Fields []Field
 }

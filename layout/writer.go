@@ -63,6 +63,9 @@ for i = 1, #KEYS do
     local apply
     if cn or not cv then
       apply = (not cs) or (s ~= '' and newer(s, cs))
+    elseif op == 'a' then
+      -- A fill: only where no row, tombstone or newer write exists.
+      apply = false
     elseif s ~= '' then
       -- From the binlog: ordered by _s; over a value that did not come from the binlog,
       -- by version, except that such a tombstone (a row found absent) yields to it.
@@ -299,6 +302,8 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 				op = "n"
 			} else if c.Replace && c.Seq.IsZero() {
 				op = "r"
+			} else if c.IfAbsent && c.Seq.IsZero() {
+				op = "a"
 			}
 			seq := ""
 			if !c.Seq.IsZero() {

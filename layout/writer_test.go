@@ -336,3 +336,31 @@ func TestRepairIsCompareAndSet(t *testing.T) {
 		t.Fatalf("wrong-type key not repaired into a tombstone: %v", rdb.HGetAll(ctx, key).Val())
 	}
 }
+
+// A fill (IfAbsent) lands only where no key or a null marker is: never over a row or a
+// tombstone, whatever their versions.
+func TestIfAbsentFill(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	prefix := testenv.Prefix(t, rdb)
+	w := layout.NewWriter(rdb, time.Hour, false)
+	key := layout.Key(prefix, []string{"1"})
+	fill := layout.Change{Key: key, Op: layout.OpUpsert, Version: "11", IfAbsent: true, Fields: []layout.Field{{Name: "stock", Value: "5"}}}
+	out := make([]layout.Outcome, 1)
+	// Over a tombstone with a lower version (a later incarnation whose version restarted).
+	rdb.HSet(ctx, key, "_v", "3", "_s", "000000000100000000040000000", "_deleted", "1")
+	testenv.Must(t, w.Apply(ctx, []layout.Change{fill}, out), "apply")
+	if out[0].Result != layout.Skipped || rdb.HGet(ctx, key, "_deleted").Val() != "1" {
+		t.Fatal("a fill replaced a tombstone")
+	}
+	rdb.Del(ctx, key)
+	rdb.HSet(ctx, key, "_null", "1")
+	testenv.Must(t, w.Apply(ctx, []layout.Change{fill}, out), "apply")
+	if out[0].Result != layout.Applied || rdb.HGet(ctx, key, "stock").Val() != "5" {
+		t.Fatal("a fill did not replace a null marker")
+	}
+	testenv.Must(t, w.Apply(ctx, []layout.Change{fill}, out), "apply")
+	if out[0].Result != layout.Skipped {
+		t.Fatal("a fill replaced a row")
+	}
+}
