@@ -458,9 +458,10 @@ func markerKey(cfg *config.Config) string {
 }
 
 // watchDataLoss checks the marker key every dataLossCheck; when it is gone, it writes it
-// again and loads every table while the stream goes on. Snapshot rows are ordered by
-// version against the binlog's, so the two can run at once; there is no sweep (after a
-// loss nothing stale is left to remove, and a sweep would race the stream's inserts).
+// again and loads every table while the stream goes on. The reload stamps its rows with
+// the binlog position each chunk was read at, so they are ordered against the stream's
+// by position and the two can run at once; there is no sweep (after a loss nothing stale
+// is left to remove, and a sweep would race the stream's inserts).
 func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string) {
 	t := time.NewTicker(dataLossCheck)
 	defer t.Stop()

@@ -202,11 +202,8 @@ func checkConfig(cfg *config.Config, out io.Writer) int {
 // progressBar draws the snapshot's progress on stderr when it is a terminal (log lines
 // report it either way).
 func progressBar(w io.Writer) func(snapshot.Progress) {
-	f, ok := w.(*os.File)
-	if !ok {
-		return nil
-	}
-	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+	f := terminal(w)
+	if f == nil {
 		return nil
 	}
 	return func(p snapshot.Progress) {
@@ -289,4 +286,16 @@ func compensationCmd(cfg *config.Config, sub string, asJSON bool, ids []int64, o
 	}
 	fmt.Fprintf(stderr, "invsync: unknown compensation command %q (list, replay or purge)\n", sub)
 	return 2
+}
+
+// terminal returns w as a file when it is a terminal (progress bars), else nil.
+func terminal(w io.Writer) *os.File {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return f
 }

@@ -114,11 +114,8 @@ func printReport(w io.Writer, rep *reconcile.Report, note string) {
 
 // reconcileBar draws progress on stderr when it is a terminal.
 func reconcileBar(w io.Writer) func(reconcile.Progress) {
-	f, ok := w.(*os.File)
-	if !ok {
-		return nil
-	}
-	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+	f := terminal(w)
+	if f == nil {
 		return nil
 	}
 	var last time.Time
