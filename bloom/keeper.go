@@ -220,6 +220,13 @@ func (k *Keeper) Ensure(ctx context.Context, changes []layout.Change) error {
 				}
 			}
 			if in, pos := t.cur.testAndPositions(pk); !in {
+				if !t.complete {
+					// Readers do not use an incomplete bitmap (no meta): the rebuild under
+					// way writes it whole, so its bits need no round trip now.
+					t.cur.setPositions(pos)
+					t.items++
+					continue
+				}
 				news = append(news, pk)
 				g.pos = append(g.pos, pos...)
 			}
