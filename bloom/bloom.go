@@ -9,6 +9,7 @@
 package bloom
 
 import (
+	"encoding/binary"
 	"math"
 	"math/bits"
 
@@ -106,15 +107,22 @@ func (f *Filter) Bitmap() []byte {
 	return f.appendBitmap(nil, 0, (f.M()+7)/8)
 }
 
-// appendBitmap appends bytes [from, to) of the Redis bitmap to dst.
+// appendBitmap appends bytes [from, to) of the Redis bitmap to dst. Byte j of the bitmap
+// is byte j%8 of word j/8 with its bits reversed (GETBIT numbers from the most
+// significant bit).
 func (f *Filter) appendBitmap(dst []byte, from, to uint) []byte {
 	words := f.f.BitSet().Words()
-	for b := from; b < to; b++ {
-		var v uint8
-		if w := b / 8; w < uint(len(words)) {
-			v = bits.Reverse8(uint8(words[w] >> (8 * (b % 8))))
+	var buf [8]byte
+	for b := from; b < to; {
+		w := b / 8
+		var x uint64
+		if w < uint(len(words)) {
+			x = bits.ReverseBytes64(bits.Reverse64(words[w])) // each byte's bits reversed
 		}
-		dst = append(dst, v)
+		binary.LittleEndian.PutUint64(buf[:], x)
+		end := min(to, (w+1)*8)
+		dst = append(dst, buf[b%8:b%8+(end-b)]...)
+		b = end
 	}
 	return dst
 }
@@ -126,12 +134,23 @@ func empty(m, k uint) *Filter { return &Filter{f: bloomv3.New(m, k)} }
 func (f *Filter) setBitmap(from uint, data []byte) {
 	words := f.f.BitSet().Words()
 	m := f.M()
-	for j, b := range data {
+	for j := 0; j < len(data); {
 		at := from + uint(j)
-		if at*8 >= m || b == 0 {
+		w := at / 8
+		if w >= uint(len(words)) {
+			break
+		}
+		if at%8 == 0 && j+8 <= len(data) {
+			if x := binary.LittleEndian.Uint64(data[j:]); x != 0 {
+				words[w] |= bits.ReverseBytes64(bits.Reverse64(x))
+			}
+			j += 8
 			continue
 		}
-		words[at/8] |= uint64(bits.Reverse8(b)) << (8 * (at % 8))
+		if b := data[j]; b != 0 && at*8 < m {
+			words[w] |= uint64(bits.Reverse8(b)) << (8 * (at % 8))
+		}
+		j++
 	}
 	if r := m % 64; r != 0 && len(words) > 0 {
 		words[len(words)-1] &= 1<<r - 1 // bits past m are not part of the filter

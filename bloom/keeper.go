@@ -318,16 +318,22 @@ func (k *Keeper) sizeFor(t *tableFilter) *Filter {
 }
 
 // Scanned records a key read by a rebuild's scan of the source.
-func (k *Keeper) Scanned(table int, pk string) {
+func (k *Keeper) Scanned(table int, pk string) { k.ScannedMany(table, []string{pk}) }
+
+// ScannedMany records keys read by a rebuild's scan of the source.
+func (k *Keeper) ScannedMany(table int, pks []string) {
 	t := k.tables[table]
 	t.mu.Lock()
-	if t.next != nil {
+	defer t.mu.Unlock()
+	if t.next == nil {
+		return
+	}
+	for _, pk := range pks {
 		if in, pos := t.next.testAndPositions(pk); !in {
 			t.next.setPositions(pos)
 			t.nextItems++
 		}
 	}
-	t.mu.Unlock()
 }
 
 // Rebuild builds new filters for every table while fill runs (fill feeds them: rows

@@ -71,7 +71,7 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 			rep, err = reconcile.Run(ctx, deps, opts)
 			return rep, "Bloom filters not rebuilt (only some tables were reconciled)", err
 		}
-		deps.OnKey = keeper.Scanned
+		deps.OnKeys = keeper.ScannedMany
 		err = keeper.Rebuild(ctx, func(ctx context.Context) error {
 			var err error
 			rep, err = reconcile.Run(ctx, deps, opts)
@@ -137,7 +137,7 @@ func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.Univ
 	job := func() {
 		start := time.Now()
 		deps := reconcileDeps(d.live.Load(), db, tables, rdb, w, log)
-		deps.Ensure, deps.OnKey = keeper.Ensure, keeper.Scanned
+		deps.Ensure, deps.OnKeys = keeper.Ensure, keeper.ScannedMany
 		var rep *reconcile.Report
 		err := keeper.Rebuild(ctx, func(ctx context.Context) error {
 			var err error

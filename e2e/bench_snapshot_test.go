@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +27,10 @@ func benchEnv(b *testing.B) *env {
 	cfg.Tables = []config.Table{{Schema: schema, Table: "inventory", KeyPrefix: prefix, VersionColumn: "version"}}
 	cfg.Checkpoint.Interval = 100 * time.Millisecond
 	cfg.Log.Level = "info"
+	b.Cleanup(func() {
+		k := cfg.BloomKey(cfg.Tables[0])
+		rdb.Del(context.Background(), k, k+":meta", "invsync:marker:"+cfg.State.Schema)
+	})
 	return &env{schema: schema, db: db, rdb: rdb, cfg: &cfg}
 }
 
@@ -94,7 +99,7 @@ func BenchmarkReconcile1M(b *testing.B) {
 	}
 	b.ResetTimer()
 	start := time.Now()
-	code, out := runCLI(b, 10*time.Minute, pw, "reconcile", "-c", cfgPath)
+	code, out := runCLI(b, 10*time.Minute, append(pw, "INVSYNC_CPUPROFILE="+os.Getenv("INVSYNC_BENCH_CPUPROFILE")), "reconcile", "-c", cfgPath)
 	d := time.Since(start)
 	b.StopTimer()
 	if code != 0 || !strings.Contains(out, "no drift: 1000000 rows") {

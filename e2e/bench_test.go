@@ -79,6 +79,10 @@ func runW1(b *testing.B) {
 	httpAddr := freeAddr(b)
 	cfg.HTTP.Listen = httpAddr
 	cfgPath := writeConfigTo(b, &cfg)
+	b.Cleanup(func() {
+		k := cfg.BloomKey(cfg.Tables[0])
+		rdb.Del(context.Background(), k, k+":meta", "invsync:marker:"+cfg.State.Schema)
+	})
 	store := openStore(b, cfg.State.Schema)
 	testenv.Must(b, store.Save(context.Background(), canal.Position{File: startPos.Name, Pos: startPos.Pos}), "seed checkpoint")
 

@@ -67,9 +67,9 @@ type Deps struct {
 	// Ensure, if set, is called with the rows a repair is about to write (the Bloom bits
 	// go first).
 	Ensure func(context.Context, []layout.Change) error
-	// OnKey, if set, is called with every primary key read from MySQL (a Bloom rebuild
-	// from the same scan); table is the index in Tables.
-	OnKey func(table int, pk string)
+	// OnKeys, if set, is called with the primary keys of every chunk read from MySQL (a
+	// Bloom rebuild from the same scan); table is the index in Tables.
+	OnKeys func(table int, pks []string)
 	Log   *zap.Logger
 }
 
@@ -230,8 +230,8 @@ func (r *runner) table(ctx context.Context, ti int) (*TableReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The reader queries MySQL while two comparers read Redis.
-	chunks := make(chan []snapshot.Row, 2)
+	// The reader queries MySQL while two comparers decode the rows and read Redis.
+	chunks := make(chan *snapshot.Batch, 2)
 	results := make(chan chunkResult, 4)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -239,19 +239,14 @@ func (r *runner) table(ctx context.Context, ti int) (*TableReport, error) {
 	go func() {
 		defer close(chunks)
 		for {
-			c, err := rows.Next()
+			c, err := rows.NextBatch()
 			if err != nil {
 				readErr = err
 				cancel()
 				return
 			}
-			if len(c) == 0 {
+			if c == nil {
 				return
-			}
-			if r.d.OnKey != nil {
-				for _, row := range c {
-					r.d.OnKey(ti, strings.Join(row.PK, ":"))
-				}
 			}
 			select {
 			case chunks <- c:
@@ -267,8 +262,19 @@ func (r *runner) table(ctx context.Context, ti int) (*TableReport, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for c := range chunks {
-				res, err := r.compareChunk(rctx, t, c)
+			for b := range chunks {
+				c, err := b.Rows()
+				if err == nil && r.d.OnKeys != nil {
+					pks := make([]string, len(c))
+					for i := range c {
+						pks[i] = strings.Join(c[i].PK, ":")
+					}
+					r.d.OnKeys(ti, pks)
+				}
+				var res chunkResult
+				if err == nil {
+					res, err = r.compareChunk(rctx, t, c)
+				}
 				if err != nil {
 					errOnce.Do(func() { cmpErr = err; cancel() })
 					continue

@@ -40,6 +40,33 @@ func NewRows(conn *client.Conn, t *canal.Table, chunk int, positionVersion strin
 
 // Next returns the next chunk; an empty one at the end.
 func (r *Rows) Next() ([]Row, error) {
+	b, err := r.NextBatch()
+	if err != nil || b == nil {
+		return nil, err
+	}
+	return b.Rows()
+}
+
+// Batch is a chunk read but not decoded yet (decoding can run on another goroutine
+// while the next chunk is read).
+type Batch struct {
+	q   *tableQuery
+	res *mysql.Result
+	pv  string
+}
+
+// Len is the number of rows in the batch.
+func (b *Batch) Len() int { return len(b.res.RowDatas) }
+
+// Rows decodes the batch (once; it releases the batch's buffers).
+func (b *Batch) Rows() ([]Row, error) {
+	defer b.res.Close()
+	rows, _, err := b.q.rows(b.res.RowDatas, b.pv)
+	return rows, err
+}
+
+// NextBatch reads the next chunk without decoding it; nil at the end.
+func (r *Rows) NextBatch() (*Batch, error) {
 	if r.done {
 		return nil, nil
 	}
@@ -51,21 +78,24 @@ func (r *Rows) Next() ([]Row, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", r.q.t.FullName(), err)
 	}
-	defer res.Close()
-	out, last, err := r.q.rows(res.RowDatas, r.pv)
-	if err != nil {
-		return nil, err
-	}
-	if len(out) < r.chunk {
+	n := len(res.RowDatas)
+	if n < r.chunk {
 		r.done = true
 	}
-	if last != nil {
-		r.after = make([]string, len(r.q.pkAt))
-		for p, i := range r.q.pkAt {
-			r.after[p] = literal(r.q.cols[i], last[i])
-		}
+	if n == 0 {
+		res.Close()
+		return nil, nil
 	}
-	return out, nil
+	last, _, err := splitRow(res.RowDatas[n-1], len(r.q.cols))
+	if err != nil {
+		res.Close()
+		return nil, fmt.Errorf("%s: %w", r.q.t.FullName(), err)
+	}
+	r.after = make([]string, len(r.q.pkAt))
+	for p, i := range r.q.pkAt {
+		r.after[p] = literal(r.q.cols[i], last[i])
+	}
+	return &Batch{q: r.q, res: res, pv: r.pv}, nil
 }
 
 func (q *tableQuery) rows(raws []mysql.RowData, pv string) ([]Row, [][]byte, error) {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,6 +56,17 @@ func (quietLogger) Printf(context.Context, string, ...any) {}
 
 func main() {
 	redis.SetLogger(quietLogger{})
+	// INVSYNC_CPUPROFILE=FILE writes a CPU profile of the command (for benchmarks).
+	if path := os.Getenv("INVSYNC_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if err := pprof.StartCPUProfile(f); err == nil {
+				code := run(os.Args[1:], os.Stdout, os.Stderr)
+				pprof.StopCPUProfile()
+				f.Close()
+				os.Exit(code)
+			}
+		}
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
