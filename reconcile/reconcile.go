@@ -70,7 +70,7 @@ type Deps struct {
 	// OnKeys, if set, is called with the primary keys of every chunk read from MySQL (a
 	// Bloom rebuild from the same scan); table is the index in Tables.
 	OnKeys func(table int, pks []string)
-	Log   *zap.Logger
+	Log    *zap.Logger
 }
 
 // Options tune a run.
