@@ -79,18 +79,13 @@ func Capacity(m uint, fp float64) uint {
 	return uint(float64(m) * math.Ln2 * math.Ln2 / -math.Log(fp))
 }
 
-// testAndPositions returns whether item may be in f and its positions.
+// testAndPositions returns whether item may be in f and, when not, its positions (the
+// usual case, an item already in, allocates nothing).
 func (f *Filter) testAndPositions(item string) (bool, []uint64) {
-	pos := f.Positions(item)
-	bs := f.f.BitSet()
-	in := true
-	for _, p := range pos {
-		if !bs.Test(uint(p)) {
-			in = false
-			break
-		}
+	if f.f.TestString(item) {
+		return true, nil
 	}
-	return in, pos
+	return false, f.Positions(item)
 }
 
 // setPositions sets bits (positions of f's parameters).
