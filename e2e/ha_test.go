@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +98,3 @@ func waitHTTP(t *testing.T, url string, want int, timeout time.Duration) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
-var _ = strings.Contains
