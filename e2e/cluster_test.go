@@ -88,21 +88,7 @@ func TestRandomWorkloadOnRedisCluster(t *testing.T) {
 	loadRows(t, e, 2000)
 	r := e.start(nil)
 	waitReady(t, r)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
-	wdone := make(chan struct{})
-	go func() { defer close(wdone); w.run(ctx) }()
-	wl := &workload{db: e.db, table: "inventory", skus: 2000, writers: 4, txns: 4000, maxRows: 20}
-	if err := wl.run(ctx); err != nil {
-		t.Fatalf("workload: %v", err)
-	}
-	e.waitEqual(60 * time.Second)
-	cancel()
-	<-wdone
-	if bad := w.bad.list(); len(bad) > 0 {
-		t.Fatalf("watcher saw versions go down: %v", bad)
-	}
+	wl, _ := watchedWorkload(t, e)
 	// The keys are spread over the three masters.
 	cc := e.rdb.(*redis.ClusterClient)
 	var perNode []string

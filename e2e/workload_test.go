@@ -197,24 +197,7 @@ func TestRandomWorkloadMirrorsExactly(t *testing.T) {
 	r := e.start(nil)
 	// Let the stream start before the first write.
 	waitReady(t, r)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
-	wdone := make(chan struct{})
-	go func() { defer close(wdone); w.run(ctx) }()
-
-	wl := &workload{db: e.db, table: "inventory", skus: 2000, writers: 4, txns: 4000, maxRows: 20}
-	start := time.Now()
-	if err := wl.run(ctx); err != nil {
-		t.Fatalf("workload: %v", err)
-	}
-	t.Logf("workload: %d transactions in %s", wl.done.Load(), time.Since(start).Round(time.Millisecond))
-	e.waitEqual(60 * time.Second)
-	cancel()
-	<-wdone
-	if bad := w.bad.list(); len(bad) > 0 {
-		t.Fatalf("watcher saw versions go down: %v", bad)
-	}
+	_, w := watchedWorkload(t, e)
 	if w.reads.Load() < 100 {
 		t.Fatalf("watcher made only %d reads", w.reads.Load())
 	}
@@ -230,6 +213,31 @@ func TestRandomWorkloadMirrorsExactly(t *testing.T) {
 	if tomb == 0 {
 		t.Fatal("no tombstones after a workload with deletes")
 	}
+}
+
+// watchedWorkload runs the random workload (4 writers, 4,000 transactions of 1-20 rows
+// over 2,000 SKUs) while a watcher checks that _v and _s of the watched keys never go
+// down, waits until Redis equals MySQL and fails on what the watcher saw.
+func watchedWorkload(t *testing.T, e *env) (*workload, *watcher) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
+	wdone := make(chan struct{})
+	go func() { defer close(wdone); w.run(ctx) }()
+	wl := &workload{db: e.db, table: "inventory", skus: 2000, writers: 4, txns: 4000, maxRows: 20}
+	start := time.Now()
+	if err := wl.run(ctx); err != nil {
+		t.Fatalf("workload: %v", err)
+	}
+	t.Logf("workload: %d transactions in %s", wl.done.Load(), time.Since(start).Round(time.Millisecond))
+	e.waitEqual(60 * time.Second)
+	cancel()
+	<-wdone
+	if bad := w.bad.list(); len(bad) > 0 {
+		t.Fatalf("watcher saw versions go down: %v", bad)
+	}
+	return wl, w
 }
 
 func waitReady(t *testing.T, r *running) {
