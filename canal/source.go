@@ -68,6 +68,9 @@ type Row struct {
 	Change layout.Change
 	// Image is the row's after-image (zero for a delete).
 	Image Image
+	// before is a delete's image, to render its version again when it is handed over
+	// with another sequence (an XA transaction's rows, at its XA COMMIT).
+	before Image
 }
 
 // Image is a decoded row image, rendered into fields on demand.
@@ -139,8 +142,14 @@ type Handler interface {
 	// table, before its commit: the rows before it are decoded with the old definition,
 	// those after with the new one, and rows that the statement changed without row
 	// events (a new column's default, a dropped or renamed column) need loading again.
-	// at is the statement's position. The handler may update *t.
-	TableChanged(ctx context.Context, t *Table, at Position) error
+	// at is the statement's position. rowsChanged is true when the statement may have
+	// replaced the table's rows whatever its definition (TRUNCATE, RENAME, DROP or CREATE
+	// TABLE): the table must be loaded again. The handler may update *t.
+	TableChanged(ctx context.Context, t *Table, at Position, rowsChanged bool) error
+	// Reload is called when rows of t that were handed over must be replaced by the
+	// table's current content (rows of a transaction that was rolled back after they
+	// were handed over); reason names why, for metrics. at is the position of the event.
+	Reload(ctx context.Context, t *Table, at Position, reason string) error
 }
 
 // Errors the stream returns, for callers that choose between retrying and stopping.
@@ -164,6 +173,9 @@ type Source struct {
 	fileIdx  uint32
 	txn      uint64
 	txnRows  int
+	grp      group         // the transaction being read
+	prepared []*preparedXA // prepared XA transactions with rows, oldest first
+	lastEnd  Position      // the position after the last group that ended
 }
 
 // NewSource returns a source for the given tables (from LoadTables).
@@ -242,6 +254,9 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 	}
 	s.txnRows = 0
 	s.txn++
+	s.grp.reset()
+	s.prepared = nil
+	s.lastEnd = start
 	gtid := start.GTID
 	for {
 		ev, err := streamer.GetEvent(ctx)
@@ -251,66 +266,77 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 			}
 			return classify(err, Position{File: s.file, GTID: gtid})
 		}
-		switch e := ev.Event.(type) {
-		case *replication.RotateEvent:
-			s.file = string(e.NextLogName)
-			if s.fileIdx, err = fileIndex(s.file); err != nil {
-				return fmt.Errorf("%w: %v", ErrPermanent, err)
-			}
-		case *replication.RowsEvent:
-			if err := s.rows(ctx, ev.Header, e, h); err != nil {
-				return err
-			}
-		case *replication.XIDEvent:
-			if e.GSet != nil {
-				gtid = e.GSet.String()
-			}
-			if err := s.commit(ctx, ev.Header, gtid, h); err != nil {
-				return err
-			}
-		case *replication.QueryEvent:
-			q := strings.TrimSpace(string(e.Query))
-			if strings.EqualFold(q, "BEGIN") {
-				continue
-			}
-			if e.GSet != nil {
-				gtid = e.GSet.String()
-			}
-			if !strings.EqualFold(q, "COMMIT") {
-				for _, t := range s.ddl(string(e.Schema), q) {
-					if err := h.TableChanged(ctx, t, Position{File: s.file, Pos: ev.Header.LogPos, GTID: gtid}); err != nil {
-						return err
-					}
-				}
-			}
-			if err := s.commit(ctx, ev.Header, gtid, h); err != nil {
-				return err
-			}
-		default:
-			switch ev.Header.EventType {
-			case replication.HEARTBEAT_EVENT, replication.HEARTBEAT_LOG_EVENT_V2:
-				if err := h.Heartbeat(ctx); err != nil {
-					return err
-				}
-			}
+		if err := s.event(ctx, ev, &gtid, h); err != nil {
+			return err
 		}
 	}
 }
 
+// event handles one binlog event; gtid is the GTID set after the last group read.
+func (s *Source) event(ctx context.Context, ev *replication.BinlogEvent, gtid *string, h Handler) error {
+	switch e := ev.Event.(type) {
+	case *replication.RotateEvent:
+		s.file = string(e.NextLogName)
+		var err error
+		if s.fileIdx, err = fileIndex(s.file); err != nil {
+			return fmt.Errorf("%w: %v", ErrPermanent, err)
+		}
+	case *replication.MariadbGTIDEvent:
+		s.grp.reset()
+		if !e.IsStandalone() || e.Flags&mariadbFlPreparedXA != 0 {
+			mode := holdNone
+			if e.Flags&mariadbFlTransactional == 0 {
+				mode = holdWhole // it touched a non-transactional table: it may end in ROLLBACK
+			}
+			s.grp.begin(e.Flags&mariadbFlPreparedXA != 0, mode)
+		}
+	case *replication.RowsEvent:
+		return s.rows(ctx, ev.Header, e, h)
+	case *replication.XIDEvent:
+		if e.GSet != nil {
+			*gtid = e.GSet.String()
+		}
+		return s.end(ctx, ev.Header, *gtid, h)
+	case *replication.QueryEvent:
+		if e.GSet != nil {
+			*gtid = e.GSet.String()
+		}
+		return s.query(ctx, ev.Header, e, *gtid, h)
+	default:
+		switch ev.Header.EventType {
+		case replication.XA_PREPARE_LOG_EVENT:
+			return s.prepare(ctx, ev, *gtid, h)
+		case replication.HEARTBEAT_EVENT, replication.HEARTBEAT_LOG_EVENT_V2:
+			return h.Heartbeat(ctx)
+		}
+	}
+	return nil
+}
+
+// commit reports the end of the current transaction at hdr (with the position a
+// checkpoint may hold, see resumeAt) and starts the next one.
 func (s *Source) commit(ctx context.Context, hdr *replication.EventHeader, gtid string, h Handler) error {
-	c := Commit{Txn: s.txn, Rows: s.txnRows, Pos: Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}, Time: time.Unix(int64(hdr.Timestamp), 0)}
+	s.lastEnd = Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}
+	c := Commit{Txn: s.txn, Rows: s.txnRows, Pos: s.resumeAt(s.lastEnd), Time: time.Unix(int64(hdr.Timestamp), 0)}
 	s.txn++
 	s.txnRows = 0
 	return h.Commit(ctx, c)
+}
+
+// ddlChange is a mirrored table a statement may have changed.
+type ddlChange struct {
+	table  *Table
+	reload bool // the rows may have been replaced, whatever the definition
 }
 
 // ddl returns the mirrored tables a statement (run with default schema) may change,
 // and forgets cached decoders then, so that the next table map builds them again. The
 // match is by name, erring on the side of reloading: a statement that names the table
 // (qualified, or unqualified in its schema) counts.
-func (s *Source) ddl(schema, q string) []*Table {
+func (s *Source) ddl(schema, q string) []ddlChange {
 	lq := strings.ToLower(strings.ReplaceAll(q, "`", ""))
-	var out []*Table
+	replaces := replacesRows(lq)
+	var out []ddlChange
 	for name, t := range s.tables {
 		n := strings.ToLower(t.Name)
 		if !containsWord(lq, strings.ToLower(t.Schema)+"."+n) && !(strings.EqualFold(schema, t.Schema) && containsWord(lq, n)) {
@@ -318,9 +344,42 @@ func (s *Source) ddl(schema, q string) []*Table {
 		}
 		s.log.Info("DDL on a mirrored table", zap.String("table", name), zap.String("query", truncate(q, 200)))
 		s.decoders = map[uint64]*decoder{}
-		out = append(out, t)
+		out = append(out, ddlChange{table: t, reload: replaces})
 	}
 	return out
+}
+
+// replacesRows reports whether a statement (lower case, unquoted) can replace a table's
+// rows without row events whatever its definition: TRUNCATE, RENAME, DROP or CREATE of a
+// table (a drop and create, an online schema change's cut-over), or an ALTER that renames.
+func replacesRows(lq string) bool {
+	w := strings.Fields(lq)
+	if len(w) < 2 {
+		return false
+	}
+	hasTable := func(from int) bool {
+		for i := from; i < len(w) && i < from+4; i++ {
+			if w[i] == "table" || w[i] == "tables" {
+				return true
+			}
+		}
+		return false
+	}
+	switch w[0] {
+	case "truncate":
+		return true
+	case "rename":
+		return hasTable(1)
+	case "drop", "create":
+		return hasTable(1)
+	case "alter":
+		for _, x := range w[1:] {
+			if x == "rename" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // containsWord reports whether w occurs in s not as part of a longer identifier.
@@ -380,8 +439,10 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 		r := Row{Txn: s.txn, Table: t.Index, Change: c}
 		if c.Op == layout.OpUpsert {
 			r.Image = Image{dec: d, row: row}
+		} else if s.grp.holding {
+			r.before = Image{dec: d, row: row}
 		}
-		return h.Row(ctx, r)
+		return s.row(ctx, r, h)
 	}
 	seq := layout.Seq{File: s.fileIdx, Pos: hdr.LogPos}
 	switch op {
@@ -415,7 +476,7 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 					return fail(err)
 				}
 				if dc.Key != c.Key {
-					if err := emit(dc, nil); err != nil {
+					if err := emit(dc, before); err != nil {
 						return err
 					}
 				}

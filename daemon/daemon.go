@@ -361,8 +361,8 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		started := time.Now()
 		next, err := pos, PositionAvailable(ctx, db, pos)
 		if err == nil {
-			next, err = d.session(ctx, pos, tables, names, writer, store, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position) error {
-				return d.reloadTable(ctx, db, rdb, writer, sk, t, at)
+			next, err = d.session(ctx, pos, tables, names, writer, store, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
+				return d.reloadTable(ctx, db, rdb, writer, sk, t, at, force, reason)
 			})
 		}
 		pos = next
@@ -632,7 +632,7 @@ func (d *Daemon) retry(ctx context.Context, what string, f func() error) error {
 // session streams from start until the stream ends, then drains the workers and writes
 // the final checkpoint; it returns the position reached.
 func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*canal.Table, names []string, w sink.Writer, store *checkpoint.Store,
-	onDDL func(context.Context, *sink.Sink, *canal.Table, canal.Position) error) (canal.Position, error) {
+	onDDL reloadFunc) (canal.Position, error) {
 	wm := sink.NewWatermark(start, time.Now)
 	beat := func() {
 		d.lastEvent.Store(time.Now().UnixNano())
@@ -725,47 +725,73 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 	return saved, srcErr
 }
 
+// reloadFunc reloads a mirrored table while the stream is paused at position at: when
+// force is set, or when its definition changed (see reloadTable).
+type reloadFunc func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error
+
 // readyHandler notes progress for /readyz and the lag gauge, and handles DDL.
 type readyHandler struct {
 	*sink.Sink
 	d     *Daemon
-	onDDL func(context.Context, *sink.Sink, *canal.Table, canal.Position) error
+	onDDL reloadFunc
 }
 
-func (h *readyHandler) TableChanged(ctx context.Context, t *canal.Table, at canal.Position) error {
-	return h.onDDL(ctx, h.Sink, t, at)
+func (h *readyHandler) TableChanged(ctx context.Context, t *canal.Table, at canal.Position, rowsChanged bool) error {
+	return h.onDDL(ctx, h.Sink, t, at, rowsChanged, "ddl")
+}
+
+func (h *readyHandler) Reload(ctx context.Context, t *canal.Table, at canal.Position, reason string) error {
+	return h.onDDL(ctx, h.Sink, t, at, true, reason)
 }
 
 // reloadTable runs after a DDL on a mirrored table, before its commit is acknowledged
-// (so a crash replays the DDL and comes back here): it waits until everything before the
-// DDL is written, reads the table's definition again and, when the columns or the key
-// changed, loads the table again, replacing every row (a new column's default, a dropped
-// or renamed column, a changed type change rows without row events). The binlog stream
-// waits meanwhile, so nothing else writes.
-func (d *Daemon) reloadTable(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, sk *sink.Sink, t *canal.Table, at canal.Position) error {
+// (so a crash replays the DDL and comes back here), and when rows of a rolled-back
+// transaction were applied: it waits until everything before is written, reads the
+// table's definition again and, when force is set (TRUNCATE, RENAME, DROP/CREATE, a
+// rollback) or the columns or the key changed (a new column's default, a dropped or
+// renamed column, a changed type change rows without row events), loads the table again,
+// replacing every row and turning keys of rows that are gone into tombstones. The binlog
+// stream waits meanwhile, so nothing else writes. A table that no longer exists after a
+// DROP or RENAME has every key tombstoned: MySQL holds none of its rows; it is loaded
+// again when a statement creates it again.
+func (d *Daemon) reloadTable(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
 	if err := sk.Flush(ctx); err != nil {
 		return err
 	}
+	log := d.log.Named("ddl").With(zap.String("table", t.FullName()), zap.String("reason", reason))
 	loaded, err := canal.LoadTables(ctx, db, []config.Table{d.cfg.Tables[t.Index]})
 	if err != nil {
-		if errors.Is(err, canal.ErrTable) {
-			return fmt.Errorf("%w: after the DDL at %s: %w (fix: restore the table, or remove it from tables and restart)", canal.ErrPermanent, at, err)
+		if !errors.Is(err, canal.ErrTable) {
+			return err
 		}
+		if !force || !tableMissing(ctx, db, t) {
+			return fmt.Errorf("%w: after the statement at %s: %w (fix: restore the table, or remove it from tables and restart)", canal.ErrPermanent, at, err)
+		}
+		d.m.Resnapshots.WithLabelValues(reason).Inc()
+		log.Error("a mirrored table no longer exists (dropped or renamed away): its keys become tombstones; "+
+			"it is loaded again if a later statement creates it (fix: restore the table, or remove it from tables before the next restart)", at.Fields()...)
+		_, err := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Gone(ctx, t)
 		return err
 	}
 	nt := loaded[0]
 	nt.Index = t.Index
-	log := d.log.Named("ddl").With(zap.String("table", t.FullName()))
-	if sameDefinition(t, nt) {
+	if !force && sameDefinition(t, nt) {
 		log.Info("DDL left the mirrored columns and the key as they were; no reload", at.Fields()...)
 		return nil
 	}
 	*t = *nt
-	d.m.Resnapshots.WithLabelValues("ddl").Inc()
-	log.Warn("DDL changed a mirrored table: loading it again, replacing every row", at.Fields()...)
+	d.m.Resnapshots.WithLabelValues(reason).Inc()
+	log.Warn("loading a mirrored table again, replacing every row", at.Fields()...)
 	snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Replacing()
 	_, _, err = snap.Run(ctx, func(context.Context) (canal.Position, error) { return at, nil })
 	return err
+}
+
+// tableMissing reports whether t does not exist on the source now.
+func tableMissing(ctx context.Context, db *sql.DB, t *canal.Table) bool {
+	var n int
+	err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?", t.Schema, t.Name).Scan(&n)
+	return err == nil && n == 0
 }
 
 func sameDefinition(a, b *canal.Table) bool {

@@ -365,6 +365,14 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 	}
 }
 
+// Gone turns every live row under t's prefix into a tombstone: the table no longer
+// exists on the source. It returns how many.
+func (s *Snapshot) Gone(ctx context.Context, t *canal.Table) (int64, error) {
+	r := &run{s: s, seen: map[uint64]struct{}{}}
+	err := r.sweep(ctx, t)
+	return r.swept, err
+}
+
 // sweep turns into tombstones the live rows under t's prefix that the snapshot did not
 // find: rows deleted while invsync could not follow the binlog, or leftovers. A key
 // whose hash matches a found key's is left alone (a collision is harmless that way).

@@ -1,0 +1,459 @@
+package canal
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/invsync/invsync/layout"
+	"go.uber.org/zap"
+)
+
+// Transaction boundaries (NOTES-go-mysql.md, trap 9). Only three things end a
+// transaction: an XID event, a COMMIT query event, and a statement outside a
+// transaction (a DDL). Everything else that a transaction can hold is followed here:
+//
+//   - SAVEPOINT: from the first savepoint on, the transaction's rows are held in memory
+//     until its end, because a later ROLLBACK TO SAVEPOINT discards the rows after the
+//     savepoint (MariaDB logs them when the transaction also touched a
+//     non-transactional table). Rows before the first savepoint stream as usual.
+//   - ROLLBACK (a query event ending the group: MariaDB writes one for a transaction
+//     that also changed a non-transactional table and was rolled back): its held rows
+//     are dropped. On MariaDB a group that is not flagged transactional (FL_TRANSACTIONAL
+//     absent from its GTID event: it touched a non-transactional table) is held whole
+//     until its end. On MySQL, whose GTID events carry no such flag, the first
+//     holdLimit rows of every transaction are held, so a small transaction rolled back is
+//     dropped whole; rows of a larger one stream, and if it is rolled back after all, the
+//     tables whose rows were handed over are reloaded (Handler.Reload).
+//   - XA: the rows of an XA transaction's prepare group (MariaDB 10.5+ and MySQL 8 log
+//     it apart from the XA COMMIT, possibly far apart) are held until its XA COMMIT,
+//     and dropped at XA ROLLBACK. While a prepared transaction with rows is pending, every
+//     commit is reported with the position before its prepare group: the checkpoint
+//     stays there, so a restart reads the prepare group again.
+//
+// The rows of an XA transaction are handed over at its XA COMMIT with the sequence of
+// the XA COMMIT event (row index in the order they were read): that is when they became
+// visible, and a reload stamped with a position between prepare and commit (which could
+// not see them) must not win over them.
+
+// MariaDB's GTID event flags (sql/log_event.h: FL_TRANSACTIONAL, FL_PREPARED_XA).
+const (
+	mariadbFlTransactional = 4
+	mariadbFlPreparedXA    = 64
+)
+
+// holdLimit is how many rows of a transaction that may still end in ROLLBACK (MySQL,
+// whose GTID events do not say) are held before they start to stream.
+const holdLimit = 20_000
+
+// maxHeldIndex bounds the row index of a sequence (layout.Seq has seven digits; the
+// greatest is kept for repairs).
+const maxHeldIndex = 9_999_998
+
+// group is the state of the event group (transaction) being read.
+type group struct {
+	open       bool  // between its start (BEGIN, a non-standalone GTID, XA START) and its end
+	xa         bool  // an XA transaction's prepare group
+	holding    bool  // rows are held instead of handed over
+	holdAll    bool  // ... until the end (after a SAVEPOINT, in XA, in a non-transactional group)
+	held       []Row // rows not handed over yet
+	savepoints []savepoint
+	emitted    map[int]bool // tables with rows already handed over
+}
+
+type savepoint struct {
+	name string
+	at   int // len(held) when it was set
+}
+
+// preparedXA is a prepared XA transaction whose rows wait for its XA COMMIT.
+type preparedXA struct {
+	xid    string
+	rows   []Row
+	before Position // the position before its prepare group: where a restart must read from
+}
+
+func (g *group) reset() {
+	*g = group{held: g.held[:0], savepoints: g.savepoints[:0]}
+	if cap(g.held) > 4096 {
+		g.held = nil // do not keep a big transaction's buffer
+	}
+}
+
+// holdMode says how a transaction's rows are held from its start.
+type holdMode int
+
+const (
+	holdNone  holdMode = iota // it cannot end in ROLLBACK (MariaDB: flagged transactional)
+	holdSome                  // up to holdLimit rows (MySQL: nothing tells)
+	holdWhole                 // until its end (XA, MariaDB: not flagged transactional)
+)
+
+// begin marks the start of a transaction (see the top of this file for mode).
+func (g *group) begin(xa bool, mode holdMode) {
+	g.open = true
+	g.xa = xa
+	if xa {
+		mode = holdWhole
+	}
+	g.holding = mode != holdNone
+	g.holdAll = mode == holdWhole
+}
+
+// holdToEnd makes the group hold its rows until its end from now on.
+func (g *group) holdToEnd() { g.holding, g.holdAll = true, true }
+
+// row hands r over, or holds it.
+func (s *Source) row(ctx context.Context, r Row, h Handler) error {
+	g := &s.grp
+	if g.holding {
+		g.held = append(g.held, r)
+		if g.holdAll || len(g.held) < holdLimit {
+			return nil
+		}
+		// A large transaction: stream it.
+		g.holding = false
+		held := g.held
+		g.held = g.held[:0]
+		for _, r := range held {
+			if err := s.handOver(ctx, r, h); err != nil {
+				return err
+			}
+		}
+		clear(held)
+		return nil
+	}
+	return s.handOver(ctx, r, h)
+}
+
+func (s *Source) handOver(ctx context.Context, r Row, h Handler) error {
+	g := &s.grp
+	if g.emitted == nil {
+		g.emitted = map[int]bool{}
+	}
+	g.emitted[r.Table] = true
+	return h.Row(ctx, r)
+}
+
+// statementKind classifies a query event.
+type statementKind int
+
+const (
+	stmtOther statementKind = iota // a DDL, or a statement inside a transaction
+	stmtBegin
+	stmtCommit
+	stmtRollback
+	stmtSavepoint
+	stmtRollbackTo
+	stmtRelease
+	stmtXAStart
+	stmtXACommit
+	stmtXARollback
+	stmtXAOther // XA END, XA PREPARE as a query
+)
+
+// classifyStatement returns the kind of q and its argument (a savepoint name or an xid).
+func classifyStatement(q string) (statementKind, string) {
+	q = strings.TrimSpace(q)
+	q = strings.TrimRight(q, "; \t\r\n")
+	words := strings.Fields(q)
+	if len(words) == 0 {
+		return stmtOther, ""
+	}
+	w0 := strings.ToUpper(words[0])
+	rest := func(n int) string {
+		// The text after the first n words, as written.
+		r := q
+		for i := 0; i < n; i++ {
+			r = strings.TrimSpace(r)
+			if j := strings.IndexAny(r, " \t\r\n"); j >= 0 {
+				r = r[j:]
+			} else {
+				r = ""
+			}
+		}
+		return strings.TrimSpace(r)
+	}
+	switch w0 {
+	case "BEGIN":
+		if len(words) == 1 || strings.EqualFold(words[1], "WORK") {
+			return stmtBegin, ""
+		}
+	case "START":
+		if len(words) >= 2 && strings.EqualFold(words[1], "TRANSACTION") {
+			return stmtBegin, ""
+		}
+	case "COMMIT":
+		return stmtCommit, ""
+	case "ROLLBACK":
+		if len(words) >= 2 && strings.EqualFold(words[1], "TO") {
+			n := 2
+			if len(words) >= 3 && strings.EqualFold(words[2], "SAVEPOINT") {
+				n = 3
+			}
+			return stmtRollbackTo, identifier(rest(n))
+		}
+		return stmtRollback, ""
+	case "SAVEPOINT":
+		return stmtSavepoint, identifier(rest(1))
+	case "RELEASE":
+		if len(words) >= 3 && strings.EqualFold(words[1], "SAVEPOINT") {
+			return stmtRelease, identifier(rest(2))
+		}
+	case "XA":
+		if len(words) < 2 {
+			return stmtOther, ""
+		}
+		switch strings.ToUpper(words[1]) {
+		case "START", "BEGIN":
+			return stmtXAStart, normalizeXID(rest(2))
+		case "COMMIT":
+			return stmtXACommit, normalizeXID(rest(2))
+		case "ROLLBACK":
+			return stmtXARollback, normalizeXID(rest(2))
+		default:
+			return stmtXAOther, ""
+		}
+	}
+	return stmtOther, ""
+}
+
+// identifier unquotes a savepoint name; names compare case-insensitively.
+func identifier(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) >= 2 && s[0] == '`' && s[len(s)-1] == '`' {
+		s = strings.ReplaceAll(s[1:len(s)-1], "``", "`")
+	}
+	return strings.ToLower(s)
+}
+
+// normalizeXID brings an xid as a statement writes it (X'..',X'..',N, possibly followed
+// by ONE PHASE or other words) to one form, so that the prepare and the commit match.
+func normalizeXID(s string) string {
+	s = strings.TrimSpace(s)
+	for _, suffix := range []string{"ONE PHASE", "JOIN", "RESUME", "SUSPEND", "FOR MIGRATE", "SUSPEND FOR MIGRATE"} {
+		if len(s) > len(suffix) && strings.EqualFold(s[len(s)-len(suffix):], suffix) {
+			s = strings.TrimSpace(s[:len(s)-len(suffix)])
+		}
+	}
+	return strings.ToLower(strings.ReplaceAll(s, " ", ""))
+}
+
+// xidOfPrepare decodes the xid of an XA_PREPARE_LOG_EVENT (one_phase byte, format id,
+// gtrid length, bqual length, data) as a statement writes it.
+func xidOfPrepare(data []byte) (xid string, onePhase bool, ok bool) {
+	if len(data) < 13 {
+		return "", false, false
+	}
+	onePhase = data[0] != 0
+	format := int32(binary.LittleEndian.Uint32(data[1:]))
+	gl := int(binary.LittleEndian.Uint32(data[5:]))
+	bl := int(binary.LittleEndian.Uint32(data[9:]))
+	if gl < 0 || bl < 0 || 13+gl+bl > len(data) {
+		return "", onePhase, false
+	}
+	g, b := data[13:13+gl], data[13+gl:13+gl+bl]
+	return fmt.Sprintf("x'%s',x'%s',%d", hex.EncodeToString(g), hex.EncodeToString(b), format), onePhase, true
+}
+
+// resumeAt is the position a checkpoint taken after a commit at pos may hold: pos, or,
+// while a prepared XA transaction with rows is pending, the position before the oldest
+// one's prepare group.
+func (s *Source) resumeAt(pos Position) Position {
+	if len(s.prepared) > 0 {
+		return s.prepared[0].before
+	}
+	return pos
+}
+
+// end ends the current group at hdr: its held rows are handed over and the transaction
+// is committed.
+func (s *Source) end(ctx context.Context, hdr *replication.EventHeader, gtid string, h Handler) error {
+	for _, r := range s.grp.held {
+		if err := h.Row(ctx, r); err != nil {
+			return err
+		}
+	}
+	s.grp.reset()
+	return s.commit(ctx, hdr, gtid, h)
+}
+
+// rollback ends the current group without applying it: held rows are dropped; tables
+// whose rows were already handed over are reloaded.
+func (s *Source) rollback(ctx context.Context, hdr *replication.EventHeader, gtid string, h Handler, why string) error {
+	emitted := s.grp.emitted
+	if n := len(s.grp.held); n > 0 {
+		s.log.Info("transaction rolled back: its held rows are dropped", zap.String("statement", why), zap.Int("rows", n),
+			zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
+	}
+	s.grp.reset()
+	if err := s.healEmitted(ctx, emitted, Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}, why, h); err != nil {
+		return err
+	}
+	return s.commit(ctx, hdr, gtid, h)
+}
+
+// healEmitted reloads the tables whose rows of a rolled-back part were already handed
+// over (they reached Redis or may have).
+func (s *Source) healEmitted(ctx context.Context, tables map[int]bool, at Position, why string, h Handler) error {
+	for _, t := range s.tables {
+		if !tables[t.Index] {
+			continue
+		}
+		s.log.Warn("rows of a rolled-back transaction were already applied: reloading the table", zap.String("table", t.FullName()),
+			zap.String("statement", why), zap.String("binlog_file", at.File), zap.Uint32("binlog_pos", at.Pos))
+		if err := h.Reload(ctx, t, at, "rollback"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// query handles a query event.
+func (s *Source) query(ctx context.Context, hdr *replication.EventHeader, e *replication.QueryEvent, gtid string, h Handler) error {
+	q := string(e.Query)
+	kind, arg := classifyStatement(q)
+	g := &s.grp
+	switch kind {
+	case stmtBegin:
+		if !g.open {
+			g.begin(false, holdSome)
+		}
+		return nil
+	case stmtXAStart:
+		g.begin(true, holdWhole)
+		return nil
+	case stmtXAOther:
+		return nil
+	case stmtCommit:
+		return s.end(ctx, hdr, gtid, h)
+	case stmtRollback:
+		return s.rollback(ctx, hdr, gtid, h, "ROLLBACK")
+	case stmtSavepoint:
+		g.holdToEnd()
+		g.savepoints = append(g.savepoints, savepoint{name: arg, at: len(g.held)})
+		return nil
+	case stmtRelease:
+		for i := len(g.savepoints) - 1; i >= 0; i-- {
+			if g.savepoints[i].name == arg {
+				g.savepoints = g.savepoints[:i]
+				break
+			}
+		}
+		return nil
+	case stmtRollbackTo:
+		for i := len(g.savepoints) - 1; i >= 0; i-- {
+			if g.savepoints[i].name == arg {
+				at := g.savepoints[i].at
+				if dropped := len(g.held) - at; dropped > 0 {
+					s.log.Info("ROLLBACK TO SAVEPOINT: the rows after the savepoint are dropped", zap.String("savepoint", arg),
+						zap.Int("rows", dropped), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
+				}
+				clear(g.held[at:])
+				g.held = g.held[:at]
+				g.savepoints = g.savepoints[:i+1]
+				return nil
+			}
+		}
+		// A savepoint this stream did not see (it started inside the transaction, which
+		// a checkpoint never does): rows handed over may be rolled back.
+		return s.healEmitted(ctx, g.emitted, Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}, "ROLLBACK TO "+arg, h)
+	case stmtXACommit, stmtXARollback:
+		return s.completeXA(ctx, hdr, gtid, h, arg, kind == stmtXACommit)
+	}
+	if g.open {
+		// Another statement inside a transaction (statement-logged leftovers): it does
+		// not end the transaction.
+		return nil
+	}
+	// A statement on its own: a DDL. It ends its group.
+	at := Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}
+	for _, c := range s.ddl(string(e.Schema), q) {
+		if err := h.TableChanged(ctx, c.table, at, c.reload); err != nil {
+			return err
+		}
+	}
+	return s.end(ctx, hdr, gtid, h)
+}
+
+// prepare ends an XA transaction's prepare group (an XA_PREPARE_LOG_EVENT): its rows
+// wait for the XA COMMIT.
+func (s *Source) prepare(ctx context.Context, ev *replication.BinlogEvent, gtid string, h Handler) error {
+	var data []byte
+	if ge, ok := ev.Event.(*replication.GenericEvent); ok {
+		data = ge.Data
+	}
+	xid, onePhase, ok := xidOfPrepare(data)
+	if onePhase {
+		// XA COMMIT ... ONE PHASE logged as a prepare event: it commits.
+		return s.end(ctx, ev.Header, gtid, h)
+	}
+	g := &s.grp
+	if len(g.held) == 0 {
+		// Nothing mirrored in it: nothing to wait for.
+		g.reset()
+		s.lastEnd = Position{File: s.file, Pos: ev.Header.LogPos, GTID: gtid}
+		return nil
+	}
+	if !ok {
+		return fmt.Errorf("%w: an XA PREPARE event at %s:%d has no readable xid", ErrPermanent, s.file, ev.Header.LogPos)
+	}
+	rows := append([]Row(nil), g.held...)
+	s.prepared = append(s.prepared, &preparedXA{xid: xid, rows: rows, before: s.lastEnd})
+	s.log.Info("XA transaction prepared: its rows wait for its XA COMMIT (the checkpoint stays before it meanwhile)",
+		zap.String("xid", xid), zap.Int("rows", len(rows)), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", ev.Header.LogPos))
+	g.reset()
+	s.lastEnd = Position{File: s.file, Pos: ev.Header.LogPos, GTID: gtid}
+	s.txn++ // the rows keep no transaction of their own until the XA COMMIT
+	s.txnRows = 0
+	return nil
+}
+
+// completeXA ends an XA COMMIT or XA ROLLBACK group.
+func (s *Source) completeXA(ctx context.Context, hdr *replication.EventHeader, gtid string, h Handler, xid string, commit bool) error {
+	var p *preparedXA
+	for i, x := range s.prepared {
+		if x.xid == xid {
+			p = x
+			s.prepared = append(s.prepared[:i], s.prepared[i+1:]...)
+			break
+		}
+	}
+	s.grp.reset()
+	if p == nil {
+		// Prepared before this stream's start without mirrored rows (a checkpoint stays
+		// before a prepared transaction with rows), or one without mirrored rows.
+		return s.commit(ctx, hdr, gtid, h)
+	}
+	if !commit {
+		s.log.Info("XA ROLLBACK: the prepared rows are dropped", zap.String("xid", xid), zap.Int("rows", len(p.rows)))
+		return s.commit(ctx, hdr, gtid, h)
+	}
+	if len(p.rows) > maxHeldIndex {
+		return fmt.Errorf("%w: XA transaction %s has %d row changes, more than invsync can order at its commit (%d)", ErrPermanent, xid, len(p.rows), maxHeldIndex)
+	}
+	for i, r := range p.rows {
+		r.Txn = s.txn
+		r.Change.Seq = layout.Seq{File: s.fileIdx, Pos: hdr.LogPos, Index: uint32(i)}
+		if r.Change.Op == layout.OpDelete {
+			r.Change.Version = r.versionFor(r.Change.Seq)
+		}
+		s.txnRows++
+		if err := h.Row(ctx, r); err != nil {
+			return err
+		}
+	}
+	return s.commit(ctx, hdr, gtid, h)
+}
+
+// versionFor renders the version of a held delete again for a new sequence (it derives
+// from the position on a table without a version column).
+func (r Row) versionFor(seq layout.Seq) string {
+	if r.before.IsZero() {
+		return r.Change.Version
+	}
+	return r.before.Version(seq)
+}
