@@ -304,7 +304,9 @@ func (r *recorder) Commit(_ context.Context, c canal.Commit) error {
 
 func (r *recorder) Heartbeat(context.Context) error { return nil }
 
-func (r *recorder) TableChanged(context.Context, *canal.Table, canal.Position, bool) error { return nil }
+func (r *recorder) TableChanged(context.Context, *canal.Table, canal.Position, bool) error {
+	return nil
+}
 
 func (r *recorder) Reload(context.Context, *canal.Table, canal.Position, string) error { return nil }
 
