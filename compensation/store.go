@@ -85,15 +85,21 @@ func (s *Store) Park(ctx context.Context, table string, c layout.Change, cause e
 }
 
 // Add records a failed write. A newer failure of the same key updates its row (the
-// greater version and the latest error are kept) instead of adding one.
+// greater version and the latest error are kept) instead of adding one; a row that was
+// dead becomes pending again, due now, with its attempts reset: the key failed again
+// with a newer change, which must not be folded into a row nobody retries.
 func (s *Store) Add(ctx context.Context, e Entry) error {
 	now := s.nowUTC()
 	next, _ := s.sched.Load().Next(now, 0)
+	// The assignments run in order: attempts and next_retry_at read the old status.
 	_, err := s.db.ExecContext(ctx, "INSERT INTO "+s.table+
 		` (redis_key, table_name, pk, version, attempts, next_retry_at, last_error, status, created_at, updated_at)
 		VALUES (?, ?, ?, ?, 0, ?, ?, 'pending', ?, ?)
 		ON DUPLICATE KEY UPDATE
 			version = IF(CAST(VALUES(version) AS DECIMAL(65,0)) > CAST(version AS DECIMAL(65,0)), VALUES(version), version),
+			attempts = IF(status = 'dead', 0, attempts),
+			next_retry_at = IF(status = 'dead', VALUES(updated_at), next_retry_at),
+			status = 'pending',
 			last_error = VALUES(last_error), updated_at = VALUES(updated_at)`,
 		e.RedisKey, e.Table, e.PK, e.Version, next.Format(timeLayout), e.LastError, now.Format(timeLayout), now.Format(timeLayout))
 	if err != nil {

@@ -79,6 +79,28 @@ func TestStoreLifecycle(t *testing.T) {
 	if pending != 1 || deadN != 1 || oldest != 3*time.Second {
 		t.Fatalf("counts: pending %d dead %d oldest %s", pending, deadN, oldest)
 	}
+	// A new failure of the dead key (a newer change) makes it pending again, due now,
+	// attempts reset, with the newer version; then it dies again.
+	testenv.Must(t, st.Add(ctx, entry("inv:{1}", "15")), "park a dead key again")
+	due, err = st.Due(ctx, 10)
+	testenv.Must(t, err, "due")
+	first = compensation.Entry{}
+	for _, e := range due {
+		if e.RedisKey == "inv:{1}" {
+			first = e
+		}
+	}
+	if first.Status != compensation.StatusPending || first.Attempts != 0 || first.Version != "15" {
+		t.Fatalf("a dead key that failed again: %+v (due: %+v)", first, due)
+	}
+	if dead, _ = st.Failed(ctx, first, errors.New("again")); dead {
+		t.Fatal("dead after its first attempt since it was revived")
+	}
+	clk.Add(2 * time.Second)
+	first.Attempts = 1
+	if dead, _ = st.Failed(ctx, first, errors.New("again")); !dead {
+		t.Fatal("not dead after max_attempts")
+	}
 	// Replay brings it back, due now.
 	n, err := st.Replay(ctx, nil)
 	if err != nil || n != 1 {

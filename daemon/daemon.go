@@ -828,6 +828,12 @@ func (d *Daemon) handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if sk := d.sk.Load(); d.ready.Load() && sk != nil {
+			if cause := sk.Paused(); cause != "" {
+				http.Error(w, "not ready: writing waits for Redis: "+cause, http.StatusServiceUnavailable)
+				return
+			}
+		}
 		if d.ready.Load() {
 			_, _ = w.Write([]byte("ready\n"))
 			return

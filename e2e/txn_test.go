@@ -35,12 +35,18 @@ const specialSKUBase = 5000
 // the watcher saw.
 func alongsideWorkload(t *testing.T, e *env, fn func()) {
 	t.Helper()
+	alongside(t, e, &workload{db: e.db, table: "inventory", skus: 2000, writers: 4, txns: 4000, maxRows: 20}, fn)
+}
+
+// alongside is alongsideWorkload with a given workload (run again, its re-inserts keep
+// taking higher versions, so the watcher's rule holds across runs).
+func alongside(t *testing.T, e *env, wl *workload, fn func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
 	wdone := make(chan struct{})
 	go func() { defer close(wdone); w.run(ctx) }()
-	wl := &workload{db: e.db, table: "inventory", skus: 2000, writers: 4, txns: 4000, maxRows: 20}
 	werr := make(chan error, 1)
 	go func() { werr <- wl.run(ctx) }()
 	fn()

@@ -124,6 +124,47 @@ const rowsPerCall = 64
 // WRONGTYPE because a non-hash value sits on the key).
 var ErrKey = errors.New("redis refused the write of this key")
 
+// ErrUnavailable is wrapped by the error of a write that Redis refused because of its
+// own state, not the key's: out of memory (maxmemory), a failed background save
+// (MISCONF), a busy script, loading its data, a read-only replica, a cluster or master
+// down, not enough replicas, an authentication or permission problem. Every write
+// fails alike: callers treat it as an outage (pause and retry), never as a bad key.
+var ErrUnavailable = errors.New("redis refuses writes")
+
+// serverStates are the error prefixes of Redis replies that tell the server's state.
+var serverStates = []string{"OOM", "MISCONF", "BUSY ", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
+	"NOREPLICAS", "NOAUTH", "WRONGPASS", "NOPERM", "UNBLOCKED", "ERR max number of clients"}
+
+// IsServerState reports whether err is a Redis reply that tells the server's state (see
+// ErrUnavailable), or wraps ErrUnavailable.
+func IsServerState(err error) bool {
+	if errors.Is(err, ErrUnavailable) {
+		return true
+	}
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	if msg == "BUSY" {
+		return true
+	}
+	for _, p := range serverStates {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// unavailable wraps a server-state reply so that callers can test it with errors.Is.
+func unavailable(err error) error {
+	if errors.Is(err, ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
 // Writer applies changes through the versioned script.
 type Writer struct {
 	rdb     redis.UniversalClient
@@ -170,7 +211,8 @@ func (w *Writer) Load(ctx context.Context) error {
 // Outcome is the result of one change.
 type Outcome struct {
 	Result Result
-	// Err is set when Result is Failed; it wraps ErrKey for a per-key refusal.
+	// Err is set when Result is Failed; it wraps ErrKey for a per-key refusal, and
+	// ErrUnavailable when Redis refused because of its own state.
 	Err error
 }
 
@@ -189,6 +231,9 @@ func (w *Writer) Apply(ctx context.Context, changes []Change, out []Outcome) err
 		}
 	}
 	if err != nil && cmds == nil {
+		if IsServerState(err) {
+			err = unavailable(err)
+		}
 		for i := range out[:len(changes)] {
 			out[i] = Outcome{Result: Failed, Err: err}
 		}
@@ -200,6 +245,9 @@ func (w *Writer) Apply(ctx context.Context, changes []Change, out []Outcome) err
 		vals, cerr := cmd.Slice()
 		if cerr == nil && len(vals) != len(idx) {
 			cerr = fmt.Errorf("layout: script returned %d results for %d keys", len(vals), len(idx))
+		}
+		if cerr != nil && IsServerState(cerr) {
+			cerr = unavailable(cerr)
 		}
 		for j, ci := range idx {
 			if cerr != nil {
@@ -228,15 +276,12 @@ func decodeResult(v any) Outcome {
 	return Outcome{Result: Failed, Err: fmt.Errorf("layout: unexpected script result %T", v)}
 }
 
-// isKeyError reports whether a whole-call error is about the data (a script error), not
-// about reaching Redis.
+// isKeyError reports whether a whole-call error is about the data (a script error
+// caused by the key's content), not about reaching Redis or Redis's state.
 func isKeyError(err error) bool {
 	var re redis.Error
 	if errors.As(err, &re) {
-		msg := re.Error()
-		return !strings.HasPrefix(msg, "LOADING") && !strings.HasPrefix(msg, "CLUSTERDOWN") &&
-			!strings.HasPrefix(msg, "TRYAGAIN") && !strings.HasPrefix(msg, "NOSCRIPT") && !strings.HasPrefix(msg, "READONLY") &&
-			!strings.HasPrefix(msg, "MASTERDOWN")
+		return !IsServerState(err) && !isNoScript(err)
 	}
 	return false
 }
@@ -322,7 +367,8 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 		cmds[g] = w.script.EvalSha(ctx, pipe, keys, args...)
 	}
 	_, err := pipe.Exec(ctx)
-	if err != nil && !isKeyError(err) && !isNoScript(err) {
+	var reply redis.Error
+	if err != nil && !errors.As(err, &reply) {
 		// A transport error fails every command of the pipeline.
 		allFailed := true
 		for _, c := range cmds {

@@ -364,3 +364,35 @@ func TestIfAbsentFill(t *testing.T) {
 		t.Fatal("a fill replaced a row")
 	}
 }
+
+// replyError is a Redis error reply, as go-redis returns one.
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+func (replyError) RedisError()     {}
+
+func TestServerStatesAreOutagesNotKeyErrors(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"OOM command not allowed when used memory > 'maxmemory'. script: abc, on @user_script:60.": true,
+		"MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist":  true,
+		"BUSY Redis is busy running a script.":                                                     true,
+		"LOADING Redis is loading the dataset in memory":                                           true,
+		"READONLY You can't write against a read only replica.":                                    true,
+		"MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.":         true,
+		"CLUSTERDOWN The cluster is down":                                                          true,
+		"TRYAGAIN Multiple keys request during rehashing of slot":                                  true,
+		"NOREPLICAS Not enough good replicas to write.":                                            true,
+		"NOAUTH Authentication required.":                                                          true,
+		"NOPERM this user has no permissions to run the 'evalsha' command":                         true,
+		"WRONGTYPE Operation against a key holding the wrong kind of value":                        false,
+		"BUSYKEY Target key name already exists.":                                                  false,
+		"ERR Error running script (call to f_x): @user_script:12: bad argument":                    false,
+	} {
+		if got := layout.IsServerState(replyError(msg)); got != want {
+			t.Errorf("IsServerState(%q) = %v, want %v", msg, got, want)
+		}
+	}
+	if layout.IsServerState(errors.New("dial tcp: connection refused")) {
+		t.Error("a transport error is not a server state (it is an outage of its own kind)")
+	}
+}

@@ -18,8 +18,12 @@ type Metrics struct {
 	// ApplyLatency is the duration of one pipeline of versioned writes.
 	ApplyLatency prometheus.Histogram
 	// RedisErrors counts failed Redis calls, by kind (key: a single key refused;
-	// unavailable: the whole call failed).
+	// unavailable: the whole call failed; refused: Redis refused because of its state,
+	// e.g. OOM, MISCONF, READONLY, LOADING).
 	RedisErrors *prometheus.CounterVec
+	// RedisPaused is 1 while writing waits because Redis is unreachable or refuses
+	// writes (the reader waits, the checkpoint stays).
+	RedisPaused prometheus.Gauge
 	// RenderErrors counts column values of a type the decoder did not expect.
 	RenderErrors prometheus.Counter
 	// CheckpointWrites counts checkpoint writes.
@@ -66,8 +70,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}),
 		RedisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "invsync_redis_errors_total", Help: "Failed Redis writes, by kind (key or unavailable).",
+			Name: "invsync_redis_errors_total", Help: "Failed Redis writes, by kind: key (one key refused), unavailable (the call failed), refused (Redis's state: OOM, MISCONF, READONLY, LOADING, ...).",
 		}, []string{"kind"}),
+		RedisPaused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "invsync_redis_paused", Help: "1 while writing waits because Redis is unreachable or refuses writes (nothing is parked; the checkpoint stays).",
+		}),
 		RenderErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "invsync_render_errors_total", Help: "Column values of a type the decoder did not expect (written as rendered, and logged).",
 		}),
@@ -97,6 +104,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	// Export the error series at 0 from the start, so that alerts and dashboards see them.
 	m.RedisErrors.WithLabelValues("key")
 	m.RedisErrors.WithLabelValues("unavailable")
+	m.RedisErrors.WithLabelValues("refused")
 	for _, r := range []string{"applied", "failed", "dead"} {
 		m.CompensationRetries.WithLabelValues(r)
 	}
@@ -119,7 +127,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "Config reloads (file change or SIGHUP) by result: applied, unchanged, refused (invalid file; the running config stays)."}, []string{"result"})
 	reg.MustRegister(m.ConfigReloads)
 	reg.MustRegister(m.ReconcileRuns, m.ReconcileLastTimestamp, m.ReconcileLastDuration, m.ReconcileLastDifferences, m.ReconcileLastRepaired, m.ReconcileLastRows)
-	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
+	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RedisPaused, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
 		m.CompensationPending, m.CompensationDead, m.CompensationOldest)
 	return m
 }

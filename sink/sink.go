@@ -75,6 +75,35 @@ type Sink struct {
 	rowsRead                 uint64       // router goroutine only
 	lastRead                 atomic.Int64 // unix nanos when the reader last handed over rows
 	behind                   atomic.Bool  // the newest commit read is old: catching up
+
+	paused     atomic.Int64           // workers waiting for Redis (unreachable or refusing writes)
+	pauseCause atomic.Pointer[string] // why, for /readyz
+}
+
+// Paused returns why writing waits for Redis ("" when it does not): Redis is unreachable
+// or refuses every write (OOM, MISCONF, READONLY, ...). Nothing is parked meanwhile.
+func (s *Sink) Paused() string {
+	if s.paused.Load() == 0 {
+		return ""
+	}
+	if c := s.pauseCause.Load(); c != nil {
+		return *c
+	}
+	return "redis unavailable"
+}
+
+// pause notes that a worker waits for Redis because of err; the returned function ends it.
+func (s *Sink) pause(err error) func() {
+	cause := err.Error()
+	s.pauseCause.Store(&cause)
+	if s.paused.Add(1) == 1 {
+		s.m.RedisPaused.Set(1)
+	}
+	return func() {
+		if s.paused.Add(-1) == 0 {
+			s.m.RedisPaused.Set(0)
+		}
+	}
 }
 
 // Catching up: while the newest commit read is more than behindAfter old and the
@@ -314,6 +343,8 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 	todo := changes
 	idx := []int(nil) // index in changes of each entry of todo, once retrying
 	res := out
+	unpause := func() {}
+	defer func() { unpause() }()
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
 		err := s.w.Apply(ctx, todo, res)
@@ -350,9 +381,19 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 			return nil
 		}
 		if err != nil {
-			s.m.RedisErrors.WithLabelValues("unavailable").Inc()
+			// Unreachable, or refusing every write because of its state (OOM, MISCONF,
+			// READONLY, LOADING, ...): an outage. Retry; never park (the reader waits
+			// behind the full queue, the checkpoint stays).
+			kind := "unavailable"
+			if layout.IsServerState(err) {
+				kind = "refused"
+			}
+			s.m.RedisErrors.WithLabelValues(kind).Inc()
+			unpause()
+			unpause = s.pause(err)
 			if attempt == 0 || attempt%20 == 0 {
-				log.Warn("redis unavailable; pausing this worker and retrying", zap.Error(err), zap.Int("rows", len(failed)), zap.Duration("backoff", backoff))
+				log.Warn("redis unavailable or refusing writes; pausing this worker and retrying (nothing is parked)", zap.String("kind", kind),
+					zap.Error(err), zap.Int("rows", len(failed)), zap.Duration("backoff", backoff))
 			}
 		} else {
 			s.m.RedisErrors.WithLabelValues("key").Add(float64(len(failed)))
