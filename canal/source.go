@@ -31,28 +31,68 @@ import (
 )
 
 // Position is a point in the binlog: file and offset, and the GTID set executed up to
-// it when the server has GTIDs.
+// it when the server has GTIDs, in an epoch of the source's history.
 type Position struct {
 	File string
 	Pos  uint32
 	GTID string
+	// Epoch counts the times the source's history was replaced under invsync (RESET
+	// MASTER, a failover to another primary whose binlog files are numbered on their
+	// own, another server): positions of a later epoch come after every position of an
+	// earlier one (see SeqFile).
+	Epoch uint32
+}
+
+// EpochStride is the number of binlog file indices one epoch spans in a sequence: the
+// file part of a binlog sequence (layout.Seq.File) is Epoch*EpochStride + the file's
+// index, so that every write of a later epoch orders after every write of an earlier one.
+// Writes made before epochs existed are epoch 0.
+const EpochStride = 10_000_000
+
+// SeqFile is the file part of the binlog sequences at p: the epoch and the file's index.
+func (p Position) SeqFile() (uint32, error) {
+	idx, err := fileIndex(p.File)
+	if err != nil {
+		return 0, err
+	}
+	if idx >= EpochStride || p.Epoch >= (1<<32-1)/EpochStride {
+		return 0, fmt.Errorf("%w: binlog file %s in epoch %d is beyond what a sequence can number", ErrPermanent, p.File, p.Epoch)
+	}
+	return p.Epoch*EpochStride + idx, nil
+}
+
+// Before reports whether p is earlier than q in the binlog of one server (file index,
+// then offset; epochs first).
+func (p Position) Before(q Position) bool {
+	if p.Epoch != q.Epoch {
+		return p.Epoch < q.Epoch
+	}
+	pi, err1 := fileIndex(p.File)
+	qi, err2 := fileIndex(q.File)
+	if err1 != nil || err2 != nil || pi != qi {
+		return pi < qi
+	}
+	return p.Pos < q.Pos
 }
 
 // IsZero reports whether p is unset.
 func (p Position) IsZero() bool { return p.File == "" && p.GTID == "" }
 
-// String is file:pos, plus the GTID set when known.
+// String is file:pos, plus the GTID set when known and the epoch when not 0.
 func (p Position) String() string {
 	s := p.File + ":" + strconv.FormatUint(uint64(p.Pos), 10)
 	if p.GTID != "" {
 		s += " gtid " + p.GTID
+	}
+	if p.Epoch != 0 {
+		s += " epoch " + strconv.FormatUint(uint64(p.Epoch), 10)
 	}
 	return s
 }
 
 // Fields returns the position as log fields.
 func (p Position) Fields() []zap.Field {
-	return []zap.Field{zap.String("binlog_file", p.File), zap.Uint32("binlog_pos", p.Pos), zap.String("gtid", p.GTID)}
+	return []zap.Field{zap.String("binlog_file", p.File), zap.Uint32("binlog_pos", p.Pos), zap.String("gtid", p.GTID), zap.Uint32("epoch", p.Epoch)}
 }
 
 // Row is one row change of a configured table.
@@ -159,6 +199,10 @@ var (
 	ErrPermanent = errors.New("permanent")
 	// ErrPositionLost is wrapped when the server no longer has the binlog at the position.
 	ErrPositionLost = errors.New("binlog position no longer on the server")
+	// ErrHistoryChanged is wrapped when the stream finds the server's binlog replaced
+	// under it (a rotate back to an earlier file: RESET MASTER). The caller checks the
+	// source's history again before it streams on.
+	ErrHistoryChanged = errors.New("the source's binlog history changed under the stream")
 )
 
 // Source streams the binlog.
@@ -170,12 +214,14 @@ type Source struct {
 
 	decoders map[uint64]*decoder
 	file     string
-	fileIdx  uint32
+	epoch    uint32
+	fileIdx  uint32 // the file part of sequences (Position.SeqFile)
 	txn      uint64
 	txnRows  int
 	grp      group         // the transaction being read
 	prepared []*preparedXA // prepared XA transactions with rows, oldest first
 	lastEnd  Position      // the position after the last group that ended
+	xaWarned time.Time     // when a long-prepared XA transaction was last logged
 }
 
 // NewSource returns a source for the given tables (from LoadTables).
@@ -246,9 +292,9 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 	if err != nil {
 		return classify(err, start)
 	}
-	s.file = start.File
+	s.file, s.epoch = start.File, start.Epoch
 	if s.file != "" {
-		if s.fileIdx, err = fileIndex(s.file); err != nil {
+		if s.fileIdx, err = start.SeqFile(); err != nil {
 			return fmt.Errorf("%w: %v", ErrPermanent, err)
 		}
 	}
@@ -264,7 +310,7 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return classify(err, Position{File: s.file, GTID: gtid})
+			return classify(err, s.at(0, gtid))
 		}
 		if err := s.event(ctx, ev, &gtid, h); err != nil {
 			return err
@@ -272,13 +318,24 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 	}
 }
 
+// at is the position pos in the current file.
+func (s *Source) at(pos uint32, gtid string) Position {
+	return Position{File: s.file, Pos: pos, GTID: gtid, Epoch: s.epoch}
+}
+
 // event handles one binlog event; gtid is the GTID set after the last group read.
 func (s *Source) event(ctx context.Context, ev *replication.BinlogEvent, gtid *string, h Handler) error {
 	switch e := ev.Event.(type) {
 	case *replication.RotateEvent:
-		s.file = string(e.NextLogName)
+		next := Position{File: string(e.NextLogName), Pos: uint32(e.Position), Epoch: s.epoch}
+		if s.file != "" && ev.Header.LogPos != 0 && next.Before(s.at(0, "")) { // not the fake rotate that starts a stream
+			// The server's binlog was reset under the stream: its sequences would order
+			// before everything written so far.
+			return fmt.Errorf("%w: the stream moved from %s back to %s", ErrHistoryChanged, s.file, next.File)
+		}
+		s.file = next.File
 		var err error
-		if s.fileIdx, err = fileIndex(s.file); err != nil {
+		if s.fileIdx, err = s.at(0, "").SeqFile(); err != nil {
 			return fmt.Errorf("%w: %v", ErrPermanent, err)
 		}
 	case *replication.MariadbGTIDEvent:
@@ -289,7 +346,13 @@ func (s *Source) event(ctx context.Context, ev *replication.BinlogEvent, gtid *s
 				mode = holdWhole // it touched a non-transactional table: it may end in ROLLBACK
 			}
 			s.grp.begin(e.Flags&mariadbFlPreparedXA != 0, mode)
+			s.grp.ddl = e.Flags&mariadbFlDDL != 0
 		}
+	case *replication.TransactionPayloadEvent:
+		// MySQL's binlog_transaction_compression: go-mysql gives the inner events without
+		// positions of their own, which invsync's sequences need.
+		return fmt.Errorf("%w: a compressed transaction at %s:%d (binlog_transaction_compression=ON) (fix: SET GLOBAL binlog_transaction_compression=OFF on the source; invsync cannot order the rows inside one)",
+			ErrPermanent, s.file, ev.Header.LogPos)
 	case *replication.RowsEvent:
 		return s.rows(ctx, ev.Header, e, h)
 	case *replication.XIDEvent:
@@ -316,7 +379,7 @@ func (s *Source) event(ctx context.Context, ev *replication.BinlogEvent, gtid *s
 // commit reports the end of the current transaction at hdr (with the position a
 // checkpoint may hold, see resumeAt) and starts the next one.
 func (s *Source) commit(ctx context.Context, hdr *replication.EventHeader, gtid string, h Handler) error {
-	s.lastEnd = Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}
+	s.lastEnd = s.at(hdr.LogPos, gtid)
 	c := Commit{Txn: s.txn, Rows: s.txnRows, Pos: s.resumeAt(s.lastEnd), Time: time.Unix(int64(hdr.Timestamp), 0)}
 	s.txn++
 	s.txnRows = 0
@@ -337,9 +400,16 @@ func (s *Source) ddl(schema, q string) []ddlChange {
 	lq := strings.ToLower(strings.ReplaceAll(q, "`", ""))
 	replaces := replacesRows(lq)
 	var out []ddlChange
+	w := strings.Fields(lq)
+	dropsSchema := len(w) >= 3 && w[0] == "drop" && (w[1] == "database" || w[1] == "schema")
 	for name, t := range s.tables {
 		n := strings.ToLower(t.Name)
-		if !containsWord(lq, strings.ToLower(t.Schema)+"."+n) && !(strings.EqualFold(schema, t.Schema) && containsWord(lq, n)) {
+		named := containsWord(lq, strings.ToLower(t.Schema)+"."+n) || (strings.EqualFold(schema, t.Schema) && containsWord(lq, n))
+		if dropsSchema {
+			named = strings.EqualFold(strings.TrimSuffix(w[len(w)-1], ";"), t.Schema)
+			replaces = named
+		}
+		if !named {
 			continue
 		}
 		s.log.Info("DDL on a mirrored table", zap.String("table", name), zap.String("query", truncate(q, 200)))
@@ -373,9 +443,15 @@ func replacesRows(lq string) bool {
 	case "drop", "create":
 		return hasTable(1)
 	case "alter":
-		for _, x := range w[1:] {
-			if x == "rename" {
+		// RENAME, and the partition operations that remove or swap rows.
+		for i, x := range w[1:] {
+			switch x {
+			case "rename", "truncate", "exchange":
 				return true
+			case "drop":
+				if i+2 < len(w) && w[i+2] == "partition" {
+					return true
+				}
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/invsync/invsync/layout"
@@ -16,18 +17,18 @@ import (
 // transaction: an XID event, a COMMIT query event, and a statement outside a
 // transaction (a DDL). Everything else that a transaction can hold is followed here:
 //
-//   - SAVEPOINT: from the first savepoint on, the transaction's rows are held in memory
-//     until its end, because a later ROLLBACK TO SAVEPOINT discards the rows after the
-//     savepoint (MariaDB logs them when the transaction also touched a
-//     non-transactional table). Rows before the first savepoint stream as usual.
-//   - ROLLBACK (a query event ending the group: MariaDB writes one for a transaction
-//     that also changed a non-transactional table and was rolled back): its held rows
-//     are dropped. On MariaDB a group that is not flagged transactional (FL_TRANSACTIONAL
-//     absent from its GTID event: it touched a non-transactional table) is held whole
-//     until its end. On MySQL, whose GTID events carry no such flag, the first
-//     holdLimit rows of every transaction are held, so a small transaction rolled back is
-//     dropped whole; rows of a larger one stream, and if it is rolled back after all, the
-//     tables whose rows were handed over are reloaded (Handler.Reload).
+//   - ROLLBACK TO SAVEPOINT is logged (with the rows after the savepoint before it) only
+//     when the transaction also changed a non-transactional table; a ROLLBACK query event
+//     ends only such a transaction. So rows that may still be rolled back are held in
+//     memory until the transaction ends, and dropped by ROLLBACK TO or ROLLBACK: on
+//     MariaDB the whole group when its GTID event is not flagged FL_TRANSACTIONAL (it
+//     touched a non-transactional table), nothing otherwise; on MySQL, whose GTID events
+//     do not say, up to holdLimit rows of every transaction and, after a SAVEPOINT, every
+//     row up to maxHold.
+//   - Holding is bounded: past its limit a transaction's rows stream, and if a part of
+//     it that was handed over is rolled back after all, the tables those rows belong to
+//     are reloaded (Handler.Reload, with the stream paused), so memory stays bounded and
+//     nothing rolled back stays in Redis.
 //   - XA: the rows of an XA transaction's prepare group (MariaDB 10.5+ and MySQL 8 log
 //     it apart from the XA COMMIT, possibly far apart) are held until its XA COMMIT,
 //     and dropped at XA ROLLBACK. While a prepared transaction with rows is pending, every
@@ -37,17 +38,24 @@ import (
 // The rows of an XA transaction are handed over at its XA COMMIT with the sequence of
 // the XA COMMIT event (row index in the order they were read): that is when they became
 // visible, and a reload stamped with a position between prepare and commit (which could
-// not see them) must not win over them.
+// not see them) must not win over them. An XA transaction too large to hold streams
+// its rows and has its tables reloaded at its end.
 
-// MariaDB's GTID event flags (sql/log_event.h: FL_TRANSACTIONAL, FL_PREPARED_XA).
+// MariaDB's GTID event flags (sql/log_event.h).
 const (
 	mariadbFlTransactional = 4
+	mariadbFlDDL           = 32
 	mariadbFlPreparedXA    = 64
 )
 
 // holdLimit is how many rows of a transaction that may still end in ROLLBACK (MySQL,
 // whose GTID events do not say) are held before they start to stream.
 const holdLimit = 20_000
+
+// maxHold is how many rows are held at most in a transaction that must be held to its
+// end (after a SAVEPOINT on MySQL, a MariaDB group that touched a non-transactional
+// table, an XA prepare group); past it they stream (see above).
+var maxHold = 200_000
 
 // maxHeldIndex bounds the row index of a sequence (layout.Seq has seven digits; the
 // greatest is kept for repairs).
@@ -57,8 +65,11 @@ const maxHeldIndex = 9_999_998
 type group struct {
 	open       bool  // between its start (BEGIN, a non-standalone GTID, XA START) and its end
 	xa         bool  // an XA transaction's prepare group
+	ddl        bool  // a group that holds a DDL (MariaDB FL_DDL: CREATE ... SELECT)
 	holding    bool  // rows are held instead of handed over
-	holdAll    bool  // ... until the end (after a SAVEPOINT, in XA, in a non-transactional group)
+	holdAll    bool  // ... until the end (up to maxHold)
+	streamed   bool  // rows that could be rolled back were handed over (holding overflowed)
+	mayRedo    bool  // ROLLBACK TO SAVEPOINT can be logged in it (not known to be transactional-only)
 	held       []Row // rows not handed over yet
 	savepoints []savepoint
 	emitted    map[int]bool // tables with rows already handed over
@@ -66,14 +77,16 @@ type group struct {
 
 type savepoint struct {
 	name string
-	at   int // len(held) when it was set
+	at   int // len(held) when it was set; -1 once rows after it may have been handed over
 }
 
 // preparedXA is a prepared XA transaction whose rows wait for its XA COMMIT.
 type preparedXA struct {
-	xid    string
-	rows   []Row
-	before Position // the position before its prepare group: where a restart must read from
+	xid      string
+	rows     []Row
+	streamed map[int]bool // tables whose rows were handed over already (too many to hold)
+	before   Position     // the position before its prepare group: where a restart must read from
+	since    time.Time    // when it was read
 }
 
 func (g *group) reset() {
@@ -101,32 +114,41 @@ func (g *group) begin(xa bool, mode holdMode) {
 	}
 	g.holding = mode != holdNone
 	g.holdAll = mode == holdWhole
+	g.mayRedo = mode != holdNone
 }
-
-// holdToEnd makes the group hold its rows until its end from now on.
-func (g *group) holdToEnd() { g.holding, g.holdAll = true, true }
 
 // row hands r over, or holds it.
 func (s *Source) row(ctx context.Context, r Row, h Handler) error {
 	g := &s.grp
-	if g.holding {
-		g.held = append(g.held, r)
-		if g.holdAll || len(g.held) < holdLimit {
-			return nil
-		}
-		// A large transaction: stream it.
-		g.holding = false
-		held := g.held
-		g.held = g.held[:0]
-		for _, r := range held {
-			if err := s.handOver(ctx, r, h); err != nil {
-				return err
-			}
-		}
-		clear(held)
+	if !g.holding {
+		return s.handOver(ctx, r, h)
+	}
+	g.held = append(g.held, r)
+	limit := holdLimit
+	if g.holdAll {
+		limit = maxHold
+	}
+	if len(g.held) < limit {
 		return nil
 	}
-	return s.handOver(ctx, r, h)
+	// Too many to hold: stream them. A rollback of what was handed over reloads.
+	if g.holdAll || len(g.savepoints) > 0 {
+		s.log.Warn("a transaction too large to hold in memory streams before its end; should it be rolled back, its tables are reloaded",
+			zap.Int("rows", len(g.held)), zap.String("binlog_file", s.file))
+	}
+	g.holding, g.streamed = false, true
+	for i := range g.savepoints {
+		g.savepoints[i].at = -1
+	}
+	held := g.held
+	g.held = g.held[:0]
+	for _, r := range held {
+		if err := s.handOver(ctx, r, h); err != nil {
+			return err
+		}
+	}
+	clear(held)
+	return nil
 }
 
 func (s *Source) handOver(ctx context.Context, r Row, h Handler) error {
@@ -136,6 +158,17 @@ func (s *Source) handOver(ctx context.Context, r Row, h Handler) error {
 	}
 	g.emitted[r.Table] = true
 	return h.Row(ctx, r)
+}
+
+// heldTables adds the tables of rows into m.
+func heldTables(m map[int]bool, rows []Row) map[int]bool {
+	if m == nil {
+		m = map[int]bool{}
+	}
+	for _, r := range rows {
+		m[r.Table] = true
+	}
+	return m
 }
 
 // statementKind classifies a query event.
@@ -264,6 +297,11 @@ func xidOfPrepare(data []byte) (xid string, onePhase bool, ok bool) {
 // one's prepare group.
 func (s *Source) resumeAt(pos Position) Position {
 	if len(s.prepared) > 0 {
+		if p := s.prepared[0]; time.Since(p.since) > time.Minute && time.Since(s.xaWarned) > time.Minute {
+			s.xaWarned = time.Now()
+			s.log.Warn("a prepared XA transaction holds the checkpoint before its prepare (restarts read from there) until it is committed or rolled back (XA RECOVER lists it)",
+				zap.String("xid", p.xid), zap.Duration("prepared_for", time.Since(p.since).Round(time.Second)), zap.String("checkpoint", p.before.String()))
+		}
 		return s.prepared[0].before
 	}
 	return pos
@@ -290,15 +328,15 @@ func (s *Source) rollback(ctx context.Context, hdr *replication.EventHeader, gti
 			zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
 	}
 	s.grp.reset()
-	if err := s.healEmitted(ctx, emitted, Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}, why, h); err != nil {
+	if err := s.heal(ctx, emitted, s.at(hdr.LogPos, gtid), why, h); err != nil {
 		return err
 	}
 	return s.commit(ctx, hdr, gtid, h)
 }
 
-// healEmitted reloads the tables whose rows of a rolled-back part were already handed
-// over (they reached Redis or may have).
-func (s *Source) healEmitted(ctx context.Context, tables map[int]bool, at Position, why string, h Handler) error {
+// heal reloads the tables of rows that were rolled back after they were handed over
+// (they reached Redis or may have). at is the rollback's position.
+func (s *Source) heal(ctx context.Context, tables map[int]bool, at Position, why string, h Handler) error {
 	for _, t := range s.tables {
 		if !tables[t.Index] {
 			continue
@@ -333,8 +371,18 @@ func (s *Source) query(ctx context.Context, hdr *replication.EventHeader, e *rep
 	case stmtRollback:
 		return s.rollback(ctx, hdr, gtid, h, "ROLLBACK")
 	case stmtSavepoint:
-		g.holdToEnd()
-		g.savepoints = append(g.savepoints, savepoint{name: arg, at: len(g.held)})
+		if g.mayRedo || !g.open {
+			// A ROLLBACK TO it may be logged: hold what follows (MySQL, or a MariaDB group
+			// that touched a non-transactional table, which is held already).
+			if !g.streamed {
+				g.holding, g.holdAll = true, true
+			}
+			at := len(g.held)
+			if g.streamed {
+				at = -1
+			}
+			g.savepoints = append(g.savepoints, savepoint{name: arg, at: at})
+		}
 		return nil
 	case stmtRelease:
 		for i := len(g.savepoints) - 1; i >= 0; i-- {
@@ -346,37 +394,66 @@ func (s *Source) query(ctx context.Context, hdr *replication.EventHeader, e *rep
 		return nil
 	case stmtRollbackTo:
 		for i := len(g.savepoints) - 1; i >= 0; i-- {
-			if g.savepoints[i].name == arg {
-				at := g.savepoints[i].at
-				if dropped := len(g.held) - at; dropped > 0 {
-					s.log.Info("ROLLBACK TO SAVEPOINT: the rows after the savepoint are dropped", zap.String("savepoint", arg),
-						zap.Int("rows", dropped), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
-				}
-				clear(g.held[at:])
-				g.held = g.held[:at]
-				g.savepoints = g.savepoints[:i+1]
-				return nil
+			if g.savepoints[i].name != arg {
+				continue
 			}
+			at := g.savepoints[i].at
+			g.savepoints = g.savepoints[:i+1]
+			if at < 0 {
+				// Rows after it were handed over: drop what is held, reload what was not.
+				tables := heldTables(g.emitted, g.held)
+				clear(g.held)
+				g.held = g.held[:0]
+				return s.heal(ctx, tables, s.at(hdr.LogPos, gtid), "ROLLBACK TO "+arg, h)
+			}
+			if dropped := len(g.held) - at; dropped > 0 {
+				s.log.Info("ROLLBACK TO SAVEPOINT: the rows after the savepoint are dropped", zap.String("savepoint", arg),
+					zap.Int("rows", dropped), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
+			}
+			clear(g.held[at:])
+			g.held = g.held[:at]
+			return nil
 		}
-		// A savepoint this stream did not see (it started inside the transaction, which
-		// a checkpoint never does): rows handed over may be rolled back.
-		return s.healEmitted(ctx, g.emitted, Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}, "ROLLBACK TO "+arg, h)
+		// A savepoint this stream does not know by that name (the server compares names
+		// with its own collation, accents and all): every row of the transaction may be
+		// rolled back. Its tables are reloaded once the transaction is read whole, with
+		// the rows held so far applied first (the reload, stamped later, wins over them).
+		s.log.Warn("ROLLBACK TO a savepoint invsync did not match: the transaction's tables are reloaded", zap.String("savepoint", arg),
+			zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
+		return s.heal(ctx, heldTables(g.emitted, g.held), s.at(hdr.LogPos, gtid), "ROLLBACK TO "+arg, h)
 	case stmtXACommit, stmtXARollback:
 		return s.completeXA(ctx, hdr, gtid, h, arg, kind == stmtXACommit)
 	}
-	if g.open {
+	opensTxn := isCreateSelect(q)
+	if g.open && !g.ddl {
 		// Another statement inside a transaction (statement-logged leftovers): it does
 		// not end the transaction.
 		return nil
 	}
-	// A statement on its own: a DDL. It ends its group.
-	at := Position{File: s.file, Pos: hdr.LogPos, GTID: gtid}
+	// A DDL. On its own it ends its group; a CREATE ... SELECT is followed by its rows in
+	// the same group (MariaDB flags the group FL_DDL; MySQL 8.0.21+ logs the CREATE with
+	// START TRANSACTION), which ends at its XID.
+	at := s.at(hdr.LogPos, gtid)
 	for _, c := range s.ddl(string(e.Schema), q) {
 		if err := h.TableChanged(ctx, c.table, at, c.reload); err != nil {
 			return err
 		}
 	}
+	if g.ddl {
+		return nil
+	}
+	if opensTxn {
+		g.begin(false, holdNone)
+		return nil
+	}
 	return s.end(ctx, hdr, gtid, h)
+}
+
+// isCreateSelect reports whether a statement is MySQL's atomic CREATE TABLE ... SELECT,
+// logged as "CREATE ... START TRANSACTION" with its rows and an XID after it.
+func isCreateSelect(q string) bool {
+	q = strings.TrimRight(strings.TrimSpace(q), "; ")
+	return len(q) > 17 && strings.EqualFold(q[len(q)-17:], "START TRANSACTION") && strings.HasPrefix(strings.ToUpper(strings.TrimSpace(q)), "CREATE")
 }
 
 // prepare ends an XA transaction's prepare group (an XA_PREPARE_LOG_EVENT): its rows
@@ -392,21 +469,29 @@ func (s *Source) prepare(ctx context.Context, ev *replication.BinlogEvent, gtid 
 		return s.end(ctx, ev.Header, gtid, h)
 	}
 	g := &s.grp
-	if len(g.held) == 0 {
+	if len(g.held) == 0 && len(g.emitted) == 0 {
 		// Nothing mirrored in it: nothing to wait for.
 		g.reset()
-		s.lastEnd = Position{File: s.file, Pos: ev.Header.LogPos, GTID: gtid}
+		s.lastEnd = s.at(ev.Header.LogPos, gtid)
 		return nil
 	}
 	if !ok {
 		return fmt.Errorf("%w: an XA PREPARE event at %s:%d has no readable xid", ErrPermanent, s.file, ev.Header.LogPos)
 	}
-	rows := append([]Row(nil), g.held...)
-	s.prepared = append(s.prepared, &preparedXA{xid: xid, rows: rows, before: s.lastEnd})
+	p := &preparedXA{xid: xid, rows: append([]Row(nil), g.held...), before: s.lastEnd, since: time.Now()}
+	s.prepared = append(s.prepared, p)
 	s.log.Info("XA transaction prepared: its rows wait for its XA COMMIT (the checkpoint stays before it meanwhile)",
-		zap.String("xid", xid), zap.Int("rows", len(rows)), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", ev.Header.LogPos))
+		zap.String("xid", xid), zap.Int("rows", len(p.rows)), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", ev.Header.LogPos))
+	if len(g.emitted) > 0 {
+		// Too large to hold: its rows were handed over; their transaction is sealed now
+		// (at the position before the prepare, which the checkpoint holds), and its
+		// tables are reloaded at its end.
+		p.streamed = g.emitted
+		g.reset()
+		return s.commit(ctx, ev.Header, gtid, h)
+	}
 	g.reset()
-	s.lastEnd = Position{File: s.file, Pos: ev.Header.LogPos, GTID: gtid}
+	s.lastEnd = s.at(ev.Header.LogPos, gtid)
 	s.txn++ // the rows keep no transaction of their own until the XA COMMIT
 	s.txnRows = 0
 	return nil
@@ -430,6 +515,18 @@ func (s *Source) completeXA(ctx context.Context, hdr *replication.EventHeader, g
 	}
 	if !commit {
 		s.log.Info("XA ROLLBACK: the prepared rows are dropped", zap.String("xid", xid), zap.Int("rows", len(p.rows)))
+		if err := s.heal(ctx, p.streamed, s.at(hdr.LogPos, gtid), "XA ROLLBACK", h); err != nil {
+			return err
+		}
+		return s.commit(ctx, hdr, gtid, h)
+	}
+	if p.streamed != nil {
+		// Rows handed over at their prepare carry its sequences: a reload stamped between
+		// prepare and commit could have replaced them. Reload the tables after the commit.
+		defer func() { p.rows = nil }()
+		if err := s.heal(ctx, heldTables(p.streamed, p.rows), s.at(hdr.LogPos, gtid), "XA COMMIT", h); err != nil {
+			return err
+		}
 		return s.commit(ctx, hdr, gtid, h)
 	}
 	if len(p.rows) > maxHeldIndex {

@@ -105,18 +105,82 @@ func (s *stream) want(events ...string) {
 }
 
 func TestSavepointDoesNotCommitAndRollbackToDropsRows(t *testing.T) {
+	for _, flavour := range []string{"mariadb", "mysql"} {
+		s := newStream(t)
+		if flavour == "mariadb" {
+			s.mariaGTID(0) // not flagged transactional: it touched a MyISAM table
+		} else {
+			s.query("BEGIN")
+		}
+		s.insert(1)
+		s.query("SAVEPOINT `s1`")
+		s.insert(2)
+		s.query("SAVEPOINT `s2`")
+		s.insert(3)
+		s.query("ROLLBACK TO `s1`")
+		s.insert(4)
+		s.want() // held until the end
+		s.xid()
+		s.want("row 1 k:{1} 000000000100000002040000000", "row 1 k:{4} 000000000100000008040000000", "commit 1 rows=4 at bin.000001:904")
+		if len(s.h.reloads) != 0 {
+			t.Fatalf("%s: reloads %v", flavour, s.h.reloads)
+		}
+	}
+}
+
+func TestSavepointInATransactionalGroupStreams(t *testing.T) {
+	// MariaDB never logs ROLLBACK TO in a group flagged transactional (its cache is
+	// truncated): nothing is held. Should one come all the same, the tables reload.
 	s := newStream(t)
 	s.mariaGTID(mariadbFlTransactional)
-	s.insert(1)
 	s.query("SAVEPOINT `s1`")
-	s.insert(2)
-	s.query("SAVEPOINT `s2`")
-	s.insert(3)
+	s.insert(1)
+	s.want("row 1 k:{1} 000000000100000003040000000")
 	s.query("ROLLBACK TO `s1`")
+	if strings.Join(s.h.reloads, ";") != "reload t rollback at 404" {
+		t.Fatalf("reloads %v", s.h.reloads)
+	}
+}
+
+func TestHoldingIsBoundedAndAnOverflowedRollbackReloads(t *testing.T) {
+	defer func(n int) { maxHold = n }(maxHold)
+	maxHold = 3
+	s := newStream(t)
+	s.mariaGTID(0)
+	s.insert(1)
+	s.query("SAVEPOINT `a`")
+	s.insert(2)
+	s.want()
+	s.insert(3) // the third row: held rows stream
+	if len(s.h.events) != 3 {
+		t.Fatalf("%d rows handed over past maxHold, want 3", len(s.h.events))
+	}
+	s.h.events = nil
 	s.insert(4)
-	s.want("row 1 k:{1} 000000000100000002040000000") // the row before the savepoint streams
+	s.query("ROLLBACK TO `a`") // rows after it were handed over: reload
+	if strings.Join(s.h.reloads, ";") != "reload t rollback at 704" {
+		t.Fatalf("reloads %v", s.h.reloads)
+	}
 	s.xid()
-	s.want("row 1 k:{4} 000000000100000008040000000", "commit 1 rows=4 at bin.000001:904")
+	s.want("row 1 k:{4} 000000000100000006040000000", "commit 1 rows=4 at bin.000001:804")
+}
+
+func TestCreateSelectReloadsInsideItsGroup(t *testing.T) {
+	s := newStream(t)
+	s.mariaGTID(mariadbFlDDL | 8) // MariaDB: CREATE OR REPLACE TABLE t ... SELECT
+	s.query("CREATE OR REPLACE TABLE t SELECT * FROM x")
+	s.insert(13)
+	s.xid()
+	s.want("row 1 k:{13} 000000000100000003040000000", "commit 1 rows=1 at bin.000001:404")
+	if strings.Join(s.h.reloads, ";") != "ddl t true" {
+		t.Fatalf("reloads %v", s.h.reloads)
+	}
+	// MySQL 8.0.21+: the CREATE opens the transaction its rows and XID end.
+	s.query("CREATE TABLE t (id INT PRIMARY KEY, v INT) START TRANSACTION")
+	s.insert(14)
+	s.want("row 2 k:{14} 000000000100000006040000000") // not committed at the CREATE
+	s.xid()
+	s.want("commit 2 rows=1 at bin.000001:704")
 }
 
 func TestRollbackDropsAHeldTransaction(t *testing.T) {
@@ -219,7 +283,8 @@ func TestClassifyStatement(t *testing.T) {
 	for q, want := range map[string]bool{
 		"truncate table t": true, "truncate t": true, "rename table t to t_old, t_new to t": true,
 		"drop table t": true, "drop table if exists t": true, "create table t like x": true, "create or replace table t (id int)": true,
-		"alter table t rename to x": true, "alter table t add c int": false, "create index i on t (c)": false, "optimize table t": false,
+		"alter table t rename to x": true, "alter table t add c int": false, "alter table t truncate partition p1": true,
+		"alter table t drop partition p1": true, "alter table t exchange partition p with table t2": true, "alter table t drop column c": false, "create index i on t (c)": false, "optimize table t": false,
 	} {
 		if got := replacesRows(q); got != want {
 			t.Errorf("replacesRows(%q) = %v", q, got)

@@ -22,6 +22,8 @@ type Store struct {
 	// named lock is held by connection owner.
 	lock  string
 	owner int64
+	// source is the source's identity, written with each checkpoint.
+	source string
 }
 
 // ErrNotLeader is returned by Save when the store is fenced and its instance no longer
@@ -43,6 +45,8 @@ func Open(ctx context.Context, db *sql.DB, schema, name string) (*Store, error) 
 			"binlog_file VARCHAR(255) NOT NULL," +
 			"binlog_pos BIGINT UNSIGNED NOT NULL," +
 			"gtid_set TEXT NOT NULL," +
+			"epoch INT UNSIGNED NOT NULL DEFAULT 0," +
+			"source_id VARCHAR(255) NOT NULL DEFAULT ''," +
 			"updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)" +
 			") ENGINE=InnoDB",
 	}
@@ -51,13 +55,43 @@ func Open(ctx context.Context, db *sql.DB, schema, name string) (*Store, error) 
 			return nil, fmt.Errorf("create state schema %s: %w (fix: GRANT ALL ON `%s`.* to the invsync user, or set state.schema)", schema, err, schema)
 		}
 	}
+	// A table made by an older invsync lacks the epoch and the source's identity.
+	for col, def := range map[string]string{"epoch": "INT UNSIGNED NOT NULL DEFAULT 0", "source_id": "VARCHAR(255) NOT NULL DEFAULT ''"} {
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'checkpoint' AND COLUMN_NAME = ?", schema, col).Scan(&n); err != nil {
+			return nil, fmt.Errorf("read the checkpoint table's columns: %w", err)
+		}
+		if n == 0 {
+			if _, err := db.ExecContext(ctx, "ALTER TABLE `"+schema+"`.checkpoint ADD COLUMN "+col+" "+def); err != nil {
+				return nil, fmt.Errorf("add column %s to the checkpoint table: %w", col, err)
+			}
+		}
+	}
 	return &Store{db: db, schema: schema, name: name}, nil
+}
+
+// SetSource names the source's identity (see daemon.SourceIdentity), written with every
+// checkpoint from now on.
+func (s *Store) SetSource(id string) { s.source = id }
+
+// LoadSource returns the identity of the source the checkpoint was written for ("" when
+// unknown: none yet, or written by an older invsync).
+func (s *Store) LoadSource(ctx context.Context) (string, error) {
+	var id string
+	err := s.db.QueryRowContext(ctx, "SELECT source_id FROM `"+s.schema+"`.checkpoint WHERE name = ?", s.name).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read checkpoint: %w", err)
+	}
+	return id, nil
 }
 
 // Load returns the stored position; ok is false when there is none yet.
 func (s *Store) Load(ctx context.Context) (pos canal.Position, ok bool, err error) {
-	err = s.db.QueryRowContext(ctx, "SELECT binlog_file, binlog_pos, gtid_set FROM `"+s.schema+"`.checkpoint WHERE name = ?", s.name).
-		Scan(&pos.File, &pos.Pos, &pos.GTID)
+	err = s.db.QueryRowContext(ctx, "SELECT binlog_file, binlog_pos, gtid_set, epoch FROM `"+s.schema+"`.checkpoint WHERE name = ?", s.name).
+		Scan(&pos.File, &pos.Pos, &pos.GTID, &pos.Epoch)
 	if errors.Is(err, sql.ErrNoRows) {
 		return canal.Position{}, false, nil
 	}
@@ -70,8 +104,8 @@ func (s *Store) Load(ctx context.Context) (pos canal.Position, ok bool, err erro
 // Save replaces the stored position.
 func (s *Store) Save(ctx context.Context, pos canal.Position) error {
 	if s.lock != "" {
-		res, err := s.db.ExecContext(ctx, "REPLACE INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set) SELECT ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?",
-			s.name, pos.File, pos.Pos, pos.GTID, s.lock, s.owner)
+		res, err := s.db.ExecContext(ctx, "REPLACE INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set, epoch, source_id) SELECT ?, ?, ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?",
+			s.name, pos.File, pos.Pos, pos.GTID, pos.Epoch, s.source, s.lock, s.owner)
 		if err != nil {
 			return fmt.Errorf("write checkpoint: %w", err)
 		}
@@ -80,8 +114,8 @@ func (s *Store) Save(ctx context.Context, pos canal.Position) error {
 		}
 		return nil
 	}
-	_, err := s.db.ExecContext(ctx, "REPLACE INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set) VALUES (?, ?, ?, ?)",
-		s.name, pos.File, pos.Pos, pos.GTID)
+	_, err := s.db.ExecContext(ctx, "REPLACE INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set, epoch, source_id) VALUES (?, ?, ?, ?, ?, ?)",
+		s.name, pos.File, pos.Pos, pos.GTID, pos.Epoch, s.source)
 	if err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/checkpoint"
 	invclient "github.com/invsync/invsync/client"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/snapshot"
@@ -88,7 +89,19 @@ func OpenClient(ctx context.Context, cfg *config.Config, reg prometheus.Register
 		return nil, nil, err
 	}
 	rdb := NewRedis(cfg.Redis)
-	f := newFetcher(cfg, db, tables)
+	// Versions derived from positions belong to the checkpoint's epoch.
+	var epoch uint32
+	if stateDB, err := OpenStateDB(cfg, db); err == nil {
+		if store, err := checkpoint.Open(ctx, stateDB, cfg.State.Schema, "default"); err == nil {
+			if p, ok, err := store.Load(ctx); err == nil && ok {
+				epoch = p.Epoch
+			}
+		}
+		if stateDB != db {
+			stateDB.Close()
+		}
+	}
+	f := newFetcher(cfg, db, tables, func() uint32 { return epoch })
 	var mu sync.Mutex
 	load := func(ctx context.Context, table string, pk []string) (*invclient.Row, error) {
 		mu.Lock()

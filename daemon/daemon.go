@@ -67,6 +67,9 @@ type Daemon struct {
 	reloadPath string
 	level      *zap.AtomicLevel
 	running    atomic.Pointer[leading]
+	// epoch is the epoch of the source's history the stream is in (canal.Position.Epoch):
+	// positions read from the source for stamps belong to it.
+	epoch atomic.Uint32
 }
 
 // leading is what a reload adjusts while the instance leads.
@@ -281,7 +284,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		return err
 	}
 	d.parker = comp
-	fetch := newFetcher(d.cfg, db, tables)
+	fetch := newFetcher(d.cfg, db, tables, d.epoch.Load)
 	defer fetch.close()
 	retrier := compensation.NewRetrier(comp, fetch.fetch, writer, d.m, d.log.Named("compensation"), live.Compensation.PollInterval)
 	retryCtx, stopRetry := context.WithCancel(ctx)
@@ -298,13 +301,23 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	}); err != nil {
 		return err
 	}
+	var identity string
+	if err := d.retry(ctx, "read the source's identity", func() error {
+		var err error
+		identity, err = SourceIdentity(ctx, db, d.cfg.Source.Flavor)
+		return err
+	}); err != nil {
+		return err
+	}
+	store.SetSource(identity)
+	d.epoch.Store(pos.Epoch)
 	if found {
 		d.log.Info("resuming from the checkpoint", pos.Fields()...)
 	} else {
 		d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
 		if err := d.retry(ctx, "snapshot the tables", func() error {
 			var err error
-			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil)
+			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, snapshotMode{})
 			return err
 		}); err != nil {
 			return err
@@ -359,6 +372,38 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	backoff := time.Second
 	for {
 		started := time.Now()
+		// The source's history may have been replaced since the checkpoint (RESET MASTER,
+		// a failover to another primary): then a new epoch, and every table loaded again.
+		if reason, why, err := d.historyChanged(ctx, db, store, pos); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			d.log.Warn("cannot check the source's history; retrying", zap.Error(err))
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
+		} else if reason != "" {
+			d.m.Resnapshots.WithLabelValues(reason).Inc()
+			d.m.SourceEpochs.Inc()
+			mode := snapshotMode{epoch: pos.Epoch + 1, replace: true}
+			d.log.Error("the source's binlog history was replaced under invsync ("+why+"): starting a new epoch, in which every write orders after every earlier one, and loading every table again, replacing what Redis holds",
+				append(pos.Fields(), zap.String("reason", reason), zap.Uint32("new_epoch", mode.epoch))...)
+			if err := d.retry(ctx, "snapshot the tables", func() error {
+				var err error
+				pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
+				return err
+			}); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			d.epoch.Store(pos.Epoch)
+			continue
+		}
 		next, err := pos, PositionAvailable(ctx, db, pos)
 		if err == nil {
 			next, err = d.session(ctx, pos, tables, names, writer, store, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
@@ -370,7 +415,14 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			d.log.Info("stopped cleanly", pos.Fields()...)
 			return nil
 		}
+		if errors.Is(err, canal.ErrHistoryChanged) {
+			continue // checked at the top of the loop
+		}
 		if errors.Is(err, canal.ErrPositionLost) {
+			// A reset binlog loses the position too: that is a new epoch, not a purge.
+			if reason, _, herr := d.historyChanged(ctx, db, store, pos); herr == nil && reason != "" {
+				continue
+			}
 			oldest := OldestBinlog(ctx, db)
 			if d.cfg.Source.OnPositionLost == "fail" {
 				return fmt.Errorf("the checkpoint's binlog position %s is no longer on %s (its oldest binlog is %s): changes made since were purged unread "+
@@ -378,11 +430,15 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 					"and keep binlogs longer, e.g. binlog_expire_logs_seconds): %w", pos, d.cfg.Source.Addr, oldest, err)
 			}
 			d.m.Resnapshots.WithLabelValues("position_lost").Inc()
-			d.log.Error("the checkpoint's binlog position is no longer on the server: loading every table again (source.on_position_lost: resnapshot)",
+			d.log.Error("the checkpoint's binlog position is no longer on the server: loading every table again, replacing what Redis holds (source.on_position_lost: resnapshot)",
 				append(pos.Fields(), zap.String("oldest_binlog", oldest), zap.Error(err))...)
+			// Rows changed in the purged gap without a version the guard could order by (a
+			// delete and re-insert with the version restarted, an update that did not bump
+			// it) must not stay stale: the reload replaces every row.
+			mode := snapshotMode{epoch: pos.Epoch, replace: true}
 			if err := d.retry(ctx, "snapshot the tables", func() error {
 				var err error
-				pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil)
+				pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
 				return err
 			}); err != nil {
 				if ctx.Err() != nil {
@@ -479,19 +535,117 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 		d.log.Error("Redis lost invsync's data (the marker key is gone: restart without persistence, FLUSHALL or failover to an empty replica): loading every table again while streaming goes on",
 			zap.String("marker", marker))
 		snap := snapshot.New(d.cfg, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep()
-		if _, _, err := snap.Run(ctx, func(ctx context.Context) (canal.Position, error) {
-			return CurrentPosition(ctx, db, d.cfg.Source.Flavor)
-		}); err != nil && ctx.Err() == nil {
+		if _, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load)); err != nil && ctx.Err() == nil {
 			d.log.Error("reload after Redis data loss failed; will try again", zap.Error(err))
 			_ = rdb.Del(ctx, marker).Err()
 		}
 	}
 }
 
+// snapshotMode says how a snapshot writes: in which epoch of the source's history its
+// position is, and whether its rows replace what Redis holds (a reload after the binlog
+// was lost or replaced, when versions cannot order its rows against what Redis holds).
+type snapshotMode struct {
+	epoch   uint32
+	replace bool
+}
+
+// historyChanged reports whether the source's binlog history was replaced since pos was
+// checkpointed: another server answers (its identity differs from the one recorded with
+// the checkpoint: a failover to another primary, a replaced server), or the server's
+// current position is before pos (RESET MASTER). reason is the metric label, why the
+// text for the log.
+func (d *Daemon) historyChanged(ctx context.Context, db *sql.DB, store *checkpoint.Store, pos canal.Position) (reason, why string, err error) {
+	identity, err := SourceIdentity(ctx, db, d.cfg.Source.Flavor)
+	if err != nil {
+		return "", "", err
+	}
+	recorded, err := store.LoadSource(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	store.SetSource(identity)
+	if recorded != "" && recorded != identity {
+		return "source_changed", fmt.Sprintf("the checkpoint was written for source %q, the server now answering is %q", recorded, identity), nil
+	}
+	cur, err := CurrentPosition(ctx, db, d.cfg.Source.Flavor)
+	if err != nil {
+		return "", "", err
+	}
+	cur.Epoch = pos.Epoch
+	if pos.File != "" && cur.File != "" && cur.Before(pos) {
+		return "binlog_reset", fmt.Sprintf("the server's current position %s is before the checkpoint %s: its binlog was reset", cur, pos), nil
+	}
+	return "", "", nil
+}
+
+// positionWithoutPreparedXA records the position a snapshot streams from once no XA
+// transaction is prepared: a prepared transaction's rows are invisible to the snapshot,
+// and its prepare group, before the position, would not be read, so its XA COMMIT would
+// bring nothing. One that commits after the position was recorded but before the check
+// is seen by the snapshot's reads, which come after the check.
+func positionWithoutPreparedXA(ctx context.Context, db *sql.DB, position func(context.Context) (canal.Position, error), log *zap.Logger) (canal.Position, error) {
+	var lastLog time.Time
+	for {
+		p, err := position(ctx)
+		if err != nil {
+			return p, err
+		}
+		n, err := preparedXA(ctx, db)
+		if err != nil {
+			log.Warn("cannot list prepared XA transactions (XA RECOVER); a transaction prepared before the snapshot and committed after it would be missed (fix: grant the invsync user what XA RECOVER needs, e.g. XA_RECOVER_ADMIN on MySQL 8)", zap.Error(err))
+			return p, nil
+		}
+		if n == 0 {
+			return p, nil
+		}
+		if time.Since(lastLog) > 10*time.Second {
+			log.Warn("waiting for prepared XA transactions to commit or roll back before the snapshot records its position (XA RECOVER lists them)", zap.Int("prepared", n))
+			lastLog = time.Now()
+		}
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return p, ctx.Err()
+		}
+	}
+}
+
+// preparedXA counts the XA transactions prepared on the source.
+func preparedXA(ctx context.Context, db *sql.DB) (int, error) {
+	rows, err := db.QueryContext(ctx, "XA RECOVER")
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	return n, rows.Err()
+}
+
+// SourceIdentity names the server the source address reaches: MySQL's server_uuid, or
+// MariaDB's server_id and GTID domain (MariaDB has no server_uuid).
+func SourceIdentity(ctx context.Context, db *sql.DB, flavor string) (string, error) {
+	if flavor == "mariadb" {
+		var id, domain string
+		if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.server_id, @@GLOBAL.gtid_domain_id").Scan(&id, &domain); err != nil {
+			return "", fmt.Errorf("read the source's server_id: %w", err)
+		}
+		return "mariadb server_id=" + id + " gtid_domain_id=" + domain, nil
+	}
+	var uuid, id string
+	if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.server_uuid, @@GLOBAL.server_id").Scan(&uuid, &id); err != nil {
+		return "", fmt.Errorf("read the source's server_uuid: %w", err)
+	}
+	return "mysql server_uuid=" + uuid + " server_id=" + id, nil
+}
+
 // RunSnapshot loads every table through w (which must set bloom bits through keeper),
 // rebuilding the Bloom filters from the rows it writes, then saves the position recorded
 // before the load as the checkpoint and returns it. progress may be nil (log lines only).
-func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, keeper *bloom.Keeper, rdb redis.UniversalClient, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress)) (canal.Position, error) {
+func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, keeper *bloom.Keeper, rdb redis.UniversalClient, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress), mode snapshotMode) (canal.Position, error) {
 	var lastLog time.Time
 	logProgress := func(p snapshot.Progress) {
 		if progress != nil {
@@ -505,11 +659,20 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 			zap.Float64("rows_per_second", p.RowsPerS), zap.Duration("eta", p.Remaining.Round(time.Second)))
 	}
 	snap := snapshot.New(cfg, tables, w, rdb, log, logProgress)
+	if mode.replace {
+		snap = snap.Replacing()
+	}
 	var pos canal.Position
+	position := positionIn(db, cfg.Source.Flavor, func() uint32 { return mode.epoch })
+	first := true
 	err := keeper.Rebuild(ctx, func(ctx context.Context) error {
 		var err error
 		pos, _, err = snap.Run(ctx, func(ctx context.Context) (canal.Position, error) {
-			return CurrentPosition(ctx, db, cfg.Source.Flavor)
+			if first {
+				first = false
+				return positionWithoutPreparedXA(ctx, db, position, log)
+			}
+			return position(ctx)
 		})
 		return err
 	})
@@ -770,7 +933,7 @@ func (d *Daemon) reloadTable(ctx context.Context, db *sql.DB, rdb redis.Universa
 		d.m.Resnapshots.WithLabelValues(reason).Inc()
 		log.Error("a mirrored table no longer exists (dropped or renamed away): its keys become tombstones; "+
 			"it is loaded again if a later statement creates it (fix: restore the table, or remove it from tables before the next restart)", at.Fields()...)
-		_, err := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Gone(ctx, t)
+		_, err := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Replacing().Gone(ctx, t, at)
 		return err
 	}
 	nt := loaded[0]
@@ -879,24 +1042,44 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 		return canal.Position{}, err
 	}
 	store.Fence(lock.name, lock.ID())
+	// Over an earlier checkpoint, the snapshot replaces what Redis holds (rows changed
+	// since without a version the guard could order by must not stay stale); over a
+	// replaced history (another server, a reset binlog) it starts a new epoch.
+	var mode snapshotMode
+	if prev, ok, err := store.Load(ctx); err != nil {
+		return canal.Position{}, err
+	} else if ok {
+		mode = snapshotMode{epoch: prev.Epoch, replace: true}
+		if reason, why, err := d.historyChanged(ctx, db, store, prev); err != nil {
+			return canal.Position{}, err
+		} else if reason != "" {
+			mode.epoch++
+			log.Warn("the source's binlog history was replaced since the checkpoint ("+why+"): the snapshot starts a new epoch", zap.Uint32("epoch", mode.epoch))
+		}
+	} else if id, err := SourceIdentity(ctx, db, cfg.Source.Flavor); err != nil {
+		return canal.Position{}, err
+	} else {
+		store.SetSource(id)
+	}
 	keeper := newKeeper(cfg, rdb, tables, log.Named("bloom"), nil)
 	if err := keeper.Open(ctx); err != nil {
 		return canal.Position{}, err
 	}
-	return RunSnapshot(ctx, cfg, db, tables, keeper.Wrap(newWriter(cfg, rdb)), keeper, rdb, store, log, progress)
+	return RunSnapshot(ctx, cfg, db, tables, keeper.Wrap(newWriter(cfg, rdb)), keeper, rdb, store, log, progress, mode)
 }
 
 // fetcher reads single rows from the source for the compensation retrier, with a
 // text-protocol session like the snapshot's.
 type fetcher struct {
+	epoch  func() uint32
 	cfg    *config.Config
 	db     *sql.DB
 	tables map[string]*canal.Table
 	conn   *client.Conn
 }
 
-func newFetcher(cfg *config.Config, db *sql.DB, tables []*canal.Table) *fetcher {
-	f := &fetcher{cfg: cfg, db: db, tables: map[string]*canal.Table{}}
+func newFetcher(cfg *config.Config, db *sql.DB, tables []*canal.Table, epoch func() uint32) *fetcher {
+	f := &fetcher{cfg: cfg, db: db, tables: map[string]*canal.Table{}, epoch: epoch}
 	for _, t := range tables {
 		f.tables[t.FullName()] = t
 	}
@@ -935,7 +1118,7 @@ func (f *fetcher) fetch(ctx context.Context, table, pk string) (layout.Change, b
 	}
 	// The row as of now, stamped with the position recorded before it is read: ordered
 	// against the stream's writes by position (see snapshot.SeqOf).
-	pos, err := CurrentPosition(ctx, f.db, f.cfg.Source.Flavor)
+	pos, err := positionIn(f.db, f.cfg.Source.Flavor, f.epoch)(ctx)
 	if err != nil {
 		return layout.Change{}, false, err
 	}

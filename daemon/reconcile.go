@@ -12,6 +12,7 @@ import (
 	"github.com/go-co-op/gocron/v2"
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/reconcile"
@@ -19,9 +20,20 @@ import (
 	"go.uber.org/zap"
 )
 
-func reconcileDeps(cfg *config.Config, db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, log *zap.Logger) reconcile.Deps {
+// reconcileDeps are reconcile's dependencies; epoch is the epoch of the source's history
+// that positions belong to (the checkpoint's).
+func reconcileDeps(cfg *config.Config, db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, log *zap.Logger, epoch func() uint32) reconcile.Deps {
 	return reconcile.Deps{Cfg: cfg, DB: db, Tables: tables, RDB: rdb, Writer: w, Log: log,
-		Position: func(ctx context.Context) (canal.Position, error) { return CurrentPosition(ctx, db, cfg.Source.Flavor) }}
+		Position: positionIn(db, cfg.Source.Flavor, epoch)}
+}
+
+// positionIn returns the source's current position in the epoch epoch() names.
+func positionIn(db *sql.DB, flavor string, epoch func() uint32) func(context.Context) (canal.Position, error) {
+	return func(ctx context.Context) (canal.Position, error) {
+		p, err := CurrentPosition(ctx, db, flavor)
+		p.Epoch = epoch()
+		return p, err
+	}
 }
 
 // Reconcile is `invsync reconcile`. When no instance leads the config (it can take the
@@ -52,7 +64,14 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 		return nil, "", err
 	}
 	w := newWriter(cfg, rdb)
-	deps := reconcileDeps(cfg, db, tables, rdb, w, log)
+	// Positions belong to the checkpoint's epoch of the source's history.
+	var epoch uint32
+	if store, err := checkpoint.Open(ctx, stateDB, cfg.State.Schema, "default"); err == nil {
+		if p, ok, err := store.Load(ctx); err == nil && ok {
+			epoch = p.Epoch
+		}
+	}
+	deps := reconcileDeps(cfg, db, tables, rdb, w, log, func() uint32 { return epoch })
 	if opts.Recheck == 0 {
 		opts.Recheck = cfg.Reconcile.RecheckFor
 	}
@@ -136,7 +155,7 @@ func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.Univ
 	ctx, cancel := context.WithCancel(context.Background())
 	job := func() {
 		start := time.Now()
-		deps := reconcileDeps(d.live.Load(), db, tables, rdb, w, log)
+		deps := reconcileDeps(d.live.Load(), db, tables, rdb, w, log, d.epoch.Load)
 		deps.Ensure, deps.OnKeys = keeper.Ensure, keeper.ScannedMany
 		var rep *reconcile.Report
 		err := keeper.Rebuild(ctx, func(ctx context.Context) error {

@@ -149,3 +149,29 @@ func TestDropAndCreateTableWhileStreaming(t *testing.T) {
 		t.Fatalf("invsync_resnapshots_total{reason=ddl} = %v, want >= 2 (the drop, the create)", got)
 	}
 }
+
+// CREATE OR REPLACE TABLE ... SELECT (logged by MariaDB as a DDL group with its rows),
+// then partition operations that remove rows without row events: each reloads.
+func TestCreateSelectAndPartitionOperations(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL + " PARTITION BY RANGE (sku) (PARTITION p0 VALUES LESS THAN (1000), PARTITION p1 VALUES LESS THAN (2000), PARTITION p2 VALUES LESS THAN MAXVALUE)", version: "version"})
+	loadRows(t, e, 3000)
+	execAll(t, e.db, "CREATE TABLE src LIKE inventory", "ALTER TABLE src REMOVE PARTITIONING",
+		"INSERT INTO src SELECT sku, stock + 5, price, name, version FROM inventory WHERE sku % 3 = 0")
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	w := startTolerantWriters(e, 3500)
+	time.Sleep(300 * time.Millisecond)
+	execAll(t, e.db, "ALTER TABLE inventory TRUNCATE PARTITION p1")
+	time.Sleep(300 * time.Millisecond)
+	execAll(t, e.db, "CREATE TABLE swap LIKE inventory", "ALTER TABLE swap REMOVE PARTITIONING",
+		"ALTER TABLE inventory EXCHANGE PARTITION p0 WITH TABLE swap")
+	time.Sleep(300 * time.Millisecond)
+	execAll(t, e.db, "CREATE OR REPLACE TABLE inventory (sku BIGINT UNSIGNED NOT NULL PRIMARY KEY, stock INT NOT NULL, price DECIMAL(10,2) NULL, name VARCHAR(64) NULL, version BIGINT UNSIGNED NOT NULL) SELECT * FROM src")
+	time.Sleep(500 * time.Millisecond)
+	t.Logf("%d writes ran across the statements", w.stop())
+	e.waitEqual(60 * time.Second)
+	if got := reloadsFor(t, r, "ddl"); got < 3 {
+		t.Fatalf("invsync_resnapshots_total{reason=ddl} = %v, want >= 3", got)
+	}
+}

@@ -157,9 +157,12 @@ type Change struct {
 	// it a DELETE then INSERT with the version restarting at 1 could not replace a
 	// snapshot row read before the DELETE.
 	MaxVersion string
-	// Replace, for a write that does not come from the binlog, replaces the row whatever
-	// Redis holds. Only for a reload after a DDL, made while the binlog stream is paused
-	// (nothing else writes then), when rows changed their text without a new version.
+	// Replace replaces the row (or, on a delete, turns it into a tombstone) whatever
+	// Redis holds, keeping Seq as its _s when set. Only for a reload made while the binlog
+	// stream is paused (nothing else writes then) when versions cannot order its rows
+	// against what Redis holds: after a DDL (rows changed their text without a new
+	// version), after a purged binlog position or a replaced history (rows deleted and
+	// inserted again with their version restarted, updated without a new version).
 	Replace bool
 	// IfAbsent, for an upsert that does not come from the binlog, writes it only where no
 	// key or a null marker is (a read path's fill: whatever the stream wrote meanwhile,

@@ -13,7 +13,7 @@ import (
 )
 
 // applyScript applies a list of row changes. KEYS are the row keys; ARGV[1] is the
-// tombstone TTL in milliseconds, ARGV[2] the null-marker TTL, then per key: op ('u', 'd', or 'r' for Change.Replace), seq (27 digits, or ”
+// tombstone TTL in milliseconds, ARGV[2] the null-marker TTL, then per key: op ('u', 'd', 'n' for a null marker, 'a' for a fill, 'r'/'R' for a replacing upsert/delete), seq (27 digits, or ”
 // for a write that does not come from the binlog), version, n, and n field/value pairs.
 // It returns per key 1 (applied), 0 (skipped) or 'E:<error>'.
 //
@@ -61,7 +61,11 @@ for i = 1, #KEYS do
   else
     local cs, cv, cn, cd = cur[1], cur[2], cur[3], cur[4]
     local apply
-    if cn or not cv then
+    if op == 'r' or op == 'R' then
+      -- A replacing write (a reload while the stream is paused): whatever is there.
+      apply = true
+      if op == 'R' then op = 'd' end
+    elseif cn or not cv then
       apply = (not cs) or (s ~= '' and newer(s, cs))
     elseif op == 'a' then
       -- A fill: only where no row, tombstone or newer write exists.
@@ -72,8 +76,6 @@ for i = 1, #KEYS do
       if cs then apply = newer(s, cs)
       elseif cd then apply = true
       else apply = cmp(mv, cv) >= 0 end
-    elseif op == 'r' then
-      apply = true
     elseif op == 'd' then
       -- Not from the binlog, a delete (the row was found absent): only over a live row
       -- whose version is not newer than the one the caller saw.
@@ -343,9 +345,12 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 			op := "u"
 			if c.Op == OpDelete {
 				op = "d"
+				if c.Replace {
+					op = "R"
+				}
 			} else if c.Op == OpNull {
 				op = "n"
-			} else if c.Replace && c.Seq.IsZero() {
+			} else if c.Replace {
 				op = "r"
 			} else if c.IfAbsent && c.Seq.IsZero() {
 				op = "a"

@@ -396,3 +396,50 @@ func TestServerStatesAreOutagesNotKeyErrors(t *testing.T) {
 		t.Error("a transport error is not a server state (it is an outage of its own kind)")
 	}
 }
+
+// A replacing write (a reload while the stream is paused, after a lost or replaced
+// binlog) lands whatever Redis holds, keeps its stamp as _s, and a later binlog write
+// orders after it; a replacing delete tombstones a row of a higher version.
+func TestReplacingWritesLandAndKeepTheirStamp(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	prefix := testenv.Prefix(t, rdb)
+	w := layout.NewWriter(rdb, time.Hour, false)
+	key := layout.Key(prefix, []string{"1"})
+	out := make([]layout.Outcome, 1)
+	stamp := layout.Seq{File: 10_000_001, Pos: 500, Index: 9_999_999} // epoch 1, file 1
+	later := layout.Seq{File: 10_000_001, Pos: 900}
+	for _, before := range [][]any{
+		{"_v", "9", "_s", "000000000500000000400000000", "stock", "1"},                 // a binlog row of an earlier epoch
+		{"_v", "9", "stock", "1"},                                                      // a snapshot row of a higher version
+		{"_v", "9", "_s", "000000000500000000400000000", "_deleted", "1"},              // an earlier epoch's tombstone
+		{"_v", "9", "_s", "000000000500000000400000000", "stock", "1", "dropped", "x"}, // a field the row lacks now
+	} {
+		rdb.Del(ctx, key)
+		rdb.HSet(ctx, key, before...)
+		c := layout.Change{Key: key, Op: layout.OpUpsert, Version: "1", Replace: true, Seq: stamp, Fields: []layout.Field{{Name: "stock", Value: "777"}}}
+		testenv.Must(t, w.Apply(ctx, []layout.Change{c}, out), "apply")
+		got := rdb.HGetAll(ctx, key).Val()
+		if out[0].Result != layout.Applied || len(got) != 3 || got["stock"] != "777" || got["_v"] != "1" || got["_s"] != string(layout.AppendSeq(nil, stamp)) {
+			t.Fatalf("over %v: replacing write gave %v (%v)", before, got, out[0])
+		}
+		// A binlog write after the stamp applies; one before it (a replay) does not.
+		old := layout.Change{Key: key, Op: layout.OpUpsert, Version: "2", Seq: layout.Seq{File: 10_000_001, Pos: 100}, Fields: []layout.Field{{Name: "stock", Value: "5"}}}
+		testenv.Must(t, w.Apply(ctx, []layout.Change{old}, out), "apply")
+		if out[0].Result != layout.Skipped {
+			t.Fatalf("a replayed change before the stamp applied over the replacing write")
+		}
+		next := layout.Change{Key: key, Op: layout.OpUpsert, Version: "1", Seq: later, Fields: []layout.Field{{Name: "stock", Value: "6"}}}
+		testenv.Must(t, w.Apply(ctx, []layout.Change{next}, out), "apply")
+		if out[0].Result != layout.Applied || rdb.HGet(ctx, key, "stock").Val() != "6" {
+			t.Fatalf("a binlog change after the stamp did not apply")
+		}
+	}
+	rdb.Del(ctx, key)
+	rdb.HSet(ctx, key, "_v", "9", "stock", "1")
+	del := layout.Change{Key: key, Op: layout.OpDelete, Version: "9", Replace: true, Seq: stamp}
+	testenv.Must(t, w.Apply(ctx, []layout.Change{del}, out), "apply")
+	if got := rdb.HGetAll(ctx, key).Val(); got["_deleted"] != "1" || got["_s"] != string(layout.AppendSeq(nil, stamp)) {
+		t.Fatalf("replacing delete gave %v", got)
+	}
+}

@@ -39,6 +39,9 @@ type Metrics struct {
 	CompensationPending, CompensationDead, CompensationOldest prometheus.Gauge
 	// Resnapshots counts full reloads made to heal, by reason.
 	Resnapshots *prometheus.CounterVec
+	// SourceEpochs counts new epochs of the source's history (a binlog reset, another
+	// server answering).
+	SourceEpochs prometheus.Counter
 	// CommittedTxns counts transactions whose rows are all acknowledged.
 	CommittedTxns prometheus.Counter
 	// ReconcileRuns counts scheduled reconciliations by result (clean, repaired, drift,
@@ -95,8 +98,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		CompensationOldest: prometheus.NewGauge(prometheus.GaugeOpts{Name: "invsync_compensation_oldest_pending_seconds",
 			Help: "Age of the oldest pending row in the compensation table."}),
 		Resnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "invsync_resnapshots_total", Help: "Full reloads of the tables made to heal, by reason (position_lost, ddl, redis_data_loss).",
+			Name: "invsync_resnapshots_total", Help: "Reloads of tables made to heal, by reason (position_lost, ddl, rollback, redis_data_loss, binlog_reset, source_changed).",
 		}, []string{"reason"}),
+		SourceEpochs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "invsync_source_epochs_total", Help: "Times the source's binlog history was found replaced (RESET MASTER, another server answering) and a new epoch started.",
+		}),
 		CommittedTxns: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "invsync_transactions_done_total", Help: "Source transactions whose rows are all acknowledged by Redis.",
 		}),
@@ -111,6 +117,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.Resnapshots.WithLabelValues("position_lost")
 	m.Resnapshots.WithLabelValues("ddl")
 	m.Resnapshots.WithLabelValues("redis_data_loss")
+	for _, r := range []string{"rollback", "binlog_reset", "source_changed"} {
+		m.Resnapshots.WithLabelValues(r)
+	}
 	m.ReconcileRuns = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_reconcile_runs_total",
 		Help: "Scheduled reconciliations by result: clean, repaired, drift (differences left), error."}, []string{"result"})
 	m.ReconcileLastTimestamp = prometheus.NewGauge(prometheus.GaugeOpts{Name: "invsync_reconcile_last_run_timestamp_seconds",
@@ -127,7 +136,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "Config reloads (file change or SIGHUP) by result: applied, unchanged, refused (invalid file; the running config stays)."}, []string{"result"})
 	reg.MustRegister(m.ConfigReloads)
 	reg.MustRegister(m.ReconcileRuns, m.ReconcileLastTimestamp, m.ReconcileLastDuration, m.ReconcileLastDifferences, m.ReconcileLastRepaired, m.ReconcileLastRows)
-	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RedisPaused, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
+	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RedisPaused, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.SourceEpochs, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
 		m.CompensationPending, m.CompensationDead, m.CompensationOldest)
 	return m
 }

@@ -300,14 +300,20 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 		// stream's by position. Versions cannot order them: a row read before a DELETE
 		// may carry a higher version than the tombstone of a later incarnation whose
 		// version restarted.
+		// A replacing reload (the stream is paused) stamps its chunks the same way: a
+		// binlog change after the chunk was read then replaces the row, one before it
+		// (replayed when the stream resumes) cannot.
 		var stamp layout.Seq
-		if r.s.noSweep {
+		if r.s.noSweep || r.s.replace {
 			pos, err := r.s.position(ctx)
 			if err != nil {
 				_ = finish()
 				return fmt.Errorf("snapshot: %s: record the position: %w", t.FullName(), err)
 			}
 			stamp = SeqOf(pos)
+			if tq.versionAt < 0 {
+				positionVersion = strconv.FormatUint(positionVersionOf(pos), 10)
+			}
 		}
 		res, err := r.conn.Execute(q + order)
 		if err != nil {
@@ -349,7 +355,7 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 			if err := finish(); err != nil {
 				return err
 			}
-			return r.sweep(ctx, t)
+			return r.sweep(ctx, t, p0)
 		}
 		if limit := r.s.cfg.Snapshot.RowsPerSecond; limit > 0 {
 			want := time.Duration(float64(n) / float64(limit) * float64(time.Second))
@@ -366,17 +372,20 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 }
 
 // Gone turns every live row under t's prefix into a tombstone: the table no longer
-// exists on the source. It returns how many.
-func (s *Snapshot) Gone(ctx context.Context, t *canal.Table) (int64, error) {
+// exists on the source (at is the position where that was seen; with Replacing, the
+// tombstones replace whatever version Redis holds and carry at). It returns how many.
+func (s *Snapshot) Gone(ctx context.Context, t *canal.Table, at canal.Position) (int64, error) {
 	r := &run{s: s, seen: map[uint64]struct{}{}}
-	err := r.sweep(ctx, t)
+	err := r.sweep(ctx, t, at)
 	return r.swept, err
 }
 
 // sweep turns into tombstones the live rows under t's prefix that the snapshot did not
 // find: rows deleted while invsync could not follow the binlog, or leftovers. A key
-// whose hash matches a found key's is left alone (a collision is harmless that way).
-func (r *run) sweep(ctx context.Context, t *canal.Table) error {
+// whose hash matches a found key's is left alone (a collision is harmless that way). A
+// replacing reload tombstones them whatever their version, stamped with p0 (the position
+// recorded before the table was read): a later binlog write of the key wins.
+func (r *run) sweep(ctx context.Context, t *canal.Table, p0 canal.Position) error {
 	if r.s.noSweep {
 		r.seen = nil
 		return nil
@@ -417,7 +426,11 @@ func (r *run) sweep(ctx context.Context, t *canal.Table) error {
 					continue // not a live row of ours (or not a hash)
 				}
 				ver, _ := v[0].(string)
-				pending = append(pending, layout.Change{Key: k, Op: layout.OpDelete, Version: ver})
+				c := layout.Change{Key: k, Op: layout.OpDelete, Version: ver}
+				if r.s.replace {
+					c.Replace, c.Seq = true, SeqOf(p0)
+				}
+				pending = append(pending, c)
 			}
 			keys = keys[:0]
 			return flush()
@@ -551,22 +564,16 @@ func ident(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`
 // ordered against the binlog stream's writes by position, as a binlog write is: a change
 // committed after p replaces it, one committed before p cannot.
 func SeqOf(p canal.Position) layout.Seq {
-	idx := uint64(0)
-	if dot := strings.LastIndexByte(p.File, '.'); dot >= 0 {
-		idx, _ = strconv.ParseUint(p.File[dot+1:], 10, 32)
-	}
-	return layout.Seq{File: uint32(idx), Pos: p.Pos, Index: 9_999_999}
+	f, _ := p.SeqFile()
+	return layout.Seq{File: f, Pos: p.Pos, Index: 9_999_999}
 }
 
 // PositionVersion is _v, for a table without a version column, of a row read at p.
 func PositionVersion(p canal.Position) uint64 { return positionVersionOf(p) }
 
 func positionVersionOf(p canal.Position) uint64 {
-	idx := uint64(0)
-	if dot := strings.LastIndexByte(p.File, '.'); dot >= 0 {
-		idx, _ = strconv.ParseUint(p.File[dot+1:], 10, 32)
-	}
-	return layout.PositionVersion(layout.Seq{File: uint32(idx), Pos: p.Pos})
+	f, _ := p.SeqFile()
+	return layout.PositionVersion(layout.Seq{File: f, Pos: p.Pos})
 }
 
 // globEscape escapes the characters SCAN MATCH treats as a pattern.
