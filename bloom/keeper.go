@@ -444,6 +444,28 @@ func (k *Keeper) restore(ctx context.Context, t *tableFilter) error {
 	return nil
 }
 
+// RestoreAll writes every complete filter to Redis again from memory, whatever Redis
+// holds: after Redis went back to an older state, its bitmaps may lack keys written
+// since (the filter in memory holds every key ever added).
+func (k *Keeper) RestoreAll(ctx context.Context) error {
+	k.swap.Lock()
+	defer k.swap.Unlock()
+	for _, t := range k.tables {
+		t.mu.Lock()
+		cur, complete := t.cur, t.complete
+		t.mu.Unlock()
+		if !complete {
+			continue
+		}
+		if err := t.mirror.Replace(ctx, cur); err != nil {
+			return fmt.Errorf("bloom: restore %s: %w", t.mirror.Key(), err)
+		}
+		k.m.restores.WithLabelValues(t.spec.Name).Inc()
+		k.log.Warn("the bloom bitmap written again from memory (Redis went back to an older state)", zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()))
+	}
+	return nil
+}
+
 // Run checks the Redis copies every interval (see Check) and rebuilds from the source
 // the filters that are not complete, until ctx ends.
 func (k *Keeper) Run(ctx context.Context, interval time.Duration) {

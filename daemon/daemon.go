@@ -323,6 +323,39 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			return err
 		}
 	}
+	// Redis may hold less than the checkpoint (restored from an older RDB/AOF, failed
+	// over to a lagging replica while invsync was stopped): stream from what it holds.
+	marker := markerKey(d.cfg)
+	var hist *redisHistory
+	if err := d.retry(ctx, "read Redis's applied markers", func() error {
+		var err error
+		if hist, err = newRedisHistory(ctx, rdb, d.cfg); err != nil {
+			return err
+		}
+		dataMarker := rdb.Exists(ctx, marker).Val() == 1
+		rewind, lost, err := hist.start(ctx, pos, found, dataMarker)
+		if err != nil {
+			return err
+		}
+		if lost {
+			d.m.RedisRollbacks.Inc()
+			d.log.Error("a Redis master lost invsync's data (its applied marker is gone): every table is loaded again", zap.Strings("markers", hist.keys))
+			rdb.Del(ctx, marker) // the data-loss watch reloads every table
+		}
+		if rewind != nil {
+			d.m.RedisRollbacks.Inc()
+			d.log.Error("Redis holds less than the checkpoint (restored from an older RDB/AOF or failed over to a lagging replica): streaming again from what it holds",
+				append(pos.Fields(), zap.String("redis_holds", rewind.String()))...)
+			if err := keeper.RestoreAll(ctx); err != nil {
+				return err
+			}
+			pos = *rewind
+			return store.Save(ctx, pos)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	// Keep the Redis copies of the Bloom filters whole, and build the ones missing.
 	bloomCtx, stopBloom := context.WithCancel(ctx)
 	bloomDone := make(chan struct{})
@@ -357,7 +390,6 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	}
 	// Watch for Redis losing its data (a restart without persistence, FLUSHALL, a
 	// failover to an empty replica) and load the tables again while streaming goes on.
-	marker := markerKey(d.cfg)
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() {
@@ -402,19 +434,57 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 				return err
 			}
 			d.epoch.Store(pos.Epoch)
+			if err := d.retry(ctx, "read Redis's applied markers", func() error { return hist.resync(ctx) }); err != nil {
+				return nil
+			}
 			continue
 		}
 		next, err := pos, PositionAvailable(ctx, db, pos)
+		var back *errRedisWentBack
 		if err == nil {
-			next, err = d.session(ctx, pos, tables, names, writer, store, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
+			// Redis going back to an older state ends the session (see rollback.go).
+			sessCtx, endSession := context.WithCancelCause(ctx)
+			checkDone := make(chan struct{})
+			go func() { defer close(checkDone); d.watchRedisHistory(sessCtx, hist, endSession) }()
+			next, err = d.session(sessCtx, pos, tables, names, writer, store, hist, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
 				return d.reloadTable(ctx, db, rdb, writer, sk, t, at, force, reason)
 			})
+			if !errors.As(context.Cause(sessCtx), &back) {
+				errors.As(err, &back)
+			}
+			endSession(nil)
+			<-checkDone
 		}
-		pos = next
 		if ctx.Err() != nil {
-			d.log.Info("stopped cleanly", pos.Fields()...)
+			d.log.Info("stopped cleanly", next.Fields()...)
 			return nil
 		}
+		if back != nil {
+			// Stream again from what Redis holds: the changes it lost are replayed.
+			d.m.RedisRollbacks.Inc()
+			d.log.Error("Redis went back to an older state: streaming again from what it holds; Bloom bitmaps written again from memory", zap.Error(back))
+			if back.to == nil {
+				_ = rdb.Del(ctx, marker).Err() // lost everything: the data-loss watch reloads every table
+			} else if back.to.Before(pos) {
+				pos = *back.to
+			}
+			if err := d.retry(ctx, "heal Redis after it went back", func() error {
+				if err := keeper.RestoreAll(ctx); err != nil {
+					return err
+				}
+				if err := hist.resync(ctx); err != nil {
+					return err
+				}
+				return store.Save(ctx, pos)
+			}); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			continue
+		}
+		pos = next
 		if errors.Is(err, canal.ErrHistoryChanged) {
 			continue // checked at the top of the loop
 		}
@@ -445,6 +515,9 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 					return nil
 				}
 				return err
+			}
+			if err := d.retry(ctx, "read Redis's applied markers", func() error { return hist.resync(ctx) }); err != nil {
+				return nil
 			}
 			continue
 		}
@@ -679,6 +752,10 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 	if err != nil {
 		return pos, err
 	}
+	// Redis holds every row up to pos (see rollback.go), then the checkpoint.
+	if err := writeAppliedMarkers(ctx, rdb, cfg, pos); err != nil {
+		return pos, err
+	}
 	if err := store.Save(ctx, pos); err != nil {
 		return pos, err
 	}
@@ -795,7 +872,7 @@ func (d *Daemon) retry(ctx context.Context, what string, f func() error) error {
 // session streams from start until the stream ends, then drains the workers and writes
 // the final checkpoint; it returns the position reached.
 func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*canal.Table, names []string, w sink.Writer, store *checkpoint.Store,
-	onDDL reloadFunc) (canal.Position, error) {
+	hist *redisHistory, onDDL reloadFunc) (canal.Position, error) {
 	wm := sink.NewWatermark(start, time.Now)
 	beat := func() {
 		d.lastEvent.Store(time.Now().UnixNano())
@@ -823,6 +900,9 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 
 	cpDone := make(chan struct{})
 	cpStop := make(chan struct{})
+	streamCtx, stopStream := context.WithCancelCause(ctx)
+	defer stopStream(nil)
+	wentBack := func(err error) { stopStream(err) }
 	saved := start
 	var unsavedRows int64
 	lastWrite := time.Now()
@@ -838,6 +918,17 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 		// itself one transaction per interval forever.
 		if pos == saved || (unsavedRows == 0 && !final && time.Since(lastWrite) < idleCheckpointInterval) {
 			d.lastSave.Store(time.Now().UnixNano())
+			return
+		}
+		// Redis records how far it got first (see rollback.go); a Redis that went back
+		// gets no checkpoint past what it holds.
+		if err := hist.advance(sctx, pos); err != nil {
+			var back *errRedisWentBack
+			if errors.As(err, &back) {
+				wentBack(back)
+				return
+			}
+			d.log.Warn("applied marker not written; the checkpoint waits", append(pos.Fields(), zap.Error(err))...)
 			return
 		}
 		if err := store.Save(sctx, pos); err != nil {
@@ -866,7 +957,11 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 	d.log.Info("streaming the binlog", start.Fields()...)
 	d.ready.Store(true)
 	d.lastEvent.Store(time.Now().UnixNano())
-	srcErr := src.Run(ctx, start, &readyHandler{Sink: sk, d: d, onDDL: onDDL})
+	srcErr := src.Run(streamCtx, start, &readyHandler{Sink: sk, d: d, onDDL: onDDL})
+	var back *errRedisWentBack
+	if errors.As(context.Cause(streamCtx), &back) {
+		srcErr = back
+	}
 
 	// Stop reading, let the workers write what is queued, then checkpoint.
 	sk.Close()

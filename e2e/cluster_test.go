@@ -15,9 +15,40 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// clusterNode is one redis-server of a test's cluster.
+type clusterNode struct {
+	addr   string
+	server string
+	args   []string
+	cmd    *exec.Cmd
+}
+
+func (n *clusterNode) start(t *testing.T) {
+	t.Helper()
+	n.cmd = exec.Command(n.server, n.args...)
+	testenv.Must(t, n.cmd.Start(), "start redis-server %s", n.addr)
+	cmd := n.cmd
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+}
+
+func (n *clusterNode) kill() {
+	_ = n.cmd.Process.Kill()
+	_ = n.cmd.Wait()
+}
+
 // startCluster starts a Redis Cluster of three masters (redis-server processes on free
 // loopback ports, data in a temporary directory), stopped when the test ends.
 func startCluster(t *testing.T) []string {
+	t.Helper()
+	var addrs []string
+	for _, n := range startClusterNodes(t) {
+		addrs = append(addrs, n.addr)
+	}
+	return addrs
+}
+
+// startClusterNodes is startCluster, returning the nodes (to restart one).
+func startClusterNodes(t *testing.T) []*clusterNode {
 	t.Helper()
 	server := os.Getenv("INVSYNC_TEST_REDIS_SERVER")
 	if server == "" {
@@ -28,15 +59,15 @@ func startCluster(t *testing.T) []string {
 		cli = "redis-cli"
 	}
 	var addrs []string
+	var nodes []*clusterNode
 	for i := 0; i < 3; i++ {
 		addr := freeAddr(t)
 		port := addr[strings.LastIndexByte(addr, ':')+1:]
 		dir := t.TempDir()
-		cmd := exec.Command(server, "--bind", "127.0.0.1", "--port", port, "--cluster-enabled", "yes",
-			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--dir", dir, "--save", "", "--appendonly", "no")
-		cmd.Stdout, cmd.Stderr = nil, nil
-		testenv.Must(t, cmd.Start(), "start redis-server %s", addr)
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		n := &clusterNode{addr: addr, server: server, args: []string{"--bind", "127.0.0.1", "--port", port, "--cluster-enabled", "yes",
+			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--dir", dir, "--save", "", "--appendonly", "no"}}
+		n.start(t)
+		nodes = append(nodes, n)
 		addrs = append(addrs, addr)
 	}
 	for _, a := range addrs {
@@ -65,12 +96,15 @@ func startCluster(t *testing.T) []string {
 		}
 		c.Close()
 	}
-	return addrs
+	return nodes
 }
 
 // newClusterEnv is newEnv with Redis in cluster mode on a cluster of its own.
 func newClusterEnv(t *testing.T, tables ...tableSpec) *env {
-	addrs := startCluster(t)
+	return newClusterEnvOn(t, startCluster(t), tables...)
+}
+
+func newClusterEnvOn(t *testing.T, addrs []string, tables ...tableSpec) *env {
 	e := newEnv(t, tables...)
 	e.cfg.Redis.Mode = "cluster"
 	e.cfg.Redis.Addrs = addrs

@@ -39,6 +39,10 @@ type Metrics struct {
 	CompensationPending, CompensationDead, CompensationOldest prometheus.Gauge
 	// Resnapshots counts full reloads made to heal, by reason.
 	Resnapshots *prometheus.CounterVec
+	// RedisRollbacks counts the times Redis was found back at an older state (restored
+	// from an older RDB/AOF, failed over to a lagging replica) or a master had lost its
+	// data, and was healed.
+	RedisRollbacks prometheus.Counter
 	// SourceEpochs counts new epochs of the source's history (a binlog reset, another
 	// server answering).
 	SourceEpochs prometheus.Counter
@@ -100,6 +104,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		Resnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "invsync_resnapshots_total", Help: "Reloads of tables made to heal, by reason (position_lost, ddl, rollback, redis_data_loss, binlog_reset, source_changed).",
 		}, []string{"reason"}),
+		RedisRollbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "invsync_redis_rollbacks_total", Help: "Times Redis was found back at an older state (restored from an older RDB/AOF, failed over to a lagging replica, a master that lost its data) and healed by streaming again from what it holds.",
+		}),
 		SourceEpochs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "invsync_source_epochs_total", Help: "Times the source's binlog history was found replaced (RESET MASTER, another server answering) and a new epoch started.",
 		}),
@@ -136,7 +143,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "Config reloads (file change or SIGHUP) by result: applied, unchanged, refused (invalid file; the running config stays)."}, []string{"result"})
 	reg.MustRegister(m.ConfigReloads)
 	reg.MustRegister(m.ReconcileRuns, m.ReconcileLastTimestamp, m.ReconcileLastDuration, m.ReconcileLastDifferences, m.ReconcileLastRepaired, m.ReconcileLastRows)
-	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RedisPaused, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.SourceEpochs, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
+	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RedisPaused, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.RedisRollbacks, m.SourceEpochs, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
 		m.CompensationPending, m.CompensationDead, m.CompensationOldest)
 	return m
 }

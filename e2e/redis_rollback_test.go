@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/layout"
+)
+
+// Issue 11, part 2: a Redis that comes back with only its older writes (restarted from
+// an RDB taken earlier) keeps invsync's data-loss marker but lost writes invsync had
+// acknowledged and checkpointed. invsync notices (another run_id, an older applied
+// marker), streams again from what Redis holds, writes the Bloom bitmaps again, and Redis
+// equals MySQL, with every row in the filter.
+
+// persistentRedis is a redis-server of the test's own whose data directory outlives a
+// restart.
+type persistentRedis struct {
+	addr, dir string
+	cmd       *exec.Cmd
+}
+
+func (p *persistentRedis) start(t *testing.T) {
+	t.Helper()
+	_, port, _ := strings.Cut(p.addr, ":")
+	p.cmd = exec.Command(redisServer(), "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", p.dir)
+	testenv.Must(t, p.cmd.Start(), "start redis-server")
+	c := redisClient(t, p.addr)
+	waitFor(t, "redis-server answers", 10*time.Second, func() bool { return c.Ping(context.Background()).Err() == nil })
+}
+
+func (p *persistentRedis) kill() {
+	if p.cmd != nil && p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+	}
+}
+
+func TestRedisRestoredFromAnOlderSnapshotIsHealed(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	srv := &persistentRedis{addr: freeAddr(t), dir: t.TempDir()}
+	srv.start(t)
+	t.Cleanup(srv.kill)
+	e.cfg.Redis.Addrs = []string{srv.addr}
+	e.rdb = redisClient(t, srv.addr)
+	loadRows(t, e, 1000)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	ctx := context.Background()
+	base := "http://" + r.d.Addr()
+
+	var w *watcher
+	var stopWatch context.CancelFunc
+	watchDone := make(chan struct{})
+	wl := during(t, e, 1500, func(*workload) {
+		time.Sleep(500 * time.Millisecond)
+		testenv.Must(t, e.rdb.Save(ctx).Err(), "SAVE")
+		// After the RDB: an update of a row and a new row (the issue's reproduction), and
+		// the workload's changes; all acknowledged and checkpointed before the restart.
+		execAll(t, e.db, "UPDATE inventory SET stock = 4321, version = version + 1 WHERE sku = 2999",
+			"INSERT INTO inventory (sku, stock, price, name, version) VALUES (2999, 1, 1.00, 'after the save', 1) ON DUPLICATE KEY UPDATE stock = 4321, version = version + 1",
+			"INSERT INTO inventory (sku, stock, price, name, version) VALUES (3001, 77, 1.00, 'after the save', 1)")
+		e.waitApplied(t, layout.Key(e.cfg.Tables[0].KeyPrefix, []string{"3001"}), "1")
+		time.Sleep(1500 * time.Millisecond)
+		_ = e.rdb.ShutdownNoSave(ctx).Err()
+		srv.kill()
+		srv.start(t) // loads the older RDB: the data-loss marker is there
+		if e.rdb.Exists(ctx, layout.Key(e.cfg.Tables[0].KeyPrefix, []string{"3001"})).Val() != 0 {
+			t.Fatal("the restarted Redis holds the row written after its RDB: the test restored nothing")
+		}
+		// From here on, versions never go down (Redis itself went back before this).
+		var wctx context.Context
+		wctx, stopWatch = context.WithCancel(ctx)
+		w = newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
+		go func() { defer close(watchDone); w.run(wctx) }()
+		time.Sleep(2 * time.Second)
+	})
+	t.Logf("%d transactions", wl.done.Load())
+	e.waitEqual(60 * time.Second)
+	stopWatch()
+	<-watchDone
+	if bad := w.bad.list(); len(bad) > 0 {
+		t.Fatalf("watcher saw versions go down after the restart: %v", bad)
+	}
+	if got := metricOf(t, base, "invsync_redis_rollbacks_total"); got < 1 {
+		t.Fatalf("invsync_redis_rollbacks_total = %v after Redis came back older", got)
+	}
+}
+
+// One master of a 3-master cluster restarted from an older RDB while the others keep
+// their data: invsync notices that master went back and heals it.
+func TestClusterMasterRestoredFromAnOlderRDBIsHealed(t *testing.T) {
+	nodes := startClusterNodes(t)
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.addr)
+	}
+	e := newClusterEnvOn(t, addrs, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 1000)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	ctx := context.Background()
+	base := "http://" + r.d.Addr()
+	victim := redisClient(t, nodes[0].addr)
+
+	var w *watcher
+	var stopWatch context.CancelFunc
+	watchDone := make(chan struct{})
+	wl := during(t, e, 1500, func(*workload) {
+		time.Sleep(500 * time.Millisecond)
+		testenv.Must(t, victim.Save(ctx).Err(), "SAVE")
+		time.Sleep(2 * time.Second) // changes acknowledged and checkpointed after the RDB
+		_ = victim.ShutdownNoSave(ctx).Err()
+		nodes[0].kill()
+		nodes[0].start(t) // loads its older RDB; the other masters keep their data
+		waitFor(t, "the cluster is ok again", 30*time.Second, func() bool {
+			return strings.Contains(victim.ClusterInfo(ctx).Val(), "cluster_state:ok")
+		})
+		var wctx context.Context
+		wctx, stopWatch = context.WithCancel(ctx)
+		w = newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
+		go func() { defer close(watchDone); w.run(wctx) }()
+		time.Sleep(2 * time.Second)
+	})
+	t.Logf("%d transactions", wl.done.Load())
+	e.waitEqual(60 * time.Second)
+	stopWatch()
+	<-watchDone
+	if bad := w.bad.list(); len(bad) > 0 {
+		t.Fatalf("watcher saw versions go down after the restart: %v", bad)
+	}
+	if got := metricOf(t, base, "invsync_redis_rollbacks_total"); got < 1 {
+		t.Fatalf("invsync_redis_rollbacks_total = %v after a master came back older", got)
+	}
+}
