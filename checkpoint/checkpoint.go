@@ -70,6 +70,12 @@ func Open(ctx context.Context, db *sql.DB, schema, name string) (*Store, error) 
 	return &Store{db: db, schema: schema, name: name}, nil
 }
 
+// upsert completes a checkpoint write: the row is updated in place, its updated_at always
+// moves (so a fenced write of the same position still affects a row), and a write by a
+// store that does not know the source's identity keeps the one recorded.
+const upsert = " ON DUPLICATE KEY UPDATE binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set), epoch = VALUES(epoch), " +
+	"source_id = IF(VALUES(source_id) = '', source_id, VALUES(source_id)), updated_at = NOW(6)"
+
 // SetSource names the source's identity (see daemon.SourceIdentity), written with every
 // checkpoint from now on.
 func (s *Store) SetSource(id string) { s.source = id }
@@ -104,7 +110,7 @@ func (s *Store) Load(ctx context.Context) (pos canal.Position, ok bool, err erro
 // Save replaces the stored position.
 func (s *Store) Save(ctx context.Context, pos canal.Position) error {
 	if s.lock != "" {
-		res, err := s.db.ExecContext(ctx, "REPLACE INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set, epoch, source_id) SELECT ?, ?, ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?",
+		res, err := s.db.ExecContext(ctx, "INSERT INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set, epoch, source_id) SELECT ?, ?, ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?"+upsert,
 			s.name, pos.File, pos.Pos, pos.GTID, pos.Epoch, s.source, s.lock, s.owner)
 		if err != nil {
 			return fmt.Errorf("write checkpoint: %w", err)
@@ -114,7 +120,7 @@ func (s *Store) Save(ctx context.Context, pos canal.Position) error {
 		}
 		return nil
 	}
-	_, err := s.db.ExecContext(ctx, "REPLACE INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set, epoch, source_id) VALUES (?, ?, ?, ?, ?, ?)",
+	_, err := s.db.ExecContext(ctx, "INSERT INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set, epoch, source_id) VALUES (?, ?, ?, ?, ?, ?)"+upsert,
 		s.name, pos.File, pos.Pos, pos.GTID, pos.Epoch, s.source)
 	if err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)

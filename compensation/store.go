@@ -174,10 +174,15 @@ func (s *Store) Failed(ctx context.Context, e Entry, cause error) (dead bool, er
 	if dead {
 		status, next = StatusDead, now
 	}
-	_, err = s.db.ExecContext(ctx, "UPDATE "+s.table+" SET attempts = ?, next_retry_at = ?, last_error = ?, status = ?, updated_at = ? WHERE id = ?",
-		attempts, next.Format(timeLayout), truncate(cause.Error(), 2000), status, now.Format(timeLayout), e.ID)
+	// Only the row as it was read: a newer failure since (a newer version parked) keeps
+	// its own schedule, and is never marked dead by a retry of the older one.
+	res, err := s.db.ExecContext(ctx, "UPDATE "+s.table+" SET attempts = ?, next_retry_at = ?, last_error = ?, status = ?, updated_at = ? WHERE id = ? AND updated_at = ?",
+		attempts, next.Format(timeLayout), truncate(cause.Error(), 2000), status, now.Format(timeLayout), e.ID, e.UpdatedAt.Format(timeLayout))
 	if err != nil {
 		return false, fmt.Errorf("update compensation row %d: %w", e.ID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return false, nil
 	}
 	return dead, nil
 }

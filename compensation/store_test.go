@@ -101,6 +101,34 @@ func TestStoreLifecycle(t *testing.T) {
 	if dead, _ = st.Failed(ctx, first, errors.New("again")); !dead {
 		t.Fatal("not dead after max_attempts")
 	}
+	// A retry that fails after a newer failure updated the row leaves the row alone: the
+	// newer change keeps its schedule and is never marked dead by the older retry.
+	testenv.Must(t, st.Add(ctx, entry("inv:{3}", "1")), "park")
+	clk.Add(time.Second)
+	stale, _ := st.Due(ctx, 10)
+	var k3 compensation.Entry
+	for _, e := range stale {
+		if e.RedisKey == "inv:{3}" {
+			k3 = e
+		}
+	}
+	k3.Attempts = 5 // one more failure would make it dead
+	clk.Add(time.Millisecond)
+	testenv.Must(t, st.Add(ctx, entry("inv:{3}", "2")), "newer failure")
+	if dead, err := st.Failed(ctx, k3, errors.New("older retry failed")); err != nil || dead {
+		t.Fatalf("a stale retry's failure: dead %v, %v", dead, err)
+	}
+	all, _ = st.List(ctx, compensation.StatusPending)
+	for _, e := range all {
+		if e.RedisKey == "inv:{3}" && (e.Attempts != 0 || e.Version != "2") {
+			t.Fatalf("a stale retry's failure changed the newer row: %+v", e)
+		}
+	}
+	for _, e := range all {
+		if e.RedisKey == "inv:{3}" {
+			testenv.Must(t, st.Done(ctx, e), "done")
+		}
+	}
 	// Replay brings it back, due now.
 	n, err := st.Replay(ctx, nil)
 	if err != nil || n != 1 {

@@ -301,19 +301,19 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	}); err != nil {
 		return err
 	}
-	var identity string
-	if err := d.retry(ctx, "read the source's identity", func() error {
-		var err error
-		identity, err = SourceIdentity(ctx, db, d.cfg.Source.Flavor)
-		return err
-	}); err != nil {
-		return err
-	}
-	store.SetSource(identity)
 	d.epoch.Store(pos.Epoch)
 	if found {
 		d.log.Info("resuming from the checkpoint", pos.Fields()...)
 	} else {
+		// The first checkpoint records the source's identity (later ones keep it until
+		// historyChanged finds another).
+		if err := d.retry(ctx, "read the source's identity", func() error {
+			identity, err := SourceIdentity(ctx, db, d.cfg.Source.Flavor)
+			store.SetSource(identity)
+			return err
+		}); err != nil {
+			return err
+		}
 		d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
 		if err := d.retry(ctx, "snapshot the tables", func() error {
 			var err error
@@ -327,6 +327,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	// over to a lagging replica while invsync was stopped): stream from what it holds.
 	marker := markerKey(d.cfg)
 	var hist *redisHistory
+	var lostAtStart, healAtStart bool
 	if err := d.retry(ctx, "read Redis's applied markers", func() error {
 		var err error
 		if hist, err = newRedisHistory(ctx, rdb, d.cfg); err != nil {
@@ -339,17 +340,15 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		}
 		if lost {
 			d.m.RedisRollbacks.Inc()
-			d.log.Error("a Redis master lost invsync's data (its applied marker is gone): every table is loaded again", zap.Strings("markers", hist.keys))
-			rdb.Del(ctx, marker) // the data-loss watch reloads every table
+			d.log.Error("Redis lost invsync's data on a master, or holds a state from before the source's history was replaced: every table is loaded again, replacing what it holds",
+				zap.Strings("markers", hist.keys))
+			lostAtStart = true
 		}
 		if rewind != nil {
 			d.m.RedisRollbacks.Inc()
-			d.log.Error("Redis holds less than the checkpoint (restored from an older RDB/AOF or failed over to a lagging replica): streaming again from what it holds",
+			d.log.Error("Redis holds less than the checkpoint (restored from an older RDB/AOF or failed over to a lagging replica): streaming again from what it holds, then reconciling",
 				append(pos.Fields(), zap.String("redis_holds", rewind.String()))...)
-			if err := keeper.RestoreAll(ctx); err != nil {
-				return err
-			}
-			pos = *rewind
+			pos, healAtStart = *rewind, true
 			return store.Save(ctx, pos)
 		}
 		return nil
@@ -401,6 +400,50 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		<-watchDone
 	}()
 
+	// resnapshot loads every table again (the stream is stopped), records the new
+	// position and its epoch, and reads the applied markers it wrote.
+	resnapshot := func(mode snapshotMode) error {
+		if err := d.retry(ctx, "snapshot the tables", func() error {
+			var err error
+			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
+			return err
+		}); err != nil {
+			return err
+		}
+		d.epoch.Store(pos.Epoch)
+		return d.retry(ctx, "read Redis's applied markers", func() error { return hist.resync(ctx) })
+	}
+	// After Redis went back, writes that the stream does not replay (the compensation
+	// retrier's, reloads', repairs', their Bloom bits) may be lost too: a reconciliation
+	// with repair and a Bloom rebuild runs in the background once streaming goes on.
+	var healing sync.WaitGroup
+	var healRunning, healAgain atomic.Bool
+	defer healing.Wait()
+	heal := func() {
+		if !healRunning.CompareAndSwap(false, true) {
+			healAgain.Store(true) // the running one may have read before this rollback
+			return
+		}
+		healing.Add(1)
+		go func() {
+			defer healing.Done()
+			defer healRunning.Store(false)
+			for again := true; again && ctx.Err() == nil; again = healAgain.Swap(false) {
+				d.reconcileOnce(ctx, db, tables, rdb, rawWriter, keeper, true, "after Redis went back")
+			}
+		}()
+	}
+	if lostAtStart {
+		if err := resnapshot(snapshotMode{epoch: pos.Epoch, replace: true}); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	if healAtStart {
+		heal()
+	}
 	backoff := time.Second
 	for {
 		started := time.Now()
@@ -423,19 +466,11 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			mode := snapshotMode{epoch: pos.Epoch + 1, replace: true}
 			d.log.Error("the source's binlog history was replaced under invsync ("+why+"): starting a new epoch, in which every write orders after every earlier one, and loading every table again, replacing what Redis holds",
 				append(pos.Fields(), zap.String("reason", reason), zap.Uint32("new_epoch", mode.epoch))...)
-			if err := d.retry(ctx, "snapshot the tables", func() error {
-				var err error
-				pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
-				return err
-			}); err != nil {
+			if err := resnapshot(mode); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
 				return err
-			}
-			d.epoch.Store(pos.Epoch)
-			if err := d.retry(ctx, "read Redis's applied markers", func() error { return hist.resync(ctx) }); err != nil {
-				return nil
 			}
 			continue
 		}
@@ -460,14 +495,26 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			return nil
 		}
 		if back != nil {
-			// Stream again from what Redis holds: the changes it lost are replayed.
 			d.m.RedisRollbacks.Inc()
-			d.log.Error("Redis went back to an older state: streaming again from what it holds; Bloom bitmaps written again from memory", zap.Error(back))
-			if back.to == nil {
-				_ = rdb.Del(ctx, marker).Err() // lost everything: the data-loss watch reloads every table
-			} else if back.to.Before(pos) {
+			if back.to == nil || back.to.Epoch < d.epoch.Load() {
+				// Nothing to stream from (the marker is gone, or from before the source's
+				// history was replaced): load every table again, replacing what it holds.
+				d.log.Error("Redis lost invsync's data or went back before the source's history was replaced: every table is loaded again", zap.Error(back))
+				if err := resnapshot(snapshotMode{epoch: d.epoch.Load(), replace: true}); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				continue
+			}
+			// Stream again from what Redis holds: the changes it lost are replayed.
+			pos = next
+			if back.to.Before(pos) {
 				pos = *back.to
 			}
+			d.log.Error("Redis went back to an older state: streaming again from what it holds, Bloom bitmaps written again from memory, then reconciling",
+				append(pos.Fields(), zap.Error(back))...)
 			if err := d.retry(ctx, "heal Redis after it went back", func() error {
 				if err := keeper.RestoreAll(ctx); err != nil {
 					return err
@@ -482,6 +529,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 				}
 				return err
 			}
+			heal()
 			continue
 		}
 		pos = next
@@ -506,18 +554,11 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			// delete and re-insert with the version restarted, an update that did not bump
 			// it) must not stay stale: the reload replaces every row.
 			mode := snapshotMode{epoch: pos.Epoch, replace: true}
-			if err := d.retry(ctx, "snapshot the tables", func() error {
-				var err error
-				pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
-				return err
-			}); err != nil {
+			if err := resnapshot(mode); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
 				return err
-			}
-			if err := d.retry(ctx, "read Redis's applied markers", func() error { return hist.resync(ctx) }); err != nil {
-				return nil
 			}
 			continue
 		}
@@ -731,6 +772,10 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 		log.Info("snapshot progress", zap.String("table", p.Table), zap.Int64("rows", p.Rows), zap.Int64("estimated_rows", p.Estimate),
 			zap.Float64("rows_per_second", p.RowsPerS), zap.Duration("eta", p.Remaining.Round(time.Second)))
 	}
+	markers, err := readSnapshotMarkers(ctx, rdb, cfg)
+	if err != nil {
+		return canal.Position{}, err
+	}
 	snap := snapshot.New(cfg, tables, w, rdb, log, logProgress)
 	if mode.replace {
 		snap = snap.Replacing()
@@ -738,7 +783,7 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 	var pos canal.Position
 	position := positionIn(db, cfg.Source.Flavor, func() uint32 { return mode.epoch })
 	first := true
-	err := keeper.Rebuild(ctx, func(ctx context.Context) error {
+	err = keeper.Rebuild(ctx, func(ctx context.Context) error {
 		var err error
 		pos, _, err = snap.Run(ctx, func(ctx context.Context) (canal.Position, error) {
 			if first {
@@ -753,7 +798,7 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 		return pos, err
 	}
 	// Redis holds every row up to pos (see rollback.go), then the checkpoint.
-	if err := writeAppliedMarkers(ctx, rdb, cfg, pos); err != nil {
+	if err := markers.write(ctx, rdb, pos); err != nil {
 		return pos, err
 	}
 	if err := store.Save(ctx, pos); err != nil {

@@ -153,46 +153,7 @@ func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.Univ
 	}
 	log := d.log.Named("reconcile")
 	ctx, cancel := context.WithCancel(context.Background())
-	job := func() {
-		start := time.Now()
-		deps := reconcileDeps(d.live.Load(), db, tables, rdb, w, log, d.epoch.Load)
-		deps.Ensure, deps.OnKeys = keeper.Ensure, keeper.ScannedMany
-		var rep *reconcile.Report
-		err := keeper.Rebuild(ctx, func(ctx context.Context) error {
-			var err error
-			rc := d.live.Load().Reconcile
-			rep, err = reconcile.Run(ctx, deps, reconcile.Options{Repair: rc.Repair, Recheck: rc.RecheckFor})
-			return err
-		})
-		d.m.ReconcileLastTimestamp.Set(float64(time.Now().Unix()))
-		d.m.ReconcileLastDuration.Set(time.Since(start).Seconds())
-		if err != nil {
-			if !errors.Is(err, context.Canceled) {
-				d.m.ReconcileRuns.WithLabelValues("error").Inc()
-				log.Error("scheduled reconciliation failed", zap.Error(err))
-			}
-			return
-		}
-		for _, tr := range rep.Tables {
-			d.m.ReconcileLastRows.WithLabelValues(tr.Table).Set(float64(tr.RowsChecked))
-			for _, k := range reconcile.Kinds {
-				d.m.ReconcileLastDifferences.WithLabelValues(tr.Table, string(k)).Set(float64(tr.Differences[k]))
-				d.m.ReconcileLastRepaired.WithLabelValues(tr.Table, string(k)).Set(float64(tr.Repaired[k]))
-			}
-		}
-		result := "clean"
-		switch {
-		case rep.Drift():
-			result = "drift"
-			log.Warn("scheduled reconciliation found drift", zap.Int64("differences", rep.Differences), zap.Int64("unrepaired", rep.Unrepaired), zap.Int64("rows", rep.RowsChecked))
-		case rep.Differences > 0:
-			result = "repaired"
-			log.Warn("scheduled reconciliation repaired drift", zap.Int64("differences", rep.Differences), zap.Int64("rows", rep.RowsChecked))
-		default:
-			log.Info("scheduled reconciliation: no drift", zap.Int64("rows", rep.RowsChecked), zap.Duration("took", time.Since(start)))
-		}
-		d.m.ReconcileRuns.WithLabelValues(result).Inc()
-	}
+	job := func() { d.reconcileOnce(ctx, db, tables, rdb, w, keeper, d.live.Load().Reconcile.Repair, "scheduled") }
 	if _, err := s.NewJob(gocron.CronJob(rc.Schedule, config.CronWithSeconds(rc.Schedule)), gocron.NewTask(job),
 		gocron.WithSingletonMode(gocron.LimitModeReschedule)); err != nil {
 		cancel()
@@ -204,4 +165,48 @@ func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.Univ
 		cancel()
 		_ = s.Shutdown()
 	}, nil
+}
+
+// reconcileOnce runs one reconciliation of every table (repairing when repair is set)
+// with a Bloom rebuild from the same scan, and sets its metrics. why names the run in
+// the log: "scheduled", or the heal after Redis went back to an older state.
+func (d *Daemon) reconcileOnce(ctx context.Context, db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, keeper *bloom.Keeper, repair bool, why string) {
+	log := d.log.Named("reconcile").With(zap.String("run", why))
+	start := time.Now()
+	deps := reconcileDeps(d.live.Load(), db, tables, rdb, w, log, d.epoch.Load)
+	deps.Ensure, deps.OnKeys = keeper.Ensure, keeper.ScannedMany
+	var rep *reconcile.Report
+	err := keeper.Rebuild(ctx, func(ctx context.Context) error {
+		var err error
+		rep, err = reconcile.Run(ctx, deps, reconcile.Options{Repair: repair, Recheck: d.live.Load().Reconcile.RecheckFor})
+		return err
+	})
+	d.m.ReconcileLastTimestamp.Set(float64(time.Now().Unix()))
+	d.m.ReconcileLastDuration.Set(time.Since(start).Seconds())
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			d.m.ReconcileRuns.WithLabelValues("error").Inc()
+			log.Error("reconciliation failed", zap.Error(err))
+		}
+		return
+	}
+	for _, tr := range rep.Tables {
+		d.m.ReconcileLastRows.WithLabelValues(tr.Table).Set(float64(tr.RowsChecked))
+		for _, k := range reconcile.Kinds {
+			d.m.ReconcileLastDifferences.WithLabelValues(tr.Table, string(k)).Set(float64(tr.Differences[k]))
+			d.m.ReconcileLastRepaired.WithLabelValues(tr.Table, string(k)).Set(float64(tr.Repaired[k]))
+		}
+	}
+	result := "clean"
+	switch {
+	case rep.Drift():
+		result = "drift"
+		log.Warn("reconciliation found drift", zap.Int64("differences", rep.Differences), zap.Int64("unrepaired", rep.Unrepaired), zap.Int64("rows", rep.RowsChecked))
+	case rep.Differences > 0:
+		result = "repaired"
+		log.Warn("reconciliation repaired drift", zap.Int64("differences", rep.Differences), zap.Int64("rows", rep.RowsChecked))
+	default:
+		log.Info("reconciliation: no drift", zap.Int64("rows", rep.RowsChecked), zap.Duration("took", time.Since(start)))
+	}
+	d.m.ReconcileRuns.WithLabelValues(result).Inc()
 }

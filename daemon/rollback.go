@@ -35,13 +35,17 @@ import (
 const appliedMarkerPrefix = "invsync:applied:"
 
 // markerScript reads (ARGV[1] = "") or compare-and-sets a marker: it returns the server's
-// run_id, the marker's value ("" when absent) and 1 when it wrote ARGV[3]. It writes only
-// when the run_id is ARGV[1] and the value is ARGV[2] ("*" for any, on a first write).
+// run_id, the marker's value ("" when absent) and 1 when the marker holds ARGV[3]
+// afterwards. It writes only when the run_id is ARGV[1] ("*": any) and the value is
+// ARGV[2] ("*": any) or ARGV[4] (a write whose reply was lost); a marker that holds ARGV[3]
+// already (a retried call whose first run landed) counts as written.
 var markerScript = redis.NewScript(`
 local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 local cur = redis.call('GET', KEYS[1]) or ''
 if ARGV[1] == '' then return {rid, cur, 0} end
-if ARGV[1] ~= '*' and (rid ~= ARGV[1] or cur ~= ARGV[2]) then return {rid, cur, 0} end
+if cur == ARGV[3] then return {rid, cur, 1} end
+if ARGV[1] ~= '*' and rid ~= ARGV[1] then return {rid, cur, 0} end
+if ARGV[2] ~= '*' and cur ~= ARGV[2] and cur ~= ARGV[4] then return {rid, cur, 0} end
 redis.call('SET', KEYS[1], ARGV[3])
 return {rid, cur, 1}
 `)
@@ -68,6 +72,9 @@ type redisHistory struct {
 	mu   sync.Mutex
 	rid  map[string]string // run_id last seen per marker key
 	last map[string]string // marker value last written or read per key
+	// maybe holds, per key, a value whose write failed without an answer: it may have
+	// landed, so it is accepted as well as last.
+	maybe map[string]string
 }
 
 // appliedMarkerKeys returns one marker key per master: in a cluster, each with a hash tag
@@ -137,7 +144,7 @@ func newRedisHistory(ctx context.Context, rdb redis.UniversalClient, cfg *config
 	if err != nil {
 		return nil, err
 	}
-	return &redisHistory{rdb: rdb, keys: keys, rid: map[string]string{}, last: map[string]string{}}, nil
+	return &redisHistory{rdb: rdb, keys: keys, rid: map[string]string{}, last: map[string]string{}, maybe: map[string]string{}}, nil
 }
 
 type markerState struct{ rid, value string }
@@ -177,6 +184,12 @@ func (h *redisHistory) start(ctx context.Context, cp canal.Position, found bool,
 		if !ok {
 			continue
 		}
+		if found && p.Epoch < cp.Epoch {
+			// Redis holds a state from before the source's history was replaced: its
+			// positions cannot be streamed again; reload.
+			lost = true
+			continue
+		}
 		if found && p.Before(cp) && (rewind == nil || p.Before(*rewind)) {
 			rewind = &p
 		}
@@ -185,6 +198,9 @@ func (h *redisHistory) start(ctx context.Context, cp canal.Position, found bool,
 	// the markers. Some missing: those masters lost their data.
 	if found && missing > 0 && (missing < len(h.keys) || !dataMarker) {
 		lost = true
+	}
+	if lost {
+		rewind = nil
 	}
 	return rewind, lost, nil
 }
@@ -200,8 +216,9 @@ func (h *redisHistory) advance(ctx context.Context, pos canal.Position) error {
 		if rid == "" {
 			rid = "*"
 		}
-		v, err := markerScript.Run(ctx, h.rdb, []string{k}, rid, last, val).Slice()
+		v, err := markerScript.Run(ctx, h.rdb, []string{k}, rid, last, val, h.maybe[k]).Slice()
 		if err != nil {
+			h.maybe[k] = val
 			return fmt.Errorf("write the applied marker %s: %w", k, err)
 		}
 		gotRID, cur := fmt.Sprint(v[0]), fmt.Sprint(v[1])
@@ -209,6 +226,7 @@ func (h *redisHistory) advance(ctx context.Context, pos canal.Position) error {
 			return wentBack(k, h.rid[k], gotRID, last, cur)
 		}
 		h.rid[k], h.last[k] = gotRID, val
+		delete(h.maybe, k)
 	}
 	return nil
 }
@@ -224,6 +242,12 @@ func (h *redisHistory) check(ctx context.Context) error {
 	for _, k := range h.keys {
 		s := st[k]
 		rid, last := h.rid[k], h.last[k]
+		if m, ok := h.maybe[k]; ok && s.value == m && s.rid == rid {
+			// The write whose answer was lost landed.
+			h.last[k] = m
+			delete(h.maybe, k)
+			continue
+		}
 		if (rid != "" && s.rid != rid) || s.value != last {
 			return wentBack(k, rid, s.rid, last, s.value)
 		}
@@ -254,19 +278,48 @@ func (h *redisHistory) resync(ctx context.Context) error {
 	for _, k := range h.keys {
 		h.rid[k], h.last[k] = st[k].rid, st[k].value
 	}
+	clear(h.maybe)
 	return nil
 }
 
-// writeAppliedMarkers sets every master's marker to pos (after a snapshot: every row up
-// to pos is in Redis).
-func writeAppliedMarkers(ctx context.Context, rdb redis.UniversalClient, cfg *config.Config, pos canal.Position) error {
-	keys, err := appliedMarkerKeys(ctx, rdb, cfg)
+// snapshotMarkers are the masters' run_ids read before a snapshot: its markers are
+// written only if the same servers answer after it (a failover during the snapshot may
+// have lost rows it wrote).
+type snapshotMarkers struct {
+	keys []string
+	rid  map[string]string
+}
+
+func readSnapshotMarkers(ctx context.Context, rdb redis.UniversalClient, cfg *config.Config) (*snapshotMarkers, error) {
+	h, err := newRedisHistory(ctx, rdb, cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, k := range keys {
-		if err := markerScript.Run(ctx, rdb, []string{k}, "*", "", encodeMarker(pos)).Err(); err != nil && !errors.Is(err, redis.Nil) {
+	st, err := h.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := &snapshotMarkers{keys: h.keys, rid: map[string]string{}}
+	for k, s := range st {
+		m.rid[k] = s.rid
+	}
+	return m, nil
+}
+
+// write sets every master's marker to pos (every row up to pos is in Redis), or fails
+// when another server answers for a master than before the snapshot.
+func (m *snapshotMarkers) write(ctx context.Context, rdb redis.UniversalClient, pos canal.Position) error {
+	for _, k := range m.keys {
+		rid := m.rid[k]
+		if rid == "" {
+			rid = "*"
+		}
+		v, err := markerScript.Run(ctx, rdb, []string{k}, rid, "*", encodeMarker(pos), "").Slice()
+		if err != nil {
 			return fmt.Errorf("write the applied marker %s: %w", k, err)
+		}
+		if v[2] != int64(1) {
+			return fmt.Errorf("another Redis server answers for %s than when the snapshot started (run_id %v, was %s): rows it wrote may be lost; loading again", k, v[0], m.rid[k])
 		}
 	}
 	return nil
