@@ -16,16 +16,21 @@ import (
 // when the table's definition is the same afterwards.
 
 // tolerantWriters runs 3 writers over skus that ignore errors (the table may be missing
-// for a moment) until stopped; they also watch _v/_s of the first keys.
+// for a moment) until stopped, and a watcher of the first watchedSKUs keys (whose
+// versions only grow, across deletes and inserts too).
 type tolerantWriters struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	writes atomic.Int64
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	writes    atomic.Int64
+	reinserts atomic.Int64
+	watch     *watcher
+	watchDone chan struct{}
 }
 
 func startTolerantWriters(e *env, skus int) *tolerantWriters {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &tolerantWriters{cancel: cancel}
+	w := &tolerantWriters{cancel: cancel, watch: newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs), watchDone: make(chan struct{})}
+	go func() { defer close(w.watchDone); w.watch.run(ctx) }()
 	for i := 0; i < 3; i++ {
 		w.wg.Add(1)
 		go func(seed uint64) {
@@ -34,15 +39,22 @@ func startTolerantWriters(e *env, skus int) *tolerantWriters {
 			for ctx.Err() == nil {
 				sku := rng.IntN(skus)
 				var q string
+				args := []any{sku}
 				switch rng.IntN(5) {
 				case 0, 1:
-					q = "INSERT INTO inventory (sku, stock, version) VALUES (?, 7, 1) ON DUPLICATE KEY UPDATE stock = stock + 1, version = version + 1"
+					// A watched SKU inserted again takes a version above every earlier one.
+					q = "INSERT INTO inventory (sku, stock, version) VALUES (?, 7, ?) ON DUPLICATE KEY UPDATE stock = stock + 1, version = version + 1"
+					version := int64(1)
+					if sku < watchedSKUs {
+						version = 1_000_000_000 + 100_000*w.reinserts.Add(1)
+					}
+					args = append(args, version)
 				case 2:
 					q = "DELETE FROM inventory WHERE sku = ?"
 				default:
 					q = "UPDATE inventory SET stock = stock - 1, version = version + 1 WHERE sku = ?"
 				}
-				if _, err := e.db.ExecContext(ctx, q, sku); err == nil {
+				if _, err := e.db.ExecContext(ctx, q, args...); err == nil {
 					w.writes.Add(1)
 				}
 			}
@@ -54,7 +66,19 @@ func startTolerantWriters(e *env, skus int) *tolerantWriters {
 func (w *tolerantWriters) stop() int64 {
 	w.cancel()
 	w.wg.Wait()
+	<-w.watchDone
 	return w.writes.Load()
+}
+
+// versionsNeverWentDown fails on what the watcher saw.
+func (w *tolerantWriters) versionsNeverWentDown(t *testing.T) {
+	t.Helper()
+	if bad := w.watch.bad.list(); len(bad) > 0 {
+		t.Fatalf("watcher saw versions go down: %v", bad)
+	}
+	if w.watch.reads.Load() < 20 {
+		t.Fatalf("the watcher made only %d reads", w.watch.reads.Load())
+	}
 }
 
 // reloadsFor is invsync_resnapshots_total{reason} of a running daemon.
@@ -118,6 +142,7 @@ func TestTruncateWhileStreaming(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	t.Logf("%d writes ran across the TRUNCATE", w.stop())
 	e.waitEqual(60 * time.Second)
+	w.versionsNeverWentDown(t)
 	if got := reloadsFor(t, r, "ddl"); got != 1 {
 		t.Fatalf("invsync_resnapshots_total{reason=ddl} = %v, want 1", got)
 	}
@@ -136,10 +161,11 @@ func TestDropAndCreateTableWhileStreaming(t *testing.T) {
 	execAll(t, e.db, "DROP TABLE inventory")
 	time.Sleep(700 * time.Millisecond) // the daemon reads the DROP while the table is gone
 	execAll(t, e.db, inventoryDDL)
-	execAll(t, e.db, "INSERT INTO inventory (sku, stock, price, name, version) VALUES (1, 1, 1.00, 'new', 1), (5000, 2, 2.00, 'new', 1)")
+	execAll(t, e.db, "INSERT INTO inventory (sku, stock, price, name, version) VALUES (4000, 1, 1.00, 'new', 1), (5000, 2, 2.00, 'new', 1)")
 	time.Sleep(500 * time.Millisecond)
 	t.Logf("%d writes ran across the DROP and CREATE", w.stop())
 	e.waitEqual(60 * time.Second)
+	w.versionsNeverWentDown(t)
 	select {
 	case err := <-r.done:
 		t.Fatalf("the daemon stopped: %v", err)
