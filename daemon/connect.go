@@ -111,6 +111,12 @@ func CheckSource(ctx context.Context, db *sql.DB, cfg *config.Config) ([]*canal.
 		}
 		ps = append(ps, Problem{Check: "binlog_row_metadata", Warning: true, Err: fmt.Errorf("binlog_row_metadata is %s: rows are decoded with the current table definition, which is wrong for rows written before an ALTER TABLE (fix: SET GLOBAL binlog_row_metadata = 'FULL', MySQL 8.0.1+ / MariaDB 10.5+)", meta)})
 	}
+	// MySQL 8.0.20+ can compress each transaction into one event whose inner events have
+	// no positions of their own; invsync orders rows by position.
+	var compress string
+	if db.QueryRowContext(ctx, "SELECT @@GLOBAL.binlog_transaction_compression").Scan(&compress) == nil && (compress == "1" || strings.EqualFold(compress, "ON")) {
+		ps = append(ps, Problem{Check: "binlog_transaction_compression", Err: fmt.Errorf("%w: binlog_transaction_compression is ON on %s: invsync cannot order the rows inside a compressed transaction (fix: SET PERSIST binlog_transaction_compression = OFF)", ErrPermanent, cfg.Source.Addr)})
+	}
 	tables, err := canal.LoadTables(ctx, db, cfg.Tables)
 	if err != nil {
 		if errors.Is(err, canal.ErrTable) {
