@@ -104,11 +104,7 @@ func reloadsFor(t *testing.T, r *running, reason string) float64 {
 // An online schema change's cut-over (gh-ost, pt-online-schema-change): a ghost table
 // of the same definition whose rows differ, swapped in by RENAME TABLE while writers run.
 func TestOnlineSchemaChangeCutOver(t *testing.T) {
-	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	loadRows(t, e, 3000)
-	r := e.start(nil)
-	waitReady(t, r)
-	e.waitEqual(30 * time.Second)
+	e, r := streaming(t, 3000)
 	w := startTolerantWriters(e, 3500)
 	time.Sleep(300 * time.Millisecond)
 	// The ghost: same columns, every stock changed, some rows missing, a row of its own;
@@ -131,11 +127,7 @@ func TestOnlineSchemaChangeCutOver(t *testing.T) {
 // TRUNCATE TABLE while writers run: every row MySQL no longer has is a tombstone, the
 // rows written after it are there.
 func TestTruncateWhileStreaming(t *testing.T) {
-	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	loadRows(t, e, 3000)
-	r := e.start(nil)
-	waitReady(t, r)
-	e.waitEqual(30 * time.Second)
+	e, r := streaming(t, 3000)
 	w := startTolerantWriters(e, 3500)
 	time.Sleep(300 * time.Millisecond)
 	execAll(t, e.db, "TRUNCATE TABLE inventory")
@@ -151,11 +143,7 @@ func TestTruncateWhileStreaming(t *testing.T) {
 // DROP TABLE then CREATE TABLE and INSERTs, while writers run: the rows of the dropped
 // table become tombstones, the new table's rows arrive, and the daemon keeps running.
 func TestDropAndCreateTableWhileStreaming(t *testing.T) {
-	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	loadRows(t, e, 2000)
-	r := e.start(nil)
-	waitReady(t, r)
-	e.waitEqual(30 * time.Second)
+	e, r := streaming(t, 2000)
 	w := startTolerantWriters(e, 2500)
 	time.Sleep(300 * time.Millisecond)
 	execAll(t, e.db, "DROP TABLE inventory")

@@ -64,14 +64,18 @@ func runWatched(t *testing.T, e *env, fn func()) {
 	}
 }
 
-// A purged gap: the reload after on_position_lost replaces what it finds.
-func TestPurgedGapIsReplacedWhole(t *testing.T) {
-	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	loadRows(t, e, 300)
-	r := e.start(nil)
-	waitReady(t, r)
+// historyEnv is streaming with 300 rows whose versions were bumped for skus < 80.
+func historyEnv(t *testing.T) (*env, *running) {
+	t.Helper()
+	e, r := streaming(t, 300)
 	bumpVersions(t, e)
 	e.waitEqual(30 * time.Second)
+	return e, r
+}
+
+// A purged gap: the reload after on_position_lost replaces what it finds.
+func TestPurgedGapIsReplacedWhole(t *testing.T) {
+	e, r := historyEnv(t)
 	r.stop(t)
 	cp, _, err := e.checkpointStore().Load(context.Background())
 	testenv.Must(t, err, "checkpoint")
@@ -94,12 +98,7 @@ func TestPurgedGapIsReplacedWhole(t *testing.T) {
 // that replaces what Redis holds, and later binlog writes apply (before, every one of
 // them was refused as older than what Redis held).
 func TestBinlogResetStartsANewEpoch(t *testing.T) {
-	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	loadRows(t, e, 300)
-	r := e.start(nil)
-	waitReady(t, r)
-	bumpVersions(t, e)
-	e.waitEqual(30 * time.Second)
+	e, r := historyEnv(t)
 	root := testenv.DB(t, "")
 	// Move to a later binlog file first, so that the reset numbers files lower.
 	for i := 0; i < 3; i++ {
@@ -133,12 +132,7 @@ func TestBinlogResetStartsANewEpoch(t *testing.T) {
 // and a replacing reload. (The other server is simulated by the recorded identity: this
 // machine runs one MariaDB.)
 func TestAnotherSourceStartsANewEpoch(t *testing.T) {
-	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	loadRows(t, e, 300)
-	r := e.start(nil)
-	waitReady(t, r)
-	bumpVersions(t, e)
-	e.waitEqual(30 * time.Second)
+	e, r := historyEnv(t)
 	r.stop(t)
 	execAll(t, e.db, "UPDATE "+testenv.Quote(e.cfg.State.Schema)+".checkpoint SET source_id = 'mariadb server_id=999 gtid_domain_id=0'")
 	gapChanges(t, e)

@@ -54,9 +54,7 @@ func TestRedisRestoredFromAnOlderSnapshotIsHealed(t *testing.T) {
 	ctx := context.Background()
 	base := "http://" + r.d.Addr()
 
-	var w *watcher
-	var stopWatch context.CancelFunc
-	watchDone := make(chan struct{})
+	var checkWatch func()
 	wl := during(t, e, 1500, func(*workload) {
 		time.Sleep(500 * time.Millisecond)
 		testenv.Must(t, e.rdb.Save(ctx).Err(), "SAVE")
@@ -74,19 +72,12 @@ func TestRedisRestoredFromAnOlderSnapshotIsHealed(t *testing.T) {
 			t.Fatal("the restarted Redis holds the row written after its RDB: the test restored nothing")
 		}
 		// From here on, versions never go down (Redis itself went back before this).
-		var wctx context.Context
-		wctx, stopWatch = context.WithCancel(ctx)
-		w = newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
-		go func() { defer close(watchDone); w.run(wctx) }()
+		checkWatch = watching(t, e)
 		time.Sleep(2 * time.Second)
 	})
 	t.Logf("%d transactions", wl.done.Load())
 	e.waitEqual(60 * time.Second)
-	stopWatch()
-	<-watchDone
-	if bad := w.bad.list(); len(bad) > 0 {
-		t.Fatalf("watcher saw versions go down after the restart: %v", bad)
-	}
+	checkWatch()
 	if got := metricOf(t, base, "invsync_redis_rollbacks_total"); got < 1 {
 		t.Fatalf("invsync_redis_rollbacks_total = %v after Redis came back older", got)
 	}
@@ -109,9 +100,7 @@ func TestClusterMasterRestoredFromAnOlderRDBIsHealed(t *testing.T) {
 	base := "http://" + r.d.Addr()
 	victim := redisClient(t, nodes[0].addr)
 
-	var w *watcher
-	var stopWatch context.CancelFunc
-	watchDone := make(chan struct{})
+	var checkWatch func()
 	wl := during(t, e, 1500, func(*workload) {
 		time.Sleep(500 * time.Millisecond)
 		testenv.Must(t, victim.Save(ctx).Err(), "SAVE")
@@ -122,19 +111,12 @@ func TestClusterMasterRestoredFromAnOlderRDBIsHealed(t *testing.T) {
 		waitFor(t, "the cluster is ok again", 30*time.Second, func() bool {
 			return strings.Contains(victim.ClusterInfo(ctx).Val(), "cluster_state:ok")
 		})
-		var wctx context.Context
-		wctx, stopWatch = context.WithCancel(ctx)
-		w = newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
-		go func() { defer close(watchDone); w.run(wctx) }()
+		checkWatch = watching(t, e)
 		time.Sleep(2 * time.Second)
 	})
 	t.Logf("%d transactions", wl.done.Load())
 	e.waitEqual(60 * time.Second)
-	stopWatch()
-	<-watchDone
-	if bad := w.bad.list(); len(bad) > 0 {
-		t.Fatalf("watcher saw versions go down after the restart: %v", bad)
-	}
+	checkWatch()
 	if got := metricOf(t, base, "invsync_redis_rollbacks_total"); got < 1 {
 		t.Fatalf("invsync_redis_rollbacks_total = %v after a master came back older", got)
 	}

@@ -148,10 +148,7 @@ func TestKill9InsideASavepointTransaction(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	smp := startSampler(ctx, store, e.rdb, e.cfg.Tables[0].KeyPrefix, 20*time.Millisecond)
-	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
-	wctx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() { defer close(watchDone); w.run(wctx) }()
+	checkWatch := watching(t, e)
 
 	// One transaction: a row, a savepoint, every row updated, a MyISAM row, rolled back
 	// to the savepoint (all logged), then every row updated again.
@@ -196,11 +193,7 @@ func TestKill9InsideASavepointTransaction(t *testing.T) {
 	if neg != 0 {
 		t.Fatalf("MySQL holds %d rows not updated by the transaction", neg)
 	}
-	stopWatch()
-	<-watchDone
-	if bad := w.bad.list(); len(bad) > 0 {
-		t.Fatalf("watcher saw versions go down: %v", bad)
-	}
+	checkWatch()
 	// And the checkpoint reached the transaction's end.
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		pos, _, err := store.Load(ctx)
@@ -365,10 +358,7 @@ func TestSnapshotWhileAnXATransactionIsPrepared(t *testing.T) {
 			_, _ = e.db.Exec("XA ROLLBACK '" + id + "'")
 		}
 	})
-	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
-	wctx, stopWatch := context.WithCancel(context.Background())
-	watchDone := make(chan struct{})
-	go func() { defer close(watchDone); w.run(wctx) }()
+	checkWatch := watching(t, e)
 	r := e.start(nil)
 	time.Sleep(1500 * time.Millisecond) // the snapshot waits for the prepared transaction
 	execAll(t, e.db, "XA COMMIT '"+id+"'")
@@ -380,9 +370,5 @@ func TestSnapshotWhileAnXATransactionIsPrepared(t *testing.T) {
 	if n != 20 {
 		t.Fatalf("MySQL has %d rows of the XA transaction, want 20", n)
 	}
-	stopWatch()
-	<-watchDone
-	if bad := w.bad.list(); len(bad) > 0 {
-		t.Fatalf("watcher saw versions go down: %v", bad)
-	}
+	checkWatch()
 }

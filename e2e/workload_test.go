@@ -272,3 +272,35 @@ func during(t *testing.T, e *env, skus int, fn func(wl *workload)) *workload {
 	}
 	return wl
 }
+
+// watching runs a watcher of the first watchedSKUs keys until the returned function is
+// called; that function fails the test on what it saw.
+func watching(t *testing.T, e *env) (check func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
+	done := make(chan struct{})
+	go func() { defer close(done); w.run(ctx) }()
+	return func() {
+		t.Helper()
+		cancel()
+		<-done
+		if bad := w.bad.list(); len(bad) > 0 {
+			t.Fatalf("watcher saw versions go down: %v", bad)
+		}
+		if w.reads.Load() < 20 {
+			t.Fatalf("the watcher made only %d reads", w.reads.Load())
+		}
+	}
+}
+
+// streaming is newEnv with the inventory table loaded with rows, and a daemon that has
+// mirrored them.
+func streaming(t *testing.T, rows int) (*env, *running) {
+	t.Helper()
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, rows)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	return e, r
+}
