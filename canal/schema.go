@@ -170,7 +170,7 @@ func parseValues(columnType string) []string {
 // binlog_row_metadata=FULL the event names its columns (so rows are decoded with the
 // definition they were written with); otherwise the columns are taken to be those of
 // information_schema, in order.
-func newDecoder(t *Table, tm *replication.TableMapEvent) (*decoder, error) {
+func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder, error) {
 	d := &decoder{types: append([]byte(nil), tm.ColumnType...), version: -1}
 	n := int(tm.ColumnCount)
 	names := tm.ColumnNameString()
@@ -184,7 +184,7 @@ func newDecoder(t *Table, tm *replication.TableMapEvent) (*decoder, error) {
 		}
 	}
 	d.names = names
-	unsigned := tm.UnsignedMap()
+	unsigned := unsignedMap(tm, mariadb)
 	enums, sets := tm.EnumStrValueMap(), tm.SetStrValueMap()
 	collations := tm.CollationMap()
 	d.cols = make([]column, n)
@@ -205,6 +205,8 @@ func newDecoder(t *Table, tm *replication.TableMapEvent) (*decoder, error) {
 			c.kind = kindInt24
 		case mysql.MYSQL_TYPE_YEAR:
 			c.kind = kindYear
+		case mysql.MYSQL_TYPE_TIME2:
+			c.kind, c.size = kindTime, int(meta)
 		case mysql.MYSQL_TYPE_FLOAT:
 			c.kind = kindFloat
 		case mysql.MYSQL_TYPE_DOUBLE:
@@ -280,6 +282,29 @@ func newDecoder(t *Table, tm *replication.TableMapEvent) (*decoder, error) {
 		return nil, fmt.Errorf("%w: %s version column %s is missing from the binlog row", ErrTable, t.FullName(), t.VersionColumn)
 	}
 	return d, nil
+}
+
+// unsignedMap decodes the table map's signedness bitmap (FULL row metadata): one bit per
+// numeric column, in column order, set for UNSIGNED. MariaDB counts YEAR among the
+// numeric columns, MySQL does not; go-mysql's UnsignedMap follows MySQL, which on
+// MariaDB gives every integer after a YEAR column its neighbour's flag.
+func unsignedMap(tm *replication.TableMapEvent, mariadb bool) map[int]bool {
+	if len(tm.SignednessBitmap) == 0 {
+		return nil
+	}
+	ret := make(map[int]bool)
+	bit := 0
+	for i := 0; i < int(tm.ColumnCount); i++ {
+		if !tm.IsNumericColumn(i) && !(mariadb && tm.ColumnType[i] == mysql.MYSQL_TYPE_YEAR) {
+			continue
+		}
+		if bit/8 >= len(tm.SignednessBitmap) {
+			break
+		}
+		ret[i] = tm.SignednessBitmap[bit/8]&(0x80>>(bit%8)) != 0
+		bit++
+	}
+	return ret
 }
 
 // stringLength is the declared byte length of a CHAR/BINARY column from its table map

@@ -491,7 +491,7 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 	d := s.decoders[e.TableID]
 	if d == nil || !d.matches(e.Table) {
 		var err error
-		if d, err = newDecoder(t, e.Table); err != nil {
+		if d, err = newDecoder(t, e.Table, s.cfg.Flavor == "mariadb"); err != nil {
 			return fmt.Errorf("%w: %v at %s:%d", ErrPermanent, err, s.file, hdr.LogPos)
 		}
 		s.decoders[e.TableID] = d

@@ -22,6 +22,7 @@ const (
 	kindEnum               // ENUM: 1-based index into the values
 	kindSet                // SET: bitmask over the values
 	kindBinary             // BINARY(N): right-padded with zero bytes to N
+	kindTime               // TIME(n): the decoder drops a zero fraction; SELECT prints n digits
 )
 
 // column says how one column of a rows event is rendered and used.
@@ -29,7 +30,7 @@ type column struct {
 	name     string
 	kind     kind
 	unsigned bool
-	size     int // BIT bytes or BINARY length
+	size     int // BIT bytes, BINARY length, or TIME fraction digits
 	values   []string
 	mirror   bool
 	pk       int // position in the primary key, or -1
@@ -97,6 +98,10 @@ func (c *column) render(v any) (string, bool, error) {
 			s += strings.Repeat("\x00", c.size-len(s))
 		}
 		return s, true, nil
+	case kindTime:
+		if x, ok := v.(string); ok {
+			return timeText(x, c.size), true, nil
+		}
 	case kindText:
 		switch x := v.(type) {
 		case string:
@@ -130,6 +135,22 @@ func (c *column) appendText(dst []byte, v any) ([]byte, error) {
 	}
 	s, _, err := c.render(v)
 	return append(dst, s...), err
+}
+
+// timeText is a decoded TIME value with its fraction as a SELECT prints it: fsp digits,
+// zeros included (go-mysql leaves out a zero fraction).
+func timeText(v string, fsp int) string {
+	if fsp <= 0 {
+		return v
+	}
+	dot := strings.IndexByte(v, '.')
+	if dot < 0 {
+		return v + "." + strings.Repeat("0", fsp)
+	}
+	if n := len(v) - dot - 1; n < fsp {
+		return v + strings.Repeat("0", fsp-n)
+	}
+	return v
 }
 
 func asString(v any) string {

@@ -1,6 +1,11 @@
 package canal
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+)
 
 // Expected strings are what MariaDB 10.11 prints for these FLOAT and DOUBLE values in
 // a SELECT (mariadb client, text protocol).
@@ -66,5 +71,37 @@ func TestContainsWord(t *testing.T) {
 		if got := containsWord(q, "inventory"); got != want {
 			t.Errorf("containsWord(%q) = %v", q, got)
 		}
+	}
+}
+
+func TestTimeTextKeepsItsFraction(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		fsp  int
+		want string
+	}{
+		{"10:00:00", 2, "10:00:00.00"}, {"-838:59:59", 6, "-838:59:59.000000"}, {"00:00:00", 1, "00:00:00.0"},
+		{"12:34:56.5", 3, "12:34:56.500"}, {"12:34:56.789012", 6, "12:34:56.789012"}, {"10:00:00", 0, "10:00:00"},
+	} {
+		if got := timeText(c.in, c.fsp); got != c.want {
+			t.Errorf("timeText(%q, %d) = %q, want %q", c.in, c.fsp, got, c.want)
+		}
+	}
+}
+
+func TestSignednessCountsYearOnMariaDB(t *testing.T) {
+	// (id INT, y YEAR, a INT UNSIGNED, b INT, c INT UNSIGNED): MariaDB's bitmap has a bit for
+	// y (0), a (1), b (0), c (1) after id (0): 0 0 1 0 1 -> 0b00101000.
+	tm := &replication.TableMapEvent{ColumnCount: 5, ColumnType: []byte{mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_YEAR, mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_LONG},
+		ColumnMeta: make([]uint16, 5), SignednessBitmap: []byte{0b00101000}}
+	got := unsignedMap(tm, true)
+	if got[2] != true || got[3] != false || got[4] != true || got[0] != false {
+		t.Fatalf("mariadb: %v", got)
+	}
+	// MySQL's bitmap has no bit for YEAR: id, a, b, c -> 0 1 0 1.
+	tm.SignednessBitmap = []byte{0b01010000}
+	got = unsignedMap(tm, false)
+	if got[2] != true || got[3] != false || got[4] != true {
+		t.Fatalf("mysql: %v", got)
 	}
 }

@@ -62,3 +62,35 @@ func TestEveryColumnTypeMatchesSelectText(t *testing.T) {
 	}
 	e.waitEqual(30 * time.Second)
 }
+
+// Issue 12, part 1: integers after a YEAR column keep their own signedness (MariaDB's
+// table map counts YEAR in its signedness bitmap), and temporal values with a zero
+// fraction keep it (TIME(2) '10:00:00.00' as a SELECT prints it), on the binlog path and
+// in the snapshot alike.
+func TestSignednessAfterYearAndZeroFractions(t *testing.T) {
+	const ddl = `CREATE TABLE after_year (
+		id INT NOT NULL PRIMARY KEY,
+		y YEAR, a INT UNSIGNED, b INT, c INT UNSIGNED, m MEDIUMINT, mu MEDIUMINT UNSIGNED,
+		t TINYINT, tu TINYINT UNSIGNED, s SMALLINT, su SMALLINT UNSIGNED, bi BIGINT, bu BIGINT UNSIGNED,
+		y2 YEAR, de DECIMAL(10,2) UNSIGNED, dn DECIMAL(10,2), f FLOAT UNSIGNED, d DOUBLE,
+		t0 TIME(2), t6 TIME(6), dt3 DATETIME(3), ts4 TIMESTAMP(4) NULL, t1 TIME(1)
+	) ENGINE=InnoDB`
+	rows := []string{
+		`(1, 2024, 4294967295, -5, 4294967295, -8388608, 16777215, -128, 255, -32768, 65535, -9223372036854775808, 18446744073709551615,
+			1999, 12.50, -3.25, 1.5, -2.5, '10:00:00.00', '-838:59:59.000000', '2024-01-01 00:00:00.000', '2024-01-01 00:00:00.0000', '00:00:00.0')`,
+		`(2, 1901, 0, 2147483647, 0, 8388607, 0, 127, 0, 32767, 0, 9223372036854775807, 0,
+			2155, 0, 0, 0, 0, '-838:59:59.00', '838:59:59.000000', '1000-01-01 00:00:00.000', '1970-01-01 00:00:01.0000', '-00:00:01.0')`,
+		`(3, NULL, 7, -7, 7, -7, 7, -7, 7, -7, 7, -7, 7, NULL, 1, -1, 1, -1, '00:00:00.50', '-00:00:00.000001', '2024-02-29 23:59:59.999', NULL, '12:00:00.5')`,
+	}
+	e := newEnv(t, tableSpec{name: "after_year", ddl: ddl})
+	// Row 1 exists before the first start: written by the snapshot; rows 2 and 3 come
+	// from the binlog; then every row is updated through the binlog.
+	execAll(t, e.db, "INSERT INTO after_year VALUES "+rows[0])
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	execAll(t, e.db, "INSERT INTO after_year VALUES "+rows[1]+", "+rows[2])
+	e.waitEqual(30 * time.Second)
+	execAll(t, e.db, "UPDATE after_year SET b = b - 1, m = m + 1 WHERE id IN (1, 3)", "UPDATE after_year SET b = -2147483648 WHERE id = 2")
+	e.waitEqual(30 * time.Second)
+}
