@@ -158,6 +158,9 @@ type decoder struct {
 
 var valuesRe = regexp.MustCompile(`'((?:[^']|'')*)'`)
 
+// Values returns the members of an ENUM or SET column, in their defined order.
+func (c ColumnInfo) Values() []string { return parseValues(c.ColumnType) }
+
 func parseValues(columnType string) []string {
 	var out []string
 	for _, m := range valuesRe.FindAllStringSubmatch(columnType, -1) {

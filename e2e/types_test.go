@@ -1,8 +1,13 @@
 package e2e
 
 import (
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/testenv"
 )
 
 const typesDDL = `CREATE TABLE all_types (
@@ -93,4 +98,65 @@ func TestSignednessAfterYearAndZeroFractions(t *testing.T) {
 	e.waitEqual(30 * time.Second)
 	execAll(t, e.db, "UPDATE after_year SET b = b - 1, m = m + 1 WHERE id IN (1, 3)", "UPDATE after_year SET b = -2147483648 WHERE id = 2")
 	e.waitEqual(30 * time.Second)
+}
+
+// Issue 12, part 2: the snapshot, reconcile's walk and the Bloom rebuild's key scan visit
+// every row for every primary-key type, with pages of 2 rows so that every page boundary
+// is crossed (ENUM and SET keys compared as strings skipped most rows).
+func TestEveryPrimaryKeyTypeIsWalkedWhole(t *testing.T) {
+	tables := []struct{ name, ddl, rows string }{
+		{"pk_enum", "CREATE TABLE pk_enum (e ENUM('z','a','m','b','y','c') NOT NULL PRIMARY KEY, v INT)", "('z',1),('a',2),('m',3),('b',4),('y',5),('c',6)"},
+		{"pk_set", "CREATE TABLE pk_set (s SET('z','a','m') NOT NULL PRIMARY KEY, v INT)", "('',0),('z',1),('a',2),('z,a',3),('m',4),('z,m',5),('a,m',6),('z,a,m',7)"},
+		{"pk_decimal", "CREATE TABLE pk_decimal (d DECIMAL(10,3) NOT NULL PRIMARY KEY, v INT)", "(-10.5,1),(-0.001,2),(0,3),(0.5,4),(2,5),(10.25,6),(1000000,7)"},
+		{"pk_datetime", "CREATE TABLE pk_datetime (t DATETIME(3) NOT NULL PRIMARY KEY, v INT)", "('1000-01-01 00:00:00',1),('1999-12-31 23:59:59.999',2),('2000-01-01',3),('2024-02-29 12:00:00.5',4),('9999-12-31 23:59:59',5)"},
+		{"pk_binary", "CREATE TABLE pk_binary (b VARBINARY(8) NOT NULL PRIMARY KEY, v INT)", "(x'00',1),(x'0000',2),(x'01',3),(x'7f',4),(x'80',5),(x'ff',6),(x'ff00',7)"},
+		{"pk_mixed", "CREATE TABLE pk_mixed (e ENUM('z','a') NOT NULL, d DECIMAL(4,1) NOT NULL, s VARCHAR(8) NOT NULL, PRIMARY KEY (e, d, s), v INT)",
+			"('z',1.5,'b',1),('z',1.5,'c',2),('z',2,'a',3),('a',-1,'x',4),('a',0,'',5),('a',0,'y',6)"},
+		{"pk_time", "CREATE TABLE pk_time (t TIME(2) NOT NULL PRIMARY KEY, v INT)", "('-838:59:59.00',1),('-00:00:01',2),('00:00:00',3),('10:00:00.50',4),('838:59:59',5)"},
+	}
+	var specs []tableSpec
+	for _, tb := range tables {
+		specs = append(specs, tableSpec{name: tb.name, ddl: tb.ddl})
+	}
+	e := newEnv(t, specs...)
+	for _, tb := range tables {
+		execAll(t, e.db, "INSERT INTO "+tb.name+" VALUES "+tb.rows)
+	}
+	e.cfg.Snapshot.ChunkSize = 2
+	e.cfg.Reconcile.ChunkSize = 2
+	httpAddr := freeAddr(t)
+	cfgPath := e.writeConfig(func(c *config.Config) { c.HTTP.Listen = httpAddr })
+	p := startProc(t, cfgPath, httpAddr) // the first start loads every table
+	e.waitEqual(30 * time.Second)
+	// Reconcile walks every row of every table.
+	report := filepath.Join(t.TempDir(), "report.json")
+	code, out := runCLI(t, time.Minute, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "reconcile", "-c", cfgPath, "--report", report)
+	if code != 0 {
+		t.Fatalf("reconcile: exit %d\n%s", code, out)
+	}
+	rep := readReport(t, report)
+	for _, tb := range tables {
+		var n int64
+		testenv.Must(t, e.db.QueryRow("SELECT COUNT(*) FROM "+tb.name).Scan(&n), "count")
+		found := false
+		for _, tr := range rep.Tables {
+			if strings.HasSuffix(tr.Table, "."+tb.name) {
+				found = true
+				if tr.RowsChecked != n {
+					t.Errorf("reconcile checked %d of the %d rows of %s", tr.RowsChecked, n, tb.name)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("reconcile did not report %s", tb.name)
+		}
+	}
+	// The Bloom rebuild's scan of the primary keys: every row still in the filter.
+	code2, err := httpPost("http://" + httpAddr + "/bloom/rebuild")
+	testenv.Must(t, err, "bloom rebuild")
+	if code2 != 200 {
+		t.Fatalf("bloom rebuild: %d", code2)
+	}
+	e.waitEqual(30 * time.Second)
+	p.terminate(t)
 }

@@ -549,10 +549,41 @@ func literal(c canal.ColumnInfo, v []byte) string {
 	switch c.DataType {
 	case "tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year":
 		return string(v)
+	case "enum", "set":
+		// An index orders ENUM and SET by their numbers (the member's position, the
+		// members' bitmask), and a quoted string would compare as a string: compare the
+		// numbers.
+		return strconv.FormatUint(memberNumber(c, string(v)), 10)
 	case "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit":
 		return "X'" + hex.EncodeToString(v) + "'"
 	}
 	return "'" + quote(string(v)) + "'"
+}
+
+// memberNumber is the number MySQL stores for an ENUM value (its 1-based position; 0 for
+// the empty error value) or a SET value (the bitmask of its members).
+func memberNumber(c canal.ColumnInfo, v string) uint64 {
+	members := c.Values()
+	if c.DataType == "enum" {
+		for i, m := range members {
+			if m == v {
+				return uint64(i + 1)
+			}
+		}
+		return 0
+	}
+	var mask uint64
+	if v == "" {
+		return 0
+	}
+	for _, part := range strings.Split(v, ",") {
+		for i, m := range members {
+			if m == part && i < 64 {
+				mask |= 1 << uint(i)
+			}
+		}
+	}
+	return mask
 }
 
 func quote(s string) string { return strings.ReplaceAll(s, "'", "''") }

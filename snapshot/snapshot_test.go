@@ -27,6 +27,18 @@ func TestLiteralKeepsIndexOrder(t *testing.T) {
 			t.Errorf("literal(%s, %q) = %s, want %s", c.typ, c.v, got, c.want)
 		}
 	}
+	// ENUM and SET compare by their numbers, as their index orders them.
+	enum := canal.ColumnInfo{DataType: "enum", ColumnType: "enum('z','a','m','it''s')"}
+	set := canal.ColumnInfo{DataType: "set", ColumnType: "set('z','a','m')"}
+	for _, c := range []struct {
+		col  canal.ColumnInfo
+		v    string
+		want string
+	}{{enum, "z", "1"}, {enum, "m", "3"}, {enum, "it's", "4"}, {enum, "", "0"}, {set, "", "0"}, {set, "z,m", "5"}, {set, "a", "2"}} {
+		if got := literal(c.col, []byte(c.v)); got != c.want {
+			t.Errorf("literal(%s, %q) = %s, want %s", c.col.ColumnType, c.v, got, c.want)
+		}
+	}
 }
 
 func TestSplitRow(t *testing.T) {
