@@ -25,6 +25,9 @@ type Table struct {
 	KeyPrefix     string
 	VersionColumn string
 	mirror        map[string]bool // nil: every column
+	// charsets maps the server's collation ids to their character sets (for the
+	// binlog's per-column collations).
+	charsets map[uint64]string
 	// Columns in ordinal order, and the primary key's column names in key order.
 	Columns []ColumnInfo
 	PK      []string
@@ -33,6 +36,8 @@ type Table struct {
 // ColumnInfo is one column as information_schema describes it.
 type ColumnInfo struct {
 	Name, DataType, ColumnType string
+	// Charset is the column's character set ("" for a column without one).
+	Charset string
 }
 
 // FullName is schema.table.
@@ -42,10 +47,17 @@ func (t *Table) FullName() string { return t.Schema + "." + t.Name }
 // mirrored: it exists, has a primary key, and has the configured columns and version
 // column. Every problem is reported at once.
 func LoadTables(ctx context.Context, db *sql.DB, cfgs []config.Table) ([]*Table, error) {
+	charsets, err := loadCharsets(ctx, db)
+	if err != nil {
+		return nil, err
+	}
 	var tables []*Table
 	var problems []string
 	for i, tc := range cfgs {
 		t, err := loadTable(ctx, db, i, tc)
+		if t != nil {
+			t.charsets = charsets
+		}
 		if err != nil {
 			if !errors.Is(err, ErrTable) {
 				return nil, err
@@ -61,18 +73,45 @@ func LoadTables(ctx context.Context, db *sql.DB, cfgs []config.Table) ([]*Table,
 	return tables, nil
 }
 
+// loadCharsets maps every collation id of the server to its character set.
+// MariaDB 10.10+ lists some collation ids only in COLLATION_CHARACTER_SET_APPLICABILITY.
+func loadCharsets(ctx context.Context, db *sql.DB) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	read := func(q string) error {
+		rows, err := db.QueryContext(ctx, q)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id uint64
+			var cs string
+			if err := rows.Scan(&id, &cs); err != nil {
+				return err
+			}
+			out[id] = cs
+		}
+		return rows.Err()
+	}
+	if err := read("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL"); err != nil {
+		return nil, fmt.Errorf("read the server's collations: %w", err)
+	}
+	_ = read("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY WHERE ID IS NOT NULL") // MariaDB 10.10+ only
+	return out, nil
+}
+
 var intTypes = map[string]bool{"tinyint": true, "smallint": true, "mediumint": true, "int": true, "bigint": true}
 
 func loadTable(ctx context.Context, db *sql.DB, idx int, tc config.Table) (*Table, error) {
 	t := &Table{Index: idx, Schema: tc.Schema, Name: tc.Table, KeyPrefix: tc.KeyPrefix, VersionColumn: tc.VersionColumn}
-	rows, err := db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS
+	rows, err := db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IFNULL(CHARACTER_SET_NAME, '') FROM information_schema.COLUMNS
 		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION`, tc.Schema, tc.Table)
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", t.FullName(), err)
 	}
 	for rows.Next() {
 		var c ColumnInfo
-		if err := rows.Scan(&c.Name, &c.DataType, &c.ColumnType); err != nil {
+		if err := rows.Scan(&c.Name, &c.DataType, &c.ColumnType, &c.Charset); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -189,7 +228,7 @@ func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder
 	d.names = names
 	unsigned := unsignedMap(tm, mariadb)
 	enums, sets := tm.EnumStrValueMap(), tm.SetStrValueMap()
-	collations := tm.CollationMap()
+	collations, enumColls := tm.CollationMap(), tm.EnumSetCollationMap()
 	d.cols = make([]column, n)
 	for i := 0; i < n; i++ {
 		info, known := t.info(names[i])
@@ -237,18 +276,31 @@ func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder
 					c.size = stringLength(meta)
 				}
 			}
-			if c.kind == kindEnum {
+			if c.kind == kindEnum || c.kind == kindSet {
 				c.values = enums[i]
-				if c.values == nil && known {
+				if c.kind == kindSet {
+					c.values = sets[i]
+				}
+				if c.values != nil {
+					// The binlog's member strings are in the column's character set.
+					if dec := charsetDecoder(t.charsetOf(enumColls, i, info, known)); dec != nil {
+						vals := make([]string, len(c.values))
+						for j, v := range c.values {
+							vals[j], _ = dec([]byte(v))
+						}
+						c.values = vals
+					}
+				} else if known {
 					c.values = parseValues(info.ColumnType)
 				}
 			}
-			if c.kind == kindSet {
-				c.values = sets[i]
-				if c.values == nil && known {
-					c.values = parseValues(info.ColumnType)
-				}
+			if c.kind == kindText {
+				c.decode = charsetDecoder(t.charsetOf(collations, i, info, known))
 			}
+		case mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_BLOB, mysql.MYSQL_TYPE_TINY_BLOB,
+			mysql.MYSQL_TYPE_MEDIUM_BLOB, mysql.MYSQL_TYPE_LONG_BLOB:
+			c.kind = kindText
+			c.decode = charsetDecoder(t.charsetOf(collations, i, info, known))
 		default:
 			c.kind = kindText
 		}
@@ -285,6 +337,23 @@ func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder
 		return nil, fmt.Errorf("%w: %s version column %s is missing from the binlog row", ErrTable, t.FullName(), t.VersionColumn)
 	}
 	return d, nil
+}
+
+// charsetOf is the character set of column i: from the binlog's collation id (FULL row
+// metadata), else from information_schema.
+func (t *Table) charsetOf(collations map[int]uint64, i int, info ColumnInfo, known bool) string {
+	if id, ok := collations[i]; ok {
+		if cs, ok := t.charsets[id]; ok {
+			return cs
+		}
+		if id == 63 {
+			return "binary"
+		}
+	}
+	if known {
+		return info.Charset
+	}
+	return ""
 }
 
 // unsignedMap decodes the table map's signedness bitmap (FULL row metadata): one bit per

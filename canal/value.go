@@ -32,6 +32,7 @@ type column struct {
 	unsigned bool
 	size     int // BIT bytes, BINARY length, or TIME fraction digits
 	values   []string
+	decode   func([]byte) (string, error) // text in another character set than UTF-8
 	mirror   bool
 	pk       int // position in the primary key, or -1
 	version  bool
@@ -103,6 +104,16 @@ func (c *column) render(v any) (string, bool, error) {
 			return timeText(x, c.size), true, nil
 		}
 	case kindText:
+		if c.decode != nil {
+			switch x := v.(type) {
+			case string:
+				s, err := c.decode([]byte(x))
+				return s, true, err
+			case []byte:
+				s, err := c.decode(x)
+				return s, true, err
+			}
+		}
 		switch x := v.(type) {
 		case string:
 			return x, true, nil

@@ -160,3 +160,28 @@ func TestEveryPrimaryKeyTypeIsWalkedWhole(t *testing.T) {
 	e.waitEqual(30 * time.Second)
 	p.terminate(t)
 }
+
+// Issue 12, part 1: character columns in other character sets than UTF-8 (latin1 is
+// MariaDB's default) reach Redis as the UTF-8 text a SELECT returns, on the binlog path
+// and in the snapshot alike, and a latin1 primary key has one key whichever path wrote it.
+func TestEveryCharacterSetIsWrittenAsUTF8(t *testing.T) {
+	const ddl = `CREATE TABLE charsets (
+		pk VARCHAR(16) NOT NULL PRIMARY KEY,
+		l1 VARCHAR(32), ch CHAR(8), gb VARCHAR(32) CHARACTER SET gbk, u3 VARCHAR(32) CHARACTER SET utf8mb3,
+		u2 VARCHAR(32) CHARACTER SET ucs2, u16 VARCHAR(32) CHARACTER SET utf16, u32 VARCHAR(32) CHARACTER SET utf32,
+		cy VARCHAR(32) CHARACTER SET cp1251, b5 VARCHAR(32) CHARACTER SET big5, sj VARCHAR(32) CHARACTER SET sjis,
+		kr VARCHAR(32) CHARACTER SET euckr, l2 VARCHAR(32) CHARACTER SET latin2, tx TEXT, en ENUM('café','thé','€uro'),
+		st SET('crème','brûlée'), bin VARBINARY(8), u4 VARCHAR(32) CHARACTER SET utf8mb4
+	) ENGINE=InnoDB DEFAULT CHARSET=latin1`
+	row := func(pk string) string {
+		return "('" + pk + "', 'café crème €', 'é', '库存 中文', 'héllo ✓', 'Ωmega ☃', 'emoji 😀', 'emoji 😀', 'Привет', '繁體', 'カタカナ', '한국어', 'Łódź', 'latin1 text ÿ', 'thé', 'crème,brûlée', x'00ff', 'utf8mb4 🚀')"
+	}
+	e := newEnv(t, tableSpec{name: "charsets", ddl: ddl})
+	execAll(t, e.db, "INSERT INTO charsets VALUES "+row("café"))
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	execAll(t, e.db, "INSERT INTO charsets VALUES "+row("naïve")+", "+row("Ärger"),
+		"UPDATE charsets SET l1 = 'über €', en = '€uro', st = 'brûlée', gb = '更新' WHERE pk = 'café'")
+	e.waitEqual(30 * time.Second)
+}
