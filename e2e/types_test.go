@@ -185,3 +185,31 @@ func TestEveryCharacterSetIsWrittenAsUTF8(t *testing.T) {
 		"UPDATE charsets SET l1 = 'über €', en = '€uro', st = 'brûlée', gb = '更新' WHERE pk = 'café'")
 	e.waitEqual(30 * time.Second)
 }
+
+// A key an older invsync wrote from a latin1 primary key's raw bytes ({caf\xe9}) is an
+// extra key to reconcile, not a query the server refuses ("Illegal mix of collations"),
+// and one table's problem never stops the run for the others.
+func TestReconcileOfALatin1TableWithStaleRawKeys(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "l1", ddl: "CREATE TABLE l1 (pk VARCHAR(16) NOT NULL PRIMARY KEY, v INT) DEFAULT CHARSET=latin1"},
+		tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	execAll(t, e.db, "INSERT INTO l1 VALUES ('café', 1), ('thé', 2)")
+	loadRows(t, e, 50)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	ctx := t.Context()
+	stale := e.cfg.Tables[0].KeyPrefix + "{caf\xe9}"
+	testenv.Must(t, e.rdb.HSet(ctx, stale, "pk", "caf\xe9", "v", "1", "_v", "1").Err(), "stale key")
+	testenv.Must(t, e.rdb.HSet(ctx, e.cfg.Tables[1].KeyPrefix+"{7}", "stock", "-1").Err(), "drift")
+	cfgPath := e.writeConfig(nil)
+	report := filepath.Join(t.TempDir(), "report.json")
+	code, out := runCLI(t, time.Minute, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "reconcile", "-c", cfgPath, "--repair", "--report", report)
+	if code != 0 {
+		t.Fatalf("reconcile --repair: exit %d\n%s", code, out)
+	}
+	rep := readReport(t, report)
+	if len(rep.Tables) != 2 || rep.Tables[0].Differences["extra"] != 1 || rep.Tables[1].Differences["stale"]+rep.Tables[1].Differences["mismatch"] != 1 {
+		t.Fatalf("report: %+v", rep.Tables)
+	}
+	e.waitEqual(30 * time.Second)
+}

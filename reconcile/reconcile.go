@@ -17,6 +17,7 @@ package reconcile
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"slices"
@@ -108,6 +109,8 @@ type TableReport struct {
 	// into its parts (a part contains ':'); they are not judged.
 	Unverifiable int64   `json:"unverifiable,omitempty"`
 	Seconds      float64 `json:"duration_seconds"`
+	// Error says why the table could not be reconciled ("" when it was).
+	Error string `json:"error,omitempty"`
 }
 
 // Report is the outcome of a run.
@@ -179,10 +182,18 @@ func Run(ctx context.Context, d Deps, opts Options) (*Report, error) {
 	for _, i := range selected {
 		r.estimate += estimateRows(ctx, d.DB, d.Tables[i])
 	}
+	var failed []string
 	for _, i := range selected {
 		tr, err := r.table(ctx, i)
 		if err != nil {
-			return nil, err
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			// One table's problem (a query the server refuses for it) does not stop the
+			// others: it is reported, and the run ends with an error.
+			d.Log.Error("reconcile: a table could not be reconciled; going on with the others", zap.String("table", d.Tables[i].FullName()), zap.Error(err))
+			tr = &TableReport{Table: d.Tables[i].FullName(), Differences: map[Kind]int64{}, Repaired: map[Kind]int64{}, Error: err.Error()}
+			failed = append(failed, d.Tables[i].FullName()+": "+err.Error())
 		}
 		rep.Tables = append(rep.Tables, *tr)
 		for _, k := range Kinds {
@@ -193,8 +204,15 @@ func Run(ctx context.Context, d Deps, opts Options) (*Report, error) {
 	}
 	rep.Finished = time.Now()
 	rep.Seconds = rep.Finished.Sub(rep.Started).Seconds()
+	if len(failed) > 0 {
+		return rep, fmt.Errorf("%w: %s", ErrTablesFailed, strings.Join(failed, "; "))
+	}
 	return rep, nil
 }
+
+// ErrTablesFailed is returned, with the report of every table, when some tables could not
+// be reconciled (each has its error in the report).
+var ErrTablesFailed = errors.New("some tables could not be reconciled")
 
 type runner struct {
 	d        Deps

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -133,11 +134,17 @@ func FetchRows(conn *client.Conn, t *canal.Table, pks [][]string, positionVersio
 		if len(pk) != len(q.pkAt) {
 			return nil, fmt.Errorf("%s: primary key has %d parts, got %d", t.FullName(), len(q.pkAt), len(pk))
 		}
+		if !keyable(q, pk) {
+			continue // no row has this key (see keyable)
+		}
 		lits := make([]string, len(pk))
 		for p, i := range q.pkAt {
 			lits[p] = literal(q.cols[i], []byte(pk[p]))
 		}
 		tuples = append(tuples, "("+strings.Join(lits, ", ")+")")
+	}
+	if len(tuples) == 0 {
+		return out, nil
 	}
 	res, err := conn.Execute(q.base + " WHERE (" + strings.Join(q.pkCols, ", ") + ") IN (" + strings.Join(tuples, ", ") + ")")
 	if err != nil {
@@ -152,4 +159,21 @@ func FetchRows(conn *client.Conn, t *canal.Table, pks [][]string, positionVersio
 		out[r.Change.Key] = r
 	}
 	return out, nil
+}
+
+// keyable reports whether pk can be the key of a row: the text of a character column is
+// read as UTF-8, so a key part that is not valid UTF-8 (a key written from a charset's
+// raw bytes by an older invsync) names no row, and as a literal it would make the query
+// fail ("Illegal mix of collations").
+func keyable(q *tableQuery, pk []string) bool {
+	for p, i := range q.pkAt {
+		switch q.cols[i].DataType {
+		case "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit":
+			continue
+		}
+		if !utf8.ValidString(pk[p]) {
+			return false
+		}
+	}
+	return true
 }

@@ -219,6 +219,9 @@ func Fetch(conn *client.Conn, t *canal.Table, pk []string, positionVersion strin
 	if len(pk) != len(q.pkAt) {
 		return c, false, fmt.Errorf("%s: primary key has %d parts, got %d", t.FullName(), len(q.pkAt), len(pk))
 	}
+	if !keyable(q, pk) {
+		return c, false, nil
+	}
 	lits := make([]string, len(pk))
 	for p, i := range q.pkAt {
 		lits[p] = literal(q.cols[i], []byte(pk[p]))

@@ -60,18 +60,21 @@ func reconcileCmd(args []string, stdout, stderr io.Writer) int {
 		defer fmt.Fprintln(stderr)
 	}
 	rep, note, err := daemon.Reconcile(ctx, cfg, log, opts)
+	if rep != nil {
+		// Also when some tables failed: the others' results stand.
+		printReport(stdout, rep, note)
+		if *reportPath != "" {
+			b, _ := json.MarshalIndent(rep, "", "  ")
+			if werr := os.WriteFile(*reportPath, append(b, '\n'), 0o644); werr != nil {
+				fmt.Fprintf(stderr, "invsync: write the report: %v\n", werr)
+				return 2
+			}
+		}
+	}
 	if err != nil {
 		log.Error("reconcile failed", zap.Error(err))
 		fmt.Fprintf(stderr, "invsync: reconcile: %v\n", err)
 		return 2
-	}
-	printReport(stdout, rep, note)
-	if *reportPath != "" {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(*reportPath, append(b, '\n'), 0o644); err != nil {
-			fmt.Fprintf(stderr, "invsync: write the report: %v\n", err)
-			return 2
-		}
 	}
 	if rep.Drift() {
 		return 1
