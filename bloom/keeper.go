@@ -154,14 +154,8 @@ func (k *Keeper) Complete() bool {
 	return true
 }
 
-// splitKey returns the prefix and the primary key text of a row key prefix{pk}.
-func splitKey(key string) (prefix, pk string, ok bool) {
-	i := strings.IndexByte(key, '{')
-	if i < 0 || len(key) < i+2 || key[len(key)-1] != '}' {
-		return "", "", false
-	}
-	return key[:i], key[i+1 : len(key)-1], true
-}
+// splitKey returns the prefix and the encoded primary key (the Bloom item) of a row key.
+func splitKey(key string) (prefix, pk string, ok bool) { return layout.InnerOf(key) }
 
 type adds struct {
 	t   *tableFilter

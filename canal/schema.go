@@ -193,6 +193,7 @@ type decoder struct {
 	version  int   // event column index of the version column, or -1
 	mirrored int   // number of mirrored columns
 	scratch  []byte
+	part     []byte // a composite key's part being rendered
 }
 
 var valuesRe = regexp.MustCompile(`'((?:[^']|'')*)'`)

@@ -565,8 +565,8 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 	return nil
 }
 
-// key builds the row's Redis key (layout.Key) into d's scratch buffer, so that a key
-// costs one allocation: this runs for every row read.
+// key builds the row's Redis key (layout.Key, with its escaping of composite keys) into
+// d's scratch buffer, so that a key costs one allocation: this runs for every row read.
 func (d *decoder) key(t *Table, row []any) (string, error) {
 	b := append(d.scratch[:0], t.KeyPrefix...)
 	b = append(b, '{')
@@ -581,9 +581,17 @@ func (d *decoder) key(t *Table, row []any) (string, error) {
 			b = append(b, ':')
 		}
 		var err error
-		if b, err = d.cols[i].appendText(b, row[i]); err != nil {
+		if len(d.pkIdx) == 1 {
+			if b, err = d.cols[i].appendText(b, row[i]); err != nil {
+				return "", err
+			}
+			continue
+		}
+		// A part of a composite key, escaped (layout.KeyInner).
+		if d.part, err = d.cols[i].appendText(d.part[:0], row[i]); err != nil {
 			return "", err
 		}
+		b = layout.AppendKeyPart(b, string(d.part))
 	}
 	b = append(b, '}')
 	d.scratch = b

@@ -192,7 +192,7 @@ func (c *Client) MayExist(ctx context.Context, tableName string, pk ...string) (
 	if t.bloom == nil {
 		return true, nil
 	}
-	return t.bloom.MayContain(ctx, strings.Join(pk, ":"))
+	return t.bloom.MayContain(ctx, layout.KeyInner(pk))
 }
 
 // Get returns the row of tableName with primary key pk (one string per key column, each
@@ -214,7 +214,7 @@ func (c *Client) Get(ctx context.Context, tableName string, pk ...string) (Resul
 		return c.done(t, res), nil
 	}
 	if t.bloom != nil {
-		ok, err := t.bloom.MayContain(ctx, strings.Join(pk, ":"))
+		ok, err := t.bloom.MayContain(ctx, layout.KeyInner(pk))
 		if err != nil {
 			c.m.bloomErrors.WithLabelValues(t.Name).Inc()
 		} else if !ok {

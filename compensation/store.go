@@ -76,10 +76,8 @@ func Open(ctx context.Context, db *sql.DB, schema string, sched Schedule, now fu
 // Park records a write of table's row that Redis refused (sink.Parker).
 func (s *Store) Park(ctx context.Context, table string, c layout.Change, cause error) error {
 	pk := c.Key
-	if open := strings.IndexByte(pk, '{'); open >= 0 {
-		if end := strings.LastIndexByte(pk, '}'); end > open {
-			pk = pk[open+1 : end]
-		}
+	if _, inner, ok := layout.InnerOf(c.Key); ok {
+		pk = inner
 	}
 	return s.Add(ctx, Entry{RedisKey: c.Key, Table: table, PK: pk, Version: c.Version, LastError: truncate(cause.Error(), 2000)})
 }

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -1238,12 +1237,9 @@ func (f *fetcher) fetch(ctx context.Context, table, pk string) (layout.Change, b
 	if t == nil {
 		return layout.Change{}, false, fmt.Errorf("table %s is not mirrored (any more)", table)
 	}
-	parts := []string{pk}
-	if len(t.PK) > 1 {
-		parts = strings.Split(pk, ":")
-		if len(parts) != len(t.PK) {
-			return layout.Change{}, false, fmt.Errorf("the key %q of %s cannot be split into its %d primary key parts (a part contains ':')", pk, table, len(t.PK))
-		}
+	parts, err := layout.SplitInner(pk, len(t.PK))
+	if err != nil {
+		return layout.Change{}, false, fmt.Errorf("the key of %s: %w", table, err)
 	}
 	if f.conn == nil {
 		conn, err := canal.Connect(ctx, f.cfg.Source)

@@ -33,25 +33,93 @@ const (
 	FieldNull    = "_null"
 )
 
-// Key returns the Redis key of a row: prefix{pk}, composite keys joined with ':'.
-// The braces are the Redis Cluster hash tag.
+// Key returns the Redis key of a row: prefix{inner}, where inner is KeyInner(pk). The
+// braces are the Redis Cluster hash tag.
 func Key(prefix string, pk []string) string {
-	n := len(prefix) + 2 + len(pk)
-	for _, p := range pk {
-		n += len(p)
-	}
+	inner := KeyInner(pk)
 	var b strings.Builder
-	b.Grow(n)
+	b.Grow(len(prefix) + len(inner) + 2)
 	b.WriteString(prefix)
 	b.WriteByte('{')
-	for i, p := range pk {
-		if i > 0 {
-			b.WriteByte(':')
-		}
-		b.WriteString(p)
-	}
+	b.WriteString(inner)
 	b.WriteByte('}')
 	return b.String()
+}
+
+// KeyInner encodes a primary key between the braces of its row key (and as its Bloom
+// filter item): a single-column key is its text as it is; a composite key joins its
+// parts with ':' after escaping, inside each part, '\' as "\\" and ':' as "\:", so that
+// ('x:y', 'z') and ('x', 'y:z') have different keys. SplitInner takes it apart.
+func KeyInner(pk []string) string {
+	if len(pk) == 1 {
+		return pk[0]
+	}
+	return string(AppendKeyInner(nil, pk))
+}
+
+// AppendKeyInner appends KeyInner(pk) to dst.
+func AppendKeyInner(dst []byte, pk []string) []byte {
+	if len(pk) == 1 {
+		return append(dst, pk[0]...)
+	}
+	for i, p := range pk {
+		if i > 0 {
+			dst = append(dst, ':')
+		}
+		dst = AppendKeyPart(dst, p)
+	}
+	return dst
+}
+
+// AppendKeyPart appends one part of a composite key, escaped (see KeyInner).
+func AppendKeyPart(dst []byte, part string) []byte {
+	for i := 0; i < len(part); i++ {
+		if c := part[i]; c == '\\' || c == ':' {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, part[i])
+	}
+	return dst
+}
+
+// SplitInner takes apart what KeyInner encoded: n is the number of key columns (1: the
+// text is the key as it is); n < 0 splits a composite key of any size. It fails when
+// the text does not hold n parts or ends in a lone escape.
+func SplitInner(inner string, n int) ([]string, error) {
+	if n == 1 {
+		return []string{inner}, nil
+	}
+	var parts []string
+	var cur []byte
+	for i := 0; i < len(inner); i++ {
+		switch c := inner[i]; c {
+		case '\\':
+			if i+1 == len(inner) {
+				return nil, fmt.Errorf("layout: key %q ends in a lone escape", inner)
+			}
+			i++
+			cur = append(cur, inner[i])
+		case ':':
+			parts = append(parts, string(cur))
+			cur = cur[:0]
+		default:
+			cur = append(cur, c)
+		}
+	}
+	parts = append(parts, string(cur))
+	if n > 0 && len(parts) != n {
+		return nil, fmt.Errorf("layout: key %q has %d parts, the table's primary key %d", inner, len(parts), n)
+	}
+	return parts, nil
+}
+
+// InnerOf returns what a row key holds between its braces (the encoded primary key).
+func InnerOf(key string) (prefix, inner string, ok bool) {
+	i := strings.IndexByte(key, '{')
+	if i < 0 || len(key) < i+2 || key[len(key)-1] != '}' {
+		return "", "", false
+	}
+	return key[:i], key[i+1 : len(key)-1], true
 }
 
 // Op is the kind of change.

@@ -43,3 +43,36 @@ func TestSlot(t *testing.T) {
 		t.Error("keys with the same hash tag must share a slot")
 	}
 }
+
+func TestCompositeKeysAreUnambiguous(t *testing.T) {
+	a := Key("inv:", []string{"x:y", "z"})
+	b := Key("inv:", []string{"x", "y:z"})
+	if a == b {
+		t.Fatalf("('x:y','z') and ('x','y:z') share the key %s", a)
+	}
+	for _, pk := range [][]string{{"x:y", "z"}, {"x", "y:z"}, {`a\`, "b"}, {`a\:`, `:\`}, {"", ""}, {"1", "2", "3"}, {"é", "😀:"}} {
+		_, inner, ok := InnerOf(Key("p:", pk))
+		if !ok {
+			t.Fatalf("InnerOf(%q)", Key("p:", pk))
+		}
+		got, err := SplitInner(inner, len(pk))
+		if err != nil || len(got) != len(pk) {
+			t.Fatalf("SplitInner(%q, %d) = %q, %v", inner, len(pk), got, err)
+		}
+		for i := range pk {
+			if got[i] != pk[i] {
+				t.Fatalf("round trip of %q gave %q", pk, got)
+			}
+		}
+	}
+	// A single-column key is its text as it is (keys written before stay the same).
+	if k := Key("inv:", []string{`a:b\c`}); k != `inv:{a:b\c}` {
+		t.Fatalf("single-column key %s", k)
+	}
+	if _, err := SplitInner(`x:y`, 3); err == nil {
+		t.Fatal("a key with the wrong number of parts is not refused")
+	}
+	if _, err := SplitInner(`x\`, 2); err == nil {
+		t.Fatal("a lone escape is not refused")
+	}
+}

@@ -105,8 +105,8 @@ type TableReport struct {
 	Differences map[Kind]int64    `json:"differences"`
 	Repaired    map[Kind]int64    `json:"repaired"`
 	Samples     map[Kind][]string `json:"samples"`
-	// Unverifiable counts keys under the prefix whose composite key cannot be split
-	// into its parts (a part contains ':'); they are not judged.
+	// Unverifiable counts keys under the prefix that are not a key of the table's kind
+	// (not layout.SplitInner's encoding of its primary key); they are not judged.
 	Unverifiable int64   `json:"unverifiable,omitempty"`
 	Seconds      float64 `json:"duration_seconds"`
 	// Error says why the table could not be reconciled ("" when it was).
@@ -133,6 +133,7 @@ func (r *Report) Drift() bool { return r.Unrepaired > 0 }
 type candidate struct {
 	key  string
 	pk   []string
+	seen time.Time // when it was first seen differing: re-checked for Recheck from then
 	kind Kind
 	row  *snapshot.Row // nil: no row in MySQL
 	obs  layout.Observed
@@ -223,7 +224,6 @@ type runner struct {
 	start    time.Time
 	rows     int64
 	estimate int64
-	deadline time.Time // of the current table's re-checks
 }
 
 func estimateRows(ctx context.Context, db *sql.DB, t *canal.Table) int64 {
@@ -243,7 +243,6 @@ func (r *runner) table(ctx context.Context, ti int) (*TableReport, error) {
 	t := r.d.Tables[ti]
 	start := time.Now()
 	tr := &TableReport{Table: t.FullName(), Differences: map[Kind]int64{}, Repaired: map[Kind]int64{}, Samples: map[Kind][]string{}}
-	r.deadline = time.Now().Add(r.opts.Recheck)
 	rows, err := snapshot.NewRows(r.conn, t, r.d.Cfg.Reconcile.ChunkSize, "")
 	if err != nil {
 		return nil, err
@@ -285,7 +284,7 @@ func (r *runner) table(ctx context.Context, ti int) (*TableReport, error) {
 				if err == nil && r.d.OnKeys != nil {
 					pks := make([]string, len(c))
 					for i := range c {
-						pks[i] = strings.Join(c[i].PK, ":")
+						pks[i] = layout.KeyInner(c[i].PK) // the Bloom item
 					}
 					r.d.OnKeys(ti, pks)
 				}
@@ -359,7 +358,7 @@ func (r *runner) compareChunk(ctx context.Context, t *canal.Table, rows []snapsh
 	for i := range rows {
 		h, err := cmds[i].Result()
 		if k, ok := classify(&rows[i], h, err, versioned); ok {
-			res.cands = append(res.cands, candidate{key: rows[i].Change.Key, pk: rows[i].PK, kind: k})
+			res.cands = append(res.cands, candidate{key: rows[i].Change.Key, pk: rows[i].PK, kind: k, seen: time.Now()})
 		}
 	}
 	return res, nil
@@ -498,9 +497,25 @@ func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, ca
 			c.kind, c.row, c.obs = kind, row, observe(h, herr)
 			still = append(still, c)
 		}
-		cands = still
-		if len(cands) == 0 || time.Now().Add(delay).After(r.deadline) {
-			return r.report(ctx, tr, cands, at)
+		// Each candidate is re-checked for the whole window from when it was first seen
+		// (a long walk must not shorten it: a running daemon's lag is not drift).
+		cands = still[:0:0]
+		var due []candidate
+		next := time.Now().Add(delay)
+		for _, c := range still {
+			if next.After(c.seen.Add(r.opts.Recheck)) {
+				due = append(due, c)
+			} else {
+				cands = append(cands, c)
+			}
+		}
+		if len(due) > 0 {
+			if err := r.report(ctx, tr, due, at); err != nil {
+				return err
+			}
+		}
+		if len(cands) == 0 {
+			return nil
 		}
 		select {
 		case <-time.After(delay):
@@ -577,16 +592,12 @@ func (r *runner) extras(ctx context.Context, t *canal.Table, tr *TableReport, se
 			if !differs {
 				continue
 			}
-			inner := k[len(t.KeyPrefix)+1 : len(k)-1]
-			pk := []string{inner}
-			if len(t.PK) > 1 {
-				pk = strings.Split(inner, ":")
-				if len(pk) != len(t.PK) {
-					tr.Unverifiable++
-					continue
-				}
+			pk, err := layout.SplitInner(k[len(t.KeyPrefix)+1:len(k)-1], len(t.PK))
+			if err != nil {
+				tr.Unverifiable++
+				continue
 			}
-			cands = append(cands, candidate{key: k, pk: pk, kind: kind})
+			cands = append(cands, candidate{key: k, pk: pk, kind: kind, seen: time.Now()})
 		}
 		return nil
 	}

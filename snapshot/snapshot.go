@@ -637,7 +637,6 @@ func ScanKeys(ctx context.Context, conn *client.Conn, t *canal.Table, chunk int,
 	base := "SELECT " + strings.Join(tq.pkCols, ", ") + " FROM " + ident(t.Schema) + "." + ident(t.Name)
 	order := " ORDER BY " + strings.Join(tq.pkCols, ", ") + " LIMIT " + strconv.Itoa(chunk)
 	var after []string
-	var sb strings.Builder
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -658,14 +657,11 @@ func ScanKeys(ctx context.Context, conn *client.Conn, t *canal.Table, chunk int,
 				res.Close()
 				return fmt.Errorf("%s: %w", t.FullName(), err)
 			}
-			sb.Reset()
+			parts := make([]string, len(vals))
 			for p, v := range vals {
-				if p > 0 {
-					sb.WriteByte(':')
-				}
-				sb.Write(v)
+				parts[p] = string(v)
 			}
-			fn(sb.String())
+			fn(layout.KeyInner(parts))
 			last = vals
 		}
 		res.Close()

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/invsync/invsync/client"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
+	"github.com/invsync/invsync/layout"
 )
 
 // getCmd is `invsync get -c FILE TABLE PK...`.
@@ -63,7 +63,14 @@ func getCmd(args []string, stdout, stderr io.Writer) int {
 	defer closeAll()
 	code := 0
 	for _, k := range keys {
-		res, err := cl.Get(ctx, table, strings.Split(k, ":")...)
+		// A composite key's parts joined with ':', a ':' or '\' inside a part escaped
+		// with '\' (the Redis key's encoding).
+		parts, err := layout.SplitInner(k, -1)
+		if err != nil {
+			fmt.Fprintf(stderr, "invsync: get %s %s: %v\n", table, k, err)
+			return 2
+		}
+		res, err := cl.Get(ctx, table, parts...)
 		if err != nil {
 			fmt.Fprintf(stderr, "invsync: get %s %s: %v\n", table, k, err)
 			return 2
