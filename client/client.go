@@ -80,6 +80,11 @@ type Table struct {
 	// BloomKey is the filter's key: bloom.key_prefix + Name (default
 	// "invsync:bloom:" + Name); empty for no filter.
 	BloomKey string
+	// PK names the primary key's columns, in key order (optional). With it, a row the
+	// loader returns is filled under the key of its own primary key as MySQL stores it:
+	// under a case-insensitive or PAD SPACE collation a lookup of 'ABC' may load row
+	// 'abc', whose key is {abc}; a key {ABC} would be a second copy nothing updates.
+	PK []string
 }
 
 // Options tune a Client.
@@ -285,6 +290,7 @@ func (c *Client) loadAndFill(ctx context.Context, t *table, key string, pk []str
 	if strings.Trim(version, "0123456789") != "" {
 		return Result{}, fmt.Errorf("client: the loader returned version %q for %s: not a non-negative integer", row.Version, key)
 	}
+	key = ownKey(t, key, row)
 	ch := layout.Change{Key: key, Op: layout.OpUpsert, Version: version, IfAbsent: true, Fields: make([]layout.Field, 0, len(row.Fields))}
 	names := make([]string, 0, len(row.Fields))
 	for n := range row.Fields {
@@ -307,6 +313,23 @@ func (c *Client) loadAndFill(ctx context.Context, t *table, key string, pk []str
 		}
 	}
 	return Result{Found: true, Source: FromDatabase, Row: Row{Fields: row.Fields, Version: version}}, nil
+}
+
+// ownKey is the key of the row's own primary key (see Table.PK), or key when the table's
+// key columns are not known or not all in the row.
+func ownKey(t *table, key string, row *Row) string {
+	if len(t.PK) == 0 {
+		return key
+	}
+	parts := make([]string, len(t.PK))
+	for i, c := range t.PK {
+		v, ok := row.Fields[c]
+		if !ok {
+			return key
+		}
+		parts[i] = v
+	}
+	return layout.Key(t.KeyPrefix, parts)
 }
 
 // read returns the answer Redis holds for key; present is false when it holds no key.

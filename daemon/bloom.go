@@ -67,10 +67,14 @@ func (d *Daemon) rebuildHandler(w http.ResponseWriter, r *http.Request) {
 }
 
 // ClientTables describes the configured tables for package client.
-func ClientTables(cfg *config.Config) []invclient.Table {
+func ClientTables(cfg *config.Config, tables ...*canal.Table) []invclient.Table {
 	out := make([]invclient.Table, len(cfg.Tables))
 	for i, t := range cfg.Tables {
 		out[i] = invclient.Table{Name: t.TableName(), KeyPrefix: t.KeyPrefix, BloomKey: cfg.BloomKey(t)}
+	}
+	// With the tables' definitions, fills go under each row's own key (client.Table.PK).
+	for _, t := range tables {
+		out[t.Index].PK = append([]string(nil), t.PK...)
 	}
 	return out
 }
@@ -116,7 +120,7 @@ func OpenClient(ctx context.Context, cfg *config.Config, reg prometheus.Register
 		}
 		return row, nil
 	}
-	cl, err := invclient.New(rdb, ClientTables(cfg), load, invclient.Options{NullTTL: cfg.Bloom.NullTTL, Registerer: reg})
+	cl, err := invclient.New(rdb, ClientTables(cfg, tables...), load, invclient.Options{NullTTL: cfg.Bloom.NullTTL, Registerer: reg})
 	if err != nil {
 		f.close()
 		rdb.Close()

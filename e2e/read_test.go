@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	bloomv3 "github.com/bits-and-blooms/bloom/v3"
+	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/client"
 	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/internal/testenv"
@@ -519,5 +521,49 @@ func TestGetCommand(t *testing.T) {
 	if code, out = runCLI(t, 20*time.Second, pw, "get", "-c", cfgPath, "nosuch", "1"); code != 2 || !strings.Contains(out, `table "nosuch" is not in`) {
 		t.Fatalf("unknown table: exit %d\n%s", code, out)
 	}
+	e.waitEqual(30 * time.Second)
+}
+
+// Issue 12, part 2: under a case-insensitive, PAD SPACE collation 'abc', 'ABC' and 'abc '
+// are one row. A lookup by another spelling loads that row, and its fill goes under the
+// row's own key ({abc}), never a second key that nothing would update.
+func TestLookupByAnotherSpellingFillsTheRowsOwnKey(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "ci", ddl: "CREATE TABLE ci (name VARCHAR(16) NOT NULL PRIMARY KEY, stock INT) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"})
+	execAll(t, e.db, "INSERT INTO ci VALUES ('abc', 5)")
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	ctx := context.Background()
+	tables, err := canal.LoadTables(ctx, e.db, e.cfg.Tables)
+	testenv.Must(t, err, "tables")
+	ct := daemon.ClientTables(e.cfg, tables...)
+	ct[0].BloomKey = "" // no filter: every miss reaches the loader
+	load := func(ctx context.Context, _ string, pk []string) (*client.Row, error) {
+		var name string
+		var stock int
+		err := e.db.QueryRowContext(ctx, "SELECT name, stock FROM ci WHERE name = ?", pk[0]).Scan(&name, &stock)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, nil
+		}
+		return &client.Row{Fields: map[string]string{"name": name, "stock": strconv.Itoa(stock)}}, err
+	}
+	c, err := client.New(e.rdb, ct, load, client.Options{NullTTL: time.Minute})
+	testenv.Must(t, err, "client")
+	// The daemon's key is gone (evicted, say): the lookups fill it again, under {abc}.
+	testenv.Must(t, e.rdb.Del(ctx, layout.Key(e.cfg.Tables[0].KeyPrefix, []string{"abc"})).Err(), "del")
+	for _, spelling := range []string{"ABC", "abc ", "Abc"} {
+		res, err := c.Get(ctx, "ci", spelling)
+		if err != nil || !res.Found || res.Row.Fields["stock"] != "5" {
+			t.Fatalf("Get(%q): %+v, %v", spelling, res, err)
+		}
+		if n := e.rdb.Exists(ctx, layout.Key(e.cfg.Tables[0].KeyPrefix, []string{spelling})).Val(); n != 0 {
+			t.Fatalf("a lookup of %q created the key of that spelling", spelling)
+		}
+	}
+	if h := e.rdb.HGetAll(ctx, layout.Key(e.cfg.Tables[0].KeyPrefix, []string{"abc"})).Val(); h["stock"] != "5" {
+		t.Fatalf("the row's own key was not filled: %v", h)
+	}
+	// The daemon keeps that one key up to date.
+	execAll(t, e.db, "UPDATE ci SET stock = 6 WHERE name = 'ABC'")
 	e.waitEqual(30 * time.Second)
 }
