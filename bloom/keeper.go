@@ -411,51 +411,50 @@ func (k *Keeper) Check(ctx context.Context) (needRebuild bool, err error) {
 			}
 			continue
 		}
-		if err := k.restore(ctx, t); err != nil {
+		k.swap.Lock()
+		err = k.restore(ctx, t, false)
+		k.swap.Unlock()
+		if err != nil {
 			return needRebuild, err
 		}
 	}
 	return needRebuild, nil
 }
 
-func (k *Keeper) restore(ctx context.Context, t *tableFilter) error {
-	k.swap.Lock()
-	defer k.swap.Unlock()
+// restore writes t's complete filter to Redis again from memory: when Redis lost or
+// damaged it, or always (after Redis went back to an older state, a bitmap of the right
+// size may still lack keys written since; the filter in memory holds every key ever
+// added). The caller holds k.swap.
+func (k *Keeper) restore(ctx context.Context, t *tableFilter, always bool) error {
 	t.mu.Lock()
 	cur, complete := t.cur, t.complete
 	t.mu.Unlock()
 	if !complete {
 		return nil
 	}
-	if ok, err := t.mirror.Healthy(ctx, cur); err != nil || ok {
-		return err
+	if !always {
+		if ok, err := t.mirror.Healthy(ctx, cur); err != nil || ok {
+			return err
+		}
 	}
 	if err := t.mirror.Replace(ctx, cur); err != nil {
 		return fmt.Errorf("bloom: restore %s: %w", t.mirror.Key(), err)
 	}
 	k.m.restores.WithLabelValues(t.spec.Name).Inc()
-	k.log.Warn("the bloom bitmap was missing or damaged in Redis; written again from memory", zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()))
+	k.log.Warn("the bloom bitmap was written again from memory (Redis lost it, damaged it, or went back to an older state)",
+		zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()))
 	return nil
 }
 
 // RestoreAll writes every complete filter to Redis again from memory, whatever Redis
-// holds: after Redis went back to an older state, its bitmaps may lack keys written
-// since (the filter in memory holds every key ever added).
+// holds (see restore).
 func (k *Keeper) RestoreAll(ctx context.Context) error {
 	k.swap.Lock()
 	defer k.swap.Unlock()
 	for _, t := range k.tables {
-		t.mu.Lock()
-		cur, complete := t.cur, t.complete
-		t.mu.Unlock()
-		if !complete {
-			continue
+		if err := k.restore(ctx, t, true); err != nil {
+			return err
 		}
-		if err := t.mirror.Replace(ctx, cur); err != nil {
-			return fmt.Errorf("bloom: restore %s: %w", t.mirror.Key(), err)
-		}
-		k.m.restores.WithLabelValues(t.spec.Name).Inc()
-		k.log.Warn("the bloom bitmap written again from memory (Redis went back to an older state)", zap.String("table", t.spec.Name), zap.String("key", t.mirror.Key()))
 	}
 	return nil
 }

@@ -407,14 +407,13 @@ func (s *Source) ddl(schema, q string) []ddlChange {
 		named := containsWord(lq, strings.ToLower(t.Schema)+"."+n) || (strings.EqualFold(schema, t.Schema) && containsWord(lq, n))
 		if dropsSchema {
 			named = strings.EqualFold(strings.TrimSuffix(w[len(w)-1], ";"), t.Schema)
-			replaces = named
 		}
 		if !named {
 			continue
 		}
 		s.log.Info("DDL on a mirrored table", zap.String("table", name), zap.String("query", truncate(q, 200)))
 		s.decoders = map[uint64]*decoder{}
-		out = append(out, ddlChange{table: t, reload: replaces})
+		out = append(out, ddlChange{table: t, reload: replaces || dropsSchema})
 	}
 	return out
 }
@@ -591,7 +590,7 @@ func (d *decoder) key(t *Table, row []any) (string, error) {
 		if d.part, err = d.cols[i].appendText(d.part[:0], row[i]); err != nil {
 			return "", err
 		}
-		b = layout.AppendKeyPart(b, string(d.part))
+		b = layout.AppendKeyPart(b, d.part)
 	}
 	b = append(b, '}')
 	d.scratch = b

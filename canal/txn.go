@@ -64,7 +64,6 @@ const maxHeldIndex = 9_999_998
 // group is the state of the event group (transaction) being read.
 type group struct {
 	open       bool  // between its start (BEGIN, a non-standalone GTID, XA START) and its end
-	xa         bool  // an XA transaction's prepare group
 	ddl        bool  // a group that holds a DDL (MariaDB FL_DDL: CREATE ... SELECT)
 	holding    bool  // rows are held instead of handed over
 	holdAll    bool  // ... until the end (up to maxHold)
@@ -72,7 +71,7 @@ type group struct {
 	mayRedo    bool  // ROLLBACK TO SAVEPOINT can be logged in it (not known to be transactional-only)
 	held       []Row // rows not handed over yet
 	savepoints []savepoint
-	emitted    map[int]bool // tables with rows already handed over
+	emitted    []bool // by table index: rows of it were handed over (kept, cleared, between groups)
 }
 
 type savepoint struct {
@@ -90,10 +89,25 @@ type preparedXA struct {
 }
 
 func (g *group) reset() {
-	*g = group{held: g.held[:0], savepoints: g.savepoints[:0]}
+	clear(g.emitted)
+	*g = group{held: g.held[:0], savepoints: g.savepoints[:0], emitted: g.emitted}
 	if cap(g.held) > 4096 {
 		g.held = nil // do not keep a big transaction's buffer
 	}
+}
+
+// emittedTables returns the tables whose rows were handed over (nil for none).
+func (g *group) emittedTables() map[int]bool {
+	var m map[int]bool
+	for i, e := range g.emitted {
+		if e {
+			if m == nil {
+				m = map[int]bool{}
+			}
+			m[i] = true
+		}
+	}
+	return m
 }
 
 // holdMode says how a transaction's rows are held from its start.
@@ -108,8 +122,7 @@ const (
 // begin marks the start of a transaction (see the top of this file for mode).
 func (g *group) begin(xa bool, mode holdMode) {
 	g.open = true
-	g.xa = xa
-	if xa {
+	if xa { // an XA prepare group: its rows wait for the XA COMMIT
 		mode = holdWhole
 	}
 	g.holding = mode != holdNone
@@ -153,10 +166,10 @@ func (s *Source) row(ctx context.Context, r Row, h Handler) error {
 
 func (s *Source) handOver(ctx context.Context, r Row, h Handler) error {
 	g := &s.grp
-	if g.emitted == nil {
-		g.emitted = map[int]bool{}
+	if r.Table >= len(g.emitted) {
+		g.emitted = append(g.emitted, make([]bool, r.Table+1-len(g.emitted))...)
 	}
-	g.emitted[r.Table] = true
+	g.emitted[r.Table] = true // a slice store: this runs for every row
 	return h.Row(ctx, r)
 }
 
@@ -322,7 +335,7 @@ func (s *Source) end(ctx context.Context, hdr *replication.EventHeader, gtid str
 // rollback ends the current group without applying it: held rows are dropped; tables
 // whose rows were already handed over are reloaded.
 func (s *Source) rollback(ctx context.Context, hdr *replication.EventHeader, gtid string, h Handler, why string) error {
-	emitted := s.grp.emitted
+	emitted := s.grp.emittedTables()
 	if n := len(s.grp.held); n > 0 {
 		s.log.Info("transaction rolled back: its held rows are dropped", zap.String("statement", why), zap.Int("rows", n),
 			zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
@@ -401,7 +414,7 @@ func (s *Source) query(ctx context.Context, hdr *replication.EventHeader, e *rep
 			g.savepoints = g.savepoints[:i+1]
 			if at < 0 {
 				// Rows after it were handed over: drop what is held, reload what was not.
-				tables := heldTables(g.emitted, g.held)
+				tables := heldTables(g.emittedTables(), g.held)
 				clear(g.held)
 				g.held = g.held[:0]
 				return s.heal(ctx, tables, s.at(hdr.LogPos, gtid), "ROLLBACK TO "+arg, h)
@@ -420,7 +433,7 @@ func (s *Source) query(ctx context.Context, hdr *replication.EventHeader, e *rep
 		// the rows held so far applied first (the reload, stamped later, wins over them).
 		s.log.Warn("ROLLBACK TO a savepoint invsync did not match: the transaction's tables are reloaded", zap.String("savepoint", arg),
 			zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
-		return s.heal(ctx, heldTables(g.emitted, g.held), s.at(hdr.LogPos, gtid), "ROLLBACK TO "+arg, h)
+		return s.heal(ctx, heldTables(g.emittedTables(), g.held), s.at(hdr.LogPos, gtid), "ROLLBACK TO "+arg, h)
 	case stmtXACommit, stmtXARollback:
 		return s.completeXA(ctx, hdr, gtid, h, arg, kind == stmtXACommit)
 	}
@@ -469,7 +482,8 @@ func (s *Source) prepare(ctx context.Context, ev *replication.BinlogEvent, gtid 
 		return s.end(ctx, ev.Header, gtid, h)
 	}
 	g := &s.grp
-	if len(g.held) == 0 && len(g.emitted) == 0 {
+	streamed := g.emittedTables()
+	if len(g.held) == 0 && streamed == nil {
 		// Nothing mirrored in it: nothing to wait for.
 		g.reset()
 		s.lastEnd = s.at(ev.Header.LogPos, gtid)
@@ -482,11 +496,11 @@ func (s *Source) prepare(ctx context.Context, ev *replication.BinlogEvent, gtid 
 	s.prepared = append(s.prepared, p)
 	s.log.Info("XA transaction prepared: its rows wait for its XA COMMIT (the checkpoint stays before it meanwhile)",
 		zap.String("xid", xid), zap.Int("rows", len(p.rows)), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", ev.Header.LogPos))
-	if len(g.emitted) > 0 {
+	if streamed != nil {
 		// Too large to hold: its rows were handed over; their transaction is sealed now
 		// (at the position before the prepare, which the checkpoint holds), and its
 		// tables are reloaded at its end.
-		p.streamed = g.emitted
+		p.streamed = streamed
 		g.reset()
 		return s.commit(ctx, ev.Header, gtid, h)
 	}

@@ -399,6 +399,13 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		<-watchDone
 	}()
 
+	// leaveErr is what leading returns on err: nothing when it ended because ctx did.
+	leaveErr := func(err error) error {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	// resnapshot loads every table again (the stream is stopped), records the new
 	// position and its epoch, and reads the applied markers it wrote.
 	resnapshot := func(mode snapshotMode) error {
@@ -434,10 +441,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	}
 	if lostAtStart {
 		if err := resnapshot(snapshotMode{epoch: pos.Epoch, replace: true}); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+			return leaveErr(err)
 		}
 	}
 	if healAtStart {
@@ -466,10 +470,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			d.log.Error("the source's binlog history was replaced under invsync ("+why+"): starting a new epoch, in which every write orders after every earlier one, and loading every table again, replacing what Redis holds",
 				append(pos.Fields(), zap.String("reason", reason), zap.Uint32("new_epoch", mode.epoch))...)
 			if err := resnapshot(mode); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
+				return leaveErr(err)
 			}
 			continue
 		}
@@ -500,10 +501,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 				// history was replaced): load every table again, replacing what it holds.
 				d.log.Error("Redis lost invsync's data or went back before the source's history was replaced: every table is loaded again", zap.Error(back))
 				if err := resnapshot(snapshotMode{epoch: d.epoch.Load(), replace: true}); err != nil {
-					if ctx.Err() != nil {
-						return nil
-					}
-					return err
+					return leaveErr(err)
 				}
 				continue
 			}
@@ -523,10 +521,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 				}
 				return store.Save(ctx, pos)
 			}); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
+				return leaveErr(err)
 			}
 			heal()
 			continue
@@ -554,10 +549,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			// it) must not stay stale: the reload replaces every row.
 			mode := snapshotMode{epoch: pos.Epoch, replace: true}
 			if err := resnapshot(mode); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
+				return leaveErr(err)
 			}
 			continue
 		}
@@ -632,17 +624,10 @@ func markerKey(cfg *config.Config) string {
 // by position and the two can run at once; there is no sweep (after a loss nothing stale
 // is left to remove, and a sweep would race the stream's inserts).
 func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string) {
-	t := time.NewTicker(dataLossCheck)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	everyTick(ctx, dataLossCheck, func() bool {
 		set, err := rdb.SetNX(ctx, marker, time.Now().UTC().Format(time.RFC3339), 0).Result()
 		if err != nil || !set {
-			continue // unreachable (the sink reports that) or still there
+			return true // unreachable (the sink reports that) or still there
 		}
 		d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
 		d.log.Error("Redis lost invsync's data (the marker key is gone: restart without persistence, FLUSHALL or failover to an empty replica): loading every table again while streaming goes on",
@@ -651,6 +636,23 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 		if _, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load)); err != nil && ctx.Err() == nil {
 			d.log.Error("reload after Redis data loss failed; will try again", zap.Error(err))
 			_ = rdb.Del(ctx, marker).Err()
+		}
+		return true
+	})
+}
+
+// everyTick calls f every interval until ctx ends or f returns false.
+func everyTick(ctx context.Context, interval time.Duration, f func() bool) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !f() {
+			return
 		}
 	}
 }
@@ -946,7 +948,6 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 	cpStop := make(chan struct{})
 	streamCtx, stopStream := context.WithCancelCause(ctx)
 	defer stopStream(nil)
-	wentBack := func(err error) { stopStream(err) }
 	saved := start
 	var unsavedRows int64
 	lastWrite := time.Now()
@@ -969,7 +970,7 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 		if err := hist.advance(sctx, pos); err != nil {
 			var back *errRedisWentBack
 			if errors.As(err, &back) {
-				wentBack(back)
+				stopStream(back)
 				return
 			}
 			d.log.Warn("applied marker not written; the checkpoint waits", append(pos.Fields(), zap.Error(err))...)

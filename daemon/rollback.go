@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
@@ -328,19 +327,12 @@ func (m *snapshotMarkers) write(ctx context.Context, rdb redis.UniversalClient, 
 // watchRedisHistory checks every second that no master went back (see check), and ends
 // the session with the cause when one did.
 func (d *Daemon) watchRedisHistory(ctx context.Context, h *redisHistory, end context.CancelCauseFunc) {
-	t := time.NewTicker(dataLossCheck)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		err := h.check(ctx)
+	everyTick(ctx, dataLossCheck, func() bool {
 		var back *errRedisWentBack
-		if errors.As(err, &back) {
+		if errors.As(h.check(ctx), &back) {
 			end(back)
-			return
+			return false
 		}
-	}
+		return true
+	})
 }

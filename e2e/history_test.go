@@ -49,19 +49,9 @@ func watchFrom(e *env, from, n int) *watcher {
 // fails on what it saw.
 func runWatched(t *testing.T, e *env, fn func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	w := watchFrom(e, 80, 200)
-	done := make(chan struct{})
-	go func() { defer close(done); w.run(ctx) }()
+	check := watchingWith(t, watchFrom(e, 80, 200), 20)
 	fn()
-	cancel()
-	<-done
-	if bad := w.bad.list(); len(bad) > 0 {
-		t.Fatalf("watcher saw versions go down: %v", bad)
-	}
-	if w.reads.Load() < 20 {
-		t.Fatalf("the watcher made only %d reads", w.reads.Load())
-	}
+	check()
 }
 
 // historyEnv is streaming with 300 rows whose versions were bumped for skus < 80.

@@ -43,10 +43,8 @@ func alongsideWorkload(t *testing.T, e *env, fn func()) {
 func alongside(t *testing.T, e *env, wl *workload, fn func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
-	wdone := make(chan struct{})
-	go func() { defer close(wdone); w.run(ctx) }()
+	defer cancel() // a test that fails in fn stops the workload
+	check := watchingWith(t, newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs), 50)
 	werr := make(chan error, 1)
 	go func() { werr <- wl.run(ctx) }()
 	fn()
@@ -54,14 +52,7 @@ func alongside(t *testing.T, e *env, wl *workload, fn func()) {
 		t.Fatalf("workload: %v", err)
 	}
 	e.waitEqual(60 * time.Second)
-	cancel()
-	<-wdone
-	if bad := w.bad.list(); len(bad) > 0 {
-		t.Fatalf("watcher saw versions go down: %v", bad)
-	}
-	if w.reads.Load() < 50 {
-		t.Fatalf("the watcher made only %d reads", w.reads.Load())
-	}
+	check()
 }
 
 func execAll(t *testing.T, q interface {

@@ -276,8 +276,13 @@ func during(t *testing.T, e *env, skus int, fn func(wl *workload)) *workload {
 // watching runs a watcher of the first watchedSKUs keys until the returned function is
 // called; that function fails the test on what it saw.
 func watching(t *testing.T, e *env) (check func()) {
+	return watchingWith(t, newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs), 20)
+}
+
+// watchingWith runs w until the returned function is called; that function fails the
+// test on what it saw, or when it made fewer than minReads reads.
+func watchingWith(t *testing.T, w *watcher, minReads int64) (check func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, watchedSKUs)
 	done := make(chan struct{})
 	go func() { defer close(done); w.run(ctx) }()
 	return func() {
@@ -287,7 +292,7 @@ func watching(t *testing.T, e *env) (check func()) {
 		if bad := w.bad.list(); len(bad) > 0 {
 			t.Fatalf("watcher saw versions go down: %v", bad)
 		}
-		if w.reads.Load() < 20 {
+		if w.reads.Load() < minReads {
 			t.Fatalf("the watcher made only %d reads", w.reads.Load())
 		}
 	}

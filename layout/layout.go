@@ -72,7 +72,7 @@ func AppendKeyInner(dst []byte, pk []string) []byte {
 }
 
 // AppendKeyPart appends one part of a composite key, escaped (see KeyInner).
-func AppendKeyPart(dst []byte, part string) []byte {
+func AppendKeyPart[S ~string | ~[]byte](dst []byte, part S) []byte {
 	for i := 0; i < len(part); i++ {
 		if c := part[i]; c == '\\' || c == ':' {
 			dst = append(dst, '\\')
