@@ -96,6 +96,6 @@ func TestRandomRedisWriteFailures(t *testing.T) {
 		t.Fatal("no Redis error was counted: the faults were not injected")
 	}
 	if rows := e.compensationRows(t); len(rows) != 0 {
-		t.Fatalf("%d compensation rows: failed calls are not the keys' fault", len(rows))
+		t.Fatalf("%d compensation rows: failed calls are not the keys' fault: %+v", len(rows), rows)
 	}
 }

@@ -149,6 +149,7 @@ func newWatcher(rdb redis.UniversalClient, prefix string, n int) *watcher {
 func (w *watcher) run(ctx context.Context) {
 	lastV := make([]uint64, len(w.keys))
 	lastS := make([]string, len(w.keys))
+	var failing time.Time
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -163,9 +164,18 @@ func (w *watcher) run(ctx context.Context) {
 			cmds[i] = pipe.HMGet(ctx, k, layout.FieldVersion, layout.FieldSeq)
 		}
 		if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil && err != redis.Nil {
-			w.bad.add("watcher read: %v", err)
-			return
+			// A slow read on a loaded machine (the race detector, CI) is not the
+			// daemon's fault: retry, and fail only when reads keep failing.
+			if failing.IsZero() {
+				failing = time.Now()
+			}
+			if time.Since(failing) > 5*time.Second {
+				w.bad.add("watcher read failing for 5s: %v", err)
+				return
+			}
+			continue
 		}
+		failing = time.Time{}
 		w.reads.Add(1)
 		for i, c := range cmds {
 			vals := c.Val()
