@@ -75,6 +75,13 @@ func (r *Retrier) Once(ctx context.Context) error {
 			}
 			continue
 		}
+		if e.Seq != "" && !c.Seq.IsZero() && string(layout.AppendSeq(nil, c.Seq)) < e.Seq {
+			// The read does not see the parked change yet: it is in the binlog, its
+			// commit is still on its way (group commit, semi-sync). Writing this older
+			// row would lose it; read again at the next poll.
+			r.m.CompensationRetries.WithLabelValues("not_visible").Inc()
+			continue
+		}
 		if !found {
 			// Deleted since: a tombstone, unless Redis holds a newer live row (the fetch
 			// may stamp it with the position it read at).

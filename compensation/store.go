@@ -25,6 +25,7 @@ type Entry struct {
 	Table       string // schema.table
 	PK          string // the primary key as in the Redis key (parts joined with ':')
 	Version     string // newest version that failed
+	Seq         string // binlog sequence of the newest change that failed (layout.AppendSeq; "" when unknown)
 	Attempts    int
 	NextRetryAt time.Time
 	LastError   string
@@ -53,6 +54,7 @@ func Open(ctx context.Context, db *sql.DB, schema string, sched Schedule, now fu
 		table_name VARCHAR(192) NOT NULL,
 		pk VARBINARY(1024) NOT NULL,
 		version VARCHAR(32) NOT NULL,
+		seq VARBINARY(32) NOT NULL DEFAULT '',
 		attempts INT NOT NULL DEFAULT 0,
 		next_retry_at DATETIME(6) NOT NULL,
 		last_error TEXT NOT NULL,
@@ -68,6 +70,16 @@ func Open(ctx context.Context, db *sql.DB, schema string, sched Schedule, now fu
 	if _, err := db.ExecContext(ctx, q); err != nil {
 		return nil, fmt.Errorf("create the compensation table in %s: %w", schema, err)
 	}
+	// A table made by an older invsync lacks the change's binlog sequence.
+	var n int
+	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'compensation' AND COLUMN_NAME = 'seq'", schema).Scan(&n); err != nil {
+		return nil, fmt.Errorf("read the compensation table's columns: %w", err)
+	}
+	if n == 0 {
+		if _, err := db.ExecContext(ctx, "ALTER TABLE "+table+" ADD COLUMN seq VARBINARY(32) NOT NULL DEFAULT '' AFTER version"); err != nil {
+			return nil, fmt.Errorf("add column seq to the compensation table: %w", err)
+		}
+	}
 	st := &Store{db: db, table: table, nowUTC: func() time.Time { return now().UTC() }}
 	st.SetSchedule(sched)
 	return st, nil
@@ -79,11 +91,15 @@ func (s *Store) Park(ctx context.Context, table string, c layout.Change, cause e
 	if _, inner, ok := layout.InnerOf(c.Key); ok {
 		pk = inner
 	}
-	return s.Add(ctx, Entry{RedisKey: c.Key, Table: table, PK: pk, Version: c.Version, LastError: truncate(cause.Error(), 2000)})
+	e := Entry{RedisKey: c.Key, Table: table, PK: pk, Version: c.Version, LastError: truncate(cause.Error(), 2000)}
+	if !c.Seq.IsZero() {
+		e.Seq = string(layout.AppendSeq(nil, c.Seq))
+	}
+	return s.Add(ctx, e)
 }
 
 // Add records a failed write. A newer failure of the same key updates its row (the
-// greater version and the latest error are kept) instead of adding one; a row that was
+// greater version, the greater binlog sequence and the latest error are kept) instead of adding one; a row that was
 // dead becomes pending again, due now, with its attempts reset: the key failed again
 // with a newer change, which must not be folded into a row nobody retries.
 func (s *Store) Add(ctx context.Context, e Entry) error {
@@ -91,22 +107,23 @@ func (s *Store) Add(ctx context.Context, e Entry) error {
 	next, _ := s.sched.Load().Next(now, 0)
 	// The assignments run in order: attempts and next_retry_at read the old status.
 	_, err := s.db.ExecContext(ctx, "INSERT INTO "+s.table+
-		` (redis_key, table_name, pk, version, attempts, next_retry_at, last_error, status, created_at, updated_at)
-		VALUES (?, ?, ?, ?, 0, ?, ?, 'pending', ?, ?)
+		` (redis_key, table_name, pk, version, seq, attempts, next_retry_at, last_error, status, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, 0, ?, ?, 'pending', ?, ?)
 		ON DUPLICATE KEY UPDATE
 			version = IF(CAST(VALUES(version) AS DECIMAL(65,0)) > CAST(version AS DECIMAL(65,0)), VALUES(version), version),
+			seq = GREATEST(seq, VALUES(seq)),
 			attempts = IF(status = 'dead', 0, attempts),
 			next_retry_at = IF(status = 'dead', VALUES(updated_at), next_retry_at),
 			status = 'pending',
 			last_error = VALUES(last_error), updated_at = VALUES(updated_at)`,
-		e.RedisKey, e.Table, e.PK, e.Version, next.Format(timeLayout), e.LastError, now.Format(timeLayout), now.Format(timeLayout))
+		e.RedisKey, e.Table, e.PK, e.Version, e.Seq, next.Format(timeLayout), e.LastError, now.Format(timeLayout), now.Format(timeLayout))
 	if err != nil {
 		return fmt.Errorf("park %s in the compensation table: %w", e.RedisKey, err)
 	}
 	return nil
 }
 
-const columns = "id, redis_key, table_name, pk, version, attempts, next_retry_at, last_error, status, created_at, updated_at"
+const columns = "id, redis_key, table_name, pk, version, seq, attempts, next_retry_at, last_error, status, created_at, updated_at"
 
 func (s *Store) query(ctx context.Context, where string, args ...any) ([]Entry, error) {
 	rows, err := s.db.QueryContext(ctx, "SELECT "+columns+" FROM "+s.table+" "+where, args...)
@@ -118,7 +135,7 @@ func (s *Store) query(ctx context.Context, where string, args ...any) ([]Entry, 
 	for rows.Next() {
 		var e Entry
 		var next, created, updated string
-		if err := rows.Scan(&e.ID, &e.RedisKey, &e.Table, &e.PK, &e.Version, &e.Attempts, &next, &e.LastError, &e.Status, &created, &updated); err != nil {
+		if err := rows.Scan(&e.ID, &e.RedisKey, &e.Table, &e.PK, &e.Version, &e.Seq, &e.Attempts, &next, &e.LastError, &e.Status, &created, &updated); err != nil {
 			return nil, err
 		}
 		e.NextRetryAt, _ = time.Parse(timeLayout, next)

@@ -105,7 +105,7 @@ func OpenClient(ctx context.Context, cfg *config.Config, reg prometheus.Register
 			stateDB.Close()
 		}
 	}
-	f := newFetcher(cfg, db, tables, func() uint32 { return epoch })
+	f := newFetcher(cfg, db, tables, func() uint32 { return epoch }, zap.NewNop())
 	var mu sync.Mutex
 	load := func(ctx context.Context, table string, pk []string) (*invclient.Row, error) {
 		mu.Lock()

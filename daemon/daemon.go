@@ -283,7 +283,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		return err
 	}
 	d.parker = comp
-	fetch := newFetcher(d.cfg, db, tables, d.epoch.Load)
+	fetch := newFetcher(d.cfg, db, tables, d.epoch.Load, d.log.Named("compensation"))
 	defer fetch.close()
 	retrier := compensation.NewRetrier(comp, fetch.fetch, writer, d.m, d.log.Named("compensation"), live.Compensation.PollInterval)
 	retryCtx, stopRetry := context.WithCancel(ctx)
@@ -392,7 +392,12 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		d.watchDataLoss(watchCtx, db, rdb, writer, tables, marker)
+		d.watchDataLoss(watchCtx, db, rdb, writer, tables, marker, func() layout.Seq {
+			if sk := d.sk.Load(); sk != nil {
+				return sk.LastSeq()
+			}
+			return layout.Seq{}
+		})
 	}()
 	defer func() {
 		stopWatch()
@@ -409,6 +414,11 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	// resnapshot loads every table again (the stream is stopped), records the new
 	// position and its epoch, and reads the applied markers it wrote.
 	resnapshot := func(mode snapshotMode) error {
+		// Its rows replace what Redis holds: they must be at least as new as what the
+		// stream wrote, also a transaction in the binlog not yet visible to readers.
+		if sk := d.sk.Load(); sk != nil {
+			mode.floor = sk.LastSeq()
+		}
 		if err := d.retry(ctx, "snapshot the tables", func() error {
 			var err error
 			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
@@ -623,7 +633,7 @@ func markerKey(cfg *config.Config) string {
 // the binlog position each chunk was read at, so they are ordered against the stream's
 // by position and the two can run at once; there is no sweep (after a loss nothing stale
 // is left to remove, and a sweep would race the stream's inserts).
-func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string) {
+func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string, floor func() layout.Seq) {
 	everyTick(ctx, dataLossCheck, func() bool {
 		set, err := rdb.SetNX(ctx, marker, time.Now().UTC().Format(time.RFC3339), 0).Result()
 		if err != nil || !set {
@@ -632,8 +642,10 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 		d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
 		d.log.Error("Redis lost invsync's data (the marker key is gone: restart without persistence, FLUSHALL or failover to an empty replica): loading every table again while streaming goes on",
 			zap.String("marker", marker))
-		snap := snapshot.New(d.cfg, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep()
-		if _, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load)); err != nil && ctx.Err() == nil {
+		// The reload must see what the stream had written before the loss, also a
+		// transaction already in the binlog but not yet visible to readers.
+		snap := snapshot.New(d.cfg, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep().AtLeast(floor())
+		if _, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log)); err != nil && ctx.Err() == nil {
 			d.log.Error("reload after Redis data loss failed; will try again", zap.Error(err))
 			_ = rdb.Del(ctx, marker).Err()
 		}
@@ -663,6 +675,7 @@ func everyTick(ctx context.Context, interval time.Duration, f func() bool) {
 type snapshotMode struct {
 	epoch   uint32
 	replace bool
+	floor   layout.Seq // chunks are read at or after it (snapshot.AtLeast)
 }
 
 // historyChanged reports whether the source's binlog history was replaced since pos was
@@ -683,7 +696,7 @@ func (d *Daemon) historyChanged(ctx context.Context, db *sql.DB, store *checkpoi
 	if recorded != "" && recorded != identity {
 		return "source_changed", fmt.Sprintf("the checkpoint was written for source %q, the server now answering is %q", recorded, identity), nil
 	}
-	cur, err := CurrentPosition(ctx, db, d.cfg.Source.Flavor)
+	cur, err := canal.CurrentPosition(ctx, db, d.cfg.Source.Flavor, nil)
 	if err != nil {
 		return "", "", err
 	}
@@ -779,10 +792,10 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 	}
 	snap := snapshot.New(cfg, tables, w, rdb, log, logProgress)
 	if mode.replace {
-		snap = snap.Replacing()
+		snap = snap.Replacing().AtLeast(mode.floor)
 	}
 	var pos canal.Position
-	position := positionIn(db, cfg.Source.Flavor, func() uint32 { return mode.epoch })
+	position := positionIn(db, cfg.Source.Flavor, func() uint32 { return mode.epoch }, log)
 	first := true
 	err = keeper.Rebuild(ctx, func(ctx context.Context) error {
 		var err error
@@ -1085,7 +1098,7 @@ func (d *Daemon) reloadTable(ctx context.Context, db *sql.DB, rdb redis.Universa
 	*t = *nt
 	d.m.Resnapshots.WithLabelValues(reason).Inc()
 	log.Warn("loading a mirrored table again, replacing every row", at.Fields()...)
-	snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Replacing()
+	snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Replacing().AtLeast(snapshot.SeqOf(at))
 	_, _, err = snap.Run(ctx, func(context.Context) (canal.Position, error) { return at, nil })
 	return err
 }
@@ -1212,14 +1225,18 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 // text-protocol session like the snapshot's.
 type fetcher struct {
 	epoch  func() uint32
+	warn   func(error)
 	cfg    *config.Config
 	db     *sql.DB
 	tables map[string]*canal.Table
 	conn   *client.Conn
 }
 
-func newFetcher(cfg *config.Config, db *sql.DB, tables []*canal.Table, epoch func() uint32) *fetcher {
-	f := &fetcher{cfg: cfg, db: db, tables: map[string]*canal.Table{}, epoch: epoch}
+func newFetcher(cfg *config.Config, db *sql.DB, tables []*canal.Table, epoch func() uint32, log *zap.Logger) *fetcher {
+	f := &fetcher{cfg: cfg, db: db, tables: map[string]*canal.Table{}, epoch: epoch,
+		warn: func(err error) {
+			log.Warn("rows read again may miss a transaction committing as they are read", zap.Error(err))
+		}}
 	for _, t := range tables {
 		f.tables[t.FullName()] = t
 	}
@@ -1253,17 +1270,19 @@ func (f *fetcher) fetch(ctx context.Context, table, pk string) (layout.Change, b
 		}
 		f.conn = conn
 	}
-	// The row as of now, stamped with the position recorded before it is read: ordered
-	// against the stream's writes by position (see snapshot.SeqOf).
-	pos, err := positionIn(f.db, f.cfg.Source.Flavor, f.epoch)(ctx)
-	if err != nil {
-		return layout.Change{}, false, err
-	}
-	version := ""
-	if t.VersionColumn == "" {
-		version = strconv.FormatUint(snapshot.PositionVersion(pos), 10)
-	}
-	c, found, err := snapshot.Fetch(f.conn, t, parts, version)
+	// The row as of now, read in a consistent snapshot and stamped with its exact
+	// position: ordered against the stream's writes by position (see snapshot.SeqOf).
+	var c layout.Change
+	var found bool
+	pos, err := canal.ReadConsistent(f.conn, f.cfg.Source.Flavor, f.epoch(), f.warn, func(pos canal.Position) error {
+		version := ""
+		if t.VersionColumn == "" {
+			version = strconv.FormatUint(snapshot.PositionVersion(pos), 10)
+		}
+		var err error
+		c, found, err = snapshot.Fetch(f.conn, t, parts, version)
+		return err
+	})
 	if err != nil {
 		f.close()
 	}

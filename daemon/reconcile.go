@@ -24,13 +24,17 @@ import (
 // that positions belong to (the checkpoint's).
 func reconcileDeps(cfg *config.Config, db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, log *zap.Logger, epoch func() uint32) reconcile.Deps {
 	return reconcile.Deps{Cfg: cfg, DB: db, Tables: tables, RDB: rdb, Writer: w, Log: log,
-		Position: positionIn(db, cfg.Source.Flavor, epoch)}
+		Epoch: epoch}
 }
 
-// positionIn returns the source's current position in the epoch epoch() names.
-func positionIn(db *sql.DB, flavor string, epoch func() uint32) func(context.Context) (canal.Position, error) {
+// positionIn returns the source's current position (canal.CurrentPosition) in the epoch
+// epoch() names.
+func positionIn(db *sql.DB, flavor string, epoch func() uint32, log *zap.Logger) func(context.Context) (canal.Position, error) {
+	warn := func(err error) {
+		log.Warn("snapshot positions may miss a transaction committing as they are read", zap.Error(err))
+	}
 	return func(ctx context.Context) (canal.Position, error) {
-		p, err := CurrentPosition(ctx, db, flavor)
+		p, err := canal.CurrentPosition(ctx, db, flavor, warn)
 		p.Epoch = epoch()
 		return p, err
 	}

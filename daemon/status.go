@@ -77,7 +77,7 @@ func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
 	if st.CheckpointAge, _, err = store.Age(ctx); err != nil {
 		return nil, err
 	}
-	if st.Source, err = CurrentPosition(ctx, db, cfg.Source.Flavor); err != nil {
+	if st.Source, err = canal.CurrentPosition(ctx, db, cfg.Source.Flavor, nil); err != nil {
 		return nil, err
 	}
 	var holder sql.NullInt64

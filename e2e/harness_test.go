@@ -350,10 +350,11 @@ func openStore(tb testing.TB, schema string) *checkpoint.Store {
 	return st
 }
 
-// currentPosition is the source's binlog position now.
+// currentPosition is the source's binlog position now (of a consistent snapshot: every
+// transaction before it is committed).
 func (e *env) currentPosition() canal.Position {
 	e.t.Helper()
-	pos, err := daemon.CurrentPosition(context.Background(), testenv.DB(e.t, ""), "mariadb")
+	pos, err := canal.CurrentPosition(context.Background(), testenv.DB(e.t, ""), "mariadb", nil)
 	testenv.Must(e.t, err, "current position")
 	return pos
 }

@@ -32,7 +32,7 @@ type Metrics struct {
 	StreamRestarts prometheus.Counter
 	// CompensationParked counts writes parked in the compensation table.
 	CompensationParked prometheus.Counter
-	// CompensationRetries counts retries of parked writes, by result (applied, failed, dead).
+	// CompensationRetries counts retries of parked writes, by result (applied, failed, dead, not_visible).
 	CompensationRetries *prometheus.CounterVec
 	// CompensationPending, CompensationDead and CompensationOldest describe the
 	// compensation table: pending rows, dead rows, age of the oldest pending row (s).
@@ -95,7 +95,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "invsync_compensation_parked_total", Help: "Writes Redis refused for their key, parked in the compensation table.",
 		}),
 		CompensationRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "invsync_compensation_retries_total", Help: "Retries of parked writes, by result (applied, failed, dead).",
+			Name: "invsync_compensation_retries_total", Help: "Retries of parked writes, by result (applied, failed, dead, not_visible: the row read again did not show the parked change yet, read again at the next poll).",
 		}, []string{"result"}),
 		CompensationPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "invsync_compensation_pending", Help: "Pending rows in the compensation table."}),
 		CompensationDead:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "invsync_compensation_dead", Help: "Dead rows in the compensation table (max_attempts reached)."}),
@@ -118,7 +118,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.RedisErrors.WithLabelValues("key")
 	m.RedisErrors.WithLabelValues("unavailable")
 	m.RedisErrors.WithLabelValues("refused")
-	for _, r := range []string{"applied", "failed", "dead"} {
+	for _, r := range []string{"applied", "failed", "dead", "not_visible"} {
 		m.CompensationRetries.WithLabelValues(r)
 	}
 	m.Resnapshots.WithLabelValues("position_lost")

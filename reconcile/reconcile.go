@@ -60,11 +60,12 @@ var Kinds = []Kind{Missing, Stale, Mismatch, Extra, WrongType}
 type Deps struct {
 	Cfg *config.Config
 	DB  *sql.DB // the source (table size estimates)
-	// Position reads the source's current binlog position.
-	Position func(context.Context) (canal.Position, error)
-	Tables   []*canal.Table
-	RDB      redis.UniversalClient
-	Writer   *layout.Writer
+	// Epoch is the epoch of the source's history that positions belong to (the
+	// checkpoint's).
+	Epoch  func() uint32
+	Tables []*canal.Table
+	RDB    redis.UniversalClient
+	Writer *layout.Writer
 	// Ensure, if set, is called with the rows a repair is about to write (the Bloom bits
 	// go first).
 	Ensure func(context.Context, []layout.Change) error
@@ -134,9 +135,14 @@ type candidate struct {
 	key  string
 	pk   []string
 	seen time.Time // when it was first seen differing: re-checked for Recheck from then
-	kind Kind
-	row  *snapshot.Row // nil: no row in MySQL
-	obs  layout.Observed
+	// sight is the key's _s in Redis when it was first seen differing: once the stream
+	// (or a reload) has written the key since, it follows the binlog, and a difference
+	// at a later re-read is a newer change still on its way (a hot key that a lagging
+	// daemon keeps behind MySQL at every re-read is lag, not drift).
+	sight string
+	kind  Kind
+	row   *snapshot.Row // nil: no row in MySQL
+	obs   layout.Observed
 }
 
 // recheckBatch bounds the candidates held before they are re-checked.
@@ -358,7 +364,7 @@ func (r *runner) compareChunk(ctx context.Context, t *canal.Table, rows []snapsh
 	for i := range rows {
 		h, err := cmds[i].Result()
 		if k, ok := classify(&rows[i], h, err, versioned); ok {
-			res.cands = append(res.cands, candidate{key: rows[i].Change.Key, pk: rows[i].PK, kind: k, seen: time.Now()})
+			res.cands = append(res.cands, candidate{key: rows[i].Change.Key, pk: rows[i].PK, kind: k, seen: time.Now(), sight: h[layout.FieldSeq]})
 		}
 	}
 	return res, nil
@@ -444,32 +450,42 @@ func observe(h map[string]string, herr error) layout.Observed {
 
 // settle re-checks candidates until they agree, the re-check time runs out, or they
 // are all explained; what remains is reported (and repaired).
+// warn logs that re-reads cannot be stamped exactly (see canal.ErrNoExactPosition).
+func (r *runner) warn(err error) {
+	r.d.Log.Warn("rows re-read may miss a transaction committing as they are read", zap.Error(err))
+}
+
 func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, cands []candidate) error {
 	delay := 100 * time.Millisecond
 	for len(cands) > 0 {
-		p0, err := r.d.Position(ctx)
+		// The rows are read again in one consistent snapshot, stamped with its exact
+		// position: a transaction before it is in what was read, and a key the stream
+		// wrote after it is newer than the re-read.
+		found := make(map[string]snapshot.Row, len(cands))
+		p0, err := canal.ReadConsistent(r.recheck, r.d.Cfg.Source.Flavor, r.d.Epoch(), r.warn, func(p0 canal.Position) error {
+			pv := ""
+			if t.VersionColumn == "" {
+				pv = strconv.FormatUint(snapshot.PositionVersion(p0), 10)
+			}
+			for i := 0; i < len(cands); i += fetchBatch {
+				pks := make([][]string, 0, fetchBatch)
+				for _, c := range cands[i:min(i+fetchBatch, len(cands))] {
+					pks = append(pks, c.pk)
+				}
+				m, err := snapshot.FetchRows(r.recheck, t, pks, pv)
+				if err != nil {
+					return fmt.Errorf("reconcile: re-read: %w", err)
+				}
+				for k, v := range m {
+					found[k] = v
+				}
+			}
+			return nil
+		})
 		if err != nil {
 			return err
 		}
 		at := snapshot.SeqOf(p0)
-		pv := ""
-		if t.VersionColumn == "" {
-			pv = strconv.FormatUint(snapshot.PositionVersion(p0), 10)
-		}
-		found := make(map[string]snapshot.Row, len(cands))
-		for i := 0; i < len(cands); i += fetchBatch {
-			pks := make([][]string, 0, fetchBatch)
-			for _, c := range cands[i:min(i+fetchBatch, len(cands))] {
-				pks = append(pks, c.pk)
-			}
-			m, err := snapshot.FetchRows(r.recheck, t, pks, pv)
-			if err != nil {
-				return fmt.Errorf("reconcile: re-read: %w", err)
-			}
-			for k, v := range m {
-				found[k] = v
-			}
-		}
 		pipe := r.d.RDB.Pipeline()
 		cmds := make([]*redis.MapStringStringCmd, len(cands))
 		for i, c := range cands {
@@ -482,6 +498,9 @@ func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, ca
 		for i, c := range cands {
 			h, herr := cmds[i].Result()
 			if herr == nil && h[layout.FieldSeq] != "" {
+				if h[layout.FieldSeq] > c.sight {
+					continue // written since it was first seen: it follows the binlog
+				}
 				if s, err := layout.ParseSeq(h[layout.FieldSeq]); err == nil && at.Less(s) {
 					continue // the stream wrote it after the re-read: a newer full row
 				}
@@ -597,7 +616,7 @@ func (r *runner) extras(ctx context.Context, t *canal.Table, tr *TableReport, se
 				tr.Unverifiable++
 				continue
 			}
-			cands = append(cands, candidate{key: k, pk: pk, kind: kind, seen: time.Now()})
+			cands = append(cands, candidate{key: k, pk: pk, kind: kind, seen: time.Now(), sight: h[layout.FieldSeq]})
 		}
 		return nil
 	}

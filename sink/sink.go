@@ -72,9 +72,10 @@ type Sink struct {
 	busy      atomic.Int64 // batches taken and not yet acknowledged
 
 	batchSize, flushInterval atomic.Int64
-	rowsRead                 uint64       // router goroutine only
-	lastRead                 atomic.Int64 // unix nanos when the reader last handed over rows
-	behind                   atomic.Bool  // the newest commit read is old: catching up
+	rowsRead                 uint64        // router goroutine only
+	lastRead                 atomic.Int64  // unix nanos when the reader last handed over rows
+	lastSeq                  atomic.Uint64 // file<<32 | pos of the newest row handed over
+	behind                   atomic.Bool   // the newest commit read is old: catching up
 
 	paused     atomic.Int64           // workers waiting for Redis (unreachable or refusing writes)
 	pauseCause atomic.Pointer[string] // why, for /readyz
@@ -146,6 +147,7 @@ func (s *Sink) Row(ctx context.Context, r canal.Row) error {
 	}
 	s.cur.pending.Add(1)
 	s.cur.rows++
+	s.lastSeq.Store(uint64(r.Change.Seq.File)<<32 | uint64(r.Change.Seq.Pos))
 	if s.rowsRead++; s.rowsRead&63 == 0 {
 		s.lastRead.Store(time.Now().UnixNano())
 	}
@@ -155,6 +157,13 @@ func (s *Sink) Row(ctx context.Context, r canal.Row) error {
 		return err
 	}
 	return nil
+}
+
+// LastSeq is the binlog sequence (file and position) of the newest row handed over: a
+// read that must see every row the sink may have written reads at or after it.
+func (s *Sink) LastSeq() layout.Seq {
+	v := s.lastSeq.Load()
+	return layout.Seq{File: uint32(v >> 32), Pos: uint32(v)}
 }
 
 // Commit seals a transaction.

@@ -60,7 +60,8 @@ type Snapshot struct {
 	seed     maphash.Seed
 	replace  bool
 	noSweep  bool
-	position func(context.Context) (canal.Position, error)
+	floor    layout.Seq // chunks are read at or after it (AtLeast)
+	epoch    uint32     // of the positions chunks are read at (p0's)
 }
 
 // WithoutSweep is for a reload that runs while the binlog stream writes: keys the
@@ -69,6 +70,15 @@ type Snapshot struct {
 // was read (see SeqOf), so that its rows are ordered against the stream's by position.
 func (s *Snapshot) WithoutSweep() *Snapshot {
 	s.noSweep = true
+	return s
+}
+
+// AtLeast makes every stamped chunk (WithoutSweep, Replacing) read at a position at or
+// after floor: a reload after Redis lost data must see what the stream had already
+// written there, including a transaction that is in the binlog but not yet visible to
+// readers (its chunk waits until it is).
+func (s *Snapshot) AtLeast(floor layout.Seq) *Snapshot {
+	s.floor = floor
 	return s
 }
 
@@ -90,11 +100,11 @@ func New(cfg *config.Config, tables []*canal.Table, w Writer, rdb redis.Universa
 // Run records the current binlog position (via position, called before any row is
 // read), loads every table and returns that position: streaming must start from it.
 func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (canal.Position, error)) (canal.Position, Stats, error) {
-	s.position = position
 	p0, err := position(ctx)
 	if err != nil {
 		return p0, Stats{}, err
 	}
+	s.epoch = p0.Epoch
 	s.log.Info("snapshot started", p0.Fields()...)
 	conn, err := canal.Connect(ctx, s.cfg.Source)
 	if err != nil {
@@ -298,28 +308,27 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 			q += " WHERE (" + strings.Join(pkCols, ", ") + ") > (" + strings.Join(after, ", ") + ")"
 		}
 		chunkStart := time.Now()
-		// A reload that runs while the stream writes stamps each chunk with the position
-		// recorded just before it is read: its rows are then ordered against the
-		// stream's by position. Versions cannot order them: a row read before a DELETE
-		// may carry a higher version than the tombstone of a later incarnation whose
-		// version restarted.
+		// A reload that runs while the stream writes stamps each chunk with the exact
+		// binlog position of the consistent snapshot it is read in: its rows are then
+		// ordered against the stream's by position. Versions cannot order them: a row
+		// read before a DELETE may carry a higher version than the tombstone of a later
+		// incarnation whose version restarted.
 		// A replacing reload (the stream is paused) stamps its chunks the same way: a
-		// binlog change after the chunk was read then replaces the row, one before it
+		// binlog change after the chunk's position then replaces the row, one before it
 		// (replayed when the stream resumes) cannot.
 		var stamp layout.Seq
+		var res *mysql.Result
 		if r.s.noSweep || r.s.replace {
-			pos, err := r.s.position(ctx)
+			pos, err := r.readAt(ctx, q+order, &res)
 			if err != nil {
 				_ = finish()
-				return fmt.Errorf("snapshot: %s: record the position: %w", t.FullName(), err)
+				return fmt.Errorf("snapshot: read %s: %w", t.FullName(), err)
 			}
 			stamp = SeqOf(pos)
 			if tq.versionAt < 0 {
 				positionVersion = strconv.FormatUint(positionVersionOf(pos), 10)
 			}
-		}
-		res, err := r.conn.Execute(q + order)
-		if err != nil {
+		} else if res, err = r.conn.Execute(q + order); err != nil {
 			_ = finish()
 			return fmt.Errorf("snapshot: read %s: %w", t.FullName(), err)
 		}
@@ -371,6 +380,41 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 				}
 			}
 		}
+	}
+}
+
+// readAt runs query inside a consistent snapshot at or after the snapshot's floor and
+// returns that snapshot's exact position (see canal.ReadConsistent).
+func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (canal.Position, error) {
+	wait := 5 * time.Millisecond
+	var waitingSince time.Time
+	for {
+		pos, err := canal.ReadConsistent(r.conn, r.s.cfg.Source.Flavor, r.s.epoch, func(err error) {
+			r.s.log.Warn("reload chunks may miss a transaction committing as they are read", zap.Error(err))
+		},
+			func(canal.Position) error {
+				var err error
+				*res, err = r.conn.Execute(query)
+				return err
+			})
+		if err != nil || r.s.floor.IsZero() || !SeqOf(pos).Less(r.s.floor) {
+			return pos, err
+		}
+		// The stream has written a transaction this snapshot does not see yet: it is in
+		// the binlog, its commit is still on its way. Read again once it is visible.
+		(*res).Close()
+		if waitingSince.IsZero() {
+			waitingSince = time.Now()
+		} else if time.Since(waitingSince) > 10*time.Second {
+			r.s.log.Warn("a reload waits for transactions the stream already read to become visible to readers (held by semi-sync replication?)", append(pos.Fields(), zap.Duration("waiting", time.Since(waitingSince)))...)
+			waitingSince = time.Now()
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return pos, ctx.Err()
+		}
+		wait = min(2*wait, 200*time.Millisecond)
 	}
 }
 

@@ -1,0 +1,251 @@
+package canal
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/go-mysql-org/go-mysql/client"
+)
+
+// A transaction is written to the binlog (and shows in SHOW MASTER STATUS and in the
+// binlog stream) before the storage engine commits it: group commit, and semi-sync
+// replication's AFTER_SYNC wait, hold it in between. A read that records the current
+// position and then reads rows can therefore miss a transaction before that position.
+// Every read whose result is stamped with a position (a snapshot's hand-off position,
+// a reload's chunks, the compensation retrier's row, reconcile's re-reads) runs inside a
+// consistent snapshot whose binlog position is known exactly instead:
+//
+//   - MariaDB: START TRANSACTION WITH CONSISTENT SNAPSHOT, then the binlog_snapshot_file
+//     and binlog_snapshot_position status variables, which name the position of exactly
+//     the transactions that snapshot sees.
+//   - MySQL: the same snapshot started under FLUSH TABLES WITH READ LOCK, with SHOW
+//     MASTER STATUS read before the lock is released (how mysqldump --single-transaction
+//     --source-data does it); it needs the RELOAD privilege. Without it the position is
+//     read just before the snapshot starts, which a transaction committing at that moment
+//     can still defeat; a warning says so once.
+//
+// Every transaction before the position is visible to the snapshot's reads and none
+// after it.
+
+// query runs a statement and returns its rows as text (NULL as "").
+type query func(q string) ([][]string, error)
+
+// noReloadWarned is set once the MySQL fallback was warned about.
+var noReloadWarned atomic.Bool
+
+// ErrNoExactPosition wraps the reason a MySQL snapshot's position is not exact (no
+// RELOAD privilege); callers log it once.
+var ErrNoExactPosition = errors.New("the binlog position of a consistent snapshot cannot be read exactly")
+
+// beginConsistent starts a consistent-snapshot transaction through q and returns its
+// binlog position; with gtid, the GTID set at that position too. The caller reads and
+// then commits. A non-nil warning (wrapping ErrNoExactPosition) may come with a valid
+// position.
+func beginConsistent(q query, flavor string, gtid bool) (pos Position, warning, err error) {
+	if _, err := q("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"); err != nil {
+		return pos, nil, err
+	}
+	if flavor == "mariadb" {
+		if _, err := q("START TRANSACTION WITH CONSISTENT SNAPSHOT"); err != nil {
+			return pos, nil, err
+		}
+		rows, err := q("SHOW STATUS LIKE 'binlog_snapshot_%'")
+		if err != nil {
+			return pos, nil, err
+		}
+		for _, r := range rows {
+			switch strings.ToLower(r[0]) {
+			case "binlog_snapshot_file":
+				pos.File = r[1]
+			case "binlog_snapshot_position":
+				p, _ := strconv.ParseUint(r[1], 10, 32)
+				pos.Pos = uint32(p)
+			}
+		}
+		if pos.File == "" {
+			return pos, nil, fmt.Errorf("%w: binlog_snapshot_file is empty: the binary log is off", ErrPermanent)
+		}
+		if gtid {
+			pos.GTID, err = mariaDBGTIDAt(q, pos)
+		}
+		return pos, nil, err
+	}
+	locked := true
+	if _, err := q("FLUSH TABLES WITH READ LOCK"); err != nil {
+		locked = false
+		warning = fmt.Errorf("%w: FLUSH TABLES WITH READ LOCK: %v (fix: GRANT RELOAD ON *.* to the invsync user)", ErrNoExactPosition, err)
+		if pos, err = masterStatus(q); err != nil {
+			return pos, warning, err
+		}
+	}
+	if _, err = q("START TRANSACTION WITH CONSISTENT SNAPSHOT"); err == nil && locked {
+		pos, err = masterStatus(q)
+	}
+	if locked {
+		if _, uerr := q("UNLOCK TABLES"); uerr != nil && err == nil {
+			err = uerr
+		}
+	}
+	if !gtid {
+		pos.GTID = ""
+	}
+	return pos, warning, err
+}
+
+// mariaDBGTIDAt returns the GTID position at pos. When the server's binlog has not moved
+// past pos (nothing committed since the snapshot began), @@gtid_binlog_pos read between
+// two equal SHOW MASTER STATUS answers is it; else BINLOG_GTID_POS computes it (it reads
+// the binlog file up to pos).
+func mariaDBGTIDAt(q query, pos Position) (string, error) {
+	a, err := masterStatus(q)
+	if err != nil {
+		return "", err
+	}
+	if a.File == pos.File && a.Pos == pos.Pos {
+		rows, err := q("SELECT @@GLOBAL.gtid_binlog_pos")
+		if err != nil {
+			return "", err
+		}
+		b, err := masterStatus(q)
+		if err != nil {
+			return "", err
+		}
+		if b.File == pos.File && b.Pos == pos.Pos && len(rows) == 1 {
+			return strings.ReplaceAll(rows[0][0], "\n", ""), nil
+		}
+	}
+	rows, err := q("SELECT BINLOG_GTID_POS('" + strings.ReplaceAll(pos.File, "'", "''") + "', " + strconv.FormatUint(uint64(pos.Pos), 10) + ")")
+	if err != nil {
+		return "", fmt.Errorf("read the GTID position at %s: %w", pos, err)
+	}
+	if len(rows) != 1 {
+		return "", fmt.Errorf("BINLOG_GTID_POS at %s returned nothing", pos)
+	}
+	return rows[0][0], nil
+}
+
+// masterStatus reads SHOW MASTER STATUS (SHOW BINARY LOG STATUS on MySQL 8.4): file,
+// position and, on MySQL, Executed_Gtid_Set.
+func masterStatus(q query) (Position, error) {
+	var pos Position
+	rows, err := q("SHOW MASTER STATUS")
+	if err != nil {
+		var err2 error
+		if rows, err2 = q("SHOW BINARY LOG STATUS"); err2 != nil {
+			return pos, fmt.Errorf("read the current binlog position: %w (fix: GRANT REPLICATION CLIENT, or BINLOG MONITOR on MariaDB)", err)
+		}
+	}
+	if len(rows) == 0 {
+		return pos, fmt.Errorf("%w: SHOW MASTER STATUS returned nothing: the binary log is off", ErrPermanent)
+	}
+	r := rows[0]
+	pos.File = r[0]
+	p, _ := strconv.ParseUint(r[1], 10, 32)
+	pos.Pos = uint32(p)
+	if len(r) >= 5 {
+		pos.GTID = strings.ReplaceAll(r[4], "\n", "")
+	}
+	return pos, nil
+}
+
+// ReadConsistent runs read inside a consistent snapshot on conn (a session of Connect)
+// and returns the snapshot's binlog position (without the GTID set; read gets it too,
+// with epoch set): every transaction before it is visible to read and none after it.
+// warn, if not nil, is called with a warning (see ErrNoExactPosition).
+func ReadConsistent(conn *client.Conn, flavor string, epoch uint32, warn func(error), read func(Position) error) (Position, error) {
+	q := func(s string) ([][]string, error) { return connRows(conn, s) }
+	pos, warning, err := beginConsistent(q, flavor, false)
+	pos.Epoch = epoch
+	if warning != nil && warn != nil && noReloadWarned.CompareAndSwap(false, true) {
+		warn(warning)
+	}
+	if err != nil {
+		_, _ = conn.Execute("ROLLBACK")
+		return pos, fmt.Errorf("start a consistent snapshot: %w", err)
+	}
+	if err := read(pos); err != nil {
+		_, _ = conn.Execute("ROLLBACK")
+		return pos, err
+	}
+	if _, err := conn.Execute("COMMIT"); err != nil {
+		return pos, err
+	}
+	return pos, nil
+}
+
+func connRows(conn *client.Conn, s string) ([][]string, error) {
+	res, err := conn.Execute(s)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Close()
+	if res.Resultset == nil {
+		return nil, nil
+	}
+	out := make([][]string, len(res.RowDatas))
+	for i := range res.Values {
+		row := make([]string, len(res.Values[i]))
+		for j := range res.Values[i] {
+			v, _ := res.GetString(i, j)
+			row[j] = v
+		}
+		out[i] = row
+	}
+	return out, nil
+}
+
+// CurrentPosition returns the source's position as of now, file and offset together
+// with the GTID set at exactly that point (from a consistent snapshot, so that they
+// agree and every transaction before it is committed): a snapshot's hand-off position.
+// The GTID set is empty on a MySQL server without GTIDs.
+func CurrentPosition(ctx context.Context, db *sql.DB, flavor string, warn func(error)) (Position, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return Position{}, fmt.Errorf("read the current binlog position: %w", err)
+	}
+	defer conn.Close()
+	q := func(s string) ([][]string, error) { return sqlRows(ctx, conn, s) }
+	pos, warning, err := beginConsistent(q, flavor, true)
+	if warning != nil && warn != nil && noReloadWarned.CompareAndSwap(false, true) {
+		warn(warning)
+	}
+	_, _ = conn.ExecContext(ctx, "COMMIT")
+	if err != nil {
+		return pos, fmt.Errorf("read the current binlog position: %w", err)
+	}
+	return pos, nil
+}
+
+func sqlRows(ctx context.Context, conn *sql.Conn, s string) ([][]string, error) {
+	rows, err := conn.QueryContext(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, err
+	}
+	var out [][]string
+	vals := make([]sql.NullString, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, err
+		}
+		row := make([]string, len(cols))
+		for i, v := range vals {
+			row[i] = v.String
+		}
+		out = append(out, row)
+	}
+	return out, rows.Err()
+}
