@@ -1,8 +1,12 @@
 package canal
 
 import (
+	"context"
+	"database/sql"
+	"encoding/hex"
 	"fmt"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"golang.org/x/text/encoding"
@@ -80,4 +84,139 @@ func decodeLatin1(b []byte) (string, error) {
 		}
 	}
 	return sb.String(), nil
+}
+
+// Character sets whose decoding invsync takes from the server itself, not from a code
+// page table: every single-byte character set (some, such as dec8, hp8, swe7, keybcs2,
+// macce, geostd8 or armscii8, have no table in Go, and the server's mapping is what a
+// SELECT prints), and the double-byte ones whose variants differ between vendors (MariaDB's
+// big5 is not WHATWG's Big5, sjis and cp932 differ, ...).
+var derivedMultiByte = map[string]bool{"big5": true, "sjis": true, "cp932": true, "ujis": true, "eucjpms": true, "euckr": true, "gb2312": true, "gbk": true}
+
+// serverDecoders builds, for each character set in used that the server can describe,
+// a decoder from the server's own conversion to utf8mb4: for a single-byte set, the 256
+// characters its bytes stand for; for a double-byte set, every valid two-byte sequence
+// (asked one lead byte at a time). Sets it cannot describe decode with charsetDecoder.
+func serverDecoders(ctx context.Context, db *sql.DB, used map[string]bool) map[string]func([]byte) (string, error) {
+	out := map[string]func([]byte) (string, error){}
+	for cs := range used {
+		if dec := cachedServerDecoder(ctx, db, cs); dec != nil {
+			out[cs] = dec
+		}
+	}
+	return out
+}
+
+// serverDecoderCache holds the decoders built, by character set: a process follows one
+// source, and a server's mappings do not change while it runs.
+var serverDecoderCache sync.Map
+
+func cachedServerDecoder(ctx context.Context, db *sql.DB, cs string) func([]byte) (string, error) {
+	if v, ok := serverDecoderCache.Load(cs); ok {
+		return v.(func([]byte) (string, error))
+	}
+	dec := serverDecoder(ctx, db, cs)
+	if dec != nil {
+		serverDecoderCache.Store(cs, dec)
+	}
+	return dec
+}
+
+func serverDecoder(ctx context.Context, db *sql.DB, cs string) func([]byte) (string, error) {
+	switch cs {
+	case "", "utf8", "utf8mb3", "utf8mb4", "ascii", "binary", "ucs2", "utf16", "utf16le", "utf32", "gb18030":
+		return nil
+	}
+	var maxLen int
+	if err := db.QueryRowContext(ctx, "SELECT MAXLEN FROM information_schema.CHARACTER_SETS WHERE CHARACTER_SET_NAME = ?", cs).Scan(&maxLen); err != nil {
+		return nil
+	}
+	convert := func(b []byte) (string, error) {
+		var s sql.NullString
+		err := db.QueryRowContext(ctx, "SELECT CONVERT(CONVERT(UNHEX('"+hex.EncodeToString(b)+"') USING "+cs+") USING utf8mb4)").Scan(&s)
+		return s.String, err
+	}
+	if maxLen == 1 {
+		all := make([]byte, 256)
+		for i := range all {
+			all[i] = byte(i)
+		}
+		text, err := convert(all)
+		runes := []rune(text)
+		if err != nil || len(runes) != 256 {
+			return nil
+		}
+		var table [256]string
+		for i, r := range runes {
+			table[i] = string(r)
+		}
+		return func(b []byte) (string, error) {
+			var sb strings.Builder
+			sb.Grow(len(b) + len(b)/2)
+			for _, c := range b { // not even ASCII is a given: swe7 has 'é' at 0x60
+				sb.WriteString(table[c])
+			}
+			return sb.String(), nil
+		}
+	}
+	if !derivedMultiByte[cs] {
+		return nil
+	}
+	pairs := map[uint16]string{}
+	for lead := 0x81; lead <= 0xFE; lead++ {
+		var buf []byte
+		for trail := 0x40; trail <= 0xFE; trail++ {
+			buf = append(buf, byte(lead), byte(trail), '\n')
+		}
+		text, err := convert(buf)
+		if err != nil {
+			return nil
+		}
+		pieces := strings.Split(text, "\n")
+		if len(pieces) < 0xFE-0x40+1 {
+			return nil
+		}
+		for k := 0; k <= 0xFE-0x40; k++ {
+			if p := pieces[k]; utf8.RuneCountInString(p) == 1 && p != "?" {
+				pairs[uint16(lead)<<8|uint16(0x40+k)] = p
+			}
+		}
+	}
+	fallback := charsetDecoder(cs)
+	return func(b []byte) (string, error) {
+		var sb strings.Builder
+		sb.Grow(len(b) * 2)
+		for i := 0; i < len(b); {
+			c := b[i]
+			if c < 0x80 {
+				sb.WriteByte(c)
+				i++
+				continue
+			}
+			if i+1 < len(b) {
+				if p, ok := pairs[uint16(c)<<8|uint16(b[i+1])]; ok {
+					sb.WriteString(p)
+					i += 2
+					continue
+				}
+			}
+			// Not a two-byte character the server knows (a three-byte EUC-JP sequence, say):
+			// the code page decoder, for the rest of this value.
+			if fallback == nil {
+				return sb.String() + string(b[i:]), fmt.Errorf("character set %s: no decoding for the bytes at %d", cs, i)
+			}
+			rest, err := fallback(b[i:])
+			return sb.String() + rest, err
+		}
+		return sb.String(), nil
+	}
+}
+
+// decoder returns the decoder of charset: the server's own (serverDecoders) when the
+// table has it, else charsetDecoder's.
+func (t *Table) decoder(charset string) func([]byte) (string, error) {
+	if d, ok := t.decoders[strings.ToLower(charset)]; ok {
+		return d
+	}
+	return charsetDecoder(charset)
 }

@@ -28,6 +28,9 @@ type Table struct {
 	// charsets maps the server's collation ids to their character sets (for the
 	// binlog's per-column collations).
 	charsets map[uint64]string
+	// decoders are the server's own byte-to-text maps of the character sets the
+	// table's columns use (see serverDecoders); others decode with charsetDecoder.
+	decoders map[string]func([]byte) (string, error)
 	// Columns in ordinal order, and the primary key's column names in key order.
 	Columns []ColumnInfo
 	PK      []string
@@ -57,6 +60,13 @@ func LoadTables(ctx context.Context, db *sql.DB, cfgs []config.Table) ([]*Table,
 		t, err := loadTable(ctx, db, i, tc)
 		if t != nil {
 			t.charsets = charsets
+			used := map[string]bool{}
+			for _, c := range t.Columns {
+				if c.Charset != "" {
+					used[strings.ToLower(c.Charset)] = true
+				}
+			}
+			t.decoders = serverDecoders(ctx, db, used)
 		}
 		if err != nil {
 			if !errors.Is(err, ErrTable) {
@@ -241,6 +251,9 @@ func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder
 		}
 		typ := tm.ColumnType[i]
 		meta := tm.ColumnMeta[i]
+		if known {
+			c.zerofill = zerofillWidth(info.ColumnType)
+		}
 		switch typ {
 		case mysql.MYSQL_TYPE_TINY, mysql.MYSQL_TYPE_SHORT, mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_LONGLONG:
 			c.kind = kindInt
@@ -252,8 +265,14 @@ func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder
 			c.kind, c.size = kindTime, int(meta)
 		case mysql.MYSQL_TYPE_FLOAT:
 			c.kind = kindFloat
+			if known {
+				c.size = floatScale(info.ColumnType)
+			}
 		case mysql.MYSQL_TYPE_DOUBLE:
 			c.kind = kindDouble
+			if known {
+				c.size = floatScale(info.ColumnType)
+			}
 		case mysql.MYSQL_TYPE_BIT:
 			c.kind = kindBit
 			c.size = (int((meta>>8)*8+(meta&0xFF)) + 7) / 8
@@ -284,7 +303,7 @@ func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder
 				}
 				if c.values != nil {
 					// The binlog's member strings are in the column's character set.
-					if dec := charsetDecoder(t.charsetOf(enumColls, i, info, known)); dec != nil {
+					if dec := t.decoder(t.charsetOf(enumColls, i, info, known)); dec != nil {
 						vals := make([]string, len(c.values))
 						for j, v := range c.values {
 							vals[j], _ = dec([]byte(v))
@@ -296,12 +315,12 @@ func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder
 				}
 			}
 			if c.kind == kindText {
-				c.decode = charsetDecoder(t.charsetOf(collations, i, info, known))
+				c.decode = t.decoder(t.charsetOf(collations, i, info, known))
 			}
 		case mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_BLOB, mysql.MYSQL_TYPE_TINY_BLOB,
 			mysql.MYSQL_TYPE_MEDIUM_BLOB, mysql.MYSQL_TYPE_LONG_BLOB:
 			c.kind = kindText
-			c.decode = charsetDecoder(t.charsetOf(collations, i, info, known))
+			c.decode = t.decoder(t.charsetOf(collations, i, info, known))
 		default:
 			c.kind = kindText
 		}
@@ -415,4 +434,69 @@ func fileIndex(name string) (uint32, error) {
 		return 0, fmt.Errorf("binlog file name %q does not end in a number", name)
 	}
 	return uint32(n), nil
+}
+
+// floatScale returns D+1 for a FLOAT(M,D) or DOUBLE(M,D) column (the server prints its
+// values with exactly D decimals), 0 for a plain FLOAT or DOUBLE.
+func floatScale(columnType string) int {
+	_, args, ok := strings.Cut(columnType, "(")
+	if !ok {
+		return 0
+	}
+	args, _, _ = strings.Cut(args, ")")
+	_, d, ok := strings.Cut(args, ",")
+	if !ok {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(d))
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n + 1
+}
+
+// zerofillWidth returns the width a ZEROFILL column's values are padded to with zeros
+// (as the server prints them), 0 for a column without ZEROFILL: the display width of an
+// integer type, M of FLOAT(M,D) and DOUBLE(M,D), M plus the decimal point of
+// DECIMAL(M,D), 12 for a plain FLOAT and 22 for a plain DOUBLE.
+func zerofillWidth(columnType string) int {
+	ct := strings.ToLower(columnType)
+	if !strings.Contains(ct, "zerofill") {
+		return 0
+	}
+	base, args, hasArgs := strings.Cut(ct, "(")
+	base = strings.TrimSpace(strings.Fields(base + " ")[0])
+	var m, d int
+	if hasArgs {
+		args, _, _ = strings.Cut(args, ")")
+		ms, ds, hasD := strings.Cut(args, ",")
+		m, _ = strconv.Atoi(strings.TrimSpace(ms))
+		if hasD {
+			d, _ = strconv.Atoi(strings.TrimSpace(ds))
+		}
+	}
+	switch base {
+	case "decimal", "numeric":
+		if m == 0 {
+			m = 10
+		}
+		if d > 0 {
+			return m + 1
+		}
+		return m
+	case "float":
+		if m > 0 {
+			return m
+		}
+		return 12
+	case "double", "real":
+		if m > 0 {
+			return m
+		}
+		return 22
+	}
+	if m > 0 {
+		return m
+	}
+	return map[string]int{"tinyint": 3, "smallint": 5, "mediumint": 8, "int": 10, "integer": 10, "bigint": 20}[base]
 }

@@ -30,7 +30,8 @@ type column struct {
 	name     string
 	kind     kind
 	unsigned bool
-	size     int // BIT bytes, BINARY length, or TIME fraction digits
+	size     int // BIT bytes, BINARY length, TIME fraction digits, or FLOAT(M,D)/DOUBLE(M,D) decimals + 1
+	zerofill int // ZEROFILL: the display width the server pads to with zeros
 	values   []string
 	decode   func([]byte) (string, error) // text in another character set than UTF-8
 	mirror   bool
@@ -40,6 +41,15 @@ type column struct {
 
 // render returns the SELECT text of v, and false for NULL.
 func (c *column) render(v any) (string, bool, error) {
+	s, ok, err := c.text(v)
+	if ok && c.zerofill > len(s) {
+		s = strings.Repeat("0", c.zerofill-len(s)) + s
+	}
+	return s, ok, err
+}
+
+// text is render without ZEROFILL's padding.
+func (c *column) text(v any) (string, bool, error) {
 	if v == nil {
 		return "", false, nil
 	}
@@ -63,10 +73,16 @@ func (c *column) render(v any) (string, bool, error) {
 		return strconv.FormatInt(i, 10), true, nil
 	case kindFloat:
 		if f, ok := v.(float32); ok {
+			if c.size > 0 { // FLOAT(M,D): D decimals
+				return strconv.FormatFloat(float64(f), 'f', c.size-1, 64), true, nil
+			}
 			return FormatFloat(float64(f), 6), true, nil
 		}
 	case kindDouble:
 		if f, ok := v.(float64); ok {
+			if c.size > 0 { // DOUBLE(M,D): D decimals
+				return strconv.FormatFloat(f, 'f', c.size-1, 64), true, nil
+			}
 			return FormatFloat(f, -1), true, nil
 		}
 	case kindBit:

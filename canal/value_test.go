@@ -105,3 +105,21 @@ func TestSignednessCountsYearOnMariaDB(t *testing.T) {
 		t.Fatalf("mysql: %v", got)
 	}
 }
+
+func TestZerofillWidth(t *testing.T) {
+	for ct, want := range map[string]int{
+		"int(8) unsigned zerofill": 8, "bigint(20) unsigned zerofill": 20, "decimal(8,2) unsigned zerofill": 9,
+		"decimal(5,0) unsigned zerofill": 5, "float(8,3) unsigned zerofill": 8, "double unsigned zerofill": 22,
+		"float unsigned zerofill": 12, "tinyint unsigned zerofill": 3, "double(10,2) unsigned zerofill": 10,
+		"int(8) unsigned": 0, "varchar(10)": 0,
+	} {
+		if got := zerofillWidth(ct); got != want {
+			t.Errorf("%s: %d, want %d", ct, got, want)
+		}
+	}
+	for ct, want := range map[string]int{"float(7,3)": 4, "double(10,2) unsigned": 3, "float": 0, "double": 0, "float(12)": 0} {
+		if got := floatScale(ct); got != want {
+			t.Errorf("floatScale(%s) = %d, want %d", ct, got, want)
+		}
+	}
+}
