@@ -3,11 +3,13 @@ package canal
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
 )
@@ -47,7 +49,9 @@ var ErrNoExactPosition = errors.New("the binlog position of a consistent snapsho
 // then commits. A non-nil warning (wrapping ErrNoExactPosition) may come with a valid
 // position.
 func beginConsistent(q query, flavor string, gtid bool) (pos Position, warning, err error) {
-	if _, err := q("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"); err != nil {
+	// For the session, not the next transaction only: on MySQL the lock statement
+	// below would use up a one-transaction setting.
+	if _, err := q("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"); err != nil {
 		return pos, nil, err
 	}
 	if flavor == "mariadb" {
@@ -75,8 +79,16 @@ func beginConsistent(q query, flavor string, gtid bool) (pos Position, warning, 
 		}
 		return pos, nil, err
 	}
+	// The read lock waits for running statements and blocks writes meanwhile: bound the
+	// wait, and fail (the caller retries) rather than stall the server.
+	if _, err := q("SET SESSION lock_wait_timeout = 5"); err != nil {
+		return pos, nil, err
+	}
 	locked := true
 	if _, err := q("FLUSH TABLES WITH READ LOCK"); err != nil {
+		if !isAccessDenied(err) {
+			return pos, nil, fmt.Errorf("FLUSH TABLES WITH READ LOCK: %w", err)
+		}
 		locked = false
 		warning = fmt.Errorf("%w: FLUSH TABLES WITH READ LOCK: %v (fix: GRANT RELOAD ON *.* to the invsync user)", ErrNoExactPosition, err)
 		if pos, err = masterStatus(q); err != nil {
@@ -95,6 +107,13 @@ func beginConsistent(q query, flavor string, gtid bool) (pos Position, warning, 
 		pos.GTID = ""
 	}
 	return pos, warning, err
+}
+
+// isAccessDenied reports whether err is the server refusing a privilege (1227, 1045,
+// 1142 and the like all say "denied").
+func isAccessDenied(err error) bool {
+	m := strings.ToLower(err.Error())
+	return strings.Contains(m, "denied") || strings.Contains(m, "1227")
 }
 
 // mariaDBGTIDAt returns the GTID position at pos. When the server's binlog has not moved
@@ -192,7 +211,9 @@ func connRows(conn *client.Conn, s string) ([][]string, error) {
 		row := make([]string, len(res.Values[i]))
 		for j := range res.Values[i] {
 			v, _ := res.GetString(i, j)
-			row[j] = v
+			// A copy: the result's buffers go back to go-mysql's pool at Close and
+			// are reused by the next statement.
+			row[j] = strings.Clone(v)
 		}
 		out[i] = row
 	}
@@ -209,12 +230,19 @@ func CurrentPosition(ctx context.Context, db *sql.DB, flavor string, warn func(e
 		return Position{}, fmt.Errorf("read the current binlog position: %w", err)
 	}
 	defer conn.Close()
-	q := func(s string) ([][]string, error) { return sqlRows(ctx, conn, s) }
+	// Not cancelled half-way: a cancelled context would skip UNLOCK TABLES and COMMIT
+	// and pool the session with the read lock still held. Bounded instead.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	q := func(s string) ([][]string, error) { return sqlRows(qctx, conn, s) }
 	pos, warning, err := beginConsistent(q, flavor, true)
 	if warning != nil && warn != nil && noReloadWarned.CompareAndSwap(false, true) {
 		warn(warning)
 	}
-	_, _ = conn.ExecContext(ctx, "COMMIT")
+	if _, cerr := conn.ExecContext(qctx, "COMMIT"); cerr != nil || err != nil {
+		// Never pool a session whose state is unknown (a lock, a transaction).
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
 	if err != nil {
 		return pos, fmt.Errorf("read the current binlog position: %w", err)
 	}

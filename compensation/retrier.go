@@ -22,6 +22,14 @@ type Writer interface {
 	Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error
 }
 
+// notVisibleFor is how long a parked change may stay invisible to the retrier's reads
+// (a commit on its way) before the retrier writes what it reads anyway; notVisibleRetry
+// is how soon it reads again meanwhile.
+const (
+	notVisibleFor   = time.Minute
+	notVisibleRetry = 100 * time.Millisecond
+)
+
 // Retrier retries parked writes when they are due: it reads the row again from the
 // source (or learns it was deleted), writes it through the versioned script, and deletes
 // the compensation row on success; otherwise it backs off, and marks the row dead after
@@ -76,11 +84,21 @@ func (r *Retrier) Once(ctx context.Context) error {
 			continue
 		}
 		if e.Seq != "" && !c.Seq.IsZero() && string(layout.AppendSeq(nil, c.Seq)) < e.Seq {
-			// The read does not see the parked change yet: it is in the binlog, its
-			// commit is still on its way (group commit, semi-sync). Writing this older
-			// row would lose it; read again at the next poll.
-			r.m.CompensationRetries.WithLabelValues("not_visible").Inc()
-			continue
+			if time.Since(e.UpdatedAt) < notVisibleFor {
+				// The read does not see the parked change yet: it is in the binlog, its
+				// commit is still on its way (group commit, semi-sync). Writing this
+				// older row would lose it; read again shortly.
+				r.m.CompensationRetries.WithLabelValues("not_visible").Inc()
+				if err := r.st.Postpone(ctx, e, notVisibleRetry); err != nil {
+					return err
+				}
+				continue
+			}
+			// Still not visible long after it was parked: the change's position is from a
+			// history the source no longer has (a reset binlog, another server). The row
+			// as the source has it now is what there is.
+			r.log.Warn("a parked change is still not visible to readers after a minute; writing the row as the source has it now",
+				zap.String("key", e.RedisKey), zap.String("parked_at_seq", e.Seq))
 		}
 		if !found {
 			// Deleted since: a tombstone, unless Redis holds a newer live row (the fetch

@@ -76,7 +76,8 @@ func Open(ctx context.Context, db *sql.DB, schema string, sched Schedule, now fu
 		return nil, fmt.Errorf("read the compensation table's columns: %w", err)
 	}
 	if n == 0 {
-		if _, err := db.ExecContext(ctx, "ALTER TABLE "+table+" ADD COLUMN seq VARBINARY(32) NOT NULL DEFAULT '' AFTER version"); err != nil {
+		if _, err := db.ExecContext(ctx, "ALTER TABLE "+table+" ADD COLUMN seq VARBINARY(32) NOT NULL DEFAULT '' AFTER version"); err != nil &&
+			!strings.Contains(err.Error(), "Duplicate column") { // another instance added it meanwhile
 			return nil, fmt.Errorf("add column seq to the compensation table: %w", err)
 		}
 	}
@@ -200,6 +201,19 @@ func (s *Store) Failed(ctx context.Context, e Entry, cause error) (dead bool, er
 		return false, nil
 	}
 	return dead, nil
+}
+
+// Postpone moves a row's next retry to after d without counting an attempt (its change is
+// not visible to readers yet), unless a newer failure updated it since e was read.
+func (s *Store) Postpone(ctx context.Context, e Entry, d time.Duration) error {
+	// updated_at stays: it is when the change last failed (the retrier's clock for
+	// giving up on visibility), and a newer failure still changes it.
+	_, err := s.db.ExecContext(ctx, "UPDATE "+s.table+" SET next_retry_at = ? WHERE id = ? AND updated_at = ?",
+		s.nowUTC().Add(d).Format(timeLayout), e.ID, e.UpdatedAt.Format(timeLayout))
+	if err != nil {
+		return fmt.Errorf("postpone compensation row %d: %w", e.ID, err)
+	}
+	return nil
 }
 
 // Replay makes dead rows pending again, due now, with their attempts reset: the rows

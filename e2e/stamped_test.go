@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
@@ -272,5 +273,27 @@ func TestStampedReadsUnderHotKeyStress(t *testing.T) {
 		counterSum(t, reg, "invsync_resnapshots_total"), counterSum(t, reg, "invsync_compensation_parked_total"), counterSum(t, reg, "invsync_compensation_retries_total"))
 	if counterSum(t, reg, "invsync_resnapshots_total") < 3 {
 		t.Errorf("expected reloads after two data losses and an ALTER")
+	}
+}
+
+// The position ReadConsistent returns is the snapshot's, whatever the read returns (a
+// review found the binlog file name overwritten by the first value read: go-mysql reuses
+// a result's buffers once it is closed).
+func TestConsistentReadKeepsItsPosition(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "named", ddl: "CREATE TABLE named (id INT PRIMARY KEY, name VARCHAR(32)) ENGINE=InnoDB"})
+	execAll(t, e.db, "INSERT INTO named VALUES (1, 'sku.000123'), (2, 'WIDGET-BLUE')")
+	conn, err := canal.Connect(t.Context(), e.cfg.Source)
+	testenv.Must(t, err, "connect")
+	defer conn.Close()
+	want := e.currentPosition()
+	for i := 0; i < 3; i++ {
+		pos, err := canal.ReadConsistent(conn, "mariadb", 0, nil, func(canal.Position) error {
+			_, err := conn.Execute("SELECT id, name FROM " + e.schema + ".named ORDER BY id")
+			return err
+		})
+		testenv.Must(t, err, "read")
+		if pos.File != want.File || pos.Pos != want.Pos {
+			t.Fatalf("read %d: position %s:%d, want %s:%d", i, pos.File, pos.Pos, want.File, want.Pos)
+		}
 	}
 }

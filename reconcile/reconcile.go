@@ -136,9 +136,9 @@ type candidate struct {
 	pk   []string
 	seen time.Time // when it was first seen differing: re-checked for Recheck from then
 	// sight is the key's _s in Redis when it was first seen differing: once the stream
-	// (or a reload) has written the key since, it follows the binlog, and a difference
-	// at a later re-read is a newer change still on its way (a hot key that a lagging
-	// daemon keeps behind MySQL at every re-read is lag, not drift).
+	// (or a reload) has written the key since, a difference that is only lag (Redis
+	// behind MySQL) is a newer change still on its way (a hot key that a lagging daemon
+	// keeps behind MySQL at every re-read is lag, not drift).
 	sight string
 	kind  Kind
 	row   *snapshot.Row // nil: no row in MySQL
@@ -498,9 +498,6 @@ func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, ca
 		for i, c := range cands {
 			h, herr := cmds[i].Result()
 			if herr == nil && h[layout.FieldSeq] != "" {
-				if h[layout.FieldSeq] > c.sight {
-					continue // written since it was first seen: it follows the binlog
-				}
 				if s, err := layout.ParseSeq(h[layout.FieldSeq]); err == nil && at.Less(s) {
 					continue // the stream wrote it after the re-read: a newer full row
 				}
@@ -509,8 +506,17 @@ func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, ca
 			if f, ok := found[c.key]; ok {
 				row = &f
 			}
-			kind, differs := classify(row, h, herr, t.VersionColumn != "")
+			versioned := t.VersionColumn != ""
+			kind, differs := classify(row, h, herr, versioned)
 			if !differs {
+				continue
+			}
+			// Behind MySQL (an older version, a row or a delete not there yet) while the
+			// stream keeps writing the key: lag on a hot key, not drift. A difference at
+			// the same version (what the stream wrote is wrong) is reported however often
+			// the key is written; so is any difference of a table without a version
+			// column once the key stops changing.
+			if herr == nil && h[layout.FieldSeq] > c.sight && (kind != Mismatch || !versioned) {
 				continue
 			}
 			c.kind, c.row, c.obs = kind, row, observe(h, herr)

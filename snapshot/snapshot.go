@@ -383,6 +383,9 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 	}
 }
 
+// floorPatience bounds how long a chunk waits for its floor (AtLeast) to become visible.
+const floorPatience = 30 * time.Second
+
 // readAt runs query inside a consistent snapshot at or after the snapshot's floor and
 // returns that snapshot's exact position (see canal.ReadConsistent).
 func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (canal.Position, error) {
@@ -402,13 +405,17 @@ func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (can
 		}
 		// The stream has written a transaction this snapshot does not see yet: it is in
 		// the binlog, its commit is still on its way. Read again once it is visible.
-		(*res).Close()
 		if waitingSince.IsZero() {
 			waitingSince = time.Now()
-		} else if time.Since(waitingSince) > 10*time.Second {
-			r.s.log.Warn("a reload waits for transactions the stream already read to become visible to readers (held by semi-sync replication?)", append(pos.Fields(), zap.Duration("waiting", time.Since(waitingSince)))...)
-			waitingSince = time.Now()
+		} else if waited := time.Since(waitingSince); waited > floorPatience {
+			// Not a commit on its way (semi-sync gives up after its timeout, 10 s by
+			// default): the floor is from a history the source no longer has (a reset
+			// binlog). What the source has now is what there is.
+			r.s.log.Warn("a reload's reads still do not reach the position the stream had read; reading on from the source's current state (its binlog history was replaced?)",
+				append(pos.Fields(), zap.Duration("waited", waited))...)
+			return pos, nil
 		}
+		(*res).Close()
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
