@@ -3,10 +3,13 @@ package canal
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"golang.org/x/text/encoding"
@@ -88,101 +91,179 @@ func decodeLatin1(b []byte) (string, error) {
 
 // Character sets whose decoding invsync takes from the server itself, not from a code
 // page table: every single-byte character set (some, such as dec8, hp8, swe7, keybcs2,
-// macce, geostd8 or armscii8, have no table in Go, and the server's mapping is what a
-// SELECT prints), and the double-byte ones whose variants differ between vendors (MariaDB's
-// big5 is not WHATWG's Big5, sjis and cp932 differ, ...).
+// macce, geostd8 or armscii8, have no table in Go, and swe7 is not even ASCII-compatible)
+// and the CJK multi-byte ones, whose variants differ between vendors (MariaDB's big5 is
+// not WHATWG's Big5; sjis maps 0x8160 to U+301C where Go says U+FF5E; ...). The server's
+// mapping is what a SELECT prints.
 var derivedMultiByte = map[string]bool{"big5": true, "sjis": true, "cp932": true, "ujis": true, "eucjpms": true, "euckr": true, "gb2312": true, "gbk": true}
-
-// serverDecoders builds, for each character set in used that the server can describe,
-// a decoder from the server's own conversion to utf8mb4: for a single-byte set, the 256
-// characters its bytes stand for; for a double-byte set, every valid two-byte sequence
-// (asked one lead byte at a time). Sets it cannot describe decode with charsetDecoder.
-func serverDecoders(ctx context.Context, db *sql.DB, used map[string]bool) map[string]func([]byte) (string, error) {
-	out := map[string]func([]byte) (string, error){}
-	for cs := range used {
-		if dec := cachedServerDecoder(ctx, db, cs); dec != nil {
-			out[cs] = dec
-		}
-	}
-	return out
-}
 
 // serverDecoderCache holds the decoders built, by character set: a process follows one
 // source, and a server's mappings do not change while it runs.
 var serverDecoderCache sync.Map
 
-func cachedServerDecoder(ctx context.Context, db *sql.DB, cs string) func([]byte) (string, error) {
+// serverDecoderFor returns the server's decoder of cs (nil, nil when cs decodes without
+// the server: UTF-8, binary, the UTF-16/32 family, or a set the server does not list).
+// It is built once per process, on first use (only the binlog path needs it).
+func serverDecoderFor(db *sql.DB, cs string) (func([]byte) (string, error), error) {
 	if v, ok := serverDecoderCache.Load(cs); ok {
-		return v.(func([]byte) (string, error))
+		return v.(func([]byte) (string, error)), nil
 	}
-	dec := serverDecoder(ctx, db, cs)
+	switch cs {
+	case "", "utf8", "utf8mb3", "utf8mb4", "ascii", "binary", "ucs2", "utf16", "utf16le", "utf32", "gb18030":
+		return nil, nil
+	}
+	if db == nil {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dec, err := buildServerDecoder(ctx, db, cs)
+	if err != nil {
+		return nil, fmt.Errorf("read the server's mapping of character set %s: %w", cs, err)
+	}
 	if dec != nil {
 		serverDecoderCache.Store(cs, dec)
 	}
-	return dec
+	return dec, nil
 }
 
-func serverDecoder(ctx context.Context, db *sql.DB, cs string) func([]byte) (string, error) {
-	switch cs {
-	case "", "utf8", "utf8mb3", "utf8mb4", "ascii", "binary", "ucs2", "utf16", "utf16le", "utf32", "gb18030":
-		return nil
+// buildServerDecoder asks the server what each character of cs is in utf8mb4: for a
+// single-byte set, its 256 bytes; for a CJK set, every byte that is a character alone,
+// every two-byte sequence (one lead byte per query, the sequences separated by a newline,
+// which is never a trail byte), and EUC-JP's three-byte 0x8F sequences. A well-formed
+// sequence the server has no Unicode character for is '?', as a SELECT prints it.
+func buildServerDecoder(ctx context.Context, db *sql.DB, cs string) (func([]byte) (string, error), error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, err
 	}
+	defer conn.Close()
+	// Its session settings are changed: never back into the pool.
+	defer conn.Raw(func(any) error { return driver.ErrBadConn })
 	var maxLen int
-	if err := db.QueryRowContext(ctx, "SELECT MAXLEN FROM information_schema.CHARACTER_SETS WHERE CHARACTER_SET_NAME = ?", cs).Scan(&maxLen); err != nil {
-		return nil
+	if err := conn.QueryRowContext(ctx, "SELECT MAXLEN FROM information_schema.CHARACTER_SETS WHERE CHARACTER_SET_NAME = ?", cs).Scan(&maxLen); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, nil
+		}
+		return nil, err
 	}
-	convert := func(b []byte) (string, error) {
+	if maxLen > 1 && !derivedMultiByte[cs] {
+		return nil, nil
+	}
+	// Malformed sequences become '?' instead of an error or NULL (MySQL 8's strict mode).
+	if _, err := conn.ExecContext(ctx, "SET SESSION sql_mode = ''"); err != nil {
+		return nil, err
+	}
+	convert := func(b []byte) ([]string, error) {
 		var s sql.NullString
-		err := db.QueryRowContext(ctx, "SELECT CONVERT(CONVERT(UNHEX('"+hex.EncodeToString(b)+"') USING "+cs+") USING utf8mb4)").Scan(&s)
-		return s.String, err
+		if err := conn.QueryRowContext(ctx, "SELECT CONVERT(CONVERT(UNHEX('"+hex.EncodeToString(b)+"') USING "+cs+") USING utf8mb4)").Scan(&s); err != nil {
+			return nil, err
+		}
+		if !s.Valid {
+			return nil, fmt.Errorf("the server converted nothing")
+		}
+		return strings.Split(s.String, "\n"), nil
 	}
+	// one returns the piece of a sequence when the server read it as one character.
+	one := func(p string) (string, bool) { return p, utf8.RuneCountInString(p) == 1 }
 	if maxLen == 1 {
-		all := make([]byte, 256)
-		for i := range all {
-			all[i] = byte(i)
-		}
-		text, err := convert(all)
-		runes := []rune(text)
-		if err != nil || len(runes) != 256 {
-			return nil
-		}
 		var table [256]string
-		for i, r := range runes {
-			table[i] = string(r)
+		for i := range table {
+			table[i] = "?"
+		}
+		var buf []byte
+		for i := 0; i < 256; i++ {
+			if i != '\n' {
+				buf = append(buf, byte(i), '\n')
+			}
+		}
+		pieces, err := convert(buf)
+		if err != nil {
+			return nil, err
+		}
+		k := 0
+		for i := 0; i < 256; i++ {
+			if i == '\n' {
+				table[i] = "\n"
+				continue
+			}
+			if k < len(pieces) {
+				if p, ok := one(pieces[k]); ok {
+					table[i] = p
+				}
+			}
+			k++
+		}
+		asciiSame := true // not a given: swe7 has 'é' at 0x60
+		for i := 0; i < 0x80; i++ {
+			asciiSame = asciiSame && table[i] == string(rune(i))
 		}
 		return func(b []byte) (string, error) {
+			if asciiSame {
+				i := 0
+				for i < len(b) && b[i] < 0x80 {
+					i++
+				}
+				if i == len(b) {
+					return string(b), nil
+				}
+			}
 			var sb strings.Builder
 			sb.Grow(len(b) + len(b)/2)
-			for _, c := range b { // not even ASCII is a given: swe7 has 'é' at 0x60
+			for _, c := range b {
 				sb.WriteString(table[c])
 			}
 			return sb.String(), nil
+		}, nil
+	}
+	var singles [256]string
+	pairs := map[uint16]string{}
+	triples := map[uint32]string{}
+	var buf []byte
+	for c := 0x80; c <= 0xFF; c++ {
+		buf = append(buf, byte(c), '\n')
+	}
+	pieces, err := convert(buf)
+	if err != nil {
+		return nil, err
+	}
+	for k := 0; k < 0x80 && k < len(pieces); k++ {
+		if p, ok := one(pieces[k]); ok && p != "?" { // a lone lead byte is '?' too
+			singles[0x80+k] = p
 		}
 	}
-	if !derivedMultiByte[cs] {
-		return nil
-	}
-	pairs := map[uint16]string{}
 	for lead := 0x81; lead <= 0xFE; lead++ {
-		var buf []byte
+		buf = buf[:0]
 		for trail := 0x40; trail <= 0xFE; trail++ {
 			buf = append(buf, byte(lead), byte(trail), '\n')
 		}
-		text, err := convert(buf)
+		pieces, err := convert(buf)
 		if err != nil {
-			return nil
+			return nil, err
 		}
-		pieces := strings.Split(text, "\n")
-		if len(pieces) < 0xFE-0x40+1 {
-			return nil
-		}
-		for k := 0; k <= 0xFE-0x40; k++ {
-			if p := pieces[k]; utf8.RuneCountInString(p) == 1 && p != "?" {
+		for k := 0; k <= 0xFE-0x40 && k < len(pieces); k++ {
+			if p, ok := one(pieces[k]); ok {
 				pairs[uint16(lead)<<8|uint16(0x40+k)] = p
 			}
 		}
 	}
-	fallback := charsetDecoder(cs)
+	if cs == "ujis" || cs == "eucjpms" {
+		for b2 := 0xA1; b2 <= 0xFE; b2++ {
+			buf = buf[:0]
+			for b3 := 0xA1; b3 <= 0xFE; b3++ {
+				buf = append(buf, 0x8F, byte(b2), byte(b3), '\n')
+			}
+			pieces, err := convert(buf)
+			if err != nil {
+				return nil, err
+			}
+			for k := 0; k <= 0xFE-0xA1 && k < len(pieces); k++ {
+				if p, ok := one(pieces[k]); ok {
+					triples[uint32(b2)<<8|uint32(0xA1+k)] = p
+				}
+			}
+		}
+	}
 	return func(b []byte) (string, error) {
 		var sb strings.Builder
 		sb.Grow(len(b) * 2)
@@ -193,6 +274,13 @@ func serverDecoder(ctx context.Context, db *sql.DB, cs string) func([]byte) (str
 				i++
 				continue
 			}
+			if c == 0x8F && i+2 < len(b) {
+				if p, ok := triples[uint32(b[i+1])<<8|uint32(b[i+2])]; ok {
+					sb.WriteString(p)
+					i += 3
+					continue
+				}
+			}
 			if i+1 < len(b) {
 				if p, ok := pairs[uint16(c)<<8|uint16(b[i+1])]; ok {
 					sb.WriteString(p)
@@ -200,23 +288,24 @@ func serverDecoder(ctx context.Context, db *sql.DB, cs string) func([]byte) (str
 					continue
 				}
 			}
-			// Not a two-byte character the server knows (a three-byte EUC-JP sequence, say):
-			// the code page decoder, for the rest of this value.
-			if fallback == nil {
-				return sb.String() + string(b[i:]), fmt.Errorf("character set %s: no decoding for the bytes at %d", cs, i)
+			if p := singles[c]; p != "" {
+				sb.WriteString(p)
+			} else {
+				sb.WriteByte('?') // not well-formed: the server prints '?' too
 			}
-			rest, err := fallback(b[i:])
-			return sb.String() + rest, err
+			i++
 		}
 		return sb.String(), nil
-	}
+	}, nil
 }
 
-// decoder returns the decoder of charset: the server's own (serverDecoders) when the
-// table has it, else charsetDecoder's.
-func (t *Table) decoder(charset string) func([]byte) (string, error) {
-	if d, ok := t.decoders[strings.ToLower(charset)]; ok {
-		return d
+// decoder returns the decoder of charset: the server's own (see derivedMultiByte) when it
+// has one, else charsetDecoder's.
+func (t *Table) decoder(charset string) (func([]byte) (string, error), error) {
+	cs := strings.ToLower(charset)
+	d, err := serverDecoderFor(t.db, cs)
+	if err != nil || d != nil {
+		return d, err
 	}
-	return charsetDecoder(charset)
+	return charsetDecoder(cs), nil
 }

@@ -172,6 +172,11 @@ func masterStatus(q query) (Position, error) {
 	return pos, nil
 }
 
+// MasterStatus reads the server's current binlog end on conn (file and position).
+func MasterStatus(conn *client.Conn) (Position, error) {
+	return masterStatus(func(s string) ([][]string, error) { return connRows(conn, s) })
+}
+
 // ReadConsistent runs read inside a consistent snapshot on conn (a session of Connect)
 // and returns the snapshot's binlog position (without the GTID set; read gets it too,
 // with epoch set): every transaction before it is visible to read and none after it.
@@ -239,10 +244,10 @@ func CurrentPosition(ctx context.Context, db *sql.DB, flavor string, warn func(e
 	if warning != nil && warn != nil && noReloadWarned.CompareAndSwap(false, true) {
 		warn(warning)
 	}
-	if _, cerr := conn.ExecContext(qctx, "COMMIT"); cerr != nil || err != nil {
-		// Never pool a session whose state is unknown (a lock, a transaction).
-		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-	}
+	_, _ = conn.ExecContext(qctx, "COMMIT")
+	// Never back into the pool: its session settings were changed (isolation, lock
+	// timeout), and after an error its lock or transaction state is unknown.
+	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 	if err != nil {
 		return pos, fmt.Errorf("read the current binlog position: %w", err)
 	}

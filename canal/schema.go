@@ -28,9 +28,9 @@ type Table struct {
 	// charsets maps the server's collation ids to their character sets (for the
 	// binlog's per-column collations).
 	charsets map[uint64]string
-	// decoders are the server's own byte-to-text maps of the character sets the
-	// table's columns use (see serverDecoders); others decode with charsetDecoder.
-	decoders map[string]func([]byte) (string, error)
+	// db reads the server's own character set mappings when a binlog column needs one
+	// (see Table.decoder).
+	db *sql.DB
 	// Columns in ordinal order, and the primary key's column names in key order.
 	Columns []ColumnInfo
 	PK      []string
@@ -60,13 +60,7 @@ func LoadTables(ctx context.Context, db *sql.DB, cfgs []config.Table) ([]*Table,
 		t, err := loadTable(ctx, db, i, tc)
 		if t != nil {
 			t.charsets = charsets
-			used := map[string]bool{}
-			for _, c := range t.Columns {
-				if c.Charset != "" {
-					used[strings.ToLower(c.Charset)] = true
-				}
-			}
-			t.decoders = serverDecoders(ctx, db, used)
+			t.db = db
 		}
 		if err != nil {
 			if !errors.Is(err, ErrTable) {
@@ -303,7 +297,11 @@ func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder
 				}
 				if c.values != nil {
 					// The binlog's member strings are in the column's character set.
-					if dec := t.decoder(t.charsetOf(enumColls, i, info, known)); dec != nil {
+					dec, err := t.decoder(t.charsetOf(enumColls, i, info, known))
+					if err != nil {
+						return nil, err
+					}
+					if dec != nil {
 						vals := make([]string, len(c.values))
 						for j, v := range c.values {
 							vals[j], _ = dec([]byte(v))
@@ -315,12 +313,18 @@ func newDecoder(t *Table, tm *replication.TableMapEvent, mariadb bool) (*decoder
 				}
 			}
 			if c.kind == kindText {
-				c.decode = t.decoder(t.charsetOf(collations, i, info, known))
+				var err error
+				if c.decode, err = t.decoder(t.charsetOf(collations, i, info, known)); err != nil {
+					return nil, err
+				}
 			}
 		case mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_BLOB, mysql.MYSQL_TYPE_TINY_BLOB,
 			mysql.MYSQL_TYPE_MEDIUM_BLOB, mysql.MYSQL_TYPE_LONG_BLOB:
 			c.kind = kindText
-			c.decode = t.decoder(t.charsetOf(collations, i, info, known))
+			var err error
+			if c.decode, err = t.decoder(t.charsetOf(collations, i, info, known)); err != nil {
+				return nil, err
+			}
 		default:
 			c.kind = kindText
 		}

@@ -150,6 +150,10 @@ func (c *column) text(v any) (string, bool, error) {
 // appendText appends the SELECT text of a non-NULL v, without an intermediate string
 // for the integer kinds (primary keys are usually integers).
 func (c *column) appendText(dst []byte, v any) ([]byte, error) {
+	if c.zerofill > 0 {
+		s, _, err := c.render(v) // padded
+		return append(dst, s...), err
+	}
 	if c.kind == kindInt && !c.unsigned {
 		if i, ok := asInt64(v); ok {
 			return strconv.AppendInt(dst, i, 10), nil

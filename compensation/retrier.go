@@ -22,9 +22,9 @@ type Writer interface {
 	Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error
 }
 
-// notVisibleFor is how long a parked change may stay invisible to the retrier's reads
-// (a commit on its way) before the retrier writes what it reads anyway; notVisibleRetry
-// is how soon it reads again meanwhile.
+// notVisibleFor is how long a parked change may stay invisible to the retrier's reads (a
+// commit on its way) before each further wait is logged; notVisibleRetry is how soon it
+// reads again meanwhile.
 const (
 	notVisibleFor   = time.Minute
 	notVisibleRetry = 100 * time.Millisecond
@@ -41,6 +41,8 @@ type Retrier struct {
 	m     *metrics.Metrics
 	log   *zap.Logger
 	poll  atomic.Int64 // nanoseconds
+	// warned is when a change that stays invisible was last logged (Once's goroutine only).
+	warned time.Time
 }
 
 // NewRetrier returns a retrier polling every poll.
@@ -84,21 +86,20 @@ func (r *Retrier) Once(ctx context.Context) error {
 			continue
 		}
 		if e.Seq != "" && !c.Seq.IsZero() && string(layout.AppendSeq(nil, c.Seq)) < e.Seq {
-			if time.Since(e.UpdatedAt) < notVisibleFor {
-				// The read does not see the parked change yet: it is in the binlog, its
-				// commit is still on its way (group commit, semi-sync). Writing this
-				// older row would lose it; read again shortly.
-				r.m.CompensationRetries.WithLabelValues("not_visible").Inc()
-				if err := r.st.Postpone(ctx, e, notVisibleRetry); err != nil {
-					return err
-				}
-				continue
+			// The read does not see the parked change yet: it is in the binlog, its
+			// commit is still on its way (group commit, semi-sync waiting for a replica).
+			// Writing this older row would lose it; read again shortly. (A change from a
+			// history the source no longer has is from an earlier epoch, always before.)
+			r.m.CompensationRetries.WithLabelValues("not_visible").Inc()
+			if time.Since(e.UpdatedAt) > notVisibleFor && time.Since(r.warned) > time.Minute {
+				r.warned = time.Now()
+				r.log.Warn("a parked change is still not visible to the source's readers; waiting for its commit",
+					zap.String("key", e.RedisKey), zap.String("parked_at_seq", e.Seq), zap.String("read_at_seq", string(layout.AppendSeq(nil, c.Seq))))
 			}
-			// Still not visible long after it was parked: the change's position is from a
-			// history the source no longer has (a reset binlog, another server). The row
-			// as the source has it now is what there is.
-			r.log.Warn("a parked change is still not visible to readers after a minute; writing the row as the source has it now",
-				zap.String("key", e.RedisKey), zap.String("parked_at_seq", e.Seq))
+			if err := r.st.Postpone(ctx, e, notVisibleRetry); err != nil {
+				return err
+			}
+			continue
 		}
 		if !found {
 			// Deleted since: a tombstone, unless Redis holds a newer live row (the fetch

@@ -149,7 +149,10 @@ func TestTypeMatrixOnEveryPath(t *testing.T) {
 			execAll(t, admin, "SET GLOBAL binlog_row_metadata = "+metadata)
 			t.Cleanup(func() { execAll(t, admin, "SET GLOBAL binlog_row_metadata = "+was) })
 			ddl, rows, update := typeMatrix(t, admin)
-			e := newEnv(t, tableSpec{name: "type_matrix", ddl: ddl})
+			e := newEnv(t, tableSpec{name: "type_matrix", ddl: ddl},
+				// Key columns whose text the binlog path builds itself: ZEROFILL, a
+				// single-byte and a double-byte character set.
+				tableSpec{name: "zf_key", ddl: "CREATE TABLE zf_key (id INT(5) UNSIGNED ZEROFILL NOT NULL, c VARCHAR(8) CHARACTER SET sjis NOT NULL, l VARCHAR(8) CHARACTER SET swe7 NOT NULL, v INT, PRIMARY KEY (id, c, l)) ENGINE=InnoDB"})
 			c, err := e.db.Conn(t.Context())
 			testenv.Must(t, err, "conn")
 			defer c.Close()
@@ -163,6 +166,7 @@ func TestTypeMatrixOnEveryPath(t *testing.T) {
 			// lenient sql_mode; the writer's time zone differs from the mirror's.
 			exec("SET SESSION sql_mode = '', SESSION time_zone = '+05:30'")
 			exec(rows[0])
+			exec("INSERT INTO zf_key VALUES (5, 'ｱ〜', 'é`', 1)")
 			r := e.start(nil)
 			waitReady(t, r)
 			e.waitEqual(30 * time.Second)
@@ -171,10 +175,13 @@ func TestTypeMatrixOnEveryPath(t *testing.T) {
 			}
 			e.waitEqual(30 * time.Second)
 			exec(update)
+			exec("INSERT INTO zf_key VALUES (42, 'ｶﾀｶﾅ〜ｱ', 'Zé', 2), (7, '〜', '`', 3)")
+			exec("UPDATE zf_key SET v = v + 10")
+			exec("DELETE FROM zf_key WHERE id = 5")
 			e.waitEqual(30 * time.Second)
 			cfgPath := e.writeConfig(nil)
 			code, out := runCLI(t, time.Minute, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "reconcile", "-c", cfgPath)
-			if code != 0 || !strings.Contains(out, "no drift: 4 rows") {
+			if code != 0 || !strings.Contains(out, "no drift: 6 rows") {
 				t.Fatalf("reconcile: exit %d\n%s", code, out)
 			}
 		})

@@ -383,8 +383,9 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 	}
 }
 
-// floorPatience bounds how long a chunk waits for its floor (AtLeast) to become visible.
-const floorPatience = 30 * time.Second
+// floorPatience is how long a chunk waits for its floor (AtLeast) to become visible before
+// it checks that the floor is still in the source's binlog (and says that it waits).
+const floorPatience = 10 * time.Second
 
 // readAt runs query inside a consistent snapshot at or after the snapshot's floor and
 // returns that snapshot's exact position (see canal.ReadConsistent).
@@ -405,17 +406,29 @@ func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (can
 		}
 		// The stream has written a transaction this snapshot does not see yet: it is in
 		// the binlog, its commit is still on its way. Read again once it is visible.
+		(*res).Close()
 		if waitingSince.IsZero() {
 			waitingSince = time.Now()
 		} else if waited := time.Since(waitingSince); waited > floorPatience {
-			// Not a commit on its way (semi-sync gives up after its timeout, 10 s by
-			// default): the floor is from a history the source no longer has (a reset
-			// binlog). What the source has now is what there is.
-			r.s.log.Warn("a reload's reads still do not reach the position the stream had read; reading on from the source's current state (its binlog history was replaced?)",
+			// A commit on its way can take long (semi-sync waits for a replica up to its
+			// timeout), but when even the server's binlog ends before the floor, the floor
+			// is from a history the source no longer has (a reset binlog): read on from
+			// what the source has now, for this table's remaining chunks too.
+			end, err := canal.MasterStatus(r.conn)
+			if err != nil {
+				return pos, err
+			}
+			end.Epoch = r.s.epoch
+			if SeqOf(end).Less(r.s.floor) {
+				r.s.log.Warn("the source's binlog ends before the position the stream had read (its history was replaced): the reload reads on from the source's current state",
+					append(end.Fields(), zap.Duration("waited", waited))...)
+				r.s.floor = layout.Seq{}
+				continue
+			}
+			r.s.log.Warn("a reload waits for transactions the stream already read to become visible to readers (semi-sync waiting for a replica?)",
 				append(pos.Fields(), zap.Duration("waited", waited))...)
-			return pos, nil
+			waitingSince = time.Now()
 		}
-		(*res).Close()
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
