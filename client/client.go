@@ -28,6 +28,7 @@ import (
 	"github.com/invsync/invsync/layout"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -95,7 +96,18 @@ type Options struct {
 	LoadTimeout time.Duration
 	// Registerer, when set, receives the client's metrics.
 	Registerer prometheus.Registerer
+	// MaxLoads bounds the loader calls in flight (reads of MySQL for keys Redis does not
+	// hold); a lookup that would start one more fails at once with ErrOverloaded.
+	// Callers that give up (their context ends) leave their loads running to their
+	// LoadTimeout, so this is what bounds the load on MySQL. Default DefaultMaxLoads.
+	MaxLoads int
 }
+
+// DefaultMaxLoads is Options.MaxLoads's default.
+const DefaultMaxLoads = 64
+
+// ErrOverloaded is returned by Get when Options.MaxLoads loader calls are in flight.
+var ErrOverloaded = errors.New("client: overloaded: too many loader calls in flight (Options.MaxLoads); try again later")
 
 // Client reads through Redis.
 type Client struct {
@@ -105,6 +117,7 @@ type Client struct {
 	w       *layout.Writer
 	timeout time.Duration
 	flight  singleflight.Group
+	loads   *semaphore.Weighted
 	m       clientMetrics
 }
 
@@ -119,6 +132,8 @@ type clientMetrics struct {
 	nullHits    *prometheus.CounterVec
 	loads       *prometheus.CounterVec
 	bloomErrors *prometheus.CounterVec
+	fillErrors  *prometheus.CounterVec
+	overloaded  *prometheus.CounterVec
 }
 
 // New returns a client of the given tables; load reads MySQL on a miss.
@@ -132,8 +147,11 @@ func New(rdb redis.UniversalClient, tables []Table, load Loader, opts Options) (
 	if load == nil {
 		return nil, errors.New("client: a Loader is required")
 	}
+	if opts.MaxLoads <= 0 {
+		opts.MaxLoads = DefaultMaxLoads
+	}
 	_, cluster := rdb.(*redis.ClusterClient)
-	c := &Client{rdb: rdb, tables: map[string]*table{}, load: load, timeout: opts.LoadTimeout,
+	c := &Client{rdb: rdb, tables: map[string]*table{}, load: load, timeout: opts.LoadTimeout, loads: semaphore.NewWeighted(int64(opts.MaxLoads)),
 		// Fills create no tombstones; the TTL is the writer's required argument only.
 		w: layout.NewWriterWithNullTTL(rdb, 24*time.Hour, opts.NullTTL, cluster)}
 	bare := map[string]int{}
@@ -165,12 +183,16 @@ func New(rdb redis.UniversalClient, tables []Table, load Loader, opts Options) (
 		nullHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_null_cache_hits_total",
 			Help: "Lookups a null marker answered \"not found\" without a query to MySQL."}, []string{"table"}),
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_loader_calls_total",
-			Help: "Loader calls (reads of MySQL), by result: found, not_found, error."}, []string{"table", "result"}),
+			Help: "Loader calls (reads of MySQL), by result: found, not_found, error, panic."}, []string{"table", "result"}),
 		bloomErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_bloom_errors_total",
 			Help: "Bloom checks that failed (the key was then treated as possibly present)."}, []string{"table"}),
+		fillErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_fill_errors_total",
+			Help: "Fills (the loader's row or a null marker written to Redis) that Redis refused; the loader's answer was returned all the same."}, []string{"table"}),
+		overloaded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_overloaded_total",
+			Help: "Lookups refused with ErrOverloaded because Options.MaxLoads loader calls were in flight."}, []string{"table"}),
 	}
 	if opts.Registerer != nil {
-		for _, col := range []prometheus.Collector{c.m.gets, c.m.rejects, c.m.nullHits, c.m.loads, c.m.bloomErrors} {
+		for _, col := range []prometheus.Collector{c.m.gets, c.m.rejects, c.m.nullHits, c.m.loads, c.m.bloomErrors, c.m.fillErrors, c.m.overloaded} {
 			if err := opts.Registerer.Register(col); err != nil {
 				return nil, fmt.Errorf("client: register metrics: %w", err)
 			}
@@ -228,6 +250,11 @@ func (c *Client) Get(ctx context.Context, tableName string, pk ...string) (Resul
 		}
 	}
 	ch := c.flight.DoChan(t.Name+"\x00"+key, func() (any, error) {
+		if !c.loads.TryAcquire(1) {
+			c.m.overloaded.WithLabelValues(t.Name).Inc()
+			return Result{}, ErrOverloaded
+		}
+		defer c.loads.Release(1)
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 		defer cancel()
 		return c.loadAndFill(lctx, t, key, pk)
@@ -263,16 +290,18 @@ func (c *Client) loadAndFill(ctx context.Context, t *table, key string, pk []str
 	if res, present, err := c.read(ctx, key); err != nil || present {
 		return res, err
 	}
-	row, err := c.load(ctx, t.Name, pk)
+	row, err := c.callLoader(ctx, t, pk)
 	if err != nil {
-		c.m.loads.WithLabelValues(t.Name, "error").Inc()
 		return Result{}, fmt.Errorf("client: load %s %s: %w", t.Name, strings.Join(pk, ":"), err)
 	}
 	out := make([]layout.Outcome, 1)
 	if row == nil {
 		c.m.loads.WithLabelValues(t.Name, "not_found").Inc()
 		if err := c.w.Apply(ctx, []layout.Change{{Key: key, Op: layout.OpNull}}, out); err != nil || out[0].Err != nil {
-			return Result{}, fmt.Errorf("client: write the null marker of %s: %w", key, errors.Join(err, out[0].Err))
+			// Redis refuses the marker (a replica after a failover, OOM): the answer
+			// stands, only the next lookup reads MySQL again.
+			c.m.fillErrors.WithLabelValues(t.Name).Inc()
+			return Result{Source: FromDatabase}, nil
 		}
 		if out[0].Result == layout.Skipped {
 			// A key appeared meanwhile (the daemon inserted the row): it is the answer.
@@ -304,7 +333,9 @@ func (c *Client) loadAndFill(ctx context.Context, t *table, key string, pk []str
 		ch.Fields = append(ch.Fields, layout.Field{Name: n, Value: row.Fields[n]})
 	}
 	if err := c.w.Apply(ctx, []layout.Change{ch}, out); err != nil || out[0].Err != nil {
-		return Result{}, fmt.Errorf("client: fill %s: %w", key, errors.Join(err, out[0].Err))
+		// Redis refuses the fill: the row the loader found is the answer all the same.
+		c.m.fillErrors.WithLabelValues(t.Name).Inc()
+		return Result{Found: true, Source: FromDatabase, Row: Row{Fields: row.Fields, Version: version}}, nil
 	}
 	if out[0].Result == layout.Skipped {
 		// Redis holds a newer state (the daemon wrote it meanwhile): that is the answer.
@@ -313,6 +344,22 @@ func (c *Client) loadAndFill(ctx context.Context, t *table, key string, pk []str
 		}
 	}
 	return Result{Found: true, Source: FromDatabase, Row: Row{Fields: row.Fields, Version: version}}, nil
+}
+
+// callLoader calls the loader, turning a panic into an error for the callers of this key
+// (singleflight would re-raise it in a goroutine of its own, where nothing can recover it).
+func (c *Client) callLoader(ctx context.Context, t *table, pk []string) (row *Row, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.m.loads.WithLabelValues(t.Name, "panic").Inc()
+			row, err = nil, fmt.Errorf("the loader panicked: %v", p)
+		}
+	}()
+	row, err = c.load(ctx, t.Name, pk)
+	if err != nil {
+		c.m.loads.WithLabelValues(t.Name, "error").Inc()
+	}
+	return row, err
 }
 
 // ownKey is the key of the row's own primary key (see Table.PK), or key when the table's
