@@ -47,6 +47,17 @@ func OpenStateDB(cfg *config.Config, source *sql.DB) (*sql.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state.dsn %s: %v", config.RedactDSN(cfg.State.DSN), err)
 	}
+	// Every call has a deadline: a state database cut off must not hang the leader
+	// (its lock checks, its checkpoint) or a standby.
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = 30 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
 	conn, err := mysql.NewConnector(c)
 	if err != nil {
 		return nil, err

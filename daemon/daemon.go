@@ -592,7 +592,24 @@ func (d *Daemon) lead(ctx context.Context, stateDB *sql.DB) (*Lock, error) {
 	logged := false
 	var lastWarn time.Time
 	for {
-		lock, held, err := TryLock(ctx, stateDB, name)
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		lock, held, err := TryLock(tctx, stateDB, name)
+		cancel()
+		if err == nil && !held {
+			// The holder may be gone without its session knowing (frozen, powered off, cut
+			// off): once that session has been idle for the lease, take the lock over.
+			holder, idle, killed, terr := TakeOverIdleLock(ctx, stateDB, name, LeaseTimeout)
+			switch {
+			case killed:
+				d.log.Error("the leader's lock session has been idle for the lease (its instance froze, lost its host or was cut off): killed it to take over",
+					zap.String("lock", name), zap.Int64("session", holder), zap.Duration("idle", idle), zap.Duration("lease", LeaseTimeout))
+				continue
+			case terr != nil && time.Since(lastWarn) > 30*time.Second:
+				d.log.Warn("cannot check that the leader is alive; a leader that froze or was cut off keeps the lock until the server drops its session",
+					zap.String("lock", name), zap.Int64("session", holder), zap.Error(terr))
+				lastWarn = time.Now()
+			}
+		}
 		if err == nil && held {
 			if logged {
 				d.log.Info("leading now: the other instance is gone", zap.String("lock", name))

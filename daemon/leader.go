@@ -5,7 +5,11 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/invsync/invsync/config"
 )
@@ -68,11 +72,54 @@ func TryLock(ctx context.Context, db *sql.DB, name string) (l *Lock, held bool, 
 	return l, true, nil
 }
 
-// Release gives the lock up.
+// Release gives the lock up (within a few seconds: a server cut off does not hold it).
 func (l *Lock) Release() {
 	if l == nil {
 		return
 	}
-	_, _ = l.conn.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", l.name)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = l.conn.ExecContext(ctx, "DO RELEASE_LOCK(?)", l.name)
 	l.conn.Close()
+}
+
+// LeaseTimeout is how long the leader's lock session may stay idle before a standby
+// takes the lock over: the leader uses it every second (Held), so an idle session is a
+// leader that froze, lost its host or was cut off, whose connection the server would keep
+// (and the lock with it) until TCP keepalive gives up, hours later. A leader that cannot
+// use its session for 5 s stops leading by itself, well within the lease.
+const LeaseTimeout = 15 * time.Second
+
+// ErrHolderNotVisible is returned by TakeOverIdleLock when the lock's holder is not in
+// the processlist the invsync user may see.
+var ErrHolderNotVisible = errors.New("the leader lock's holder is not visible in the processlist")
+
+// TakeOverIdleLock kills the session holding the named lock when it has been idle for at
+// least lease (see LeaseTimeout), so that the next TryLock takes the lock; it reports the
+// holder's id and idle time, and whether it killed it. Both instances must run as the same
+// MySQL user, or the standby needs PROCESS and CONNECTION ADMIN (SUPER on older servers).
+func TakeOverIdleLock(ctx context.Context, db *sql.DB, name string, lease time.Duration) (holder int64, idle time.Duration, killed bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var id, secs sql.NullInt64
+	var command sql.NullString
+	err = db.QueryRowContext(ctx, "SELECT p.ID, p.TIME, p.COMMAND FROM information_schema.PROCESSLIST p WHERE p.ID = IS_USED_LOCK(?)", name).Scan(&id, &secs, &command)
+	if errors.Is(err, sql.ErrNoRows) {
+		var used sql.NullInt64
+		if err := db.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", name).Scan(&used); err != nil || !used.Valid {
+			return 0, 0, false, err // released meanwhile
+		}
+		return used.Int64, 0, false, ErrHolderNotVisible
+	}
+	if err != nil {
+		return 0, 0, false, err
+	}
+	holder, idle = id.Int64, time.Duration(secs.Int64)*time.Second
+	if !strings.EqualFold(command.String, "Sleep") || idle < lease {
+		return holder, idle, false, nil
+	}
+	if _, err := db.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(holder, 10)); err != nil {
+		return holder, idle, false, fmt.Errorf("kill the idle lock session %d: %w (fix: run every instance as the same MySQL user, or GRANT CONNECTION ADMIN)", holder, err)
+	}
+	return holder, idle, true, nil
 }

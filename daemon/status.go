@@ -27,6 +27,10 @@ type StatusReport struct {
 	// LeaderConnection is the state database connection id holding the leader lock; 0
 	// when no instance leads.
 	LeaderConnection int64
+	// LeaderIdle is how long the leader's lock session has been idle (-1 when it is not
+	// visible to the invsync user); past LeaseTimeout its instance is gone and a standby
+	// takes over.
+	LeaderIdle time.Duration
 	// Daemon is read from the daemon's /metrics on http.listen; DaemonErr says why not.
 	DaemonReachable bool
 	DaemonErr       string
@@ -85,6 +89,15 @@ func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
 		return nil, err
 	}
 	st.LeaderConnection = holder.Int64
+	if holder.Valid {
+		st.LeaderIdle = -1
+		var secs sql.NullInt64
+		if err := stateDB.QueryRowContext(ctx, "SELECT TIME FROM information_schema.PROCESSLIST WHERE ID = ? AND COMMAND = 'Sleep'", holder.Int64).Scan(&secs); err == nil {
+			st.LeaderIdle = time.Duration(secs.Int64) * time.Second
+		} else if errors.Is(err, sql.ErrNoRows) {
+			st.LeaderIdle = 0 // busy, or not visible: assume alive
+		}
+	}
 	comp, err := compensation.Open(ctx, stateDB, cfg.State.Schema, compensation.NewSchedule(cfg.Compensation), time.Now)
 	if err != nil {
 		return nil, err

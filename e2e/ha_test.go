@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/internal/testenv"
 )
 
@@ -97,4 +99,42 @@ func waitHTTP(t *testing.T, url string, want int, timeout time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Issue 13, part 1: a leader that stops without its connections being closed (its host
+// lost power or froze, a partition that drops packets) keeps its named lock on the server
+// for as long as TCP keepalive takes: hours. Here the leader process is frozen (SIGSTOP):
+// its sockets stay open and silent. The standby takes the lock over once the leader's
+// lock session has been idle for the lease (daemon.LeaseTimeout); the old leader, woken
+// up, finds its lock gone and stands by; the end state equals MySQL.
+func TestStandbyLeadsWhenTheLeaderFreezes(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 500)
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	a := startProc(t, e.writeConfig(func(c *config.Config) { c.HTTP.Listen = addrA }), addrA)
+	e.waitEqual(30 * time.Second)
+	b := spawnProc(t, e.writeConfig(func(c *config.Config) { c.HTTP.Listen = addrB }), addrB)
+	waitHTTP(t, "http://"+addrB+"/healthz", 200, 30*time.Second)
+	time.Sleep(time.Second)
+	if code, _ := httpGet("http://" + addrB + "/readyz"); code != 503 {
+		t.Fatalf("the standby's /readyz = %d while the leader lives, want 503", code)
+	}
+	testenv.Must(t, a.cmd.Process.Signal(syscall.SIGSTOP), "SIGSTOP")
+	frozen := time.Now()
+	defer func() { _ = a.cmd.Process.Signal(syscall.SIGCONT) }()
+	execAll(t, e.db, "UPDATE inventory SET stock = stock + 7, version = version + 1 WHERE sku < 50")
+	waitHTTP(t, "http://"+addrB+"/readyz", 200, 60*time.Second)
+	took := time.Since(frozen)
+	t.Logf("the standby leads %s after the leader froze (lease %s)", took.Round(time.Millisecond), daemon.LeaseTimeout)
+	e.waitEqual(30 * time.Second)
+	// The old leader wakes up: its lock is gone, it stands by.
+	testenv.Must(t, a.cmd.Process.Signal(syscall.SIGCONT), "SIGCONT")
+	waitHTTP(t, "http://"+addrA+"/readyz", 503, 15*time.Second)
+	execAll(t, e.db, "UPDATE inventory SET stock = stock + 1, version = version + 1 WHERE sku >= 450")
+	e.waitEqual(30 * time.Second)
+	if code, _ := httpGet("http://" + addrA + "/readyz"); code != 503 {
+		t.Fatalf("the old leader's /readyz = %d after it woke up, want 503 (standing by)", code)
+	}
+	b.terminate(t)
+	a.terminate(t)
 }

@@ -28,9 +28,13 @@ func statusCmd(cfg *config.Config, cfgPath string, stdout, stderr io.Writer) int
 		fmt.Fprintf(tw, "checkpoint\tnone yet\t(the first `invsync run` loads every table)\n")
 	}
 	fmt.Fprintf(tw, "source\t%s\t(the binlog's current end)\n", st.Source)
-	if st.LeaderConnection != 0 {
+	switch {
+	case st.LeaderConnection != 0 && st.LeaderIdle >= daemon.LeaseTimeout:
+		fmt.Fprintf(tw, "leader\tgone\t(state database connection %d holds %s but has been idle %s, past the %s lease: its instance froze or was cut off; a standby takes over)\n",
+			st.LeaderConnection, daemon.LockName(cfg), st.LeaderIdle, daemon.LeaseTimeout)
+	case st.LeaderConnection != 0:
 		fmt.Fprintf(tw, "leader\tan instance leads\t(state database connection %d holds %s)\n", st.LeaderConnection, daemon.LockName(cfg))
-	} else {
+	default:
 		fmt.Fprintf(tw, "leader\tnone\t(no instance runs this config)\n")
 	}
 	switch {
