@@ -55,7 +55,7 @@ func (d *Daemon) rebuildHandler(w http.ResponseWriter, r *http.Request) {
 	}
 	k := d.keeper.Load()
 	if k == nil {
-		http.Error(w, "not running yet", http.StatusServiceUnavailable)
+		http.Error(w, "this instance does not lead the config (it stands by or is starting): ask the instance that leads (invsync status names its lock session)", http.StatusServiceUnavailable)
 		return
 	}
 	if err := k.RebuildFromSource(r.Context()); err != nil {

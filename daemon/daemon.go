@@ -260,6 +260,9 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		return err
 	}
 	d.keeper.Store(keeper)
+	// The filters are the leader's: once it stops leading, a rebuild asked of it must
+	// not swap one in under the instance that leads then.
+	defer d.keeper.CompareAndSwap(keeper, nil)
 	// Every row write sets its key's bloom bits first (see bloom.Keeper).
 	live := d.live.Load()
 	rawWriter := newWriter(d.cfg, rdb)

@@ -31,6 +31,27 @@ type Lock struct {
 	conn *sql.Conn
 	name string
 	id   int64 // the connection's id on the state database
+	stop chan struct{}
+	done chan struct{}
+}
+
+// keepAlive uses the lock's session every second while the lock is held, so that it
+// never looks idle to a standby (see LeaseTimeout), whatever the holder does meanwhile
+// (a long snapshot or reconciliation by the CLI).
+func (l *Lock) keepAlive() {
+	defer close(l.done)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, _ = l.conn.ExecContext(ctx, "DO 0")
+		cancel()
+	}
 }
 
 // ID is the state database connection id that holds the lock.
@@ -64,7 +85,8 @@ func TryLock(ctx context.Context, db *sql.DB, name string) (l *Lock, held bool, 
 		conn.Close()
 		return nil, false, nil
 	}
-	l = &Lock{conn: conn, name: name}
+	l = &Lock{conn: conn, name: name, stop: make(chan struct{}), done: make(chan struct{})}
+	go l.keepAlive()
 	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&l.id); err != nil {
 		l.Release()
 		return nil, false, err
@@ -77,6 +99,8 @@ func (l *Lock) Release() {
 	if l == nil {
 		return
 	}
+	close(l.stop)
+	<-l.done
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, _ = l.conn.ExecContext(ctx, "DO RELEASE_LOCK(?)", l.name)

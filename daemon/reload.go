@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"syscall"
@@ -13,13 +14,13 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/config"
-	"github.com/spf13/viper"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
-// WithReload makes the daemon reload the config file at path when it changes (viper's
-// WatchConfig) and on SIGHUP; level is the logger's level, which log.level sets.
+// WithReload makes the daemon reload the config file at path when it changes (a watch on
+// its directory, so that a replaced file is followed too) and on SIGHUP; level is the
+// logger's level, which log.level sets.
 func WithReload(path string, level zap.AtomicLevel) Option {
 	return func(d *Daemon) {
 		d.reloadPath = path
@@ -48,13 +49,13 @@ func (d *Daemon) watchConfig(ctx context.Context) {
 		default:
 		}
 	}
-	v := viper.New()
-	v.SetConfigFile(d.reloadPath)
-	if err := v.ReadInConfig(); err == nil {
-		v.OnConfigChange(func(fsnotify.Event) { fire("the file changed") })
-		v.WatchConfig()
-	} else {
+	// The directory is watched, not the file: editors, `install` and config management
+	// replace a file (remove and create, or rename over it), and a watch on the file
+	// itself (viper's WatchConfig) ends with the file it watched.
+	if stop, err := watchFile(ctx, d.reloadPath, func() { fire("the file changed") }, d.log); err != nil {
 		d.log.Warn("cannot watch the config file; reload with SIGHUP", zap.String("file", d.reloadPath), zap.Error(err))
+	} else {
+		defer stop()
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -131,6 +132,50 @@ func (d *Daemon) reload(why string) {
 	if len(restart) > 0 {
 		d.log.Warn("config reloaded, but these changes need a restart of invsync to take effect", zap.Strings("restart_needed", restart))
 	}
+}
+
+// watchFile calls changed whenever the file at path is written, created, renamed onto or
+// removed and created again, until ctx ends or the returned function is called. It
+// watches the file's directory, and logs if the watch itself ends.
+func watchFile(ctx context.Context, path string, changed func(), log *zap.Logger) (stop func(), err error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	if err := w.Add(filepath.Dir(abs)); err != nil {
+		w.Close()
+		return nil, err
+	}
+	target := filepath.Clean(abs)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev, ok := <-w.Events:
+				if !ok {
+					log.Error("the config file watch ended; reload with SIGHUP", zap.String("file", path))
+					return
+				}
+				if filepath.Clean(ev.Name) == target && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
+					changed()
+				}
+			case err, ok := <-w.Errors:
+				if !ok {
+					log.Error("the config file watch ended; reload with SIGHUP", zap.String("file", path))
+					return
+				}
+				log.Warn("config file watch error", zap.String("file", path), zap.Error(err))
+			}
+		}
+	}()
+	return func() { w.Close(); <-done }, nil
 }
 
 func isLive(key string) bool {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net/http"
 	"syscall"
 	"testing"
 	"time"
@@ -137,4 +138,62 @@ func TestStandbyLeadsWhenTheLeaderFreezes(t *testing.T) {
 	}
 	b.terminate(t)
 	a.terminate(t)
+}
+
+// Issue 13, part 2: POST /bloom/rebuild sent to an instance that led before and stands by
+// now is refused: its filters are no longer the ones Redis holds (before, it swapped its
+// own in under the real leader).
+func TestBloomRebuildOnAFormerLeaderIsRefused(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 100)
+	r := e.start(nil)
+	waitReady(t, r)
+	base := "http://" + r.d.Addr()
+	// Take the lock away from it and keep it: it stands by.
+	admin := testenv.DB(t, "")
+	lockConn, err := admin.Conn(context.Background())
+	testenv.Must(t, err, "conn")
+	defer lockConn.Close()
+	var id int64
+	testenv.Must(t, admin.QueryRow("SELECT IS_USED_LOCK(?)", daemon.LockName(e.cfg)).Scan(&id), "holder")
+	_, err = admin.Exec("KILL ?", id)
+	testenv.Must(t, err, "kill the lock session")
+	var got int64
+	testenv.Must(t, lockConn.QueryRowContext(context.Background(), "SELECT GET_LOCK(?, 10)", daemon.LockName(e.cfg)).Scan(&got), "take the lock")
+	if got != 1 {
+		t.Fatal("the test could not take the lock")
+	}
+	waitHTTP(t, base+"/readyz", 503, 15*time.Second)
+	resp, err := http.Post(base+"/bloom/rebuild", "", nil)
+	testenv.Must(t, err, "POST /bloom/rebuild")
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Fatal("an instance that stands by rebuilt and swapped in the Bloom filters")
+	}
+}
+
+// A lock holder that is alive but busy for longer than the lease (`invsync snapshot` or
+// `invsync reconcile`, which hold the leader lock while they run) keeps its lock: its
+// session is used every second whatever it does, so a standby never takes it over.
+func TestBusyLockHolderKeepsTheLock(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	// As the daemon's user: the standby sees its own user's sessions.
+	stateDB, err := daemon.OpenSourceDB(e.cfg.Source)
+	testenv.Must(t, err, "open")
+	defer stateDB.Close()
+	lock, held, err := daemon.TryLock(context.Background(), stateDB, daemon.LockName(e.cfg))
+	testenv.Must(t, err, "lock")
+	if !held {
+		t.Fatal("the lock is taken")
+	}
+	defer lock.Release()
+	r := e.start(nil)
+	waitFor(t, "the daemon's HTTP endpoint", 10*time.Second, func() bool { return r.d.Addr() != "" })
+	time.Sleep(daemon.LeaseTimeout + 2*time.Second)
+	if code, _ := httpGet("http://" + r.d.Addr() + "/readyz"); code != 503 {
+		t.Fatalf("the daemon leads (/readyz %d) while a live holder has the lock", code)
+	}
+	if err := lock.Held(context.Background()); err != nil {
+		t.Fatalf("the busy holder lost its lock: %v", err)
+	}
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,6 +100,40 @@ func TestConfigReload(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(p.log); strings.Contains(string(b), testenv.AppPassword()) {
 		t.Fatal("the log contains the password")
+	}
+	p.terminate(t)
+}
+
+// Issue 13, part 2: the config file keeps being watched when it is replaced, as editors,
+// `install` and config management do it: removed and created again, or a new file
+// renamed over it (a watch on the file itself ended with the first one).
+func TestConfigReloadAfterTheFileIsReplaced(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	addr := freeAddr(t)
+	cfg := *e.cfg
+	cfg.HTTP.Listen = addr
+	cfg.Log.Level = "info"
+	path := writeConfigTo(t, &cfg)
+	p := startProc(t, path, addr)
+	for i, replace := range []func(string){
+		func(s string) { // rm + cp
+			testenv.Must(t, os.Remove(path), "rm")
+			time.Sleep(200 * time.Millisecond)
+			testenv.Must(t, os.WriteFile(path, []byte(s), 0o600), "create")
+		},
+		func(s string) { // write a new file, rename it over the old one
+			tmp := path + ".new"
+			testenv.Must(t, os.WriteFile(tmp, []byte(s), 0o600), "write")
+			testenv.Must(t, os.Rename(tmp, path), "rename")
+		},
+		func(s string) { // and an edit in place still works after both
+			testenv.Must(t, os.WriteFile(path, []byte(s), 0o600), "write")
+		},
+	} {
+		at := logSize(p)
+		cfg.Sink.BatchSize = 100 + i
+		replace(renderConfig(&cfg))
+		waitLog(t, p, at, `"applied":["sink.batch_size=`+strconv.Itoa(100+i)+`"]`, 3*time.Second)
 	}
 	p.terminate(t)
 }
