@@ -648,15 +648,15 @@ func markerKey(cfg *config.Config) string {
 	return "invsync:marker:" + cfg.State.Schema
 }
 
-// watchDataLoss checks the marker key every dataLossCheck; when it is gone, it writes it
-// again and loads every table while the stream goes on. The reload stamps its rows with
+// watchDataLoss checks the marker key every dataLossCheck; when it is gone, it loads every
+// table while the stream goes on, and writes the marker again once that is done. The reload stamps its rows with
 // the binlog position each chunk was read at, so they are ordered against the stream's
 // by position and the two can run at once; there is no sweep (after a loss nothing stale
 // is left to remove, and a sweep would race the stream's inserts).
 func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string, floor func() layout.Seq) {
 	everyTick(ctx, dataLossCheck, func() bool {
-		set, err := rdb.SetNX(ctx, marker, time.Now().UTC().Format(time.RFC3339), 0).Result()
-		if err != nil || !set {
+		n, err := rdb.Exists(ctx, marker).Result()
+		if err != nil || n == 1 {
 			return true // unreachable (the sink reports that) or still there
 		}
 		d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
@@ -665,9 +665,16 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 		// The reload must see what the stream had written before the loss, also a
 		// transaction already in the binlog but not yet visible to readers.
 		snap := snapshot.New(d.cfg, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep().AtLeast(floor())
-		if _, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log)); err != nil && ctx.Err() == nil {
-			d.log.Error("reload after Redis data loss failed; will try again", zap.Error(err))
-			_ = rdb.Del(ctx, marker).Err()
+		if _, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log)); err != nil {
+			if ctx.Err() == nil {
+				d.log.Error("reload after Redis data loss failed; will try again", zap.Error(err))
+			}
+			return true // the marker stays missing: the next check, or the next leader, loads again
+		}
+		// Only a finished reload writes the marker: one interrupted (a stop, a kill -9,
+		// the lock lost) leaves it missing, and whoever leads next loads every table.
+		if err := rdb.Set(ctx, marker, time.Now().UTC().Format(time.RFC3339), 0).Err(); err != nil {
+			d.log.Warn("cannot write the data-loss marker", zap.String("key", marker), zap.Error(err))
 		}
 		return true
 	})

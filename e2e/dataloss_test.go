@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/snapshot"
@@ -76,4 +77,35 @@ func TestConcurrentReloadIsOrderedByPosition(t *testing.T) {
 	if h := e.rdb.HGetAll(ctx, k1).Val(); h["name"] != "old incarnation" || h["_s"] == "" {
 		t.Fatalf("the reload did not write an absent key: %v", h)
 	}
+}
+
+// Issue 13, part 2: a reload after Redis lost its data that is interrupted (here the
+// leader is stopped during it; a kill -9 or a lost lock do the same) is finished by
+// whoever leads next: the data-loss marker is written only once a reload is done.
+func TestInterruptedDataLossReloadIsResumed(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	const db = 9
+	e.cfg.Redis.DB = db
+	e.rdb = redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(), DB: db})
+	t.Cleanup(func() { e.rdb.FlushDB(context.Background()); e.rdb.Close() })
+	loadRows(t, e, 20_000)
+	e.cfg.Snapshot.RowsPerSecond = 4000 // a reload of about 5 s
+	e.cfg.Snapshot.ChunkSize = 500
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	a := startProc(t, e.writeConfig(func(c *config.Config) { c.HTTP.Listen = addrA }), addrA)
+	e.waitEqual(60 * time.Second)
+	b := spawnProc(t, e.writeConfig(func(c *config.Config) { c.HTTP.Listen = addrB }), addrB)
+	waitHTTP(t, "http://"+addrB+"/healthz", 200, 30*time.Second)
+	testenv.Must(t, e.rdb.FlushDB(context.Background()).Err(), "FLUSHDB")
+	waitFor(t, "the reload under way", 10*time.Second, func() bool {
+		n, _ := e.rdb.DBSize(context.Background()).Result()
+		return n > 2000
+	})
+	a.terminate(t)
+	if n, _ := e.rdb.DBSize(context.Background()).Result(); n > 15_000 {
+		t.Fatalf("the reload was over before the stop (%d keys): the test proves nothing", n)
+	}
+	waitHTTP(t, "http://"+addrB+"/readyz", 200, 30*time.Second)
+	e.waitEqual(60 * time.Second)
+	b.terminate(t)
 }
