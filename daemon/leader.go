@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/invsync/invsync/config"
@@ -33,6 +34,10 @@ type Lock struct {
 	id   int64 // the connection's id on the state database
 	stop chan struct{}
 	done chan struct{}
+	// mu serialises the uses of conn: the driver cannot run a statement on a session
+	// while another one's rows are being read (it breaks the session: "invalid
+	// connection", and the lock with it).
+	mu sync.Mutex
 }
 
 // keepAlive uses the lock's session every second while the lock is held, so that it
@@ -49,7 +54,9 @@ func (l *Lock) keepAlive() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		l.mu.Lock()
 		_, _ = l.conn.ExecContext(ctx, "DO 0")
+		l.mu.Unlock()
 		cancel()
 	}
 }
@@ -60,7 +67,10 @@ func (l *Lock) ID() int64 { return l.id }
 // Held checks that the lock's connection is alive and still holds it.
 func (l *Lock) Held(ctx context.Context) error {
 	var ok sql.NullInt64
-	if err := l.conn.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?) = CONNECTION_ID()", l.name).Scan(&ok); err != nil {
+	l.mu.Lock()
+	err := l.conn.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?) = CONNECTION_ID()", l.name).Scan(&ok)
+	l.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("the leader lock's connection: %w", err)
 	}
 	if ok.Int64 != 1 {
@@ -86,11 +96,14 @@ func TryLock(ctx context.Context, db *sql.DB, name string) (l *Lock, held bool, 
 		return nil, false, nil
 	}
 	l = &Lock{conn: conn, name: name, stop: make(chan struct{}), done: make(chan struct{})}
-	go l.keepAlive()
 	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&l.id); err != nil {
-		l.Release()
+		close(l.done)
+		close(l.stop)
+		_, _ = conn.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", name)
+		conn.Close()
 		return nil, false, err
 	}
+	go l.keepAlive()
 	return l, true, nil
 }
 
@@ -101,6 +114,8 @@ func (l *Lock) Release() {
 	}
 	close(l.stop)
 	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, _ = l.conn.ExecContext(ctx, "DO RELEASE_LOCK(?)", l.name)

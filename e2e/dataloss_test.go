@@ -10,7 +10,6 @@ import (
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/snapshot"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
@@ -19,11 +18,7 @@ import (
 // Redis equals MySQL again within 30 s, without restarting the daemon.
 func TestRedisDataLossHealsWhileStreaming(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	// A database of its own, so that flushing it touches no other test.
-	const db = 7
-	e.cfg.Redis.DB = db
-	e.rdb = redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(), DB: db})
-	t.Cleanup(func() { e.rdb.FlushDB(context.Background()); e.rdb.Close() })
+	e.ownRedisDB(7) // flushed by the test
 	loadRows(t, e, 3000)
 	r := e.start(nil)
 	waitReady(t, r)
@@ -84,10 +79,7 @@ func TestConcurrentReloadIsOrderedByPosition(t *testing.T) {
 // whoever leads next: the data-loss marker is written only once a reload is done.
 func TestInterruptedDataLossReloadIsResumed(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	const db = 9
-	e.cfg.Redis.DB = db
-	e.rdb = redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(), DB: db})
-	t.Cleanup(func() { e.rdb.FlushDB(context.Background()); e.rdb.Close() })
+	e.ownRedisDB(9) // flushed by the test
 	loadRows(t, e, 20_000)
 	e.cfg.Snapshot.RowsPerSecond = 4000 // a reload of about 5 s
 	e.cfg.Snapshot.ChunkSize = 500

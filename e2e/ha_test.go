@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -195,5 +196,40 @@ func TestBusyLockHolderKeepsTheLock(t *testing.T) {
 	}
 	if err := lock.Held(context.Background()); err != nil {
 		t.Fatalf("the busy holder lost its lock: %v", err)
+	}
+}
+
+// The lock's session is used by its keep-alive and by the leader's checks at once; the
+// uses are serialised (concurrent statements on one session broke it in CI: "invalid
+// connection", and the leader lost its lock in the middle of a DDL reload).
+func TestLockSessionUsedConcurrently(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	stateDB, err := daemon.OpenSourceDB(e.cfg.Source)
+	testenv.Must(t, err, "open")
+	defer stateDB.Close()
+	lock, held, err := daemon.TryLock(context.Background(), stateDB, daemon.LockName(e.cfg))
+	testenv.Must(t, err, "lock")
+	if !held {
+		t.Fatal("the lock is taken")
+	}
+	defer lock.Release()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); {
+				if err := lock.Held(context.Background()); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("the lock's session broke under concurrent use: %v", err)
 	}
 }

@@ -350,6 +350,14 @@ func openStore(tb testing.TB, schema string) *checkpoint.Store {
 	return st
 }
 
+// ownRedisDB points the env (the daemon's config and e.rdb) at Redis database db, which
+// the test flushes freely; it is flushed again when the test ends.
+func (e *env) ownRedisDB(db int) {
+	e.cfg.Redis.DB = db
+	e.rdb = redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(), DB: db})
+	e.t.Cleanup(func() { e.rdb.FlushDB(context.Background()); e.rdb.Close() })
+}
+
 // currentPosition is the source's binlog position now (of a consistent snapshot: every
 // transaction before it is committed).
 func (e *env) currentPosition() canal.Position {

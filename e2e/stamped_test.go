@@ -13,7 +13,6 @@ import (
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/reconcile"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
@@ -140,10 +139,7 @@ func TestStampedReadsSeeEverythingBeforeTheirPosition(t *testing.T) {
 	t.Run("reload after a data loss", func(t *testing.T) {
 		e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
 		stateOutsideTheBinlog(e)
-		const db = 7
-		e.cfg.Redis.DB = db
-		e.rdb = redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(), DB: db})
-		t.Cleanup(func() { e.rdb.FlushDB(context.Background()); e.rdb.Close() })
+		e.ownRedisDB(7) // flushed by the test
 		loadRows(t, e, 100)
 		r := e.start(nil)
 		waitReady(t, r)
@@ -197,10 +193,7 @@ func TestStampedReadsSeeEverythingBeforeTheirPosition(t *testing.T) {
 func TestStampedReadsUnderHotKeyStress(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
 	stateOutsideTheBinlog(e)
-	const db = 8
-	e.cfg.Redis.DB = db
-	e.rdb = redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(), DB: db})
-	t.Cleanup(func() { e.rdb.FlushDB(context.Background()); e.rdb.Close() })
+	e.ownRedisDB(8) // flushed by the test
 	e.cfg.Compensation.PollInterval = 50 * time.Millisecond
 	e.cfg.Compensation.InitialBackoff = 100 * time.Millisecond
 	e.cfg.Compensation.MaxBackoff = 500 * time.Millisecond
