@@ -232,35 +232,33 @@ func buildServerDecoder(ctx context.Context, db *sql.DB, cs string) (func([]byte
 			singles[0x80+k] = p
 		}
 	}
-	for lead := 0x81; lead <= 0xFE; lead++ {
+	// each asks for prefix+last, for every last byte from lo to hi, in one query, and
+	// calls put with the last byte of each sequence the server read as one character.
+	each := func(prefix []byte, lo, hi int, put func(last int, p string)) error {
 		buf = buf[:0]
-		for trail := 0x40; trail <= 0xFE; trail++ {
-			buf = append(buf, byte(lead), byte(trail), '\n')
+		for last := lo; last <= hi; last++ {
+			buf = append(append(buf, prefix...), byte(last), '\n')
 		}
 		pieces, err := convert(buf)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		for k := 0; k <= 0xFE-0x40 && k < len(pieces); k++ {
+		for k := 0; k <= hi-lo && k < len(pieces); k++ {
 			if p, ok := one(pieces[k]); ok {
-				pairs[uint16(lead)<<8|uint16(0x40+k)] = p
+				put(lo+k, p)
 			}
+		}
+		return nil
+	}
+	for lead := 0x81; lead <= 0xFE; lead++ {
+		if err := each([]byte{byte(lead)}, 0x40, 0xFE, func(trail int, p string) { pairs[uint16(lead)<<8|uint16(trail)] = p }); err != nil {
+			return nil, err
 		}
 	}
 	if cs == "ujis" || cs == "eucjpms" {
 		for b2 := 0xA1; b2 <= 0xFE; b2++ {
-			buf = buf[:0]
-			for b3 := 0xA1; b3 <= 0xFE; b3++ {
-				buf = append(buf, 0x8F, byte(b2), byte(b3), '\n')
-			}
-			pieces, err := convert(buf)
-			if err != nil {
+			if err := each([]byte{0x8F, byte(b2)}, 0xA1, 0xFE, func(b3 int, p string) { triples[uint32(b2)<<8|uint32(b3)] = p }); err != nil {
 				return nil, err
-			}
-			for k := 0; k <= 0xFE-0xA1 && k < len(pieces); k++ {
-				if p, ok := one(pieces[k]); ok {
-					triples[uint32(b2)<<8|uint32(0xA1+k)] = p
-				}
 			}
 		}
 	}

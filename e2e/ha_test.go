@@ -178,16 +178,7 @@ func TestBloomRebuildOnAFormerLeaderIsRefused(t *testing.T) {
 // session is used every second whatever it does, so a standby never takes it over.
 func TestBusyLockHolderKeepsTheLock(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	// As the daemon's user: the standby sees its own user's sessions.
-	stateDB, err := daemon.OpenSourceDB(e.cfg.Source)
-	testenv.Must(t, err, "open")
-	defer stateDB.Close()
-	lock, held, err := daemon.TryLock(context.Background(), stateDB, daemon.LockName(e.cfg))
-	testenv.Must(t, err, "lock")
-	if !held {
-		t.Fatal("the lock is taken")
-	}
-	defer lock.Release()
+	lock := holdLeaderLock(t, e)
 	r := e.start(nil)
 	waitFor(t, "the daemon's HTTP endpoint", 10*time.Second, func() bool { return r.d.Addr() != "" })
 	time.Sleep(daemon.LeaseTimeout + 2*time.Second)
@@ -204,15 +195,7 @@ func TestBusyLockHolderKeepsTheLock(t *testing.T) {
 // connection", and the leader lost its lock in the middle of a DDL reload).
 func TestLockSessionUsedConcurrently(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	stateDB, err := daemon.OpenSourceDB(e.cfg.Source)
-	testenv.Must(t, err, "open")
-	defer stateDB.Close()
-	lock, held, err := daemon.TryLock(context.Background(), stateDB, daemon.LockName(e.cfg))
-	testenv.Must(t, err, "lock")
-	if !held {
-		t.Fatal("the lock is taken")
-	}
-	defer lock.Release()
+	lock := holdLeaderLock(t, e)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for g := 0; g < 8; g++ {
@@ -232,4 +215,20 @@ func TestLockSessionUsedConcurrently(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("the lock's session broke under concurrent use: %v", err)
 	}
+}
+
+// holdLeaderLock takes the env's leader lock as the daemon's MySQL user (a standby sees
+// its own user's sessions) until the test ends.
+func holdLeaderLock(t *testing.T, e *env) *daemon.Lock {
+	t.Helper()
+	stateDB, err := daemon.OpenSourceDB(e.cfg.Source)
+	testenv.Must(t, err, "open")
+	t.Cleanup(func() { stateDB.Close() })
+	lock, held, err := daemon.TryLock(context.Background(), stateDB, daemon.LockName(e.cfg))
+	testenv.Must(t, err, "lock")
+	if !held {
+		t.Fatal("the lock is taken")
+	}
+	t.Cleanup(lock.Release)
+	return lock
 }
