@@ -140,3 +140,115 @@ func (s *Store) Age(ctx context.Context) (age time.Duration, ok bool, err error)
 	}
 	return time.Duration(us.Int64) * time.Microsecond, true, nil
 }
+
+// Load records: which table was loaded whole into Redis under which key prefix, from
+// which position. A table of the config without one (added to the config, or given
+// another key prefix, since the last start) has never been loaded: the daemon loads it
+// before it streams.
+
+// Load is the record of one table loaded under one key prefix.
+type Load struct {
+	Table     string // schema.table
+	KeyPrefix string
+	Pos       canal.Position
+}
+
+// ensureLoads creates the load records' table when missing; created tells whether it was.
+func (s *Store) ensureLoads(ctx context.Context) (created bool, err error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'loaded_tables'", s.schema).Scan(&n); err != nil {
+		return false, fmt.Errorf("read the state schema's tables: %w", err)
+	}
+	if n == 1 {
+		return false, nil
+	}
+	_, err = s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS `"+s.schema+"`.loaded_tables ("+
+		"name VARCHAR(64) NOT NULL,"+
+		"table_name VARCHAR(200) NOT NULL,"+
+		"key_prefix VARBINARY(255) NOT NULL,"+
+		"binlog_file VARCHAR(255) NOT NULL,"+
+		"binlog_pos BIGINT UNSIGNED NOT NULL,"+
+		"gtid_set TEXT NOT NULL,"+
+		"epoch INT UNSIGNED NOT NULL DEFAULT 0,"+
+		"loaded_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"+
+		"PRIMARY KEY (name, table_name, key_prefix)"+
+		") ENGINE=InnoDB")
+	if err != nil {
+		return false, fmt.Errorf("create the load records' table: %w", err)
+	}
+	return true, nil
+}
+
+// Loads returns the load records. fresh is true when the records' table did not exist
+// before this call (a state schema written by an invsync that kept none).
+func (s *Store) Loads(ctx context.Context) (loads []Load, fresh bool, err error) {
+	if fresh, err = s.ensureLoads(ctx); err != nil {
+		return nil, false, err
+	}
+	rows, err := s.db.QueryContext(ctx, "SELECT table_name, key_prefix, binlog_file, binlog_pos, gtid_set, epoch FROM `"+s.schema+"`.loaded_tables WHERE name = ?", s.name)
+	if err != nil {
+		return nil, false, fmt.Errorf("read the load records: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var l Load
+		if err := rows.Scan(&l.Table, &l.KeyPrefix, &l.Pos.File, &l.Pos.Pos, &l.Pos.GTID, &l.Pos.Epoch); err != nil {
+			return nil, false, fmt.Errorf("read the load records: %w", err)
+		}
+		loads = append(loads, l)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("read the load records: %w", err)
+	}
+	return loads, fresh, nil
+}
+
+// RecordLoads records that each table (schema.table with its key prefix) was loaded
+// whole from pos. Fenced like Save.
+func (s *Store) RecordLoads(ctx context.Context, loads []Load) error {
+	if len(loads) == 0 {
+		return nil
+	}
+	if _, err := s.ensureLoads(ctx); err != nil {
+		return err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("record loaded tables: %w", err)
+	}
+	defer tx.Rollback()
+	for _, l := range loads {
+		q := "INSERT INTO `" + s.schema + "`.loaded_tables (name, table_name, key_prefix, binlog_file, binlog_pos, gtid_set, epoch) "
+		args := []any{s.name, l.Table, l.KeyPrefix, l.Pos.File, l.Pos.Pos, l.Pos.GTID, l.Pos.Epoch}
+		if s.lock != "" {
+			q += "SELECT ?, ?, ?, ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?"
+			args = append(args, s.lock, s.owner)
+		} else {
+			q += "VALUES (?, ?, ?, ?, ?, ?, ?)"
+		}
+		q += " ON DUPLICATE KEY UPDATE binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set), epoch = VALUES(epoch), loaded_at = NOW(6)"
+		res, err := tx.ExecContext(ctx, q, args...)
+		if err != nil {
+			return fmt.Errorf("record loaded table %s: %w", l.Table, err)
+		}
+		if n, err := res.RowsAffected(); err == nil && n == 0 && s.lock != "" {
+			return fmt.Errorf("record loaded table %s: %w (lock %s)", l.Table, ErrNotLeader, s.lock)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("record loaded tables: %w", err)
+	}
+	return nil
+}
+
+// ForgetLoads removes the records of tables (schema.table with key prefix) the config no
+// longer mirrors that way: such a table, added again later, is loaded again (nobody
+// mirrored its changes meanwhile).
+func (s *Store) ForgetLoads(ctx context.Context, loads []Load) error {
+	for _, l := range loads {
+		if _, err := s.db.ExecContext(ctx, "DELETE FROM `"+s.schema+"`.loaded_tables WHERE name = ? AND table_name = ? AND key_prefix = ?", s.name, l.Table, l.KeyPrefix); err != nil {
+			return fmt.Errorf("forget the load record of %s: %w", l.Table, err)
+		}
+	}
+	return nil
+}

@@ -460,6 +460,13 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	if healAtStart {
 		heal()
 	}
+	// Tables never loaded under their key prefix (added to the config since, or given
+	// another prefix) are loaded before the stream starts from the checkpoint.
+	if err := d.retry(ctx, "load the tables added to the config", func() error {
+		return d.loadNewTables(ctx, db, rdb, writer, store, tables, pos)
+	}); err != nil {
+		return leaveErr(err)
+	}
 	backoff := time.Second
 	for {
 		started := time.Now()
@@ -843,6 +850,9 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 		return pos, err
 	}
 	if err := store.Save(ctx, pos); err != nil {
+		return pos, err
+	}
+	if err := store.RecordLoads(ctx, loadRecords(tables, pos)); err != nil {
 		return pos, err
 	}
 	// This Redis now holds the data; the marker's absence will tell if it loses it.
