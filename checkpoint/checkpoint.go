@@ -5,11 +5,14 @@ package checkpoint
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
 
+	mysqldrv "github.com/go-sql-driver/mysql"
 	"github.com/invsync/invsync/canal"
 )
 
@@ -251,4 +254,44 @@ func (s *Store) ForgetLoads(ctx context.Context, loads []Load) error {
 		}
 	}
 	return nil
+}
+
+// PipelineID returns the identity of this state schema's pipeline, made (random) on its
+// first call. Instances that share the state schema (a leader and its standbys) share it;
+// another source with a state schema of its own has another. It names who writes under a
+// key prefix in Redis (see daemon's claims).
+func (s *Store) PipelineID(ctx context.Context) (string, error) {
+	if _, err := s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS `"+s.schema+"`.pipeline ("+
+		"name VARCHAR(64) NOT NULL PRIMARY KEY,"+
+		"id VARCHAR(64) NOT NULL,"+
+		"created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"+
+		") ENGINE=InnoDB"); err != nil {
+		return "", fmt.Errorf("create the pipeline table: %w", err)
+	}
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	if _, err := s.db.ExecContext(ctx, "INSERT IGNORE INTO `"+s.schema+"`.pipeline (name, id) VALUES (?, ?)", s.name, hex.EncodeToString(b[:])); err != nil {
+		return "", fmt.Errorf("record the pipeline's identity: %w", err)
+	}
+	return ReadPipelineID(ctx, s.db, s.schema, s.name)
+}
+
+// ReadPipelineID returns the pipeline identity recorded in schema ("" when there is none:
+// no instance ever ran with this state schema), without creating anything.
+func ReadPipelineID(ctx context.Context, db *sql.DB, schema, name string) (string, error) {
+	var id string
+	err := db.QueryRowContext(ctx, "SELECT id FROM `"+schema+"`.pipeline WHERE name = ?", name).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	var me *mysqldrv.MySQLError
+	if errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049) { // no such table / database
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the pipeline's identity: %w", err)
+	}
+	return id, nil
 }

@@ -277,6 +277,17 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		return err
 	}
 	store.Fence(lock.name, lock.ID())
+	// Refuse to write under a namespace another source's invsync writes (see claims.go).
+	var pipeline string
+	if err := d.retry(ctx, "claim the key prefixes in Redis", func() error {
+		var err error
+		if pipeline, err = store.PipelineID(ctx); err != nil {
+			return err
+		}
+		return claimRedis(ctx, rdb, d.cfg, pipeline)
+	}); err != nil {
+		return err
+	}
 	var comp *compensation.Store
 	if err := d.retry(ctx, "open the compensation table", func() error {
 		var err error
@@ -400,7 +411,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 				return sk.LastSeq()
 			}
 			return layout.Seq{}
-		})
+		}, func() error { return claimRedis(watchCtx, rdb, d.cfg, pipeline) })
 	}()
 	defer func() {
 		stopWatch()
@@ -660,13 +671,17 @@ func markerKey(cfg *config.Config) string {
 // the binlog position each chunk was read at, so they are ordered against the stream's
 // by position and the two can run at once; there is no sweep (after a loss nothing stale
 // is left to remove, and a sweep would race the stream's inserts).
-func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string, floor func() layout.Seq) {
+func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string, floor func() layout.Seq, reclaim func() error) {
 	everyTick(ctx, dataLossCheck, func() bool {
 		n, err := rdb.Exists(ctx, marker).Result()
 		if err != nil || n == 1 {
 			return true // unreachable (the sink reports that) or still there
 		}
 		d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
+		// The claims on the key prefixes went with the data (see claims.go).
+		if err := reclaim(); err != nil {
+			d.log.Error("cannot claim the key prefixes again after Redis lost its data", zap.Error(err))
+		}
 		d.log.Error("Redis lost invsync's data (the marker key is gone: restart without persistence, FLUSHALL or failover to an empty replica): loading every table again while streaming goes on",
 			zap.String("marker", marker))
 		// The reload must see what the stream had written before the loss, also a
@@ -1232,6 +1247,11 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 		return canal.Position{}, err
 	}
 	store.Fence(lock.name, lock.ID())
+	if pipeline, err := store.PipelineID(ctx); err != nil {
+		return canal.Position{}, err
+	} else if err := claimRedis(ctx, rdb, cfg, pipeline); err != nil {
+		return canal.Position{}, err
+	}
 	// Over an earlier checkpoint, the snapshot replaces what Redis holds (rows changed
 	// since without a version the guard could order by must not stay stale); over a
 	// replaced history (another server, a reset binlog) it starts a new epoch.

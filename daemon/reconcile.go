@@ -67,6 +67,10 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 	if err := CheckRedis(ctx, rdb, cfg.Redis); err != nil {
 		return nil, "", err
 	}
+	// Another source's rows under these prefixes would be reported (and repaired) as extras.
+	if err := CheckClaims(ctx, cfg, db, rdb); err != nil {
+		return nil, "", err
+	}
 	w := newWriter(cfg, rdb)
 	// Positions belong to the checkpoint's epoch of the source's history.
 	var epoch uint32

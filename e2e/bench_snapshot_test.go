@@ -26,6 +26,7 @@ func benchEnv(b *testing.B) *env {
 	cfg.Source = config.Source{Addr: testenv.MySQLAddr(), User: testenv.AppUser(), Flavor: "mariadb", ServerID: testenv.ServerID(), TimeZone: "UTC",
 		HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second, OnPositionLost: "resnapshot"}
 	cfg.State.Schema = testenv.StateSchema(b)
+	dropClaims(b, rdb, cfg.State.Schema)
 	cfg.Redis.Addrs = []string{testenv.RedisAddr()}
 	cfg.Tables = []config.Table{{Schema: schema, Table: "inventory", KeyPrefix: prefix, VersionColumn: "version"}}
 	cfg.Checkpoint.Interval = 100 * time.Millisecond

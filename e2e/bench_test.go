@@ -72,6 +72,7 @@ func runW1(b *testing.B) {
 	cfg.Source = config.Source{Addr: testenv.MySQLAddr(), User: testenv.AppUser(), Flavor: "mariadb", ServerID: testenv.ServerID(), TimeZone: "UTC",
 		HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second}
 	cfg.State.Schema = testenv.StateSchema(b)
+	dropClaims(b, rdb, cfg.State.Schema)
 	cfg.Redis.Addrs = []string{testenv.RedisAddr()}
 	cfg.Tables = []config.Table{{Schema: schema, Table: "inventory", KeyPrefix: prefix, VersionColumn: "version"}}
 	cfg.Checkpoint.Interval = 50 * time.Millisecond

@@ -75,6 +75,7 @@ func newEnv(t *testing.T, tables ...tableSpec) *env {
 	cfg.Source.ServerID = testenv.ServerID()
 	cfg.State.Schema = testenv.StateSchema(t)
 	t.Cleanup(func() { rdb.Del(context.Background(), "invsync:marker:"+cfg.State.Schema) })
+	dropClaims(t, rdb, cfg.State.Schema)
 	cfg.Redis.Addrs = []string{testenv.RedisAddr()}
 	cfg.Checkpoint.Interval = 100 * time.Millisecond
 	cfg.HTTP.Listen = "127.0.0.1:0"
@@ -430,4 +431,18 @@ func redisClient(t *testing.T, addr string) *redis.Client {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { rdb.Close() })
 	return rdb
+}
+
+// dropClaims deletes, when the test ends, the claims in Redis (invsync:owner:*) of the
+// pipeline of stateSchema.
+func dropClaims(t testing.TB, rdb redis.UniversalClient, stateSchema string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		keys, _ := testenv.ScanKeys(ctx, rdb, "invsync:owner:")
+		for _, k := range keys {
+			if v, _ := rdb.Get(ctx, k).Result(); strings.Contains(v, `"state_schema":"`+stateSchema+`"`) {
+				rdb.Del(ctx, k)
+			}
+		}
+	})
 }

@@ -202,6 +202,9 @@ func checkConfig(cfg *config.Config, out io.Writer) int {
 	if err := daemon.CheckRedis(ctx, rdb, cfg.Redis); err != nil {
 		failed = true
 		fmt.Fprintf(out, "redis: FAIL: %v\n", err)
+	} else if err := daemon.CheckClaims(ctx, cfg, db, rdb); err != nil {
+		failed = true
+		fmt.Fprintf(out, "redis: FAIL: %v\n", err)
 	} else {
 		fmt.Fprintln(out, "redis: OK")
 	}
