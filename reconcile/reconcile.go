@@ -29,6 +29,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/redisscan"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/snapshot"
 	"github.com/redis/go-redis/v9"
@@ -602,16 +603,27 @@ func (r *runner) report(ctx context.Context, tr *TableReport, cands []candidate,
 // type) whose key the walk did not see, and settles them.
 func (r *runner) extras(ctx context.Context, t *canal.Table, tr *TableReport, seen []uint64) error {
 	var cands []candidate
-	check := func(c *redis.Client, keys []string) error {
-		pipe := c.Pipeline()
-		cmds := make([]*redis.MapStringStringCmd, len(keys))
-		for i, k := range keys {
-			cmds[i] = pipe.HGetAll(ctx, k)
+	var scanned int64
+	check := func(ctx context.Context, keys []string) error {
+		// Read through the client: in a cluster it follows a key that moved (MOVED, ASK).
+		pipe := r.d.RDB.Pipeline()
+		cmds := make([]*redis.MapStringStringCmd, 0, len(keys))
+		var ks []string
+		for _, k := range keys {
+			scanned++
+			if _, ok := slices.BinarySearch(seen, maphash.String(r.seed, k)); ok {
+				continue
+			}
+			ks = append(ks, k)
+			cmds = append(cmds, pipe.HGetAll(ctx, k))
+		}
+		if len(ks) == 0 {
+			return nil
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !allKeyErrors(cmds) {
 			return err
 		}
-		for i, k := range keys {
+		for i, k := range ks {
 			h, herr := cmds[i].Result()
 			kind, differs := classify(nil, h, herr, false)
 			if !differs {
@@ -626,45 +638,16 @@ func (r *runner) extras(ctx context.Context, t *canal.Table, tr *TableReport, se
 		}
 		return nil
 	}
-	scan := func(ctx context.Context, c *redis.Client) error {
-		iter := c.Scan(ctx, 0, globEscape(t.KeyPrefix)+"{*}", 1000).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			k := iter.Val()
-			tr.KeysScanned++
-			if _, ok := slices.BinarySearch(seen, maphash.String(r.seed, k)); ok {
-				continue
-			}
-			keys = append(keys, k)
-			if len(keys) == 500 {
-				if err := check(c, keys); err != nil {
-					return err
-				}
-				keys = keys[:0]
-			}
-		}
-		if err := iter.Err(); err != nil {
-			return err
-		}
-		return check(c, keys)
+	unverifiable := tr.Unverifiable
+	// A cluster that reshards under the scan is scanned again from the start.
+	restart := func() {
+		r.d.Log.Warn("the Redis Cluster resharded during the scan of the keys: scanning again", zap.String("table", t.FullName()))
+		cands, scanned, tr.Unverifiable = nil, 0, unverifiable
 	}
-	var err error
-	switch c := r.d.RDB.(type) {
-	case *redis.ClusterClient:
-		var mu sync.Mutex
-		err = c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-			mu.Lock()
-			defer mu.Unlock()
-			return scan(ctx, m)
-		})
-	case *redis.Client:
-		err = scan(ctx, c)
-	default:
-		err = fmt.Errorf("unsupported Redis client %T", r.d.RDB)
-	}
-	if err != nil {
+	if err := redisscan.Keys(ctx, r.d.RDB, globEscape(t.KeyPrefix)+"{*}", 500, check, restart); err != nil {
 		return fmt.Errorf("reconcile: scan the keys of %s: %w", t.FullName(), err)
 	}
+	tr.KeysScanned += scanned
 	for i := 0; i < len(cands); i += recheckBatch {
 		if err := r.settle(ctx, t, tr, cands[i:min(i+recheckBatch, len(cands))]); err != nil {
 			return err

@@ -20,6 +20,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/redisscan"
 	"github.com/invsync/invsync/layout"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -473,57 +474,40 @@ func (r *run) sweep(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 		pending = pending[:0]
 		return err
 	}
-	var scanErr error
-	scan := func(ctx context.Context, c *redis.Client) error {
-		iter := c.Scan(ctx, 0, globEscape(t.KeyPrefix)+"{*}", 1000).Iterator()
+	check := func(ctx context.Context, all []string) error {
 		var keys []string
-		check := func() error {
-			if len(keys) == 0 {
-				return nil
-			}
-			pipe := c.Pipeline()
-			cmds := make([]*redis.SliceCmd, len(keys))
-			for i, k := range keys {
-				cmds[i] = pipe.HMGet(ctx, k, layout.FieldVersion, layout.FieldDeleted, layout.FieldNull)
-			}
-			_, _ = pipe.Exec(ctx)
-			for i, k := range keys {
-				v, err := cmds[i].Result()
-				if err != nil || len(v) != 3 || v[0] == nil || v[1] != nil || v[2] != nil {
-					continue // not a live row of ours (or not a hash)
-				}
-				ver, _ := v[0].(string)
-				c := layout.Change{Key: k, Op: layout.OpDelete, Version: ver}
-				if r.s.replace {
-					c.Replace, c.Seq = true, SeqOf(p0)
-				}
-				pending = append(pending, c)
-			}
-			keys = keys[:0]
-			return flush()
-		}
-		for iter.Next(ctx) {
-			k := iter.Val()
-			if _, ok := r.seen[maphash.String(r.s.seed, k)]; ok {
-				continue
-			}
-			keys = append(keys, k)
-			if len(keys) == 500 {
-				if err := check(); err != nil {
-					return err
-				}
+		for _, k := range all {
+			if _, ok := r.seen[maphash.String(r.s.seed, k)]; !ok {
+				keys = append(keys, k)
 			}
 		}
-		if err := iter.Err(); err != nil {
-			return err
+		if len(keys) == 0 {
+			return nil
 		}
-		return check()
+		// Read through the client: in a cluster it follows a key that moved (MOVED, ASK).
+		pipe := r.s.rdb.Pipeline()
+		cmds := make([]*redis.SliceCmd, len(keys))
+		for i, k := range keys {
+			cmds[i] = pipe.HMGet(ctx, k, layout.FieldVersion, layout.FieldDeleted, layout.FieldNull)
+		}
+		_, _ = pipe.Exec(ctx)
+		for i, k := range keys {
+			v, err := cmds[i].Result()
+			if err != nil || len(v) != 3 || v[0] == nil || v[1] != nil || v[2] != nil {
+				continue // not a live row of ours (or not a hash)
+			}
+			ver, _ := v[0].(string)
+			c := layout.Change{Key: k, Op: layout.OpDelete, Version: ver}
+			if r.s.replace {
+				c.Replace, c.Seq = true, SeqOf(p0)
+			}
+			pending = append(pending, c)
+		}
+		return flush()
 	}
-	if cc, ok := r.s.rdb.(*redis.ClusterClient); ok {
-		scanErr = cc.ForEachMaster(ctx, scan)
-	} else if c, ok := r.s.rdb.(*redis.Client); ok {
-		scanErr = scan(ctx, c)
-	}
+	// Tombstoning is idempotent (the guard compares _v): a scan done again after the
+	// cluster resharded under it may see a key twice.
+	scanErr := redisscan.Keys(ctx, r.s.rdb, globEscape(t.KeyPrefix)+"{*}", 500, check, nil)
 	r.seen = nil
 	if scanErr != nil {
 		return fmt.Errorf("snapshot: sweep %s: %w", t.FullName(), scanErr)
