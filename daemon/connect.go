@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -76,6 +77,8 @@ func NewRedis(cfg config.Redis) redis.UniversalClient {
 		WriteTimeout: cfg.WriteTimeout,
 		MaxRetries:   1,
 		PoolSize:     64,
+		// CLIENT LIST names each instance's connections.
+		ClientName: fmt.Sprintf("invsync-%d", os.Getpid()),
 	}
 	if len(cfg.Addrs) > 0 {
 		// Validate checked the files; an error here cannot happen after it.

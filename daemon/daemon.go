@@ -267,6 +267,8 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	live := d.live.Load()
 	rawWriter := newWriter(d.cfg, rdb)
 	rawWriter.SetTTLs(live.Bloom.TombstoneTTL, live.Bloom.NullTTL)
+	// Fencing: once the lease may have expired (a standby may lead), nothing is written.
+	rawWriter.SetFence(lock.Lease)
 	writer := keeper.Wrap(rawWriter)
 	var store *checkpoint.Store
 	if err := d.retry(ctx, "open the state schema", func() error {
@@ -346,6 +348,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		if hist, err = newRedisHistory(ctx, rdb, d.cfg); err != nil {
 			return err
 		}
+		hist.fence = lock.Lease
 		dataMarker := rdb.Exists(ctx, marker).Val() == 1
 		rewind, lost, err := hist.start(ctx, pos, found, dataMarker)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/invsync/invsync/config"
@@ -38,6 +39,45 @@ type Lock struct {
 	// while another one's rows are being read (it breaks the session: "invalid
 	// connection", and the lock with it).
 	mu sync.Mutex
+	// renewed is when the last successful use of the session was sent (monotonic): the
+	// server saw the session busy no earlier, so no standby takes it over before
+	// renewed + LeaseTimeout.
+	renewed atomic.Pointer[time.Time]
+}
+
+// leaseMargin is how long before a standby may take the lock over the holder stops
+// writing (see Lock.Lease).
+const leaseMargin = 5 * time.Second
+
+// ErrLeaseExpired is returned by Lock.Lease when the lock's session was last used too
+// long ago for this instance to be sure it still leads.
+var ErrLeaseExpired = errors.New("the leader lock's session was not used for too long (a frozen process, a stalled host or network)")
+
+// Lease returns an error wrapping ErrLeaseExpired once the last successful use of the
+// lock's session was sent more than LeaseTimeout - leaseMargin ago: a standby may take
+// the lock over at LeaseTimeout, and from then on writes of this instance must stop
+// (fencing; the checkpoint is fenced by the server itself).
+func (l *Lock) Lease() error {
+	if t := l.renewed.Load(); t != nil {
+		if since := time.Since(*t); since > LeaseTimeout-leaseMargin {
+			return fmt.Errorf("%w: last renewed %s ago", ErrLeaseExpired, since.Round(time.Millisecond))
+		}
+	}
+	return nil
+}
+
+// use runs f on the lock's session, recording a success as a renewal of the lease.
+func (l *Lock) use(f func() error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sent := time.Now()
+	err := f()
+	if err == nil {
+		if prev := l.renewed.Load(); prev == nil || sent.After(*prev) {
+			l.renewed.Store(&sent)
+		}
+	}
+	return err
 }
 
 // keepAlive uses the lock's session every second while the lock is held, so that it
@@ -54,9 +94,10 @@ func (l *Lock) keepAlive() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		l.mu.Lock()
-		_, _ = l.conn.ExecContext(ctx, "DO 0")
-		l.mu.Unlock()
+		_ = l.use(func() error {
+			_, err := l.conn.ExecContext(ctx, "DO 0")
+			return err
+		})
 		cancel()
 	}
 }
@@ -67,9 +108,9 @@ func (l *Lock) ID() int64 { return l.id }
 // Held checks that the lock's connection is alive and still holds it.
 func (l *Lock) Held(ctx context.Context) error {
 	var ok sql.NullInt64
-	l.mu.Lock()
-	err := l.conn.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?) = CONNECTION_ID()", l.name).Scan(&ok)
-	l.mu.Unlock()
+	err := l.use(func() error {
+		return l.conn.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?) = CONNECTION_ID()", l.name).Scan(&ok)
+	})
 	if err != nil {
 		return fmt.Errorf("the leader lock's connection: %w", err)
 	}
@@ -87,6 +128,7 @@ func TryLock(ctx context.Context, db *sql.DB, name string) (l *Lock, held bool, 
 		return nil, false, fmt.Errorf("connect to the state database: %w", err)
 	}
 	var got sql.NullInt64
+	sent := time.Now()
 	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", name).Scan(&got); err != nil {
 		conn.Close()
 		return nil, false, fmt.Errorf("take the lock %s: %w", name, err)
@@ -96,6 +138,7 @@ func TryLock(ctx context.Context, db *sql.DB, name string) (l *Lock, held bool, 
 		return nil, false, nil
 	}
 	l = &Lock{conn: conn, name: name, stop: make(chan struct{}), done: make(chan struct{})}
+	l.renewed.Store(&sent)
 	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&l.id); err != nil {
 		close(l.done)
 		close(l.stop)

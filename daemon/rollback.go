@@ -74,6 +74,8 @@ type redisHistory struct {
 	// maybe holds, per key, a value whose write failed without an answer: it may have
 	// landed, so it is accepted as well as last.
 	maybe map[string]string
+	// fence, when set, is asked before markers are written (see Lock.Lease).
+	fence func() error
 }
 
 // appliedMarkerKeys returns one marker key per master: in a cluster, each with a hash tag
@@ -207,6 +209,11 @@ func (h *redisHistory) start(ctx context.Context, cp canal.Position, found bool,
 // advance writes pos (every change up to it is in Redis) to every master's marker,
 // unless a master went back since it was last seen: then it returns *errRedisWentBack.
 func (h *redisHistory) advance(ctx context.Context, pos canal.Position) error {
+	if h.fence != nil {
+		if err := h.fence(); err != nil {
+			return fmt.Errorf("%w: %w", layout.ErrFenced, err)
+		}
+	}
 	val := encodeMarker(pos)
 	h.mu.Lock()
 	defer h.mu.Unlock()

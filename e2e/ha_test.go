@@ -1,8 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -124,14 +129,23 @@ func TestStandbyLeadsWhenTheLeaderFreezes(t *testing.T) {
 	testenv.Must(t, a.cmd.Process.Signal(syscall.SIGSTOP), "SIGSTOP")
 	frozen := time.Now()
 	defer func() { _ = a.cmd.Process.Signal(syscall.SIGCONT) }()
-	execAll(t, e.db, "UPDATE inventory SET stock = stock + 7, version = version + 1 WHERE sku < 50")
+	// Changes the frozen leader's binlog connection receives but cannot write yet.
+	for i := 0; i < 5; i++ {
+		execAll(t, e.db, "UPDATE inventory SET stock = stock + 7, version = version + 1")
+	}
 	waitHTTP(t, "http://"+addrB+"/readyz", 200, 60*time.Second)
 	took := time.Since(frozen)
 	t.Logf("the standby leads %s after the leader froze (lease %s)", took.Round(time.Millisecond), daemon.LeaseTimeout)
 	e.waitEqual(30 * time.Second)
-	// The old leader wakes up: its lock is gone, it stands by.
+	// The old leader wakes up with changes it read before it froze still to write: its
+	// lease expired, so it writes no row (its lock is gone; it stands by).
+	mon := monitorRedis(t)
 	testenv.Must(t, a.cmd.Process.Signal(syscall.SIGCONT), "SIGCONT")
 	waitHTTP(t, "http://"+addrA+"/readyz", 503, 15*time.Second)
+	time.Sleep(2 * time.Second)
+	if writes := mon.writesBy(t, fmt.Sprintf("invsync-%d", a.cmd.Process.Pid)); len(writes) > 0 {
+		t.Fatalf("the old leader wrote %d times after it woke up past its lease, e.g. %s", len(writes), writes[0])
+	}
 	execAll(t, e.db, "UPDATE inventory SET stock = stock + 1, version = version + 1 WHERE sku >= 450")
 	e.waitEqual(30 * time.Second)
 	if code, _ := httpGet("http://" + addrA + "/readyz"); code != 503 {
@@ -231,4 +245,92 @@ func holdLeaderLock(t *testing.T, e *env) *daemon.Lock {
 	}
 	t.Cleanup(lock.Release)
 	return lock
+}
+
+// redisMonitor records every command the test Redis runs (MONITOR) from its start.
+type redisMonitor struct {
+	cmd *exec.Cmd
+	out *bytes.Buffer
+	mu  *sync.Mutex
+}
+
+func monitorRedis(t *testing.T) *redisMonitor {
+	t.Helper()
+	cli := filepath.Join(filepath.Dir(redisServer()), "redis-cli")
+	if _, err := exec.LookPath(cli); err != nil {
+		cli = "redis-cli"
+	}
+	host, port, _ := strings.Cut(testenv.RedisAddr(), ":")
+	m := &redisMonitor{cmd: exec.Command(cli, "-h", host, "-p", port, "monitor"), out: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	m.cmd.Stdout = lockedWriter{m.mu, m.out}
+	testenv.Must(t, m.cmd.Start(), "redis-cli monitor")
+	t.Cleanup(func() { _ = m.cmd.Process.Kill(); _ = m.cmd.Wait() })
+	waitFor(t, "MONITOR answers", 5*time.Second, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return strings.Contains(m.out.String(), "OK")
+	})
+	return m
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// writesBy returns the row writes (script calls, hash and key writes) recorded so far
+// from the connections named name (CLIENT SETNAME).
+func (m *redisMonitor) writesBy(t *testing.T, name string) []string {
+	t.Helper()
+	rdb := testenv.Redis(t)
+	list, err := rdb.ClientList(context.Background()).Result()
+	testenv.Must(t, err, "CLIENT LIST")
+	addrs := map[string]bool{}
+	for _, line := range strings.Split(list, "\n") {
+		if strings.Contains(line, " name="+name+" ") {
+			for _, f := range strings.Fields(line) {
+				if a, ok := strings.CutPrefix(f, "addr="); ok {
+					addrs[a] = true
+				}
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		t.Fatalf("no Redis connection is named %s", name)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var writes []string
+	for _, line := range strings.Split(m.out.String(), "\n") {
+		// 1700000000.123456 [0 127.0.0.1:5555] "EVALSHA" "..."
+		i, j := strings.IndexByte(line, '['), strings.IndexByte(line, ']')
+		if i < 0 || j < i {
+			continue
+		}
+		f := strings.Fields(line[i+1 : j])
+		if len(f) != 2 || !addrs[f[1]] {
+			continue
+		}
+		args := strings.Fields(line[j+1:] + ` "" "" "" "" ""`)
+		for k := range args {
+			args[k] = strings.Trim(args[k], `"`)
+		}
+		switch strings.ToUpper(args[0]) {
+		case "EVALSHA", "EVAL":
+			// A row write (keys under a table's prefix), or an applied marker written
+			// (a marker read passes no run_id).
+			if !strings.HasPrefix(args[3], "invsync:applied:") || args[4] != "" {
+				writes = append(writes, line)
+			}
+		case "HSET", "HDEL", "DEL", "UNLINK", "SET", "PEXPIRE", "EXPIRE", "BITFIELD", "SETBIT":
+			writes = append(writes, line)
+		}
+	}
+	return writes
 }

@@ -62,6 +62,9 @@ type Repair struct {
 // changed since it was observed).
 func (w *Writer) Repair(ctx context.Context, repairs []Repair) ([]bool, error) {
 	out := make([]bool, len(repairs))
+	if err := w.fenced(); err != nil {
+		return out, err
+	}
 	for attempt := 0; attempt < 2; attempt++ {
 		pipe := w.rdb.Pipeline()
 		cmds := make([]*redis.Cmd, len(repairs))

@@ -174,6 +174,31 @@ type Writer struct {
 	ttls    atomic.Pointer[[2]string] // tombstone, null marker (ms)
 	cluster bool
 	repair  *redis.Script
+	fence   atomic.Pointer[func() error]
+}
+
+// ErrFenced is wrapped by the error of a write refused because the instance may no
+// longer lead (its leader lease expired: another instance may lead and write now).
+var ErrFenced = errors.New("the leader lease expired: this instance may no longer lead, so it writes nothing")
+
+// SetFence makes every write (Apply, Repair) first call f and refuse, with f's error
+// wrapped in ErrFenced, when it fails. nil removes the fence.
+func (w *Writer) SetFence(f func() error) {
+	if f == nil {
+		w.fence.Store(nil)
+		return
+	}
+	w.fence.Store(&f)
+}
+
+// fenced returns the error of a write the fence refuses (nil when allowed).
+func (w *Writer) fenced() error {
+	if f := w.fence.Load(); f != nil {
+		if err := (*f)(); err != nil {
+			return fmt.Errorf("%w: %w", ErrFenced, err)
+		}
+	}
+	return nil
 }
 
 // NewWriter returns a Writer. Tombstones expire after tombstoneTTL. With cluster set,
@@ -224,6 +249,12 @@ type Outcome struct {
 func (w *Writer) Apply(ctx context.Context, changes []Change, out []Outcome) error {
 	if len(changes) == 0 {
 		return nil
+	}
+	if err := w.fenced(); err != nil {
+		for i := range out[:len(changes)] {
+			out[i] = Outcome{Result: Failed, Err: err}
+		}
+		return err
 	}
 	groups := w.group(changes)
 	cmds, err := w.exec(ctx, changes, groups)

@@ -443,3 +443,27 @@ func TestReplacingWritesLandAndKeepTheirStamp(t *testing.T) {
 		t.Fatalf("replacing delete gave %v", got)
 	}
 }
+
+// A fenced writer (its instance's leader lease expired) sends nothing: Apply and Repair
+// fail with ErrFenced and the key is untouched; lifting the fence writes again.
+func TestFencedWriterWritesNothing(t *testing.T) {
+	f := newFixture(t)
+	key := f.pfx + "{1}"
+	expired := errors.New("lease expired")
+	f.w.SetFence(func() error { return expired })
+	out := make([]layout.Outcome, 1)
+	err := f.w.Apply(context.Background(), []layout.Change{{Key: key, Op: layout.OpUpsert, Version: "1", Fields: []layout.Field{{Name: "stock", Value: "5"}}}}, out)
+	if !errors.Is(err, layout.ErrFenced) || !errors.Is(err, expired) || out[0].Result != layout.Failed {
+		t.Fatalf("fenced Apply: err %v, outcome %+v", err, out[0])
+	}
+	if _, err := f.w.Repair(context.Background(), []layout.Repair{{Change: layout.Change{Key: key, Op: layout.OpUpsert, Version: "1", Fields: []layout.Field{{Name: "stock", Value: "5"}}}}}); !errors.Is(err, layout.ErrFenced) {
+		t.Fatalf("fenced Repair: %v", err)
+	}
+	if n := f.rdb.Exists(context.Background(), key).Val(); n != 0 {
+		t.Fatal("a fenced writer wrote the key")
+	}
+	f.w.SetFence(nil)
+	if o := f.apply(layout.Change{Key: key, Op: layout.OpUpsert, Version: "1", Fields: []layout.Field{{Name: "stock", Value: "5"}}}); o[0].Result != layout.Applied {
+		t.Fatalf("after the fence was lifted: %+v", o[0])
+	}
+}

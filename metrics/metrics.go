@@ -19,7 +19,7 @@ type Metrics struct {
 	ApplyLatency prometheus.Histogram
 	// RedisErrors counts failed Redis calls, by kind (key: a single key refused;
 	// unavailable: the whole call failed; refused: Redis refused because of its state,
-	// e.g. OOM, MISCONF, READONLY, LOADING).
+	// e.g. OOM, MISCONF, READONLY, LOADING; fenced: not sent, the leader lease expired).
 	RedisErrors *prometheus.CounterVec
 	// RedisPaused is 1 while writing waits because Redis is unreachable or refuses
 	// writes (the reader waits, the checkpoint stays).
@@ -77,7 +77,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}),
 		RedisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "invsync_redis_errors_total", Help: "Failed Redis writes, by kind: key (one key refused), unavailable (the call failed), refused (Redis's state: OOM, MISCONF, READONLY, LOADING, ...).",
+			Name: "invsync_redis_errors_total", Help: "Failed Redis writes, by kind: key (one key refused), unavailable (the call failed), refused (Redis's state: OOM, MISCONF, READONLY, LOADING, ...), fenced (not sent: this instance's leader lease expired).",
 		}, []string{"kind"}),
 		RedisPaused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "invsync_redis_paused", Help: "1 while writing waits because Redis is unreachable or refuses writes (nothing is parked; the checkpoint stays).",
@@ -118,6 +118,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.RedisErrors.WithLabelValues("key")
 	m.RedisErrors.WithLabelValues("unavailable")
 	m.RedisErrors.WithLabelValues("refused")
+	m.RedisErrors.WithLabelValues("fenced")
 	for _, r := range []string{"applied", "failed", "dead", "not_visible"} {
 		m.CompensationRetries.WithLabelValues(r)
 	}

@@ -11,6 +11,7 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"hash/maphash"
 	"math/rand/v2"
 	"sync/atomic"
@@ -396,6 +397,8 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 			kind := "unavailable"
 			if layout.IsServerState(err) {
 				kind = "refused"
+			} else if errors.Is(err, layout.ErrFenced) {
+				kind = "fenced" // the instance stops leading soon; its context ends this
 			}
 			s.m.RedisErrors.WithLabelValues(kind).Inc()
 			unpause()
