@@ -295,3 +295,66 @@ func ReadPipelineID(ctx context.Context, db *sql.DB, schema, name string) (strin
 	}
 	return id, nil
 }
+
+// Leader is what the leading instance records about itself.
+type Leader struct {
+	HTTPAddr string // host:port of its HTTP endpoint ("" when off)
+	Host     string
+	PID      int
+	Session  int64 // its lock session on the state database
+}
+
+func (s *Store) ensureLeader(ctx context.Context) error {
+	_, err := s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS `"+s.schema+"`.leader ("+
+		"name VARCHAR(64) NOT NULL PRIMARY KEY,"+
+		"http_addr VARCHAR(255) NOT NULL,"+
+		"host VARCHAR(255) NOT NULL,"+
+		"pid INT NOT NULL,"+
+		"lock_session BIGINT UNSIGNED NOT NULL,"+
+		"since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"+
+		") ENGINE=InnoDB")
+	if err != nil {
+		return fmt.Errorf("create the leader table: %w", err)
+	}
+	return nil
+}
+
+// SetLeader records l as the leading instance (fenced like Save).
+func (s *Store) SetLeader(ctx context.Context, l Leader) error {
+	if err := s.ensureLeader(ctx); err != nil {
+		return err
+	}
+	q := "INSERT INTO `" + s.schema + "`.leader (name, http_addr, host, pid, lock_session) "
+	args := []any{s.name, l.HTTPAddr, l.Host, l.PID, l.Session}
+	if s.lock != "" {
+		q += "SELECT ?, ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?"
+		args = append(args, s.lock, s.owner)
+	} else {
+		q += "VALUES (?, ?, ?, ?, ?)"
+	}
+	q += " ON DUPLICATE KEY UPDATE http_addr = VALUES(http_addr), host = VALUES(host), pid = VALUES(pid), lock_session = VALUES(lock_session), since = NOW(6)"
+	res, err := s.db.ExecContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("record the leader: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 && s.lock != "" {
+		return fmt.Errorf("record the leader: %w (lock %s)", ErrNotLeader, s.lock)
+	}
+	return nil
+}
+
+// ReadLeader returns the instance recorded as leading the pipeline of schema, if the lock
+// named lock is held by the session it recorded (ok false otherwise: none recorded, or a
+// record left by an instance that no longer leads).
+func ReadLeader(ctx context.Context, db *sql.DB, schema, name, lock string) (l Leader, ok bool, err error) {
+	err = db.QueryRowContext(ctx, "SELECT http_addr, host, pid, lock_session FROM `"+schema+"`.leader WHERE name = ? AND lock_session = IS_USED_LOCK(?)", name, lock).
+		Scan(&l.HTTPAddr, &l.Host, &l.PID, &l.Session)
+	var me *mysqldrv.MySQLError
+	if errors.Is(err, sql.ErrNoRows) || (errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049)) {
+		return Leader{}, false, nil
+	}
+	if err != nil {
+		return Leader{}, false, fmt.Errorf("read the leader: %w", err)
+	}
+	return l, true, nil
+}

@@ -283,6 +283,11 @@ type HTTP struct {
 	// Listen is host:port for /metrics, /healthz and /readyz; empty disables it.
 	// Default 127.0.0.1:9108.
 	Listen string `mapstructure:"listen"`
+	// Advertise is host:port at which other hosts reach this instance's HTTP endpoint,
+	// recorded in the state schema while it leads (so that `invsync reconcile` run
+	// anywhere asks the leader for the Bloom rebuild). Default: the address listened on,
+	// with an unspecified host (0.0.0.0, ::, empty) replaced by the machine's hostname.
+	Advertise string `mapstructure:"advertise"`
 }
 
 // Log configures logging.
@@ -562,6 +567,11 @@ func (c *Config) Validate() error {
 		}
 		if _, err := cron.NewParser(fields).Parse(c.Reconcile.Schedule); err != nil {
 			add("reconcile.schedule %q is not a cron expression: %v (fix: e.g. \"0 3 * * *\" for 03:00 every night; six fields add seconds)", c.Reconcile.Schedule, err)
+		}
+	}
+	if c.HTTP.Advertise != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP.Advertise); err != nil {
+			add("http.advertise %q is not host:port (fix: e.g. invsync-1.internal:9108, or empty for the hostname and the port listened on)", c.HTTP.Advertise)
 		}
 	}
 	if c.HTTP.Listen != "" {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -133,6 +134,29 @@ func (d *Daemon) Addr() string {
 		return *a
 	}
 	return ""
+}
+
+// advertised is the address at which other hosts reach this instance's HTTP endpoint
+// (http.advertise, else the address listened on with an unspecified host replaced by the
+// hostname); "" when HTTP is off.
+func (d *Daemon) advertised() string {
+	if d.cfg.HTTP.Advertise != "" {
+		return d.cfg.HTTP.Advertise
+	}
+	addr := d.Addr()
+	if addr == "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		if h, err := os.Hostname(); err == nil {
+			host = h
+		}
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func (d *Daemon) lag() float64 {
@@ -279,6 +303,13 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		return err
 	}
 	store.Fence(lock.name, lock.ID())
+	// Say where this leader answers, for `invsync reconcile` run on another host.
+	if err := d.retry(ctx, "record this instance as the leader", func() error {
+		host, _ := os.Hostname()
+		return store.SetLeader(ctx, checkpoint.Leader{HTTPAddr: d.advertised(), Host: host, PID: os.Getpid(), Session: lock.ID()})
+	}); err != nil {
+		return err
+	}
 	// Refuse to write under a namespace another source's invsync writes (see claims.go).
 	var pipeline string
 	if err := d.retry(ctx, "claim the key prefixes in Redis", func() error {

@@ -132,19 +132,26 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 	if len(opts.Tables) > 0 {
 		return rep, "Bloom filters not rebuilt (only some tables were reconciled)", nil
 	}
-	if cfg.HTTP.Listen == "" {
-		return rep, "Bloom filters not rebuilt: a running invsync leads this config and http.listen is off (its scheduled reconciliation rebuilds them)", nil
+	// Ask the leader wherever it runs: it records its HTTP address in the state schema.
+	addr, where := cfg.HTTP.Listen, "http.listen of this config"
+	if l, ok, err := checkpoint.ReadLeader(ctx, stateDB, cfg.State.Schema, pipelineName, LockName(cfg)); err != nil {
+		log.Warn("cannot read where the leader runs; asking http.listen of this config", zap.Error(err))
+	} else if ok {
+		addr, where = l.HTTPAddr, fmt.Sprintf("the leader (%s, pid %d)", l.Host, l.PID)
+	}
+	if addr == "" {
+		return rep, "Bloom filters not rebuilt: a running invsync leads this config and its HTTP endpoint is off (its scheduled reconciliation rebuilds them)", nil
 	}
 	hc := &http.Client{Timeout: 10 * time.Minute}
-	resp, err := hc.Post("http://"+cfg.HTTP.Listen+"/bloom/rebuild", "", nil)
+	resp, err := hc.Post("http://"+addr+"/bloom/rebuild", "", nil)
 	if err != nil {
-		return rep, fmt.Sprintf("Bloom filters not rebuilt: a running invsync leads this config but http://%s/bloom/rebuild did not answer (%v); its scheduled reconciliation rebuilds them", cfg.HTTP.Listen, err), nil
+		return rep, fmt.Sprintf("Bloom filters not rebuilt: a running invsync leads this config but http://%s/bloom/rebuild (%s) did not answer (%v); its scheduled reconciliation rebuilds them", addr, where, err), nil
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return rep, fmt.Sprintf("Bloom filters not rebuilt: the running invsync answered %s", resp.Status), nil
+		return rep, fmt.Sprintf("Bloom filters not rebuilt: the running invsync at %s answered %s", addr, resp.Status), nil
 	}
-	return rep, "Bloom filters rebuilt by the running invsync (POST /bloom/rebuild)", nil
+	return rep, fmt.Sprintf("Bloom filters rebuilt by the running invsync at %s (%s, POST /bloom/rebuild)", addr, where), nil
 }
 
 // startSchedule runs the reconciliation on reconcile.schedule inside the daemon (the

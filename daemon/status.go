@@ -31,7 +31,14 @@ type StatusReport struct {
 	// visible to the invsync user); past LeaseTimeout its instance is gone and a standby
 	// takes over.
 	LeaderIdle time.Duration
-	// Daemon is read from the daemon's /metrics on http.listen; DaemonErr says why not.
+	// Leader is what the leading instance recorded about itself (LeaderKnown false: no
+	// record of the instance that holds the lock now).
+	Leader      checkpoint.Leader
+	LeaderKnown bool
+	// DaemonAddr is where the daemon was asked: the leader's recorded address, else
+	// http.listen of the config.
+	DaemonAddr string
+	// Daemon is read from the daemon's /metrics at DaemonAddr; DaemonErr says why not.
 	DaemonReachable bool
 	DaemonErr       string
 	Ready           bool
@@ -132,12 +139,19 @@ func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
 		}
 		st.Bloom = append(st.Bloom, bs)
 	}
-	if cfg.HTTP.Listen == "" {
+	if st.Leader, st.LeaderKnown, err = checkpoint.ReadLeader(ctx, stateDB, cfg.State.Schema, pipelineName, LockName(cfg)); err != nil {
+		return nil, err
+	}
+	st.DaemonAddr = cfg.HTTP.Listen
+	if st.LeaderKnown && st.Leader.HTTPAddr != "" {
+		st.DaemonAddr = st.Leader.HTTPAddr
+	}
+	if st.DaemonAddr == "" {
 		st.DaemonErr = "http.listen is off"
 		return st, nil
 	}
 	hc := &http.Client{Timeout: 3 * time.Second}
-	resp, err := hc.Get("http://" + cfg.HTTP.Listen + "/metrics")
+	resp, err := hc.Get("http://" + st.DaemonAddr + "/metrics")
 	if err != nil {
 		st.DaemonErr = err.Error()
 		return st, nil

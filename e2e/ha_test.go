@@ -334,3 +334,28 @@ func (m *redisMonitor) writesBy(t *testing.T, name string) []string {
 	}
 	return writes
 }
+
+// Issue 13, part 2: `invsync reconcile` run where no daemon listens (another host, or a
+// config whose http.listen differs) asks the leader wherever it runs: the leader records
+// its HTTP address in the state schema, and the Bloom rebuild is asked of it there.
+func TestReconcileAsksTheLeaderWhereverItRuns(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 300)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	// The CLI's config names another address (as on another host): nothing listens there.
+	cfgPath := e.writeConfig(func(c *config.Config) { c.HTTP.Listen = freeAddr(t) })
+	code, out := runCLI(t, 2*time.Minute, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "reconcile", "-c", cfgPath)
+	if code != 0 || !strings.Contains(out, "rebuilt by the running invsync") || !strings.Contains(out, r.d.Addr()) {
+		t.Fatalf("reconcile: exit %d, want 0 and the Bloom filters rebuilt by the leader at %s; output:\n%s", code, r.d.Addr(), out)
+	}
+	if got := counterSum(t, r.d.Registry(), "invsync_bloom_rebuilds_total"); got < 1 {
+		t.Fatalf("the leader rebuilt no Bloom filter (invsync_bloom_rebuilds_total %v)", got)
+	}
+	// `invsync status` there names the leader and reads its metrics where it runs.
+	code, out = runCLI(t, time.Minute, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "status", "-c", cfgPath)
+	if code != 0 || !strings.Contains(out, "http://"+r.d.Addr()) || !strings.Contains(out, "streaming") || strings.Contains(out, "not reachable") {
+		t.Fatalf("status: exit %d, want the leader's address and its state; output:\n%s", code, out)
+	}
+}

@@ -32,7 +32,7 @@ func TestStatusCommand(t *testing.T) {
 	for _, re := range []string{
 		`checkpoint\s+\S+\.\d+:\d+.*\(written [0-9.]+m?s ago\)`,
 		`source\s+\S+\.\d+:\d+`,
-		`leader\s+an instance leads\s+\(state database connection \d+ holds invsync:` + e.cfg.State.Schema + `\)`,
+		`leader\s+an instance leads\s+\(\S+, pid \d+, http://` + regexp.QuoteMeta(r.d.Addr()) + `; state database connection \d+ holds invsync:` + e.cfg.State.Schema + `\)`,
 		`daemon\s+streaming\s+\(lag \d+\.\d\ds, 0 keys queued`,
 		`compensation\s+0 pending, 0 dead`,
 		e.schema + `\.inventory\s+invsync:bloom:` + e.schema + `\.inventory\s+yes\s+14377588\s+10\s+(99\d|100\d)\s+\S+`,

@@ -32,6 +32,9 @@ func statusCmd(cfg *config.Config, cfgPath string, stdout, stderr io.Writer) int
 	case st.LeaderConnection != 0 && st.LeaderIdle >= daemon.LeaseTimeout:
 		fmt.Fprintf(tw, "leader\tgone\t(state database connection %d holds %s but has been idle %s, past the %s lease: its instance froze or was cut off; a standby takes over)\n",
 			st.LeaderConnection, daemon.LockName(cfg), st.LeaderIdle, daemon.LeaseTimeout)
+	case st.LeaderConnection != 0 && st.LeaderKnown:
+		fmt.Fprintf(tw, "leader\tan instance leads\t(%s, pid %d, http://%s; state database connection %d holds %s)\n",
+			st.Leader.Host, st.Leader.PID, st.Leader.HTTPAddr, st.LeaderConnection, daemon.LockName(cfg))
 	case st.LeaderConnection != 0:
 		fmt.Fprintf(tw, "leader\tan instance leads\t(state database connection %d holds %s)\n", st.LeaderConnection, daemon.LockName(cfg))
 	default:
@@ -39,9 +42,9 @@ func statusCmd(cfg *config.Config, cfgPath string, stdout, stderr io.Writer) int
 	}
 	switch {
 	case st.DaemonReachable && st.Ready:
-		fmt.Fprintf(tw, "daemon\tstreaming\t(lag %.2fs, %.0f keys queued; http://%s)\n", st.LagSeconds, st.QueueDepth, cfg.HTTP.Listen)
+		fmt.Fprintf(tw, "daemon\tstreaming\t(lag %.2fs, %.0f keys queued; http://%s)\n", st.LagSeconds, st.QueueDepth, st.DaemonAddr)
 	case st.DaemonReachable:
-		fmt.Fprintf(tw, "daemon\tnot streaming\t(standing by, starting, or waiting for a server; http://%s)\n", cfg.HTTP.Listen)
+		fmt.Fprintf(tw, "daemon\tnot streaming\t(standing by, starting, or waiting for a server; http://%s)\n", st.DaemonAddr)
 	default:
 		fmt.Fprintf(tw, "daemon\tnot reachable\t(%s)\n", st.DaemonErr)
 	}
