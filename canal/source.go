@@ -277,7 +277,10 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 			return ev.DecodeData(pos, data)
 		},
 	})
-	defer syncer.Close()
+	// Closing kills the binlog connection from a new one (go-mysql's BinlogSyncer.close),
+	// which waits for a server that cannot be reached (a partition) up to its dial
+	// timeout: a stop or a lost lock does not wait for that.
+	defer closeSoon(syncer)
 
 	var streamer *replication.BinlogStreamer
 	if start.GTID != "" {
@@ -669,3 +672,19 @@ func classify(err error, at Position) error {
 	}
 	return fmt.Errorf("binlog stream at %s: %w", at, err)
 }
+
+// closeSoon closes syncer, waiting at most closeWait for it.
+func closeSoon(syncer *replication.BinlogSyncer) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		syncer.Close()
+	}()
+	select {
+	case <-done:
+	case <-time.After(closeWait):
+	}
+}
+
+// closeWait bounds how long closing the binlog stream may hold up a stop.
+const closeWait = time.Second

@@ -1049,6 +1049,7 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 	defer stopStream(nil)
 	saved := start
 	var unsavedRows int64
+	fencedLogged := false // once per lapse of the lease
 	lastWrite := time.Now()
 	save := func(sctx context.Context, final bool) {
 		pos, n, rows := wm.Advance()
@@ -1072,9 +1073,17 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 				stopStream(back)
 				return
 			}
+			if errors.Is(err, layout.ErrFenced) {
+				if !fencedLogged {
+					fencedLogged = true
+					d.log.Warn("applied marker not written: the leader lease expired; the checkpoint waits until the lock is confirmed or lost", append(pos.Fields(), zap.Error(err))...)
+				}
+				return
+			}
 			d.log.Warn("applied marker not written; the checkpoint waits", append(pos.Fields(), zap.Error(err))...)
 			return
 		}
+		fencedLogged = false
 		if err := store.Save(sctx, pos); err != nil {
 			d.log.Warn("checkpoint not written; will retry", append(pos.Fields(), zap.Error(err))...)
 			return
@@ -1107,8 +1116,14 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 		srcErr = back
 	}
 
-	// Stop reading, let the workers write what is queued, then checkpoint.
+	// Stop reading, let the workers write what is queued, then checkpoint. An instance
+	// that lost its lock does neither: another one leads (and its writes are fenced).
 	sk.Close()
+	lostLock := errors.Is(context.Cause(ctx), errLostLock)
+	if lostLock {
+		d.log.Warn("lost the leader lock: rows still queued are left to the instance that leads now (it streams from the checkpoint)")
+		stopSink()
+	}
 	select {
 	case <-sinkDone:
 	case <-time.After(drainTimeout):
@@ -1118,9 +1133,11 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 	}
 	close(cpStop)
 	<-cpDone
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	save(fctx, true)
+	if !lostLock {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		save(fctx, true)
+	}
 	if errors.Is(srcErr, context.Canceled) && ctx.Err() != nil {
 		srcErr = nil
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -357,5 +358,65 @@ func TestReconcileAsksTheLeaderWhereverItRuns(t *testing.T) {
 	code, out = runCLI(t, time.Minute, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "status", "-c", cfgPath)
 	if code != 0 || !strings.Contains(out, "http://"+r.d.Addr()) || !strings.Contains(out, "streaming") || strings.Contains(out, "not reachable") {
 		t.Fatalf("status: exit %d, want the leader's address and its state; output:\n%s", code, out)
+	}
+}
+
+// Issue 13, part 1, as the issue reproduced it: leader A reaches MySQL and Redis through
+// proxies that black-hole its traffic (packets dropped both ways, no connection closed on
+// either side) while writers run. The standby leads within the documented bound (the
+// 15 s lease and a second), the old leader writes nothing once the network heals (it
+// stands by), and the end state equals MySQL.
+func TestStandbyLeadsWhenTheLeaderIsBlackHoled(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 500)
+	mysqlProxy := newProxy(t, "mysql-a", testenv.MySQLAddr())
+	redisProxy := newProxy(t, "redis-a", testenv.RedisAddr())
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	a := startProc(t, e.writeConfig(func(c *config.Config) {
+		c.HTTP.Listen = addrA
+		c.Source.Addr = mysqlProxy.Listen
+		c.Redis.Addrs = []string{redisProxy.Listen}
+	}), addrA)
+	e.waitEqual(30 * time.Second)
+	b := spawnProc(t, e.writeConfig(func(c *config.Config) { c.HTTP.Listen = addrB }), addrB)
+	waitHTTP(t, "http://"+addrB+"/healthz", 200, 30*time.Second)
+	wl := startTolerantWriters(e, 500)
+	time.Sleep(time.Second)
+	healMySQL, healRedis := blackHole(t, mysqlProxy), blackHole(t, redisProxy)
+	cut, before := time.Now(), wl.writes.Load()
+	waitHTTP(t, "http://"+addrB+"/readyz", 200, 60*time.Second)
+	took := time.Since(cut)
+	if wl.writes.Load() == before {
+		t.Fatal("no write was committed while the leader was cut off")
+	}
+	t.Logf("the standby leads %s after the leader was black-holed (lease %s)", took.Round(time.Millisecond), daemon.LeaseTimeout)
+	if took > daemon.LeaseTimeout+5*time.Second {
+		t.Errorf("failover took %s, past the documented bound (lease %s + a few seconds)", took, daemon.LeaseTimeout)
+	}
+	time.Sleep(2 * time.Second)
+	t.Logf("%d writes committed", wl.stop())
+	// The network heals: the old leader finds its lock gone and writes nothing.
+	mon := monitorRedis(t)
+	healMySQL()
+	healRedis()
+	waitHTTP(t, "http://"+addrA+"/readyz", 503, 30*time.Second)
+	t.Logf("%s: healed; the old leader stands by", time.Since(cut).Round(time.Millisecond))
+	time.Sleep(3 * time.Second)
+	e.waitEqual(30 * time.Second)
+	t.Logf("%s: equal", time.Since(cut).Round(time.Millisecond))
+	wl.versionsNeverWentDown(t)
+	if writes := mon.writesBy(t, fmt.Sprintf("invsync-%d", a.cmd.Process.Pid)); len(writes) > 0 {
+		t.Fatalf("the old leader wrote %d times after the network healed, e.g. %s", len(writes), writes[0])
+	}
+	if code, _ := httpGet("http://" + addrA + "/readyz"); code != 503 {
+		t.Fatalf("the old leader's /readyz = %d after the network healed, want 503 (standing by)", code)
+	}
+	b.terminate(t)
+	t.Logf("%s: the new leader stopped", time.Since(cut).Round(time.Millisecond))
+	a.terminate(t)
+	t.Logf("%s: the old leader stopped", time.Since(cut).Round(time.Millisecond))
+	// It had stopped leading on its own while cut off, within the lease: it logged so.
+	if b, err := os.ReadFile(a.log); err != nil || !strings.Contains(string(b), "lost the leader lock: stopped leading") {
+		t.Errorf("the old leader's log does not say it stopped leading (%v):\n%s", err, b)
 	}
 }
