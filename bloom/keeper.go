@@ -141,6 +141,15 @@ func (k *Keeper) Open(ctx context.Context) error {
 	return nil
 }
 
+// SetFence makes every bitmap swap (a rebuild's, a restore's) first ask f and refuse
+// when it fails: an instance whose leader lease expired must not swap a bitmap in under
+// the instance that leads now (one built before that leader's inserts would hide them).
+func (k *Keeper) SetFence(f func() error) {
+	for _, t := range k.tables {
+		t.mirror.fence.Store(&f)
+	}
+}
+
 // Complete reports whether every table's filter is complete in Redis.
 func (k *Keeper) Complete() bool {
 	for _, t := range k.tables {

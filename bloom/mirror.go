@@ -24,6 +24,21 @@ type Mirror struct {
 	meta    string
 	tmp     string
 	cluster bool
+	// fence, when set, is asked before a bitmap is replaced or invalidated (see
+	// Keeper.SetFence).
+	fence atomic.Pointer[func() error]
+}
+
+// ErrFenced wraps the error of a replace or invalidate refused by the fence.
+var ErrFenced = errors.New("bloom: not written: this instance may no longer lead")
+
+func (m *Mirror) fenced() error {
+	if f := m.fence.Load(); f != nil {
+		if err := (*f)(); err != nil {
+			return fmt.Errorf("%w: %w", ErrFenced, err)
+		}
+	}
+	return nil
 }
 
 // NewMirror returns the mirror at key.
@@ -71,6 +86,9 @@ const ioChunk = 1 << 20
 // two keys disagree (in a cluster, between RENAME and the meta write) the bitmap's
 // length tells (see Reader), as filters of different parameters have different lengths.
 func (m *Mirror) Replace(ctx context.Context, f *Filter) error {
+	if err := m.fenced(); err != nil {
+		return err
+	}
 	n := (f.M() + 7) / 8
 	if err := m.rdb.Del(ctx, m.tmp).Err(); err != nil {
 		return fmt.Errorf("write the bloom bitmap %s: %w", m.tmp, err)

@@ -156,16 +156,9 @@ type Load struct {
 	Pos       canal.Position
 }
 
-// ensureLoads creates the load records' table when missing; created tells whether it was.
-func (s *Store) ensureLoads(ctx context.Context) (created bool, err error) {
-	var n int
-	if err := s.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'loaded_tables'", s.schema).Scan(&n); err != nil {
-		return false, fmt.Errorf("read the state schema's tables: %w", err)
-	}
-	if n == 1 {
-		return false, nil
-	}
-	_, err = s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS `"+s.schema+"`.loaded_tables ("+
+// ensureLoads creates the load records' table when missing.
+func (s *Store) ensureLoads(ctx context.Context) error {
+	_, err := s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS `"+s.schema+"`.loaded_tables ("+
 		"name VARCHAR(64) NOT NULL,"+
 		"table_name VARCHAR(200) NOT NULL,"+
 		"key_prefix VARBINARY(255) NOT NULL,"+
@@ -177,33 +170,32 @@ func (s *Store) ensureLoads(ctx context.Context) (created bool, err error) {
 		"PRIMARY KEY (name, table_name, key_prefix)"+
 		") ENGINE=InnoDB")
 	if err != nil {
-		return false, fmt.Errorf("create the load records' table: %w", err)
+		return fmt.Errorf("create the load records' table: %w", err)
 	}
-	return true, nil
+	return nil
 }
 
-// Loads returns the load records. fresh is true when the records' table did not exist
-// before this call (a state schema written by an invsync that kept none).
-func (s *Store) Loads(ctx context.Context) (loads []Load, fresh bool, err error) {
-	if fresh, err = s.ensureLoads(ctx); err != nil {
-		return nil, false, err
+// Loads returns the load records.
+func (s *Store) Loads(ctx context.Context) (loads []Load, err error) {
+	if err = s.ensureLoads(ctx); err != nil {
+		return nil, err
 	}
 	rows, err := s.db.QueryContext(ctx, "SELECT table_name, key_prefix, binlog_file, binlog_pos, gtid_set, epoch FROM `"+s.schema+"`.loaded_tables WHERE name = ?", s.name)
 	if err != nil {
-		return nil, false, fmt.Errorf("read the load records: %w", err)
+		return nil, fmt.Errorf("read the load records: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var l Load
 		if err := rows.Scan(&l.Table, &l.KeyPrefix, &l.Pos.File, &l.Pos.Pos, &l.Pos.GTID, &l.Pos.Epoch); err != nil {
-			return nil, false, fmt.Errorf("read the load records: %w", err)
+			return nil, fmt.Errorf("read the load records: %w", err)
 		}
 		loads = append(loads, l)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, false, fmt.Errorf("read the load records: %w", err)
+		return nil, fmt.Errorf("read the load records: %w", err)
 	}
-	return loads, fresh, nil
+	return loads, nil
 }
 
 // RecordLoads records that each table (schema.table with its key prefix) was loaded
@@ -212,7 +204,7 @@ func (s *Store) RecordLoads(ctx context.Context, loads []Load) error {
 	if len(loads) == 0 {
 		return nil
 	}
-	if _, err := s.ensureLoads(ctx); err != nil {
+	if err := s.ensureLoads(ctx); err != nil {
 		return err
 	}
 	tx, err := s.db.BeginTx(ctx, nil)

@@ -496,6 +496,9 @@ func (c *Config) Validate() error {
 			add("tables[%d] %s is already configured as tables[%d]", i, name, j)
 		}
 		names[name] = i
+		if len(t.KeyPrefix) > 255 {
+			add("tables[%d].key_prefix is %d bytes long; at most 255 (fix: a shorter prefix)", i, len(t.KeyPrefix))
+		}
 		if strings.ContainsAny(t.KeyPrefix, "{}") {
 			add("tables[%d].key_prefix %q must not contain braces (they are the hash tag)", i, t.KeyPrefix)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/invsync/invsync/canal"
@@ -51,37 +52,60 @@ func claims(cfg *config.Config) []claim {
 	return cs
 }
 
-// claimedError names the namespace, the other pipeline and the fix.
-func claimedError(c claim, other claimOwner) error {
-	return fmt.Errorf("%w: %s %q is %s (pipeline %s: source %s, state schema %s, since %s); several sources into one key prefix "+
+// claimedError names the namespaces another pipeline writes, that pipeline and the fix
+// (one command deleting every claim in the way).
+func claimedError(cs []claim, others []claimOwner) error {
+	var what []string
+	keys := make([]string, len(cs))
+	for i, c := range cs {
+		what = append(what, fmt.Sprintf("%s %q", c.setting, c.value))
+		keys[i] = c.key
+	}
+	o := others[0]
+	return fmt.Errorf("%w: %s %s %s (pipeline %s: source %s, state schema %s, since %s); several sources into one key prefix "+
 		"(a sharded inventory) are not supported: they would tombstone and hide each other's rows (fix: give each source its own "+
-		"key_prefix per table, bloom.key_prefix and state.schema; if that instance is gone for good, delete its claim: redis-cli DEL %s)",
-		canal.ErrPermanent, c.setting, c.value, ErrClaimed, other.Pipeline, other.Source, other.StateSchema, other.Since, c.key)
+		"key_prefix per table, bloom.key_prefix and state.schema; if that instance is gone for good, or this is the same deployment "+
+		"whose state schema was recreated, delete its claims: redis-cli DEL %s)",
+		canal.ErrPermanent, strings.Join(what, ", "), map[bool]string{true: "is", false: "are"}[len(cs) == 1], ErrClaimed,
+		o.Pipeline, o.Source, o.StateSchema, o.Since, strings.Join(keys, " "))
 }
 
-// claimRedis records this pipeline as the writer of every namespace of cfg in Redis, or
-// returns an error (wrapping ErrClaimed and canal.ErrPermanent) naming one that another
-// pipeline writes. Claims are kept without expiry; a Redis that lost them (data loss) is
-// claimed again by the next call.
-func claimRedis(ctx context.Context, rdb redis.UniversalClient, cfg *config.Config, pipeline string) error {
-	me := claimOwner{Pipeline: pipeline, Source: cfg.Source.Addr, StateSchema: cfg.State.Schema, Since: time.Now().UTC().Format(time.RFC3339)}
-	val, _ := json.Marshal(me)
-	// All or nothing: a refused instance leaves no claim behind.
+// conflicts returns the claims of cfg that another pipeline than pipeline holds.
+func conflicts(ctx context.Context, rdb redis.UniversalClient, cfg *config.Config, pipeline string) ([]claim, []claimOwner, error) {
+	var cs []claim
+	var os []claimOwner
 	for _, c := range claims(cfg) {
 		other, err := readClaim(ctx, rdb, c.key)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		if other.Pipeline != "" && other.Pipeline != pipeline {
-			return claimedError(c, other)
+			cs, os = append(cs, c), append(os, other)
 		}
 	}
+	return cs, os, nil
+}
+
+// claimRedis records this pipeline as the writer of every namespace of cfg in Redis, or
+// returns an error (wrapping ErrClaimed and canal.ErrPermanent) naming those another
+// pipeline writes. Claims are kept without expiry; a Redis that lost them (data loss) is
+// claimed again by the next call. A refused call leaves none of its claims behind.
+func claimRedis(ctx context.Context, rdb redis.UniversalClient, cfg *config.Config, pipeline string) error {
+	me := claimOwner{Pipeline: pipeline, Source: cfg.Source.Addr, StateSchema: cfg.State.Schema, Since: time.Now().UTC().Format(time.RFC3339)}
+	val, _ := json.Marshal(me)
+	if cs, os, err := conflicts(ctx, rdb, cfg, pipeline); err != nil {
+		return err
+	} else if len(cs) > 0 {
+		return claimedError(cs, os)
+	}
+	var mine []string // set by this call
 	for _, c := range claims(cfg) {
 		ok, err := rdb.SetNX(ctx, c.key, val, 0).Result()
 		if err != nil {
 			return fmt.Errorf("claim %s in Redis: %w", c.key, err)
 		}
 		if ok {
+			mine = append(mine, c.key)
 			continue
 		}
 		other, err := readClaim(ctx, rdb, c.key)
@@ -89,7 +113,13 @@ func claimRedis(ctx context.Context, rdb redis.UniversalClient, cfg *config.Conf
 			return err
 		}
 		if other.Pipeline != pipeline {
-			return claimedError(c, other)
+			// Another pipeline claimed at the same moment: give back what this call took.
+			for _, k := range mine {
+				if o, err := readClaim(ctx, rdb, k); err == nil && o.Pipeline == pipeline {
+					rdb.Del(ctx, k)
+				}
+			}
+			return claimedError([]claim{c}, []claimOwner{other})
 		}
 	}
 	return nil
@@ -125,14 +155,10 @@ func CheckClaims(ctx context.Context, cfg *config.Config, source *sql.DB, rdb re
 	if err != nil {
 		return err
 	}
-	for _, c := range claims(cfg) {
-		other, err := readClaim(ctx, rdb, c.key)
-		if err != nil {
-			return err
-		}
-		if other.Pipeline != "" && other.Pipeline != pipeline {
-			return claimedError(c, other)
-		}
+	if cs, os, err := conflicts(ctx, rdb, cfg, pipeline); err != nil {
+		return err
+	} else if len(cs) > 0 {
+		return claimedError(cs, os)
 	}
 	return nil
 }

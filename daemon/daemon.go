@@ -140,12 +140,12 @@ func (d *Daemon) Addr() string {
 // (http.advertise, else the address listened on with an unspecified host replaced by the
 // hostname); "" when HTTP is off.
 func (d *Daemon) advertised() string {
-	if d.cfg.HTTP.Advertise != "" {
-		return d.cfg.HTTP.Advertise
-	}
 	addr := d.Addr()
 	if addr == "" {
 		return ""
+	}
+	if d.cfg.HTTP.Advertise != "" {
+		return d.cfg.HTTP.Advertise
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -279,7 +279,38 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	if err != nil {
 		return err
 	}
+	var store *checkpoint.Store
+	if err := d.retry(ctx, "open the state schema", func() error {
+		var err error
+		store, err = checkpoint.Open(ctx, stateDB, d.cfg.State.Schema, "default")
+		return err
+	}); err != nil {
+		return err
+	}
+	store.Fence(lock.name, lock.ID())
+	// Refuse to write under a namespace another source's invsync writes (see claims.go),
+	// before anything is written.
+	var pipeline string
+	if err := d.retry(ctx, "claim the key prefixes in Redis", func() error {
+		var err error
+		if pipeline, err = store.PipelineID(ctx); err != nil {
+			return err
+		}
+		return claimRedis(ctx, rdb, d.cfg, pipeline)
+	}); err != nil {
+		return err
+	}
+	// Say where this leader answers, for `invsync reconcile` run on another host.
+	if err := d.retry(ctx, "record this instance as the leader", func() error {
+		host, _ := os.Hostname()
+		return store.SetLeader(ctx, checkpoint.Leader{HTTPAddr: d.advertised(), Host: host, PID: os.Getpid(), Session: lock.ID()})
+	}); err != nil {
+		return err
+	}
 	keeper := newKeeper(d.cfg, rdb, tables, d.log.Named("bloom"), d.bloomM)
+	// Fencing: once the lease may have expired (a standby may lead), nothing is written:
+	// no row, no applied marker, no Bloom bitmap swapped in.
+	keeper.SetFence(lock.Lease)
 	if err := d.retry(ctx, "load the bloom filters", func() error { return keeper.Open(ctx) }); err != nil {
 		return err
 	}
@@ -291,36 +322,8 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	live := d.live.Load()
 	rawWriter := newWriter(d.cfg, rdb)
 	rawWriter.SetTTLs(live.Bloom.TombstoneTTL, live.Bloom.NullTTL)
-	// Fencing: once the lease may have expired (a standby may lead), nothing is written.
 	rawWriter.SetFence(lock.Lease)
 	writer := keeper.Wrap(rawWriter)
-	var store *checkpoint.Store
-	if err := d.retry(ctx, "open the state schema", func() error {
-		var err error
-		store, err = checkpoint.Open(ctx, stateDB, d.cfg.State.Schema, "default")
-		return err
-	}); err != nil {
-		return err
-	}
-	store.Fence(lock.name, lock.ID())
-	// Say where this leader answers, for `invsync reconcile` run on another host.
-	if err := d.retry(ctx, "record this instance as the leader", func() error {
-		host, _ := os.Hostname()
-		return store.SetLeader(ctx, checkpoint.Leader{HTTPAddr: d.advertised(), Host: host, PID: os.Getpid(), Session: lock.ID()})
-	}); err != nil {
-		return err
-	}
-	// Refuse to write under a namespace another source's invsync writes (see claims.go).
-	var pipeline string
-	if err := d.retry(ctx, "claim the key prefixes in Redis", func() error {
-		var err error
-		if pipeline, err = store.PipelineID(ctx); err != nil {
-			return err
-		}
-		return claimRedis(ctx, rdb, d.cfg, pipeline)
-	}); err != nil {
-		return err
-	}
 	var comp *compensation.Store
 	if err := d.retry(ctx, "open the compensation table", func() error {
 		var err error
@@ -363,7 +366,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
 		if err := d.retry(ctx, "snapshot the tables", func() error {
 			var err error
-			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, snapshotMode{})
+			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, snapshotMode{fence: lock.Lease})
 			return err
 		}); err != nil {
 			return err
@@ -469,6 +472,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		}
 		if err := d.retry(ctx, "snapshot the tables", func() error {
 			var err error
+			mode.fence = lock.Lease
 			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
 			return err
 		}); err != nil {
@@ -713,7 +717,10 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 		}
 		d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
 		// The claims on the key prefixes went with the data (see claims.go).
-		if err := reclaim(); err != nil {
+		if err := reclaim(); errors.Is(err, ErrClaimed) {
+			d.log.Error("Redis lost its data and another invsync claimed these key prefixes meanwhile: not loading the tables", zap.Error(err))
+			return true
+		} else if err != nil {
 			d.log.Error("cannot claim the key prefixes again after Redis lost its data", zap.Error(err))
 		}
 		d.log.Error("Redis lost invsync's data (the marker key is gone: restart without persistence, FLUSHALL or failover to an empty replica): loading every table again while streaming goes on",
@@ -758,7 +765,8 @@ func everyTick(ctx context.Context, interval time.Duration, f func() bool) {
 type snapshotMode struct {
 	epoch   uint32
 	replace bool
-	floor   layout.Seq // chunks are read at or after it (snapshot.AtLeast)
+	floor   layout.Seq   // chunks are read at or after it (snapshot.AtLeast)
+	fence   func() error // asked before the applied markers are written (see Lock.Lease)
 }
 
 // historyChanged reports whether the source's binlog history was replaced since pos was
@@ -895,6 +903,11 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 		return pos, err
 	}
 	// Redis holds every row up to pos (see rollback.go), then the checkpoint.
+	if mode.fence != nil {
+		if err := mode.fence(); err != nil {
+			return pos, fmt.Errorf("%w: %w", layout.ErrFenced, err)
+		}
+	}
 	if err := markers.write(ctx, rdb, pos); err != nil {
 		return pos, err
 	}
@@ -1326,7 +1339,12 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 	if err := keeper.Open(ctx); err != nil {
 		return canal.Position{}, err
 	}
-	return RunSnapshot(ctx, cfg, db, tables, keeper.Wrap(newWriter(cfg, rdb)), keeper, rdb, store, log, progress, mode)
+	// Fenced like the daemon: a snapshot suspended past the lease writes nothing more.
+	mode.fence = lock.Lease
+	keeper.SetFence(lock.Lease)
+	w := newWriter(cfg, rdb)
+	w.SetFence(lock.Lease)
+	return RunSnapshot(ctx, cfg, db, tables, keeper.Wrap(w), keeper, rdb, store, log, progress, mode)
 }
 
 // fetcher reads single rows from the source for the compensation retrier, with a

@@ -32,14 +32,15 @@ func loadRecords(tables []*canal.Table, pos canal.Position) []checkpoint.Load {
 // against it by position. It forgets the records of tables the config no longer mirrors
 // (one added again later is loaded again) and logs the key prefixes left behind.
 func (d *Daemon) loadNewTables(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, store *checkpoint.Store, tables []*canal.Table, pos canal.Position) error {
-	loads, fresh, err := store.Loads(ctx)
+	loads, err := store.Loads(ctx)
 	if err != nil {
 		return err
 	}
-	if fresh {
-		// A state schema from an invsync that kept no load records: the tables it
-		// mirrored were loaded (there is a checkpoint). Tables added at the same upgrade
-		// are not told apart; reconcile --repair loads what they miss.
+	if len(loads) == 0 {
+		// No record at all under a checkpoint: a state schema from an invsync that kept
+		// none (an upgrade; or one stopped before it recorded them). The tables it
+		// mirrored were loaded. Tables added at the same upgrade are not told apart;
+		// reconcile --repair loads what they miss.
 		d.log.Info("recording the configured tables as loaded (first start of an invsync that records them)", pos.Fields()...)
 		return store.RecordLoads(ctx, loadRecords(tables, pos))
 	}

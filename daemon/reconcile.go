@@ -89,7 +89,10 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 	}
 	if held {
 		defer lock.Release()
+		// Fenced like the daemon: a run suspended past the lease writes nothing more.
+		w.SetFence(lock.Lease)
 		keeper := newKeeper(cfg, rdb, tables, log.Named("bloom"), nil)
+		keeper.SetFence(lock.Lease)
 		if err := keeper.Open(ctx); err != nil {
 			return nil, "", err
 		}
@@ -137,7 +140,11 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 	if l, ok, err := checkpoint.ReadLeader(ctx, stateDB, cfg.State.Schema, pipelineName, LockName(cfg)); err != nil {
 		log.Warn("cannot read where the leader runs; asking http.listen of this config", zap.Error(err))
 	} else if ok {
-		addr, where = l.HTTPAddr, fmt.Sprintf("the leader (%s, pid %d)", l.Host, l.PID)
+		var why string
+		if addr, why = leaderAddr(l, ok, addr); why != "" {
+			return rep, "Bloom filters not rebuilt: " + why + " (its scheduled reconciliation rebuilds them)", nil
+		}
+		where = fmt.Sprintf("the leader (%s, pid %d)", l.Host, l.PID)
 	}
 	if addr == "" {
 		return rep, "Bloom filters not rebuilt: a running invsync leads this config and its HTTP endpoint is off (its scheduled reconciliation rebuilds them)", nil

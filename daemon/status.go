@@ -5,8 +5,11 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"math"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -142,9 +145,11 @@ func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
 	if st.Leader, st.LeaderKnown, err = checkpoint.ReadLeader(ctx, stateDB, cfg.State.Schema, pipelineName, LockName(cfg)); err != nil {
 		return nil, err
 	}
-	st.DaemonAddr = cfg.HTTP.Listen
-	if st.LeaderKnown && st.Leader.HTTPAddr != "" {
-		st.DaemonAddr = st.Leader.HTTPAddr
+	var why string
+	st.DaemonAddr, why = leaderAddr(st.Leader, st.LeaderKnown && st.Leader.HTTPAddr != "", cfg.HTTP.Listen)
+	if why != "" {
+		st.DaemonErr = why
+		return st, nil
 	}
 	if st.DaemonAddr == "" {
 		st.DaemonErr = "http.listen is off"
@@ -179,4 +184,20 @@ func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
 		}
 	}
 	return st, nil
+}
+
+// leaderAddr returns where to reach the leader's HTTP endpoint: the address it recorded
+// (checkpoint.ReadLeader), unless that is a loopback address on another host (then ""
+// and why), else fallback.
+func leaderAddr(l checkpoint.Leader, known bool, fallback string) (addr, why string) {
+	if !known {
+		return fallback, ""
+	}
+	host, _, err := net.SplitHostPort(l.HTTPAddr)
+	if ip := net.ParseIP(host); err == nil && (host == "localhost" || (ip != nil && ip.IsLoopback())) {
+		if me, _ := os.Hostname(); me != l.Host {
+			return "", fmt.Sprintf("the leader runs on %s and its HTTP endpoint listens on loopback only (%s): set http.listen (or http.advertise) to an address other hosts reach", l.Host, l.HTTPAddr)
+		}
+	}
+	return l.HTTPAddr, ""
 }

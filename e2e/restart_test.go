@@ -72,8 +72,9 @@ func TestTablesAddedOrReprefixedAreLoadedAfterRestart(t *testing.T) {
 		"UPDATE inventory SET stock = stock + 1, version = version + 1 WHERE sku < 10")
 	end := e.currentPosition()
 	e.waitEqual(30 * time.Second)
+	store := e.checkpointStore()
 	waitFor(t, "the checkpoint passes the unmirrored changes", 30*time.Second, func() bool {
-		pos, _, err := e.checkpointStore().Load(ctx)
+		pos, _, err := store.Load(ctx)
 		return err == nil && !pos.Before(end)
 	})
 	r.stop(t)
