@@ -54,7 +54,7 @@ func resharder(t *testing.T, addrs []string) (stop func() int) {
 			bursts.Add(1)
 			select {
 			case <-ctx.Done():
-			case <-time.After(300 * time.Millisecond):
+			case <-time.After(time.Second):
 			}
 		}
 	}()
