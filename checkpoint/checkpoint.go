@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	mysqldrv "github.com/go-sql-driver/mysql"
@@ -112,21 +113,35 @@ func (s *Store) Load(ctx context.Context) (pos canal.Position, ok bool, err erro
 
 // Save replaces the stored position.
 func (s *Store) Save(ctx context.Context, pos canal.Position) error {
+	return s.fencedUpsert(ctx, s.db, "write checkpoint", "checkpoint",
+		[]string{"name", "binlog_file", "binlog_pos", "gtid_set", "epoch", "source_id"},
+		[]any{s.name, pos.File, pos.Pos, pos.GTID, pos.Epoch, s.source}, upsert)
+}
+
+// execer is a *sql.DB or a *sql.Tx.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// fencedUpsert inserts one row into table of the state schema (cols, vals; update is the
+// ON DUPLICATE KEY UPDATE clause, leading space included). A fenced store writes only
+// while its lock is held by its owner, and returns ErrNotLeader when it is not. what
+// names the write in errors.
+func (s *Store) fencedUpsert(ctx context.Context, db execer, what, table string, cols []string, vals []any, update string) error {
+	marks := strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ")
+	q := "INSERT INTO `" + s.schema + "`." + table + " (" + strings.Join(cols, ", ") + ") "
 	if s.lock != "" {
-		res, err := s.db.ExecContext(ctx, "INSERT INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set, epoch, source_id) SELECT ?, ?, ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?"+upsert,
-			s.name, pos.File, pos.Pos, pos.GTID, pos.Epoch, s.source, s.lock, s.owner)
-		if err != nil {
-			return fmt.Errorf("write checkpoint: %w", err)
-		}
-		if n, err := res.RowsAffected(); err == nil && n == 0 {
-			return fmt.Errorf("write checkpoint: %w (lock %s)", ErrNotLeader, s.lock)
-		}
-		return nil
+		q += "SELECT " + marks + " FROM DUAL WHERE IS_USED_LOCK(?) = ?"
+		vals = append(vals, s.lock, s.owner)
+	} else {
+		q += "VALUES (" + marks + ")"
 	}
-	_, err := s.db.ExecContext(ctx, "INSERT INTO `"+s.schema+"`.checkpoint (name, binlog_file, binlog_pos, gtid_set, epoch, source_id) VALUES (?, ?, ?, ?, ?, ?)"+upsert,
-		s.name, pos.File, pos.Pos, pos.GTID, pos.Epoch, s.source)
+	res, err := db.ExecContext(ctx, q+update, vals...)
 	if err != nil {
-		return fmt.Errorf("write checkpoint: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 && s.lock != "" {
+		return fmt.Errorf("%s: %w (lock %s)", what, ErrNotLeader, s.lock)
 	}
 	return nil
 }
@@ -213,21 +228,11 @@ func (s *Store) RecordLoads(ctx context.Context, loads []Load) error {
 	}
 	defer tx.Rollback()
 	for _, l := range loads {
-		q := "INSERT INTO `" + s.schema + "`.loaded_tables (name, table_name, key_prefix, binlog_file, binlog_pos, gtid_set, epoch) "
-		args := []any{s.name, l.Table, l.KeyPrefix, l.Pos.File, l.Pos.Pos, l.Pos.GTID, l.Pos.Epoch}
-		if s.lock != "" {
-			q += "SELECT ?, ?, ?, ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?"
-			args = append(args, s.lock, s.owner)
-		} else {
-			q += "VALUES (?, ?, ?, ?, ?, ?, ?)"
-		}
-		q += " ON DUPLICATE KEY UPDATE binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set), epoch = VALUES(epoch), loaded_at = NOW(6)"
-		res, err := tx.ExecContext(ctx, q, args...)
-		if err != nil {
-			return fmt.Errorf("record loaded table %s: %w", l.Table, err)
-		}
-		if n, err := res.RowsAffected(); err == nil && n == 0 && s.lock != "" {
-			return fmt.Errorf("record loaded table %s: %w (lock %s)", l.Table, ErrNotLeader, s.lock)
+		if err := s.fencedUpsert(ctx, tx, "record loaded table "+l.Table, "loaded_tables",
+			[]string{"name", "table_name", "key_prefix", "binlog_file", "binlog_pos", "gtid_set", "epoch"},
+			[]any{s.name, l.Table, l.KeyPrefix, l.Pos.File, l.Pos.Pos, l.Pos.GTID, l.Pos.Epoch},
+			" ON DUPLICATE KEY UPDATE binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set), epoch = VALUES(epoch), loaded_at = NOW(6)"); err != nil {
+			return err
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -316,23 +321,10 @@ func (s *Store) SetLeader(ctx context.Context, l Leader) error {
 	if err := s.ensureLeader(ctx); err != nil {
 		return err
 	}
-	q := "INSERT INTO `" + s.schema + "`.leader (name, http_addr, host, pid, lock_session) "
-	args := []any{s.name, l.HTTPAddr, l.Host, l.PID, l.Session}
-	if s.lock != "" {
-		q += "SELECT ?, ?, ?, ?, ? FROM DUAL WHERE IS_USED_LOCK(?) = ?"
-		args = append(args, s.lock, s.owner)
-	} else {
-		q += "VALUES (?, ?, ?, ?, ?)"
-	}
-	q += " ON DUPLICATE KEY UPDATE http_addr = VALUES(http_addr), host = VALUES(host), pid = VALUES(pid), lock_session = VALUES(lock_session), since = NOW(6)"
-	res, err := s.db.ExecContext(ctx, q, args...)
-	if err != nil {
-		return fmt.Errorf("record the leader: %w", err)
-	}
-	if n, err := res.RowsAffected(); err == nil && n == 0 && s.lock != "" {
-		return fmt.Errorf("record the leader: %w (lock %s)", ErrNotLeader, s.lock)
-	}
-	return nil
+	return s.fencedUpsert(ctx, s.db, "record the leader", "leader",
+		[]string{"name", "http_addr", "host", "pid", "lock_session"},
+		[]any{s.name, l.HTTPAddr, l.Host, l.PID, l.Session},
+		" ON DUPLICATE KEY UPDATE http_addr = VALUES(http_addr), host = VALUES(host), pid = VALUES(pid), lock_session = VALUES(lock_session), since = NOW(6)")
 }
 
 // ReadLeader returns the instance recorded as leading the pipeline of schema, if the lock

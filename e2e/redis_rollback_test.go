@@ -40,17 +40,24 @@ func (p *persistentRedis) kill() {
 	}
 }
 
-func TestRedisRestoredFromAnOlderSnapshotIsHealed(t *testing.T) {
+// onPersistentRedis is streaming with rows rows, against a persistentRedis of its own.
+func onPersistentRedis(t *testing.T, rows int) (*env, *persistentRedis, *running) {
+	t.Helper()
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
 	srv := &persistentRedis{addr: freeAddr(t), dir: t.TempDir()}
 	srv.start(t)
 	t.Cleanup(srv.kill)
 	e.cfg.Redis.Addrs = []string{srv.addr}
 	e.rdb = redisClient(t, srv.addr)
-	loadRows(t, e, 1000)
+	loadRows(t, e, rows)
 	r := e.start(nil)
 	waitReady(t, r)
 	e.waitEqual(30 * time.Second)
+	return e, srv, r
+}
+
+func TestRedisRestoredFromAnOlderSnapshotIsHealed(t *testing.T) {
+	e, srv, r := onPersistentRedis(t, 1000)
 	ctx := context.Background()
 	base := "http://" + r.d.Addr()
 
@@ -128,16 +135,7 @@ func TestClusterMasterRestoredFromAnOlderRDBIsHealed(t *testing.T) {
 // marker), streams again from what Redis holds and heals: every row equal, every key in
 // the Bloom filter (no "not found (bloom)" for a row MySQL has), status says complete.
 func TestRedisRestoredFromAnOlderSnapshotWhileStopped(t *testing.T) {
-	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	srv := &persistentRedis{addr: freeAddr(t), dir: t.TempDir()}
-	srv.start(t)
-	t.Cleanup(srv.kill)
-	e.cfg.Redis.Addrs = []string{srv.addr}
-	e.rdb = redisClient(t, srv.addr)
-	loadRows(t, e, 500)
-	r := e.start(nil)
-	waitReady(t, r)
-	e.waitEqual(30 * time.Second)
+	e, srv, r := onPersistentRedis(t, 500)
 	ctx := context.Background()
 	testenv.Must(t, e.rdb.Save(ctx).Err(), "SAVE")
 	// After the RDB: 50 new keys (new Bloom bits), an update; acknowledged, checkpointed.
