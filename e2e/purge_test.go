@@ -59,15 +59,15 @@ func TestPurgedBinlogUnderTheCheckpoint(t *testing.T) {
 
 	failCfg := e.writeConfig(func(c *config.Config) { c.Source.OnPositionLost = "fail"; c.HTTP.Listen = "" })
 	code, out := runCLI(t, 60*time.Second, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "run", "-c", failCfg)
-	if code == 0 || !strings.Contains(out, cp.File) || !strings.Contains(out, "oldest binlog") || !strings.Contains(out, "invsync snapshot") {
+	if code != 1 || !strings.Contains(out, cp.File) || !strings.Contains(out, "oldest binlog") || !strings.Contains(out, "invsync snapshot") {
 		t.Fatalf("on_position_lost fail: exit %d, output:\n%s", code, out)
 	}
 
 	r = e.start(nil)
 	waitReady(t, r)
 	e.waitEqual(60 * time.Second)
-	if got := counterSum(t, r.d.Registry(), "invsync_resnapshots_total"); got != 1 {
-		t.Fatalf("resnapshots counter %v, want 1", got)
+	if got, all := seriesValue(t, r.d.Registry(), "invsync_resnapshots_total", "reason", "position_lost"), counterSum(t, r.d.Registry(), "invsync_resnapshots_total"); got != 1 || all != 1 {
+		t.Fatalf("invsync_resnapshots_total{reason=position_lost} = %v (all reasons %v), want 1", got, all)
 	}
 	snap := e.snapshotRedis()
 	if h := snap[layout.Key(e.cfg.Tables[0].KeyPrefix, []string{"260"})]; h[layout.FieldDeleted] != "1" {

@@ -189,11 +189,26 @@ func TestScheduledReconcile(t *testing.T) {
 	}
 	body, err := httpBody("http://" + r.d.Addr() + "/metrics")
 	testenv.Must(t, err, "metrics")
-	for _, m := range []string{`invsync_reconcile_runs_total{result="repaired"} 1`, `invsync_reconcile_last_repaired{kind="missing",table="` + e.schema + `.inventory"} 1`,
-		`invsync_reconcile_last_rows_checked{table="` + e.schema + `.inventory"} 500`, "invsync_reconcile_last_run_timestamp_seconds", "invsync_reconcile_last_duration_seconds"} {
-		if !strings.Contains(body, m) {
-			t.Errorf("/metrics lacks %q", m)
+	table := e.schema + ".inventory"
+	reg := r.d.Registry()
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"invsync_reconcile_runs_total", []string{"result", "repaired"}, 1},
+		{"invsync_reconcile_last_repaired", []string{"kind", "missing", "table", table}, 1},
+		{"invsync_reconcile_last_rows_checked", []string{"table", table}, 500},
+	} {
+		if got := seriesValue(t, reg, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
+	}
+	if ts := counterSum(t, reg, "invsync_reconcile_last_run_timestamp_seconds"); time.Since(time.Unix(int64(ts), 0)) > time.Minute {
+		t.Errorf("invsync_reconcile_last_run_timestamp_seconds = %v, not the run just made", ts)
+	}
+	if !strings.Contains(body, "invsync_reconcile_last_duration_seconds") {
+		t.Error("/metrics lacks invsync_reconcile_last_duration_seconds")
 	}
 	if counterSum(t, r.d.Registry(), "invsync_bloom_rebuilds_total") < 2 {
 		t.Error("the scheduled run did not rebuild the Bloom filter")
