@@ -199,7 +199,7 @@ func TestKill9DuringCatchUp(t *testing.T) {
 	}
 	// Downtime: a workload with many changes per key, then a pause so that every commit
 	// is old (the daemon is behind) when it starts again.
-	wl := &workload{db: e.db, table: "inventory", skus: 500, writers: 4, txns: 4000, maxRows: 20}
+	wl := &workload{db: e.db, table: "inventory", skus: 3000, writers: 4, txns: 8000, maxRows: 20}
 	testenv.Must(t, wl.run(context.Background()), "workload")
 	written := e.currentPosition()
 	time.Sleep(2500 * time.Millisecond)
@@ -208,19 +208,27 @@ func TestKill9DuringCatchUp(t *testing.T) {
 	defer cancel()
 	smp := startSampler(ctx, store, e.rdb, e.cfg.Tables[0].KeyPrefix, 5*time.Millisecond)
 	p = startProc(t, cfgPath, httpAddr)
-	// Kill it once the catch-up path is at work: changes of waiting keys are being merged.
+	// Kill it as soon as the catch-up writes.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		body, err := httpBody("http://" + httpAddr + "/metrics")
-		if err == nil && metricSum(body, "invsync_rows_coalesced_total") > 0 {
+		if err == nil && metricSum(body, "invsync_rows_applied_total") > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the catch-up coalesced nothing: the catch-up path was not exercised")
+			t.Fatal("the catch-up wrote nothing")
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
 	p.kill(t)
+	// The kill hit work in flight: Redis still differs from MySQL and the checkpoint is
+	// short of the end of the workload.
+	if e.compare() == nil {
+		t.Fatal("Redis already equals MySQL at the kill: the kill landed after the catch-up")
+	}
+	if pos, _, err := store.Load(context.Background()); err != nil || !less(pos, canal.Position{File: written.File, Pos: written.Pos}) {
+		t.Fatalf("the checkpoint %s is not short of the workload's end %s at the kill (%v)", pos, written, err)
+	}
 	p = startProc(t, cfgPath, httpAddr)
 	e.waitEqual(60 * time.Second)
 	// Redis may be equal before the restarted daemon has re-read what the killed one
@@ -237,6 +245,10 @@ func TestKill9DuringCatchUp(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(300 * time.Millisecond) // let the sampler see the final checkpoint too
+	// The catch-up path was at work: changes of waiting keys were merged.
+	if body, err := httpBody("http://" + httpAddr + "/metrics"); err != nil || metricSum(body, "invsync_rows_coalesced_total") == 0 {
+		t.Errorf("the catch-up coalesced nothing (%v): the catch-up path was not exercised", err)
+	}
 	p.terminate(t)
 	samples := smp.stop()
 	endPos, _, err := store.Load(context.Background())
