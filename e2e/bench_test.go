@@ -133,15 +133,23 @@ func runW1(b *testing.B) {
 
 // waitCheckpointPast polls the checkpoint until it is at or past end.
 func waitCheckpointPast(tb testing.TB, store *checkpoint.Store, end mysql.Position) {
+	tb.Helper()
+	deadline := time.Now().Add(waitCheckpointFor)
 	for {
 		pos, _, err := store.Load(context.Background())
 		testenv.Must(tb, err, "checkpoint")
 		if pos.File > end.Name || (pos.File == end.Name && pos.Pos >= end.Pos) {
 			return
 		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("the checkpoint %s did not reach %s:%d within %s: the run is stuck", pos, end.Name, end.Pos, waitCheckpointFor)
+		}
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// waitCheckpointFor bounds a benchmark's wait for the daemon's checkpoint.
+const waitCheckpointFor = 10 * time.Minute
 
 // w1Rounds is the number of bare-read / catch-up pairs measured.
 const w1Rounds = 5
