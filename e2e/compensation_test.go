@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
@@ -57,10 +58,11 @@ func TestWrongTypeKeyIsParkedAndRetried(t *testing.T) {
 	testenv.Must(t, e.rdb.Set(ctx, bad, "not a hash", 0).Err(), "set string")
 
 	store := e.checkpointStore()
-	before, _, _ := store.Load(ctx)
+	reg := r.d.Registry()
 	changed := time.Now()
 	_, err := e.db.Exec("UPDATE inventory SET stock = stock + 100, version = version + 1 WHERE sku IN (5, 6)")
 	testenv.Must(t, err, "update")
+	updated := e.currentPosition()
 
 	var rows []compensation.Entry
 	waitFor(t, "compensation row for the bad key", 2*time.Second, func() bool {
@@ -75,9 +77,24 @@ func TestWrongTypeKeyIsParkedAndRetried(t *testing.T) {
 	waitFor(t, "the other key synced", 5*time.Second, func() bool {
 		return e.rdb.HGet(ctx, layout.Key(prefix, []string{"6"}), "stock").Val() == "106"
 	})
-	waitFor(t, "the checkpoint moved", 5*time.Second, func() bool {
+	waitFor(t, "the checkpoint passed the update", 5*time.Second, func() bool {
 		p, _, _ := store.Load(ctx)
-		return p != before
+		return !less(p, canal.Position{File: updated.File, Pos: updated.Pos})
+	})
+	// It was retried in place twice (sink's keyRetries) before it was parked, and the
+	// compensation gauges show one pending row of some age.
+	if got := seriesValue(t, reg, "invsync_redis_errors_total", "kind", "key"); got != 2 {
+		t.Errorf("invsync_redis_errors_total{kind=key} = %v, want 2 (two in-place retries before parking)", got)
+	}
+	if got := counterSum(t, reg, "invsync_compensation_parked_total"); got != 1 {
+		t.Errorf("invsync_compensation_parked_total = %v, want 1", got)
+	}
+	waitFor(t, "the pending gauges", 5*time.Second, func() bool {
+		return counterSum(t, reg, "invsync_compensation_pending") == 1 && counterSum(t, reg, "invsync_compensation_oldest_pending_seconds") > 0
+	})
+	// The retrier tries it again (with backoff) and fails while the key is still wrong.
+	waitFor(t, "a failed retry", 5*time.Second, func() bool {
+		return seriesValue(t, reg, "invsync_compensation_retries_total", "result", "failed") >= 1
 	})
 	// Fix the key: the retrier writes the current row and deletes the compensation row.
 	testenv.Must(t, e.rdb.Del(ctx, bad).Err(), "fix")
@@ -85,6 +102,10 @@ func TestWrongTypeKeyIsParkedAndRetried(t *testing.T) {
 		return e.rdb.HGet(ctx, bad, "stock").Val() == "105" && len(e.compensationRows(t)) == 0
 	})
 	e.waitEqual(10 * time.Second)
+	if got := seriesValue(t, reg, "invsync_compensation_retries_total", "result", "applied"); got != 1 {
+		t.Errorf("invsync_compensation_retries_total{result=applied} = %v, want 1", got)
+	}
+	waitFor(t, "the pending gauge back to 0", 5*time.Second, func() bool { return counterSum(t, reg, "invsync_compensation_pending") == 0 })
 
 	// Dead after max_attempts, then replay.
 	testenv.Must(t, e.rdb.Del(ctx, bad).Err(), "del")
@@ -95,6 +116,10 @@ func TestWrongTypeKeyIsParkedAndRetried(t *testing.T) {
 		rows = e.compensationRows(t)
 		return len(rows) == 1 && rows[0].Status == compensation.StatusDead
 	})
+	if got := seriesValue(t, reg, "invsync_compensation_retries_total", "result", "dead"); got != 1 {
+		t.Errorf("invsync_compensation_retries_total{result=dead} = %v, want 1", got)
+	}
+	waitFor(t, "the dead gauge", 5*time.Second, func() bool { return counterSum(t, reg, "invsync_compensation_dead") == 1 })
 	testenv.Must(t, e.rdb.Del(ctx, bad).Err(), "fix")
 	cfgPath := e.writeConfig(nil)
 	code, out := runCLI(t, 30*time.Second, []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}, "compensation", "replay", "-c", cfgPath)

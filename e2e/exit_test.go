@@ -49,7 +49,11 @@ func TestExitStatuses(t *testing.T) {
 	}
 
 	// status with the source unreachable: 1.
-	dead := e.writeConfig(func(c *config.Config) { c.HTTP.Listen = addr; c.Source.Addr = freeAddr(t); c.Source.ConnectTimeout = 2 * time.Second })
+	dead := e.writeConfig(func(c *config.Config) {
+		c.HTTP.Listen = addr
+		c.Source.Addr = freeAddr(t)
+		c.Source.ConnectTimeout = 2 * time.Second
+	})
 	if code, out := runCLI(t, time.Minute, pw, "status", "-c", dead); code != 1 {
 		t.Fatalf("status with the source unreachable: exit %d, want 1; output:\n%s", code, out)
 	}
