@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,9 +49,12 @@ func TestRedisLatencyAndCutConnections(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
 	proxy := newProxy(t, "redis", testenv.RedisAddr())
 	e.cfg.Redis.Addrs = []string{proxy.Listen}
-	r := e.start(nil)
+	dials := &dialCounter{}
+	r := e.start(nil, daemon.WithRedisHook(dials))
 	waitReady(t, r)
+	var dialled int64
 	runFaultWorkload(t, e, r, func() {
+		dialled = dials.n.Load()
 		time.Sleep(500 * time.Millisecond)
 		_, err := proxy.Toxics.AddToxicJson(strings.NewReader(`{"name":"lat","type":"latency","stream":"downstream","toxicity":1,"attributes":{"latency":200}}`))
 		testenv.Must(t, err, "add latency")
@@ -63,25 +67,58 @@ func TestRedisLatencyAndCutConnections(t *testing.T) {
 			testenv.Must(t, proxy.Start(), "restart proxy")
 		}
 	})
+	// The cuts hit the connections in use: the daemon dialled again after them (a cut
+	// pipeline is retried once on a new connection by the client, or fails and is
+	// retried by the worker).
+	t.Logf("%d dials after the start; %v write calls failed", dials.n.Load()-dialled, seriesValue(t, r.d.Registry(), "invsync_redis_errors_total", "kind", "unavailable"))
+	if dials.n.Load()-dialled < 5 {
+		t.Fatalf("%d dials during 5 cuts: the cuts hit no connection in use", dials.n.Load()-dialled)
+	}
 }
 
-// failingHook fails a share of the daemon's Redis pipelines, as a network fault would.
-type failingHook struct{ share float64 }
+// dialCounter counts the daemon's Redis connections dialled.
+type dialCounter struct{ n atomic.Int64 }
 
-func (h failingHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h failingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (h *dialCounter) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		h.n.Add(1)
+		return next(ctx, network, addr)
+	}
+}
+func (h *dialCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *dialCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
-func (h failingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+
+// failingHook fails a share of the daemon's Redis pipelines, as a network fault would:
+// half of them before they are sent, half after Redis ran them (the write landed, its
+// reply was lost).
+type failingHook struct {
+	share         float64
+	before, after atomic.Int64
+}
+
+func (h *failingHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *failingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (h *failingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if rand.Float64() < h.share {
-			err := &net.OpError{Op: "write", Net: "tcp", Err: errors.New("injected fault")}
-			for _, c := range cmds {
-				c.SetErr(err)
-			}
-			return err
+		if rand.Float64() >= h.share {
+			return next(ctx, cmds)
 		}
-		return next(ctx, cmds)
+		err := &net.OpError{Op: "write", Net: "tcp", Err: errors.New("injected fault")}
+		if rand.IntN(2) == 0 {
+			h.before.Add(1)
+		} else {
+			_ = next(ctx, cmds) // Redis runs them; the answers are lost
+			h.after.Add(1)
+			err = &net.OpError{Op: "read", Net: "tcp", Err: errors.New("injected fault: reply lost")}
+		}
+		for _, c := range cmds {
+			c.SetErr(err)
+		}
+		return err
 	}
 }
 
@@ -89,11 +126,16 @@ func (h failingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 // the end, _v never goes down.
 func TestRandomRedisWriteFailures(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	r := e.start(nil, daemon.WithRedisHook(failingHook{share: 0.25}))
+	hook := &failingHook{share: 0.25}
+	r := e.start(nil, daemon.WithRedisHook(hook))
 	waitReady(t, r)
 	runFaultWorkload(t, e, r, func() { time.Sleep(8 * time.Second) })
-	if got := counterSum(t, r.d.Registry(), "invsync_redis_errors_total"); got == 0 {
-		t.Fatal("no Redis error was counted: the faults were not injected")
+	t.Logf("%d calls failed before they were sent, %d after Redis ran them", hook.before.Load(), hook.after.Load())
+	if hook.before.Load() == 0 || hook.after.Load() == 0 {
+		t.Fatal("the workload met too few faults of each kind")
+	}
+	if got := seriesValue(t, r.d.Registry(), "invsync_redis_errors_total", "kind", "unavailable"); got < float64(hook.before.Load()+hook.after.Load())/2 {
+		t.Fatalf("invsync_redis_errors_total{kind=unavailable} = %v for %d injected failures", got, hook.before.Load()+hook.after.Load())
 	}
 	if rows := e.compensationRows(t); len(rows) != 0 {
 		t.Fatalf("%d compensation rows: failed calls are not the keys' fault: %+v", len(rows), rows)
