@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"strconv"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/layout"
 )
 
 // waitLog waits until the process log contains s (after the first skip bytes).
@@ -134,6 +136,67 @@ func TestConfigReloadAfterTheFileIsReplaced(t *testing.T) {
 		cfg.Sink.BatchSize = 100 + i
 		replace(renderConfig(&cfg))
 		waitLog(t, p, at, `"applied":["sink.batch_size=`+strconv.Itoa(100+i)+`"]`, 3*time.Second)
+	}
+	p.terminate(t)
+}
+
+// Issue 14: live-reloadable settings take effect, not only appear in the log. The batch
+// size changes how many write calls a 300-row UPDATE takes (counted by
+// invsync_apply_duration_seconds), the tombstone TTL the lifetime of a new tombstone, a
+// reconcile schedule starts runs; after a refused file the reloaded values stay in effect.
+func TestLiveReloadTakesEffect(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 300)
+	addr := freeAddr(t)
+	cfg := *e.cfg
+	cfg.HTTP.Listen = addr
+	cfg.Log.Level = "info"
+	cfg.Sink.BatchSize = 256
+	path := writeConfigTo(t, &cfg)
+	p := startProc(t, path, addr)
+	e.waitEqual(30 * time.Second)
+	ctx := context.Background()
+	calls := func() float64 {
+		body, err := httpBody("http://" + addr + "/metrics")
+		testenv.Must(t, err, "metrics")
+		return metricSum(body, "invsync_apply_duration_seconds_count")
+	}
+	updateAll := func() float64 {
+		t.Helper()
+		before := calls()
+		execAll(t, e.db, "UPDATE inventory SET stock = stock + 1, version = version + 1")
+		e.waitEqual(30 * time.Second)
+		return calls() - before
+	}
+	wide := updateAll()
+
+	at := logSize(p)
+	cfg.Sink.BatchSize = 1
+	cfg.Bloom.TombstoneTTL = 90 * time.Second
+	cfg.Reconcile.Schedule = "*/1 * * * * *"
+	testenv.Must(t, os.WriteFile(path, []byte(renderConfig(&cfg)), 0o600), "write config")
+	waitLog(t, p, at, `"msg":"config reloaded"`, 5*time.Second)
+	narrow := updateAll()
+	t.Logf("a 300-row UPDATE took %v write calls with batch_size 256, %v with batch_size 1", wide, narrow)
+	if narrow < 250 || narrow < 4*wide {
+		t.Fatalf("batch_size 1 applied live: %v write calls for 300 rows (%v with 256)", narrow, wide)
+	}
+	execAll(t, e.db, "DELETE FROM inventory WHERE sku = 5")
+	e.waitEqual(30 * time.Second)
+	if ttl := e.rdb.PTTL(ctx, layout.Key(cfg.Tables[0].KeyPrefix, []string{"5"})).Val(); ttl <= 0 || ttl > 90*time.Second {
+		t.Fatalf("a new tombstone's TTL is %s, want at most the reloaded tombstone_ttl 90s", ttl)
+	}
+	waitFor(t, "a scheduled reconciliation", 10*time.Second, func() bool {
+		body, _ := httpBody("http://" + addr + "/metrics")
+		return metricSum(body, "invsync_reconcile_runs_total") >= 1
+	})
+
+	// A refused file leaves the reloaded config running.
+	at = logSize(p)
+	testenv.Must(t, os.WriteFile(path, []byte("sink: { batch_size: -1 }\n"), 0o600), "write config")
+	waitLog(t, p, at, `"msg":"config reload refused; the running config stays"`, 5*time.Second)
+	if still := updateAll(); still < 250 {
+		t.Fatalf("after a refused file: %v write calls for 300 rows; batch_size 1 should still be in effect", still)
 	}
 	p.terminate(t)
 }
