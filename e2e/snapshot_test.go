@@ -12,6 +12,7 @@ import (
 	"github.com/invsync/invsync/internal/testenv"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // loadRows inserts n rows (sku 0..n-1) in multi-row statements.
@@ -100,13 +101,19 @@ func TestSnapshotCommand(t *testing.T) {
 	// Changes after the snapshot stream in from the recorded position.
 	_, err = e.db.Exec("UPDATE inventory SET stock = stock + 1 WHERE sku < 100")
 	testenv.Must(t, err, "update")
-	r := e.start(nil)
+	core, logs := observer.New(zapcore.InfoLevel)
+	r := e.start(zap.New(core))
 	waitReady(t, r)
 	e.waitEqual(30 * time.Second)
-	// The snapshot left the data-loss marker: run does not load everything again.
+	// The snapshot left the checkpoint, the data-loss marker and its load records: run
+	// streams from the checkpoint and loads nothing again (a first-start load is not a
+	// "resnapshot", so the log says which happened).
 	time.Sleep(1500 * time.Millisecond)
 	if got := counterSum(t, r.d.Registry(), "invsync_resnapshots_total"); got != 0 {
 		t.Fatalf("run after snapshot reloaded %v times, want 0", got)
+	}
+	if logs.FilterMessage("snapshot started").Len() != 0 || logs.FilterMessage("resuming from the checkpoint").Len() != 1 {
+		t.Fatalf("run after snapshot did not just resume from the checkpoint: %v", logs.All())
 	}
 }
 
@@ -122,8 +129,9 @@ func TestSnapshotRateLimit(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("snapshot: exit %d\n%s", code, out)
 	}
-	if d := time.Since(start); d < 2500*time.Millisecond {
-		t.Fatalf("3,000 rows at 1,000 rows/s took %s", d)
+	// Not faster than the rate, and not much slower (at most 3 s more than 3 s).
+	if d := time.Since(start); d < 2500*time.Millisecond || d > 6*time.Second {
+		t.Fatalf("3,000 rows at 1,000 rows/s took %s; want about 3 s", d)
 	}
 	if err := e.compare(); err != nil {
 		t.Fatal(err)
