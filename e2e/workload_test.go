@@ -47,6 +47,10 @@ type workload struct {
 }
 
 func (w *workload) run(ctx context.Context) error {
+	// Re-insert versions are numbered per key in a table of their own (not mirrored).
+	if _, err := w.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+w.table+"_incarnations (sku BIGINT UNSIGNED NOT NULL PRIMARY KEY, n BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB"); err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, w.writers)
 	per := w.txns / w.writers
@@ -106,7 +110,19 @@ func (w *workload) try(ctx context.Context, rng *rand.Rand, skus, ops []int) err
 		case op < 35: // insert, or update when present
 			version := uint64(1)
 			if sku < restartFromSKU {
-				version = 1_000_000_000 + 100_000*uint64(w.reinserts.Add(1))
+				// The version of a re-insert must exceed every earlier one of the key: it
+				// is numbered under a lock of the key's own counter row, held to the
+				// commit, not chosen before (a slower writer could then insert an older
+				// version after a newer incarnation was deleted).
+				if _, err := tx.ExecContext(ctx, "INSERT INTO "+w.table+"_incarnations (sku, n) VALUES (?, 1) ON DUPLICATE KEY UPDATE n = n + 1", sku); err != nil {
+					return err
+				}
+				var n uint64
+				if err := tx.QueryRowContext(ctx, "SELECT n FROM "+w.table+"_incarnations WHERE sku = ?", sku).Scan(&n); err != nil {
+					return err
+				}
+				w.reinserts.Add(1)
+				version = 1_000_000_000 + 100_000*n
 			}
 			q = "INSERT INTO " + w.table + " (sku, stock, price, name, version) VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE stock = VALUES(stock), price = VALUES(price), name = VALUES(name), version = version + 1"
 			args = []any{sku, rng.IntN(1000), fmt.Sprintf("%d.%02d", rng.IntN(500), rng.IntN(100)), "item-" + strconv.Itoa(rng.IntN(1e6)), version}
