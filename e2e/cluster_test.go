@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/redis/go-redis/v9"
 )
@@ -153,10 +154,44 @@ func TestRandomWorkloadOnRedisCluster(t *testing.T) {
 		t.Fatalf("reconcile --repair: exit %d", code)
 	}
 	e.waitEqual(30 * time.Second)
+	// Keys deleted by the workload are still in the filter (bits are never cleared); a
+	// rebuild swaps in a new one built from the rows there are: they are gone from it.
+	// (reconcile above asked the leader for a rebuild already: delete rows after it.)
+	var deleted []string
+	rows, err := e.db.Query("SELECT sku FROM inventory ORDER BY sku LIMIT 200")
+	testenv.Must(t, err, "skus")
+	for rows.Next() {
+		var sku string
+		testenv.Must(t, rows.Scan(&sku), "scan")
+		deleted = append(deleted, sku)
+	}
+	testenv.Must(t, rows.Err(), "rows")
+	execAll(t, e.db, "DELETE FROM inventory WHERE sku <= "+deleted[len(deleted)-1])
+	e.waitEqual(30 * time.Second)
+	reader := bloom.NewReader(e.rdb, e.cfg.BloomKey(e.cfg.Tables[0]))
+	present := func() int {
+		n := 0
+		for _, sku := range deleted {
+			if ok, err := reader.MayContain(context.Background(), sku); err == nil && ok {
+				n++
+			}
+		}
+		return n
+	}
+	before := present()
+	rebuilds := counterSum(t, r.d.Registry(), "invsync_bloom_rebuilds_total")
 	resp, err := httpPost("http://" + r.d.Addr() + "/bloom/rebuild")
 	testenv.Must(t, err, "bloom rebuild")
 	if resp != 200 {
 		t.Fatalf("bloom rebuild: %d", resp)
+	}
+	after := present()
+	t.Logf("%d keys deleted after the last rebuild: %d in the filter before the rebuild, %d after", len(deleted), before, after)
+	if got := counterSum(t, r.d.Registry(), "invsync_bloom_rebuilds_total"); got != rebuilds+1 {
+		t.Fatalf("invsync_bloom_rebuilds_total %v -> %v: the rebuild swapped in no filter", rebuilds, got)
+	}
+	if len(deleted) < 20 || before < len(deleted)*9/10 || after > len(deleted)/10 {
+		t.Fatalf("deleted keys in the filter: %d of %d before the rebuild, %d after; want all before and (nearly) none after", before, len(deleted), after)
 	}
 	e.waitEqual(30 * time.Second)
 }
