@@ -51,6 +51,11 @@ type Daemon struct {
 	reg *prometheus.Registry
 	m   *metrics.Metrics
 
+	// reloadMu runs one reload at a time: a replacing reload (a resnapshot, a DDL reload)
+	// that ran beside the reload after a data loss could replace rows that one had
+	// stamped with a later position by rows read earlier, taking _s (and the row) back.
+	reloadMu sync.Mutex
+
 	ready      atomic.Bool
 	lastEvent  atomic.Int64 // unix nanos of the last commit or heartbeat
 	lastSave   atomic.Int64 // unix nanos of the last checkpoint write
@@ -467,11 +472,19 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	resnapshot := func(mode snapshotMode) error {
 		// Its rows replace what Redis holds: they must be at least as new as what the
 		// stream wrote, also a transaction in the binlog not yet visible to readers.
+		d.reloadMu.Lock()
+		defer d.reloadMu.Unlock()
 		if sk := d.sk.Load(); sk != nil {
 			mode.floor = sk.LastSeq()
 		}
 		if err := d.retry(ctx, "snapshot the tables", func() error {
 			var err error
+			// ... and at least as new as any stamp a reload wrote before it.
+			if now, err := d.replacingFloor(ctx, db, mode.floor); err != nil {
+				return err
+			} else {
+				mode.floor = now
+			}
 			mode.fence = lock.Lease
 			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
 			return err
@@ -727,8 +740,11 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 			zap.String("marker", marker))
 		// The reload must see what the stream had written before the loss, also a
 		// transaction already in the binlog but not yet visible to readers.
+		d.reloadMu.Lock()
 		snap := snapshot.New(d.cfg, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep().AtLeast(floor())
-		if _, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log)); err != nil {
+		_, _, err = snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log))
+		d.reloadMu.Unlock()
+		if err != nil {
 			if ctx.Err() == nil {
 				d.log.Error("reload after Redis data loss failed; will try again", zap.Error(err))
 			}
@@ -1214,7 +1230,13 @@ func (d *Daemon) reloadTable(ctx context.Context, db *sql.DB, rdb redis.Universa
 	*t = *nt
 	d.m.Resnapshots.WithLabelValues(reason).Inc()
 	log.Warn("loading a mirrored table again, replacing every row", at.Fields()...)
-	snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Replacing().AtLeast(snapshot.SeqOf(at))
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	floor, err := d.replacingFloor(ctx, db, snapshot.SeqOf(at))
+	if err != nil {
+		return err
+	}
+	snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Replacing().AtLeast(floor)
 	_, _, err = snap.Run(ctx, func(context.Context) (canal.Position, error) { return at, nil })
 	return err
 }
@@ -1440,4 +1462,18 @@ func OpenCompensation(ctx context.Context, cfg *config.Config) (*compensation.St
 		return nil, nil, err
 	}
 	return st, closeAll, nil
+}
+
+// replacingFloor is where a replacing reload's reads must start: at or after floor, and
+// at or after the source's current position, so that its rows are newer than any that a
+// reload before it stamped (reloads run one at a time, under reloadMu).
+func (d *Daemon) replacingFloor(ctx context.Context, db *sql.DB, floor layout.Seq) (layout.Seq, error) {
+	now, err := positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log)(ctx)
+	if err != nil {
+		return floor, err
+	}
+	if seq := snapshot.SeqOf(now); floor.Less(seq) {
+		floor = seq
+	}
+	return floor, nil
 }

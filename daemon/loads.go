@@ -89,9 +89,15 @@ func (d *Daemon) loadNewTables(ctx context.Context, db *sql.DB, rdb redis.Univer
 	}
 	d.log.Warn("tables never loaded under their key prefix (added to tables, or given another key_prefix): loading them before streaming",
 		append(pos.Fields(), zap.Strings("tables", names))...)
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
 	for _, t := range missing {
 		d.m.Resnapshots.WithLabelValues("table_added").Inc()
-		snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, d.log.Named("snapshot"), nil).Replacing().AtLeast(snapshot.SeqOf(pos))
+		floor, err := d.replacingFloor(ctx, db, snapshot.SeqOf(pos))
+		if err != nil {
+			return err
+		}
+		snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, d.log.Named("snapshot"), nil).Replacing().AtLeast(floor)
 		p0, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log))
 		if err != nil {
 			return err
