@@ -53,6 +53,33 @@ func Open(ctx context.Context, db *sql.DB, schema, name string) (*Store, error) 
 			"source_id VARCHAR(255) NOT NULL DEFAULT ''," +
 			"updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)" +
 			") ENGINE=InnoDB",
+		// Which table was loaded whole under which key prefix, from which position.
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.loaded_tables (" +
+			"name VARCHAR(64) NOT NULL," +
+			"table_name VARCHAR(200) NOT NULL," +
+			"key_prefix VARBINARY(255) NOT NULL," +
+			"binlog_file VARCHAR(255) NOT NULL," +
+			"binlog_pos BIGINT UNSIGNED NOT NULL," +
+			"gtid_set TEXT NOT NULL," +
+			"epoch INT UNSIGNED NOT NULL DEFAULT 0," +
+			"loaded_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)," +
+			"PRIMARY KEY (name, table_name, key_prefix)" +
+			") ENGINE=InnoDB",
+		// The pipeline's identity (see PipelineID).
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.pipeline (" +
+			"name VARCHAR(64) NOT NULL PRIMARY KEY," +
+			"id VARCHAR(64) NOT NULL," +
+			"created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)" +
+			") ENGINE=InnoDB",
+		// The instance that leads (see SetLeader).
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.leader (" +
+			"name VARCHAR(64) NOT NULL PRIMARY KEY," +
+			"http_addr VARCHAR(255) NOT NULL," +
+			"host VARCHAR(255) NOT NULL," +
+			"pid INT NOT NULL," +
+			"lock_session BIGINT UNSIGNED NOT NULL," +
+			"since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)" +
+			") ENGINE=InnoDB",
 	}
 	for _, q := range stmts {
 		if _, err := db.ExecContext(ctx, q); err != nil {
@@ -171,30 +198,8 @@ type Load struct {
 	Pos       canal.Position
 }
 
-// ensureLoads creates the load records' table when missing.
-func (s *Store) ensureLoads(ctx context.Context) error {
-	_, err := s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS `"+s.schema+"`.loaded_tables ("+
-		"name VARCHAR(64) NOT NULL,"+
-		"table_name VARCHAR(200) NOT NULL,"+
-		"key_prefix VARBINARY(255) NOT NULL,"+
-		"binlog_file VARCHAR(255) NOT NULL,"+
-		"binlog_pos BIGINT UNSIGNED NOT NULL,"+
-		"gtid_set TEXT NOT NULL,"+
-		"epoch INT UNSIGNED NOT NULL DEFAULT 0,"+
-		"loaded_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"+
-		"PRIMARY KEY (name, table_name, key_prefix)"+
-		") ENGINE=InnoDB")
-	if err != nil {
-		return fmt.Errorf("create the load records' table: %w", err)
-	}
-	return nil
-}
-
 // Loads returns the load records.
 func (s *Store) Loads(ctx context.Context) (loads []Load, err error) {
-	if err = s.ensureLoads(ctx); err != nil {
-		return nil, err
-	}
 	rows, err := s.db.QueryContext(ctx, "SELECT table_name, key_prefix, binlog_file, binlog_pos, gtid_set, epoch FROM `"+s.schema+"`.loaded_tables WHERE name = ?", s.name)
 	if err != nil {
 		return nil, fmt.Errorf("read the load records: %w", err)
@@ -218,9 +223,6 @@ func (s *Store) Loads(ctx context.Context) (loads []Load, err error) {
 func (s *Store) RecordLoads(ctx context.Context, loads []Load) error {
 	if len(loads) == 0 {
 		return nil
-	}
-	if err := s.ensureLoads(ctx); err != nil {
-		return err
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -258,13 +260,6 @@ func (s *Store) ForgetLoads(ctx context.Context, loads []Load) error {
 // another source with a state schema of its own has another. It names who writes under a
 // key prefix in Redis (see daemon's claims).
 func (s *Store) PipelineID(ctx context.Context) (string, error) {
-	if _, err := s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS `"+s.schema+"`.pipeline ("+
-		"name VARCHAR(64) NOT NULL PRIMARY KEY,"+
-		"id VARCHAR(64) NOT NULL,"+
-		"created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"+
-		") ENGINE=InnoDB"); err != nil {
-		return "", fmt.Errorf("create the pipeline table: %w", err)
-	}
 	var b [12]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
@@ -283,8 +278,7 @@ func ReadPipelineID(ctx context.Context, db *sql.DB, schema, name string) (strin
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}
-	var me *mysqldrv.MySQLError
-	if errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049) { // no such table / database
+	if missing(err) {
 		return "", nil
 	}
 	if err != nil {
@@ -301,26 +295,8 @@ type Leader struct {
 	Session  int64 // its lock session on the state database
 }
 
-func (s *Store) ensureLeader(ctx context.Context) error {
-	_, err := s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS `"+s.schema+"`.leader ("+
-		"name VARCHAR(64) NOT NULL PRIMARY KEY,"+
-		"http_addr VARCHAR(255) NOT NULL,"+
-		"host VARCHAR(255) NOT NULL,"+
-		"pid INT NOT NULL,"+
-		"lock_session BIGINT UNSIGNED NOT NULL,"+
-		"since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"+
-		") ENGINE=InnoDB")
-	if err != nil {
-		return fmt.Errorf("create the leader table: %w", err)
-	}
-	return nil
-}
-
 // SetLeader records l as the leading instance (fenced like Save).
 func (s *Store) SetLeader(ctx context.Context, l Leader) error {
-	if err := s.ensureLeader(ctx); err != nil {
-		return err
-	}
 	return s.fencedUpsert(ctx, s.db, "record the leader", "leader",
 		[]string{"name", "http_addr", "host", "pid", "lock_session"},
 		[]any{s.name, l.HTTPAddr, l.Host, l.PID, l.Session},
@@ -333,12 +309,18 @@ func (s *Store) SetLeader(ctx context.Context, l Leader) error {
 func ReadLeader(ctx context.Context, db *sql.DB, schema, name, lock string) (l Leader, ok bool, err error) {
 	err = db.QueryRowContext(ctx, "SELECT http_addr, host, pid, lock_session FROM `"+schema+"`.leader WHERE name = ? AND lock_session = IS_USED_LOCK(?)", name, lock).
 		Scan(&l.HTTPAddr, &l.Host, &l.PID, &l.Session)
-	var me *mysqldrv.MySQLError
-	if errors.Is(err, sql.ErrNoRows) || (errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049)) {
+	if errors.Is(err, sql.ErrNoRows) || missing(err) {
 		return Leader{}, false, nil
 	}
 	if err != nil {
 		return Leader{}, false, fmt.Errorf("read the leader: %w", err)
 	}
 	return l, true, nil
+}
+
+// missing reports a read of a state schema or table that does not exist (yet): a
+// state schema no invsync of this version opened.
+func missing(err error) bool {
+	var me *mysqldrv.MySQLError
+	return errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049) // no such table / database
 }
