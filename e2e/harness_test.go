@@ -229,8 +229,10 @@ func diffHash(want, got map[string]string, checkVersion bool) string {
 		if k == layout.FieldVersion && !checkVersion {
 			continue
 		}
-		if got[k] != v {
-			d = append(d, fmt.Sprintf("%s=%q want %q", k, got[k], v))
+		if g, ok := got[k]; !ok {
+			d = append(d, fmt.Sprintf("%s missing, want %q", k, v)) // an empty string is not a NULL
+		} else if g != v {
+			d = append(d, fmt.Sprintf("%s=%q want %q", k, g, v))
 		}
 	}
 	for k, v := range got {

@@ -64,6 +64,9 @@ func (w *workload) run(ctx context.Context) error {
 					return
 				}
 				if err := w.txn(ctx, rng); err != nil {
+					if ctx.Err() != nil {
+						return // stopped: database/sql rolls back a transaction whose context ends (sql.ErrTxDone at its commit)
+					}
 					errs <- err
 					return
 				}
