@@ -453,7 +453,10 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 				return sk.LastSeq()
 			}
 			return layout.Seq{}
-		}, func() error { return claimRedis(watchCtx, rdb, d.cfg, pipeline) })
+		}, func() error { return claimRedis(watchCtx, rdb, d.cfg, pipeline) }, func() bool {
+			var back *errRedisWentBack
+			return errors.As(hist.check(watchCtx), &back)
+		})
 	}()
 	defer func() {
 		stopWatch()
@@ -469,7 +472,8 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	}
 	// resnapshot loads every table again (the stream is stopped), records the new
 	// position and its epoch, and reads the applied markers it wrote.
-	resnapshot := func(mode snapshotMode) error {
+	resnapshot := func(mode snapshotMode, reason string) error {
+		d.m.Resnapshots.WithLabelValues(reason).Inc()
 		// Its rows replace what Redis holds: they must be at least as new as what the
 		// stream wrote, also a transaction in the binlog not yet visible to readers.
 		d.reloadMu.Lock()
@@ -487,6 +491,10 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			}
 			mode.fence = lock.Lease
 			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
+			if lost := (*errLostDuringLoad)(nil); errors.As(err, &lost) {
+				d.m.RedisRollbacks.Inc()
+				d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
+			}
 			return err
 		}); err != nil {
 			return err
@@ -515,7 +523,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		}()
 	}
 	if lostAtStart {
-		if err := resnapshot(snapshotMode{epoch: pos.Epoch, replace: true}); err != nil {
+		if err := resnapshot(snapshotMode{epoch: pos.Epoch, replace: true}, "redis_data_loss"); err != nil {
 			return leaveErr(err)
 		}
 	}
@@ -546,12 +554,11 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			}
 			continue
 		} else if reason != "" {
-			d.m.Resnapshots.WithLabelValues(reason).Inc()
 			d.m.SourceEpochs.Inc()
 			mode := snapshotMode{epoch: pos.Epoch + 1, replace: true}
 			d.log.Error("the source's binlog history was replaced under invsync ("+why+"): starting a new epoch, in which every write orders after every earlier one, and loading every table again, replacing what Redis holds",
 				append(pos.Fields(), zap.String("reason", reason), zap.Uint32("new_epoch", mode.epoch))...)
-			if err := resnapshot(mode); err != nil {
+			if err := resnapshot(mode, reason); err != nil {
 				return leaveErr(err)
 			}
 			continue
@@ -582,7 +589,11 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 				// Nothing to stream from (the marker is gone, or from before the source's
 				// history was replaced): load every table again, replacing what it holds.
 				d.log.Error("Redis lost invsync's data or went back before the source's history was replaced: every table is loaded again", zap.Error(back))
-				if err := resnapshot(snapshotMode{epoch: d.epoch.Load(), replace: true}); err != nil {
+				reason := "redis_data_loss"
+				if back.to != nil {
+					reason = "redis_went_back"
+				}
+				if err := resnapshot(snapshotMode{epoch: d.epoch.Load(), replace: true}, reason); err != nil {
 					return leaveErr(err)
 				}
 				continue
@@ -623,14 +634,13 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 					"(fix: run `invsync snapshot` to load every table again and record a new position, then `invsync run`; or set source.on_position_lost: resnapshot; "+
 					"and keep binlogs longer, e.g. binlog_expire_logs_seconds): %w", pos, d.cfg.Source.Addr, oldest, err)
 			}
-			d.m.Resnapshots.WithLabelValues("position_lost").Inc()
 			d.log.Error("the checkpoint's binlog position is no longer on the server: loading every table again, replacing what Redis holds (source.on_position_lost: resnapshot)",
 				append(pos.Fields(), zap.String("oldest_binlog", oldest), zap.Error(err))...)
 			// Rows changed in the purged gap without a version the guard could order by (a
 			// delete and re-insert with the version restarted, an update that did not bump
 			// it) must not stay stale: the reload replaces every row.
 			mode := snapshotMode{epoch: pos.Epoch, replace: true}
-			if err := resnapshot(mode); err != nil {
+			if err := resnapshot(mode, "position_lost"); err != nil {
 				return leaveErr(err)
 			}
 			continue
@@ -717,16 +727,23 @@ func markerKey(cfg *config.Config) string {
 	return "invsync:marker:" + cfg.State.Schema
 }
 
-// watchDataLoss checks the marker key every dataLossCheck; when it is gone, it loads every
-// table while the stream goes on, and writes the marker again once that is done. The reload stamps its rows with
-// the binlog position each chunk was read at, so they are ordered against the stream's
-// by position and the two can run at once; there is no sweep (after a loss nothing stale
-// is left to remove, and a sweep would race the stream's inserts).
-func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string, floor func() layout.Seq, reclaim func() error) {
+// watchDataLoss checks the marker key every dataLossCheck. When it is gone with the
+// applied markers (wentBack reports a change: FLUSHALL, a restart without persistence),
+// the session ends on that and every table is loaded again with the stream stopped
+// (see rollback.go); nothing is done here, so that one loss is one reload. When only the
+// data marker is gone (evicted, deleted by hand, with other keys maybe), it loads every
+// table while the stream goes on, and writes the marker again once that is done. That
+// reload stamps its rows with the binlog position each chunk was read at, so they are
+// ordered against the stream's by position and the two can run at once; there is no
+// sweep (nothing stale is left to remove, and a sweep would race the stream's inserts).
+func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string, floor func() layout.Seq, reclaim func() error, wentBack func() bool) {
 	everyTick(ctx, dataLossCheck, func() bool {
 		n, err := rdb.Exists(ctx, marker).Result()
 		if err != nil || n == 1 {
 			return true // unreachable (the sink reports that) or still there
+		}
+		if wentBack() {
+			return true // the session ends on it and reloads (counted there)
 		}
 		d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
 		// The claims on the key prefixes went with the data (see claims.go).
@@ -892,6 +909,12 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 		lastLog = time.Now()
 		log.Info("snapshot progress", zap.String("table", p.Table), zap.Int64("rows", p.Rows), zap.Int64("estimated_rows", p.Estimate),
 			zap.Float64("rows_per_second", p.RowsPerS), zap.Duration("eta", p.Remaining.Round(time.Second)))
+	}
+	// Only the leader claims the markers (see Lock.Lease).
+	if mode.fence != nil {
+		if err := mode.fence(); err != nil {
+			return canal.Position{}, fmt.Errorf("%w: %w", layout.ErrFenced, err)
+		}
 	}
 	markers, err := readSnapshotMarkers(ctx, rdb, cfg)
 	if err != nil {
@@ -1366,7 +1389,11 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 	keeper.SetFence(lock.Lease)
 	w := newWriter(cfg, rdb)
 	w.SetFence(lock.Lease)
-	return RunSnapshot(ctx, cfg, db, tables, keeper.Wrap(w), keeper, rdb, store, log, progress, mode)
+	pos, err := RunSnapshot(ctx, cfg, db, tables, keeper.Wrap(w), keeper, rdb, store, log, progress, mode)
+	if lost := (*errLostDuringLoad)(nil); errors.As(err, &lost) {
+		err = fmt.Errorf("%w (fix: run `invsync snapshot` again once Redis is stable)", err)
+	}
+	return pos, err
 }
 
 // fetcher reads single rows from the source for the compensation retrier, with a

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -36,15 +38,16 @@ const appliedMarkerPrefix = "invsync:applied:"
 // markerScript reads (ARGV[1] = "") or compare-and-sets a marker: it returns the server's
 // run_id, the marker's value ("" when absent) and 1 when the marker holds ARGV[3]
 // afterwards. It writes only when the run_id is ARGV[1] ("*": any) and the value is
-// ARGV[2] ("*": any) or ARGV[4] (a write whose reply was lost); a marker that holds ARGV[3]
-// already (a retried call whose first run landed) counts as written.
+// ARGV[2] ("*": any) or ARGV[4] (a write whose reply was lost; "" when none: an absent
+// marker is then a master that lost it, never a write that landed); a marker that holds
+// ARGV[3] already (a retried call whose first run landed) counts as written.
 var markerScript = redis.NewScript(`
 local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 local cur = redis.call('GET', KEYS[1]) or ''
 if ARGV[1] == '' then return {rid, cur, 0} end
 if cur == ARGV[3] then return {rid, cur, 1} end
 if ARGV[1] ~= '*' and rid ~= ARGV[1] then return {rid, cur, 0} end
-if ARGV[2] ~= '*' and cur ~= ARGV[2] and cur ~= ARGV[4] then return {rid, cur, 0} end
+if ARGV[2] ~= '*' and cur ~= ARGV[2] and (ARGV[4] == '' or cur ~= ARGV[4]) then return {rid, cur, 0} end
 redis.call('SET', KEYS[1], ARGV[3])
 return {rid, cur, 1}
 `)
@@ -183,6 +186,10 @@ func (h *redisHistory) start(ctx context.Context, cp canal.Position, found bool,
 		}
 		p, ok := decodeMarker(s.value)
 		if !ok {
+			// A snapshot's token: a load that did not finish (see snapshotMarkers).
+			if found {
+				lost = true
+			}
 			continue
 		}
 		if found && p.Epoch < cp.Epoch {
@@ -288,12 +295,25 @@ func (h *redisHistory) resync(ctx context.Context) error {
 	return nil
 }
 
-// snapshotMarkers are the masters' run_ids read before a snapshot: its markers are
-// written only if the same servers answer after it (a failover during the snapshot may
-// have lost rows it wrote).
+// snapshotMarkers hold a snapshot's claim on every master's applied marker: before the
+// load, each marker is set to a token of its own ("loading", then random; a marker that
+// holds one names no position, so a snapshot interrupted there leaves Redis counted as
+// lost). The markers are written to the snapshot's position only if every master still
+// holds its token and answers with the same run_id: a master that lost its data while the
+// load ran (a FLUSHALL, a restart without persistence) lost rows the load had written,
+// and a failover may have too.
 type snapshotMarkers struct {
-	keys []string
-	rid  map[string]string
+	keys  []string
+	rid   map[string]string
+	token string
+}
+
+// errLostDuringLoad tells that a master lost its data, or was replaced, while a snapshot
+// loaded the tables: the load must run again.
+type errLostDuringLoad struct{ key, why string }
+
+func (e *errLostDuringLoad) Error() string {
+	return "redis lost rows the snapshot had written (" + e.key + ": " + e.why + ")"
 }
 
 func readSnapshotMarkers(ctx context.Context, rdb redis.UniversalClient, cfg *config.Config) (*snapshotMarkers, error) {
@@ -305,27 +325,42 @@ func readSnapshotMarkers(ctx context.Context, rdb redis.UniversalClient, cfg *co
 	if err != nil {
 		return nil, err
 	}
-	m := &snapshotMarkers{keys: h.keys, rid: map[string]string{}}
-	for k, s := range st {
-		m.rid[k] = s.rid
+	var nonce [8]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, err
+	}
+	m := &snapshotMarkers{keys: h.keys, rid: map[string]string{}, token: "loading\t" + hex.EncodeToString(nonce[:])}
+	for _, k := range m.keys {
+		rid := st[k].rid
+		if rid == "" {
+			rid = "*"
+		}
+		v, err := markerScript.Run(ctx, rdb, []string{k}, rid, "*", m.token, "").Slice()
+		if err != nil {
+			return nil, fmt.Errorf("write the applied marker %s: %w", k, err)
+		}
+		if v[2] != int64(1) {
+			return nil, fmt.Errorf("another Redis server answers for %s (run_id %v, was %s) as the snapshot starts; starting again", k, v[0], rid)
+		}
+		m.rid[k] = rid
 	}
 	return m, nil
 }
 
-// write sets every master's marker to pos (every row up to pos is in Redis), or fails
-// when another server answers for a master than before the snapshot.
+// write sets every master's marker to pos (every row up to pos is in Redis), or returns
+// *errLostDuringLoad when a master no longer holds the token or another server answers.
 func (m *snapshotMarkers) write(ctx context.Context, rdb redis.UniversalClient, pos canal.Position) error {
 	for _, k := range m.keys {
-		rid := m.rid[k]
-		if rid == "" {
-			rid = "*"
-		}
-		v, err := markerScript.Run(ctx, rdb, []string{k}, rid, "*", encodeMarker(pos), "").Slice()
+		v, err := markerScript.Run(ctx, rdb, []string{k}, m.rid[k], m.token, encodeMarker(pos), "").Slice()
 		if err != nil {
 			return fmt.Errorf("write the applied marker %s: %w", k, err)
 		}
 		if v[2] != int64(1) {
-			return fmt.Errorf("another Redis server answers for %s than when the snapshot started (run_id %v, was %s): rows it wrote may be lost; loading again", k, v[0], m.rid[k])
+			why := "its marker changed from the snapshot's token to " + strconv.Quote(fmt.Sprint(v[1]))
+			if rid := fmt.Sprint(v[0]); rid != m.rid[k] {
+				why = "another server (run_id " + rid + ", was " + m.rid[k] + "): a restart or a failover"
+			}
+			return &errLostDuringLoad{key: k, why: why}
 		}
 	}
 	return nil

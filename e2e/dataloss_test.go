@@ -109,15 +109,17 @@ func TestInterruptedDataLossReloadIsResumed(t *testing.T) {
 	b.terminate(t)
 }
 
-// Issue 14: the same against a real concurrent stream. Redis loses its data while a
-// workload runs in which two thirds of the keys are deleted and inserted again with
+// Issue 14: the same against a real concurrent stream. Redis loses the table's keys and
+// the data-loss marker but keeps the applied marker (keys evicted or deleted by hand: a
+// FLUSHALL takes the applied marker too and is reloaded with the stream stopped) while
+// a workload runs in which two thirds of the keys are deleted and inserted again with
 // their version restarted at 1; the reload (slowed to about a second) reads rows while
 // the stream writes newer incarnations and tombstones of the same keys. Ordered by
 // version, a row read before a DELETE would win over the later incarnation and stay;
 // ordered by position, Redis ends equal to MySQL.
 func TestConcurrentReloadAgainstTheStream(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	e.ownRedisDB(11) // flushed by the test
+	e.ownRedisDB(11) // emptied by the test
 	e.cfg.Snapshot.RowsPerSecond = 3000
 	e.cfg.Snapshot.ChunkSize = 100
 	loadRows(t, e, 3000)
@@ -127,22 +129,70 @@ func TestConcurrentReloadAgainstTheStream(t *testing.T) {
 	ctx := context.Background()
 	marker := "invsync:marker:" + e.cfg.State.Schema
 	var during0, during1 int64
+	var applied0, applied1 float64
 	wl := during(t, e, 3000, func(wl *workload) {
 		time.Sleep(300 * time.Millisecond)
-		testenv.Must(t, e.rdb.FlushDB(ctx).Err(), "FLUSHDB")
+		keys, err := e.rdb.Keys(ctx, e.cfg.Tables[0].KeyPrefix+"*").Result()
+		testenv.Must(t, err, "KEYS")
+		testenv.Must(t, e.rdb.Unlink(ctx, append(keys, marker)...).Err(), "UNLINK")
 		during0 = wl.done.Load()
+		applied0 = counterSum(t, r.d.Registry(), "invsync_rows_applied_total")
 		waitFor(t, "the reload done (the marker written again)", 30*time.Second, func() bool {
 			return e.rdb.Exists(ctx, marker).Val() == 1
 		})
 		during1 = wl.done.Load()
+		applied1 = counterSum(t, r.d.Registry(), "invsync_rows_applied_total")
 		time.Sleep(300 * time.Millisecond)
 	})
-	t.Logf("%d transactions while the reload ran, %d in all", during1-during0, wl.done.Load())
-	if during1-during0 < 100 {
-		t.Fatalf("only %d transactions ran during the reload", during1-during0)
+	t.Logf("%d transactions and %v rows applied by the stream while the reload ran, %d transactions in all", during1-during0, applied1-applied0, wl.done.Load())
+	if during1-during0 < 100 || applied1-applied0 < 100 {
+		t.Fatalf("only %d transactions ran and %v rows were streamed during the reload: the reload did not race the stream", during1-during0, applied1-applied0)
 	}
 	e.waitEqual(30 * time.Second)
 	if got := seriesValue(t, r.d.Registry(), "invsync_resnapshots_total", "reason", "redis_data_loss"); got != 1 {
 		t.Fatalf("invsync_resnapshots_total{reason=redis_data_loss} = %v, want 1", got)
+	}
+}
+
+// One loss is one reload, also when the reload takes long enough for both watches (the
+// data marker's, the applied markers') to notice the loss. Then Redis loses its data
+// again while the reload after a loss runs (a second restart without persistence, a
+// second FLUSHALL): the rows the reload had written are gone too, so the reload must not
+// end by writing the markers as if Redis held every row; it loads again, and Redis ends
+// equal to MySQL.
+func TestDataLossDuringTheReload(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	e.ownRedisDB(12) // flushed by the test
+	loadRows(t, e, 20_000)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(60 * time.Second)
+	// Slower reloads from here on (about 5 s; the first load ran at full speed).
+	e.cfg.Snapshot.RowsPerSecond = 4000
+	r.stop(t)
+	r = e.start(nil)
+	waitReady(t, r)
+	ctx := context.Background()
+	counts := func() (lost, all float64) {
+		return seriesValue(t, r.d.Registry(), "invsync_resnapshots_total", "reason", "redis_data_loss"), counterSum(t, r.d.Registry(), "invsync_resnapshots_total")
+	}
+
+	testenv.Must(t, e.rdb.FlushDB(ctx).Err(), "FLUSHDB")
+	e.waitEqual(60 * time.Second)
+	waitFor(t, "the reload done (the marker written again)", 30*time.Second, func() bool {
+		return e.rdb.Exists(ctx, "invsync:marker:"+e.cfg.State.Schema).Val() == 1
+	})
+	if lost, all := counts(); lost != 1 || all != 1 {
+		t.Fatalf("invsync_resnapshots_total{reason=redis_data_loss} = %v (all reasons %v) after one loss, want 1", lost, all)
+	}
+
+	testenv.Must(t, e.rdb.FlushDB(ctx).Err(), "FLUSHDB")
+	waitFor(t, "the reload under way", 10*time.Second, func() bool {
+		return e.rdb.DBSize(ctx).Val() > 4000
+	})
+	testenv.Must(t, e.rdb.FlushDB(ctx).Err(), "FLUSHDB during the reload")
+	e.waitEqual(60 * time.Second)
+	if lost, all := counts(); lost != 3 || all != 3 {
+		t.Fatalf("invsync_resnapshots_total{reason=redis_data_loss} = %v (all reasons %v) after three losses, want 3", lost, all)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
+	"github.com/redis/go-redis/v9"
 )
 
 // Issue 11, part 2: a Redis that comes back with only its older writes (restarted from
@@ -156,5 +157,50 @@ func TestRedisRestoredFromAnOlderSnapshotWhileStopped(t *testing.T) {
 	e.waitEqual(30 * time.Second) // compareTable checks every row's key in the Bloom bitmap
 	if got := counterSum(t, r.d.Registry(), "invsync_redis_rollbacks_total"); got < 1 {
 		t.Fatalf("invsync_redis_rollbacks_total = %v after Redis came back older", got)
+	}
+}
+
+// One master of a 3-master cluster loses everything (restarted without persistence,
+// here FLUSHALL on that node) while the data-loss marker lives on another master, which
+// keeps it. Only that master's applied marker tells: the next marker write must not put
+// it back as if nothing happened (a review found the compare-and-set accepted an absent
+// marker), the master's rows must come back, and the reload is counted once, with its
+// reason.
+func TestClusterMasterThatLostItsDataIsReloaded(t *testing.T) {
+	nodes := startClusterNodes(t)
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.addr)
+	}
+	e := newClusterEnvOn(t, addrs, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 3000)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	ctx := context.Background()
+	marker := "invsync:marker:" + e.cfg.State.Schema
+	var victim *redis.Client
+	for _, n := range nodes {
+		c := redisClient(t, n.addr)
+		if c.Exists(ctx, marker).Val() != 1 { // another master's key answers MOVED
+			victim = c
+			break
+		}
+	}
+	var lost int64
+	// The workload changes the first 300 rows only: the others come back by a reload alone.
+	wl := during(t, e, 300, func(*workload) {
+		time.Sleep(500 * time.Millisecond)
+		lost = victim.DBSize(ctx).Val()
+		testenv.Must(t, victim.FlushAll(ctx).Err(), "FLUSHALL on one master")
+		time.Sleep(3 * time.Second) // several checkpoints pass
+	})
+	t.Logf("%d transactions; the flushed master held %d keys", wl.done.Load(), lost)
+	if lost < 500 {
+		t.Fatalf("the flushed master held only %d keys: the test lost nothing", lost)
+	}
+	e.waitEqual(30 * time.Second)
+	if got, all := seriesValue(t, r.d.Registry(), "invsync_resnapshots_total", "reason", "redis_data_loss"), counterSum(t, r.d.Registry(), "invsync_resnapshots_total"); got != 1 || all != 1 {
+		t.Fatalf("invsync_resnapshots_total{reason=redis_data_loss} = %v (all reasons %v) after one master lost its data, want 1", got, all)
 	}
 }

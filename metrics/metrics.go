@@ -102,7 +102,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		CompensationOldest: prometheus.NewGauge(prometheus.GaugeOpts{Name: "invsync_compensation_oldest_pending_seconds",
 			Help: "Age of the oldest pending row in the compensation table."}),
 		Resnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "invsync_resnapshots_total", Help: "Reloads of tables made to heal, by reason (position_lost, ddl, rollback, redis_data_loss, binlog_reset, source_changed, table_added).",
+			Name: "invsync_resnapshots_total", Help: "Reloads of tables made to heal, by reason (position_lost, ddl, rollback, redis_data_loss, redis_went_back, binlog_reset, source_changed, table_added).",
 		}, []string{"reason"}),
 		RedisRollbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "invsync_redis_rollbacks_total", Help: "Times Redis was found back at an older state (restored from an older RDB/AOF, failed over to a lagging replica, a master that lost its data) and healed by streaming again from what it holds.",
