@@ -3,45 +3,38 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os/signal"
 	"syscall"
 
 	"github.com/invsync/invsync/client"
-	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/layout"
 )
 
-// getCmd is `invsync get -c FILE TABLE PK...`.
+// getCmd is `invsync get TABLE PK...`.
 func getCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("get", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", "invsync.yaml", "config file")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	// Flags may also follow the table and keys.
-	var pos []string
-	rest := fs.Args()
-	for len(rest) > 0 {
-		pos = append(pos, rest[0])
-		if err := fs.Parse(rest[1:]); err != nil {
-			return 2
-		}
-		rest = fs.Args()
+	f := newFlags("get", "invsync get [-c FILE] TABLE PK...", `
+Read rows the way application servers do (package client): Redis, the Bloom filter, the
+null cache, then MySQL. A composite key is given as its parts joined with ':' (a ':' or
+'\' inside a part escaped with '\'). A key that starts with '-' is taken as a key, not a
+flag (or put it after --).`, `  0  every row was found
+  1  a row was not found
+  2  an error, bad arguments or an invalid config file`, stdout, stderr)
+	pos, err := f.parseArgs(args)
+	if err != nil {
+		return parseCode(err)
 	}
 	if len(pos) < 2 {
-		fmt.Fprintln(stderr, "usage: invsync get -c FILE TABLE PK...")
+		_ = f.fail("a table and at least one key are needed")
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "invsync: %v\n", err)
+	cfg, ok := f.loadConfig(stderr)
+	if !ok {
 		return 2
 	}
+	cfgPath := f.cfgPath
 	table, keys := pos[0], pos[1:]
 	var nParts int
 	for _, t := range cfg.Tables {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -27,26 +26,31 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-const usage = `usage: invsync <command> -c FILE
+// command is one of invsync's commands: its name, a line for the overview, and what
+// runs it with the arguments after its name.
+type command struct {
+	name, summary string
+	run           func(args []string, stdout, stderr io.Writer) int
+}
 
-commands:
-  run            follow the binlog and keep Redis in step (the daemon); loads every
-                 table first when there is no checkpoint yet
-  snapshot       load every table into Redis and record the position to stream from
-  check-config   validate the config file, then the source, the tables and Redis
-  status         checkpoint, lag, leader, pending and dead compensations, Bloom filters
-  compensation list [--json] | replay [--id N ...] | purge --older-than DURATION
-                 inspect and act on the writes Redis refused (the compensation table)
-  reconcile [--repair] [--report FILE.json] [--table T]...
-                 compare every table with Redis and report the drift (missing, stale,
-                 mismatch, extra, wrong_type); --repair fixes it. Exit 0 no drift (or
-                 all repaired), 1 drift found, 2 error
-  get TABLE PK...
-                 read rows the way application servers do (package client): Redis,
-                 the Bloom filter, the null cache, then MySQL; exit 0 when every row
-                 was found, 1 when one was not, 2 on errors. A composite key is given
-                 as its parts joined with ':'
-`
+var commands = []command{
+	{"run", "follow the binlog and keep Redis in step (the daemon)", runCmd},
+	{"snapshot", "load every table into Redis and record the position to stream from", snapshotCmd},
+	{"check-config", "validate the config file, then the source, the tables and Redis", checkConfigCmd},
+	{"status", "checkpoint, lag, leader, pending and dead compensations, Bloom filters", statusCmd},
+	{"compensation", "list | replay | purge the writes Redis refused (the compensation table)", compensationCmd},
+	{"reconcile", "compare every table with Redis and report (--repair: fix) the drift", reconcileCmd},
+	{"get", "read rows the way application servers do: Redis, Bloom, null cache, MySQL", getCmd},
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: invsync <command> [flags] [arguments]")
+	fmt.Fprintln(w, "\ncommands:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\n`invsync <command> --help` (or `invsync help <command>`) gives the command's flags and exit statuses.")
+}
 
 // quietLogger drops go-redis's own log lines; invsync logs Redis failures itself, with
 // context, through zap.
@@ -71,54 +75,48 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stderr, usage)
+	if len(args) == 0 {
+		printUsage(stderr)
 		return 2
 	}
-	cmd := args[0]
-	sub := ""
-	rest := args[1:]
-	if cmd == "get" {
-		return getCmd(rest, stdout, stderr)
-	}
-	if cmd == "reconcile" {
-		return reconcileCmd(rest, stdout, stderr)
-	}
-	if cmd == "compensation" {
-		if len(rest) == 0 {
-			fmt.Fprint(stderr, usage)
-			return 2
+	name := args[0]
+	switch name {
+	case "-h", "--help", "help":
+		if len(args) > 1 {
+			return run([]string{args[1], "--help"}, stdout, stderr)
 		}
-		sub, rest = rest[0], rest[1:]
+		printUsage(stdout)
+		return 0
 	}
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", "invsync.yaml", "config file")
-	asJSON := fs.Bool("json", false, "compensation list: print JSON")
-	var ids idList
-	fs.Var(&ids, "id", "compensation replay: a row id (repeatable); none means every dead row")
-	olderThan := fs.Duration("older-than", 0, "compensation purge: delete dead rows last updated longer ago than this")
-	if err := fs.Parse(rest); err != nil {
-		return 2
+	for _, c := range commands {
+		if c.name == name {
+			return c.run(args[1:], stdout, stderr)
+		}
 	}
-	switch cmd {
-	case "run", "check-config", "snapshot", "compensation", "status":
-	default:
-		fmt.Fprintf(stderr, "invsync: unknown command %q\n%s", cmd, usage)
-		return 2
+	fmt.Fprintf(stderr, "invsync: unknown command %q\n", name)
+	printUsage(stderr)
+	return 2
+}
+
+// runCmd is `invsync run`: the daemon.
+func runCmd(args []string, stdout, stderr io.Writer) int {
+	f := newFlags("run", "invsync run [-c FILE]", `
+Follow the binlog and keep Redis in step. With no checkpoint yet, load every table
+first (a snapshot), then stream from the position recorded before it. SIGHUP or a
+change of the file reloads the config; SIGINT or SIGTERM stops after the final
+checkpoint.`, `  0  stopped by SIGINT or SIGTERM, the final checkpoint written
+  1  a fatal error (named in the log and on stderr)
+  2  bad arguments or an invalid config file`, stdout, stderr)
+	pos, err := f.parseArgs(args)
+	if err == nil {
+		err = f.noArgs(pos)
 	}
-	cfg, err := config.Load(*cfgPath)
 	if err != nil {
-		fmt.Fprintf(stderr, "invsync: %v\n", err)
-		return 2
+		return parseCode(err)
 	}
-	switch cmd {
-	case "check-config":
-		return checkConfig(cfg, stdout)
-	case "status":
-		return statusCmd(cfg, *cfgPath, stdout, stderr)
-	case "compensation":
-		return compensationCmd(cfg, sub, *asJSON, ids, *olderThan, stdout, stderr)
+	cfg, ok := f.loadConfig(stderr)
+	if !ok {
+		return 2
 	}
 	log, level, err := newLeveledLogger(cfg.Log)
 	if err != nil {
@@ -128,26 +126,53 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer func() { _ = log.Sync() }()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if cmd == "snapshot" {
-		bar := progressBar(stderr)
-		pos, err := daemon.Snapshot(ctx, cfg, log, bar)
-		if bar != nil {
-			fmt.Fprintln(stderr)
-		}
-		if err != nil {
-			log.Error("snapshot failed", zap.Error(err))
-			fmt.Fprintf(stderr, "invsync: snapshot: %v\n", err)
-			return 1
-		}
-		fmt.Fprintf(stdout, "snapshot done; streaming will start from %s\n", pos)
-		return 0
-	}
 	log.Info("starting", zap.String("source", cfg.Source.Addr), zap.Strings("redis", cfg.Redis.Addrs), zap.Int("tables", len(cfg.Tables)))
-	if err := daemon.New(cfg, log, daemon.WithReload(*cfgPath, level)).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	if err := daemon.New(cfg, log, daemon.WithReload(*f.cfgPath, level)).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("fatal", zap.Error(err))
 		fmt.Fprintf(stderr, "invsync: %v\n", err)
 		return 1
 	}
+	return 0
+}
+
+// snapshotCmd is `invsync snapshot`.
+func snapshotCmd(args []string, stdout, stderr io.Writer) int {
+	f := newFlags("snapshot", "invsync snapshot [-c FILE]", `
+Load every table into Redis (replacing what it holds when a checkpoint exists) and
+record the position to stream from; `+"`invsync run`"+` then resumes there. Refused while
+an instance leads this config.`, `  0  every table loaded, the position recorded
+  1  the load failed or another instance leads
+  2  bad arguments or an invalid config file`, stdout, stderr)
+	pos, err := f.parseArgs(args)
+	if err == nil {
+		err = f.noArgs(pos)
+	}
+	if err != nil {
+		return parseCode(err)
+	}
+	cfg, ok := f.loadConfig(stderr)
+	if !ok {
+		return 2
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		fmt.Fprintf(stderr, "invsync: %v\n", err)
+		return 2
+	}
+	defer func() { _ = log.Sync() }()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	bar := progressBar(stderr)
+	at, err := daemon.Snapshot(ctx, cfg, log, bar)
+	if bar != nil {
+		fmt.Fprintln(stderr)
+	}
+	if err != nil {
+		log.Error("snapshot failed", zap.Error(err))
+		fmt.Fprintf(stderr, "invsync: snapshot: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "snapshot done; streaming will start from %s\n", at)
 	return 0
 }
 
@@ -172,6 +197,27 @@ func newLeveledLogger(c config.Log) (*zap.Logger, zap.AtomicLevel, error) {
 	zc.DisableStacktrace = true
 	log, err := zc.Build()
 	return log, zc.Level, err
+}
+
+// checkConfigCmd is `invsync check-config`.
+func checkConfigCmd(args []string, stdout, stderr io.Writer) int {
+	f := newFlags("check-config", "invsync check-config [-c FILE]", `
+Validate the config file, then reach the source (binlog on, ROW format, FULL row image,
+every table with a primary key), Redis, and the key prefixes' claims.`, `  0  every check passed (warnings may be printed)
+  1  a check failed (each is printed with its cause and fix)
+  2  bad arguments or an invalid config file`, stdout, stderr)
+	pos, err := f.parseArgs(args)
+	if err == nil {
+		err = f.noArgs(pos)
+	}
+	if err != nil {
+		return parseCode(err)
+	}
+	cfg, ok := f.loadConfig(stderr)
+	if !ok {
+		return 2
+	}
+	return checkConfig(cfg, stdout)
 }
 
 func checkConfig(cfg *config.Config, out io.Writer) int {
@@ -244,7 +290,56 @@ func (l *idList) Set(s string) error {
 	return nil
 }
 
-func compensationCmd(cfg *config.Config, sub string, asJSON bool, ids []int64, olderThan time.Duration, stdout, stderr io.Writer) int {
+// compensationCmd is `invsync compensation list|replay|purge`.
+func compensationCmd(args []string, stdout, stderr io.Writer) int {
+	const subs = `  list    [--json]                   every row of the compensation table
+  replay  [--id N ...]               make dead rows pending again, due now (none: every dead row)
+  purge   --older-than DURATION      delete dead rows last updated longer ago than this`
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		w, code := stderr, 2
+		if len(args) > 0 {
+			w, code = stdout, 0
+		}
+		fmt.Fprintf(w, "usage: invsync compensation <list|replay|purge> [-c FILE] [flags]\n\n%s\n\n`invsync compensation <sub> --help` gives its flags.\n", subs)
+		return code
+	}
+	sub := args[0]
+	exits := `  0  done
+  1  the state database could not be read or written
+  2  bad arguments or an invalid config file`
+	var f *cmdFlags
+	var asJSON *bool
+	var ids idList
+	var olderThan *time.Duration
+	switch sub {
+	case "list":
+		f = newFlags("compensation list", "invsync compensation list [-c FILE] [--json]", "List every row of the compensation table: the writes Redis refused, their attempts and next retry.", exits, stdout, stderr)
+		asJSON = f.Bool("json", false, "print JSON")
+	case "replay":
+		f = newFlags("compensation replay", "invsync compensation replay [-c FILE] [--id N ...]", "Make dead rows pending again, due now, for the daemon's retrier.", exits, stdout, stderr)
+		f.Var(&ids, "id", "a row id (repeatable); none means every dead row")
+	case "purge":
+		f = newFlags("compensation purge", "invsync compensation purge [-c FILE] --older-than DURATION", "Delete dead rows last updated longer ago than --older-than.", exits, stdout, stderr)
+		olderThan = f.Duration("older-than", 0, "delete dead rows last updated longer ago than this (e.g. 168h)")
+	default:
+		fmt.Fprintf(stderr, "invsync: unknown compensation command %q (list, replay or purge)\n", sub)
+		return 2
+	}
+	pos, err := f.parseArgs(args[1:])
+	if err == nil {
+		err = f.noArgs(pos)
+	}
+	if err != nil {
+		return parseCode(err)
+	}
+	if sub == "purge" && *olderThan <= 0 {
+		fmt.Fprintln(stderr, "invsync: compensation purge needs --older-than, e.g. --older-than 168h")
+		return 2
+	}
+	cfg, ok := f.loadConfig(stderr)
+	if !ok {
+		return 2
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, closeDB, err := daemon.OpenCompensation(ctx, cfg)
@@ -255,29 +350,7 @@ func compensationCmd(cfg *config.Config, sub string, asJSON bool, ids []int64, o
 	defer closeDB()
 	switch sub {
 	case "list":
-		rows, err := st.List(ctx, "")
-		if err != nil {
-			fmt.Fprintf(stderr, "invsync: %v\n", err)
-			return 1
-		}
-		if asJSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			if rows == nil {
-				rows = []compensation.Entry{}
-			}
-			_ = enc.Encode(rows)
-			return 0
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSTATUS\tKEY\tTABLE\tVERSION\tATTEMPTS\tNEXT RETRY (UTC)\tLAST ERROR")
-		for _, e := range rows {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.Status, e.RedisKey, e.Table, e.Version, e.Attempts,
-				e.NextRetryAt.Format("2006-01-02 15:04:05"), strings.ReplaceAll(e.LastError, "\n", " "))
-		}
-		_ = tw.Flush()
-		fmt.Fprintf(stdout, "%d row(s)\n", len(rows))
-		return 0
+		return compensationList(ctx, st, *asJSON, stdout, stderr)
 	case "replay":
 		n, err := st.Replay(ctx, ids)
 		if err != nil {
@@ -286,12 +359,8 @@ func compensationCmd(cfg *config.Config, sub string, asJSON bool, ids []int64, o
 		}
 		fmt.Fprintf(stdout, "%d dead row(s) made pending again, due now\n", n)
 		return 0
-	case "purge":
-		if olderThan <= 0 {
-			fmt.Fprintln(stderr, "invsync: compensation purge needs --older-than, e.g. --older-than 168h")
-			return 2
-		}
-		n, err := st.Purge(ctx, olderThan)
+	default:
+		n, err := st.Purge(ctx, *olderThan)
 		if err != nil {
 			fmt.Fprintf(stderr, "invsync: %v\n", err)
 			return 1
@@ -299,8 +368,32 @@ func compensationCmd(cfg *config.Config, sub string, asJSON bool, ids []int64, o
 		fmt.Fprintf(stdout, "%d dead row(s) deleted\n", n)
 		return 0
 	}
-	fmt.Fprintf(stderr, "invsync: unknown compensation command %q (list, replay or purge)\n", sub)
-	return 2
+}
+
+func compensationList(ctx context.Context, st *compensation.Store, asJSON bool, stdout, stderr io.Writer) int {
+	rows, err := st.List(ctx, "")
+	if err != nil {
+		fmt.Fprintf(stderr, "invsync: %v\n", err)
+		return 1
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if rows == nil {
+			rows = []compensation.Entry{}
+		}
+		_ = enc.Encode(rows)
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tKEY\tTABLE\tVERSION\tATTEMPTS\tNEXT RETRY (UTC)\tLAST ERROR")
+	for _, e := range rows {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.Status, e.RedisKey, e.Table, e.Version, e.Attempts,
+			e.NextRetryAt.Format("2006-01-02 15:04:05"), strings.ReplaceAll(e.LastError, "\n", " "))
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(stdout, "%d row(s)\n", len(rows))
+	return 0
 }
 
 // terminal returns w as a file when it is a terminal (progress bars), else nil.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,7 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/reconcile"
 	"go.uber.org/zap"
@@ -24,26 +22,28 @@ type stringList []string
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 
-// reconcileCmd is `invsync reconcile -c FILE [--repair] [--report FILE.json] [--table T]`.
+// reconcileCmd is `invsync reconcile [--repair] [--report FILE.json] [--table T]...`.
 func reconcileCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", "invsync.yaml", "config file")
-	repair := fs.Bool("repair", false, "repair the differences found")
-	reportPath := fs.String("report", "", "write a JSON report to this file")
-	samples := fs.Int("samples", 100, "keys of each kind listed in the JSON report")
+	f := newFlags("reconcile", "invsync reconcile [-c FILE] [--repair] [--report FILE.json] [--table T]...", `
+Compare every table with Redis (keyset walk of MySQL, then a scan of the keys under each
+prefix) and report the drift: missing, stale, mismatch, extra, wrong_type. Differences
+are re-checked before they are reported; --repair fixes them.`, `  0  no drift, or every difference repaired
+  1  drift found (and not repaired)
+  2  an error, bad arguments or an invalid config file`, stdout, stderr)
+	repair := f.Bool("repair", false, "repair the differences found")
+	reportPath := f.String("report", "", "write a JSON report to this file")
+	samples := f.Int("samples", 100, "keys of each kind listed in the JSON report")
 	var tables stringList
-	fs.Var(&tables, "table", "reconcile only this table (schema.table or its name; repeatable)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	f.Var(&tables, "table", "reconcile only this table (schema.table or its name; repeatable)")
+	pos, err := f.parseArgs(args)
+	if err == nil {
+		err = f.noArgs(pos)
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "invsync reconcile: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
-	cfg, err := config.Load(*cfgPath)
 	if err != nil {
-		fmt.Fprintf(stderr, "invsync: %v\n", err)
+		return parseCode(err)
+	}
+	cfg, ok := f.loadConfig(stderr)
+	if !ok {
 		return 2
 	}
 	log, err := newLogger(cfg.Log)

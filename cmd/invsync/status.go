@@ -11,8 +11,28 @@ import (
 	"github.com/invsync/invsync/daemon"
 )
 
-// statusCmd is `invsync status -c FILE`.
-func statusCmd(cfg *config.Config, cfgPath string, stdout, stderr io.Writer) int {
+// statusCmd is `invsync status`.
+func statusCmd(args []string, stdout, stderr io.Writer) int {
+	f := newFlags("status", "invsync status [-c FILE]", `
+Print the checkpoint and its age, the lag, the leader, pending and dead compensation
+rows, and each table's Bloom filter.`, `  0  the status was read
+  1  the source, the state database or Redis could not be read
+  2  bad arguments or an invalid config file`, stdout, stderr)
+	pos, err := f.parseArgs(args)
+	if err == nil {
+		err = f.noArgs(pos)
+	}
+	if err != nil {
+		return parseCode(err)
+	}
+	cfg, ok := f.loadConfig(stderr)
+	if !ok {
+		return 2
+	}
+	return status(cfg, *f.cfgPath, stdout, stderr)
+}
+
+func status(cfg *config.Config, cfgPath string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	st, err := daemon.Status(ctx, cfg)
