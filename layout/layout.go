@@ -2,21 +2,28 @@
 // states through versioned Lua scripts that guarantee a key never returns to an older
 // state and that replaying a change is harmless.
 //
-// Every writer (the binlog sink, and later the snapshot, the compensation retrier,
-// reconcile's repair and the client's fills) goes through Writer.Apply, so the guard is
-// written and tested once.
+// Every writer (the binlog sink, the snapshot and the reloads, the compensation
+// retrier, reconcile's repair and the read path's fills) goes through Writer.Apply, so
+// the guard is written and tested once. The layout itself (key format, hash fields,
+// tombstones, null markers) is README.md's "Redis layout"; why the rules are what they
+// are is docs/design-notes.md.
 //
-// Ordering rules (see docs/redis-layout.md):
-//   - A change read from the binlog carries Seq, its position in the binlog (file index,
-//     event end position, row index in the event), stored in the field _s. It is applied
-//     when its Seq is greater than the stored _s. A key without _s (written by a
-//     non-binlog writer) is overwritten when the new _v is at least the stored _v; a null
-//     marker is always overwritten.
-//   - A change that does not come from the binlog (Seq empty) is applied only where no
-//     key exists, over a null marker, or when its _v is strictly greater than the stored
-//     _v: it never overwrites a value it cannot prove older. Such a delete (a row found
-//     absent) replaces only a live row whose _v is not above its own, and the tombstone
-//     it leaves yields to any later binlog write.
+// Ordering rules (Change and the apply script in writer.go):
+//   - A change stamped with Seq (a binlog position: file index, event end position, row
+//     index in the event) stores it in the field _s and is applied when its Seq is
+//     greater than the stored _s. The binlog stream stamps each row with its own
+//     position; reloads, the compensation retrier and reconcile's repair stamp a row
+//     with the position of the consistent read it came from, so they are ordered
+//     against the stream by position. Over a key without _s, a stamped change applies
+//     when its (coalesced) version is at least the stored _v, and over a tombstone
+//     without _s always; a null marker is always overwritten.
+//   - A change without Seq is applied only where no key exists, over a null marker, or
+//     when its _v is strictly greater than the stored _v: it never overwrites a value it
+//     cannot prove older. Such a delete (a row found absent) replaces only a live row
+//     whose _v is not above its own. A fill (IfAbsent) lands only where no key or a null
+//     marker is.
+//   - A replacing change (Replace: a reload while the stream is paused) is applied
+//     whatever Redis holds.
 package layout
 
 import (
@@ -215,7 +222,9 @@ type Change struct {
 	Op Op
 	// Version is _v: a non-negative decimal integer.
 	Version string
-	// Seq orders binlog changes; zero for writes that do not come from the binlog.
+	// Seq orders changes by binlog position: a binlog change's own, or the position of the
+	// consistent read a reload, the retrier or a repair took the row from; zero for the
+	// read path's fills.
 	Seq Seq
 	// MaxVersion, for a binlog change that stands for several (coalesced: newer changes
 	// of the key replaced older ones before they were written), is the greatest version

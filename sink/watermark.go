@@ -20,7 +20,7 @@ type txnState struct {
 }
 
 // Watermark knows which transactions are done: sealed (its commit was read) and every
-// row acknowledged by Redis. Done returns the position of the newest transaction such
+// row acknowledged by Redis. Advance returns the position of the newest transaction such
 // that it and every transaction before it are done: the only position that may be
 // checkpointed.
 type Watermark struct {
