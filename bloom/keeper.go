@@ -10,6 +10,7 @@ import (
 	"time"
 
 	bloomv3 "github.com/bits-and-blooms/bloom/v3"
+	"github.com/invsync/invsync/internal/backoff"
 	"github.com/invsync/invsync/layout"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -473,7 +474,7 @@ func (k *Keeper) RestoreAll(ctx context.Context) error {
 func (k *Keeper) Run(ctx context.Context, interval time.Duration) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	backoff := interval
+	rebuild := backoff.New(interval, 5*time.Minute)
 	var nextTry time.Time
 	for {
 		need, err := k.Check(ctx)
@@ -486,11 +487,10 @@ func (k *Keeper) Run(ctx context.Context, interval time.Duration) {
 				if ctx.Err() != nil {
 					return
 				}
-				k.log.Warn("bloom rebuild failed; will try again", zap.Error(err), zap.Duration("backoff", backoff))
-				nextTry = time.Now().Add(backoff)
-				backoff = min(2*backoff, 5*time.Minute)
+				k.log.Warn("bloom rebuild failed; will try again", zap.Error(err), zap.Duration("backoff", rebuild.Current()))
+				nextTry = time.Now().Add(rebuild.Next())
 			} else {
-				backoff = interval
+				rebuild.Reset()
 			}
 		}
 		select {

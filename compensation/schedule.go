@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/backoff"
 )
 
 // Schedule computes retry times. Jitter is drawn from Rand, so tests can fix it.
@@ -34,11 +35,7 @@ func NewSchedule(c config.Compensation) Schedule {
 // min(Max, Initial * 2^attempts), then up to 20% less at random so that keys that failed
 // together do not retry together.
 func (s Schedule) Backoff(attempts int) time.Duration {
-	d := s.Initial
-	for i := 0; i < attempts && d < s.Max; i++ {
-		d *= 2
-	}
-	d = min(d, s.Max)
+	d := backoff.Delay(s.Initial, s.Max, attempts)
 	r := rand.Float64
 	if s.Rand != nil {
 		r = s.Rand

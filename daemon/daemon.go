@@ -26,6 +26,7 @@ import (
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/backoff"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/metrics"
 	"github.com/invsync/invsync/sink"
@@ -537,7 +538,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	}); err != nil {
 		return leaveErr(err)
 	}
-	backoff := time.Second
+	reconnect := backoff.New(time.Second, 30*time.Second)
 	for {
 		started := time.Now()
 		// The source's history may have been replaced since the checkpoint (RESET MASTER,
@@ -650,15 +651,12 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		}
 		d.m.StreamRestarts.Inc()
 		if time.Since(started) > time.Minute {
-			backoff = time.Second
+			reconnect.Reset() // it streamed a while: not the same failure again
 		}
-		d.log.Warn("binlog stream ended; reconnecting", append(pos.Fields(), zap.Error(err), zap.Duration("backoff", backoff))...)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		d.log.Warn("binlog stream ended; reconnecting", append(pos.Fields(), zap.Error(err), zap.Duration("backoff", reconnect.Current()))...)
+		if reconnect.Wait(ctx) != nil {
 			return nil
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 
@@ -1044,7 +1042,7 @@ func (d *Daemon) waitReady(ctx context.Context, db *sql.DB, rdb redis.UniversalC
 // retry runs f until it succeeds, ctx ends, or it returns a permanent error, waiting
 // with exponential backoff (1s to 30s) and logging each failure.
 func (d *Daemon) retry(ctx context.Context, what string, f func() error) error {
-	backoff := time.Second
+	wait := backoff.New(time.Second, 30*time.Second)
 	for {
 		err := f()
 		if err == nil {
@@ -1056,13 +1054,10 @@ func (d *Daemon) retry(ctx context.Context, what string, f func() error) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		d.log.Warn("cannot "+what+"; retrying", zap.Error(err), zap.Duration("backoff", backoff))
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return ctx.Err()
+		d.log.Warn("cannot "+what+"; retrying", zap.Error(err), zap.Duration("backoff", wait.Current()))
+		if err := wait.Wait(ctx); err != nil {
+			return err
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/backoff"
 	"github.com/invsync/invsync/internal/redisscan"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/snapshot"
@@ -457,7 +458,7 @@ func (r *runner) warn(err error) {
 }
 
 func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, cands []candidate) error {
-	delay := 100 * time.Millisecond
+	delay := backoff.New(100*time.Millisecond, 2*time.Second)
 	for len(cands) > 0 {
 		// The rows are read again in one consistent snapshot, stamped with its exact
 		// position: a transaction before it is in what was read, and a key the stream
@@ -527,7 +528,7 @@ func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, ca
 		// (a long walk must not shorten it: a running daemon's lag is not drift).
 		cands = still[:0:0]
 		var due []candidate
-		next := time.Now().Add(delay)
+		next := time.Now().Add(delay.Current())
 		for _, c := range still {
 			if next.After(c.seen.Add(r.opts.Recheck)) {
 				due = append(due, c)
@@ -543,12 +544,9 @@ func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, ca
 		if len(cands) == 0 {
 			return nil
 		}
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := delay.Wait(ctx); err != nil {
+			return err
 		}
-		delay = min(2*delay, 2*time.Second)
 	}
 	return nil
 }

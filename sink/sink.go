@@ -13,12 +13,12 @@ import (
 	"context"
 	"errors"
 	"hash/maphash"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/backoff"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/metrics"
 	"github.com/prometheus/client_golang/prometheus"
@@ -348,8 +348,7 @@ func (s *Sink) waitForTurn(ctx context.Context, q *keyQueue, timer **time.Timer)
 // or skipped; out[i] ends as the outcome of changes[i]. It returns only when that is
 // done or ctx ends.
 func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Change, batch []*entry, out []layout.Outcome) error {
-	backoff := 50 * time.Millisecond
-	const maxBackoff = 5 * time.Second
+	wait := &backoff.Exponential{Initial: 50 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5}
 	todo := changes
 	idx := []int(nil) // index in changes of each entry of todo, once retrying
 	res := out
@@ -405,7 +404,7 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 			unpause = s.pause(err)
 			if attempt == 0 || attempt%20 == 0 {
 				log.Warn("redis unavailable or refusing writes; pausing this worker and retrying (nothing is parked)", zap.String("kind", kind),
-					zap.Error(err), zap.Int("rows", len(failed)), zap.Duration("backoff", backoff))
+					zap.Error(err), zap.Int("rows", len(failed)), zap.Duration("backoff", wait.Current()))
 			}
 		} else {
 			s.m.RedisErrors.WithLabelValues("key").Add(float64(len(failed)))
@@ -419,20 +418,16 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 			todo[k] = changes[i]
 		}
 		res = make([]layout.Outcome, len(failed))
-		jitter := time.Duration(rand.Int64N(int64(backoff) / 2))
-		select {
-		case <-time.After(backoff + jitter):
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := wait.Wait(ctx); err != nil {
+			return err
 		}
-		backoff = min(backoff*2, maxBackoff)
 	}
 }
 
 // park stores a refused change, retrying while the state database is unreachable (the
 // worker, and so the reader, pause meanwhile: nothing is dropped).
 func (s *Sink) park(ctx context.Context, log *zap.Logger, e *entry, c layout.Change, cause error) error {
-	backoff := 100 * time.Millisecond
+	wait := backoff.New(100*time.Millisecond, 5*time.Second)
 	for {
 		err := s.parker.Park(ctx, s.tables[e.table], c, cause)
 		if err == nil {
@@ -440,13 +435,10 @@ func (s *Sink) park(ctx context.Context, log *zap.Logger, e *entry, c layout.Cha
 			log.Warn("redis refused a key write; parked in the compensation table for retries", zap.String("key", c.Key), zap.Error(cause))
 			return nil
 		}
-		log.Warn("cannot park a refused write (state database unreachable?); retrying", zap.String("key", c.Key), zap.Error(err), zap.Duration("backoff", backoff))
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return ctx.Err()
+		log.Warn("cannot park a refused write (state database unreachable?); retrying", zap.String("key", c.Key), zap.Error(err), zap.Duration("backoff", wait.Current()))
+		if err := wait.Wait(ctx); err != nil {
+			return err
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/backoff"
 	"github.com/invsync/invsync/internal/redisscan"
 	"github.com/invsync/invsync/layout"
 	"github.com/redis/go-redis/v9"
@@ -392,7 +393,7 @@ const floorPatience = 10 * time.Second
 // readAt runs query inside a consistent snapshot at or after the snapshot's floor and
 // returns that snapshot's exact position (see canal.ReadConsistent).
 func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (canal.Position, error) {
-	wait := 5 * time.Millisecond
+	poll := backoff.New(5*time.Millisecond, 200*time.Millisecond)
 	var waitingSince time.Time
 	for {
 		pos, err := canal.ReadConsistent(r.conn, r.s.cfg.Source.Flavor, r.s.epoch, func(err error) {
@@ -431,12 +432,9 @@ func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (can
 				append(pos.Fields(), zap.Duration("waited", waited))...)
 			waitingSince = time.Now()
 		}
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return pos, ctx.Err()
+		if err := poll.Wait(ctx); err != nil {
+			return pos, err
 		}
-		wait = min(2*wait, 200*time.Millisecond)
 	}
 }
 
@@ -525,7 +523,7 @@ func (r *run) sweep(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 
 // write applies a chunk, retrying while Redis is unreachable.
 func (r *run) write(ctx context.Context, changes []layout.Change, out []layout.Outcome) error {
-	backoff := 100 * time.Millisecond
+	wait := backoff.New(100*time.Millisecond, 5*time.Second)
 	for {
 		err := r.s.w.Apply(ctx, changes, out[:len(changes)])
 		var failed []layout.Change
@@ -553,14 +551,11 @@ func (r *run) write(ctx context.Context, changes []layout.Change, out []layout.O
 				}
 			}
 		}
-		r.s.log.Warn("snapshot: writes failed; retrying", zap.Int("rows", len(failed)), zap.Error(err), zap.Duration("backoff", backoff))
+		r.s.log.Warn("snapshot: writes failed; retrying", zap.Int("rows", len(failed)), zap.Error(err), zap.Duration("backoff", wait.Current()))
 		changes = failed
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := wait.Wait(ctx); err != nil {
+			return err
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

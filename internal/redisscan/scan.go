@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/invsync/invsync/internal/backoff"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -47,19 +48,16 @@ func Keys(ctx context.Context, rdb redis.UniversalClient, pattern string, batch 
 		return scanNode(ctx, c, pattern, batch, &sync.Mutex{}, fn)
 	}
 	var lastWhy string
-	pause := Pause
+	pause := backoff.New(Pause, 4*time.Second)
 	for try := 0; try < Attempts; try++ {
 		if try > 0 {
 			if restart != nil {
 				restart()
 			}
 			cc.ReloadState(ctx)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(pause):
+			if err := pause.Wait(ctx); err != nil {
+				return err
 			}
-			pause = min(2*pause, 4*time.Second)
 		}
 		before, stable, err := layout(ctx, cc)
 		if err != nil {
