@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -256,7 +255,7 @@ func (k *Keeper) Ensure(ctx context.Context, changes []layout.Change) error {
 			continue
 		}
 		if cerr := cmds[j].Err(); cerr != nil {
-			if !strings.HasPrefix(cerr.Error(), "WRONGTYPE") {
+			if !layout.IsWrongType(cerr) {
 				return fmt.Errorf("bloom: set bits in %s: %w", g.t.mirror.Key(), cerr)
 			}
 			k.damaged(ctx, g.t, cerr)
@@ -271,7 +270,7 @@ func (k *Keeper) Ensure(ctx context.Context, changes []layout.Change) error {
 		k.checkCapacity(g.t)
 		g.t.mu.Unlock()
 	}
-	if err != nil && !strings.HasPrefix(err.Error(), "WRONGTYPE") {
+	if err != nil && !layout.IsWrongType(err) {
 		return fmt.Errorf("bloom: set bits: %w", err)
 	}
 	return nil

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync/atomic"
 
 	"github.com/invsync/invsync/layout"
@@ -166,7 +165,7 @@ func (m *Mirror) Load(ctx context.Context) (*Filter, error) {
 		f := empty(mBits, k)
 		healthy, err := m.Healthy(ctx, f)
 		if err != nil {
-			if strings.HasPrefix(err.Error(), "WRONGTYPE") {
+			if layout.IsWrongType(err) {
 				return nil, fmt.Errorf("%w: %s holds another type", ErrNoFilter, m.key)
 			}
 			return nil, err

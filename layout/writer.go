@@ -135,7 +135,8 @@ var ErrUnavailable = errors.New("redis refuses writes")
 
 // serverStates are the error prefixes of Redis replies that tell the server's state.
 var serverStates = []string{"OOM", "MISCONF", "BUSY ", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
-	"NOREPLICAS", "NOAUTH", "WRONGPASS", "NOPERM", "UNBLOCKED", "ERR max number of clients"}
+	"NOREPLICAS", "NOAUTH", "WRONGPASS", "NOPERM", "UNBLOCKED",
+	"max number of clients"} // "ERR max number ...": redis.HasErrorPrefix drops "ERR "
 
 // IsServerState reports whether err is a Redis reply that tells the server's state (see
 // ErrUnavailable), or wraps ErrUnavailable.
@@ -143,21 +144,19 @@ func IsServerState(err error) bool {
 	if errors.Is(err, ErrUnavailable) {
 		return true
 	}
-	var re redis.Error
-	if !errors.As(err, &re) {
-		return false
-	}
-	msg := re.Error()
-	if msg == "BUSY" {
-		return true
+	if re := redis.Error(nil); errors.As(err, &re) && re.Error() == "BUSY" {
+		return true // (BUSYKEY is the key's)
 	}
 	for _, p := range serverStates {
-		if strings.HasPrefix(msg, p) {
+		if redis.HasErrorPrefix(err, p) {
 			return true
 		}
 	}
 	return false
 }
+
+// IsWrongType reports Redis refusing an operation on a key that holds another type.
+func IsWrongType(err error) bool { return redis.HasErrorPrefix(err, "WRONGTYPE") }
 
 // unavailable wraps a server-state reply so that callers can test it with errors.Is.
 func unavailable(err error) error {
@@ -321,7 +320,7 @@ func isKeyError(err error) bool {
 
 func hasNoScript(cmds []*redis.Cmd) bool {
 	for _, c := range cmds {
-		if err := c.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		if isNoScript(c.Err()) {
 			return true
 		}
 	}
@@ -419,4 +418,4 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 	return cmds, nil
 }
 
-func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }
+func isNoScript(err error) bool { return redis.HasErrorPrefix(err, "NOSCRIPT") }

@@ -386,11 +386,16 @@ func TestServerStatesAreOutagesNotKeyErrors(t *testing.T) {
 		"NOPERM this user has no permissions to run the 'evalsha' command":                         true,
 		"WRONGTYPE Operation against a key holding the wrong kind of value":                        false,
 		"BUSYKEY Target key name already exists.":                                                  false,
+		"ERR max number of clients reached":                                                        true,
+		"BUSY":                                                                                     true,
 		"ERR Error running script (call to f_x): @user_script:12: bad argument":                    false,
 	} {
 		if got := layout.IsServerState(replyError(msg)); got != want {
 			t.Errorf("IsServerState(%q) = %v, want %v", msg, got, want)
 		}
+	}
+	if !layout.IsWrongType(replyError("WRONGTYPE Operation against a key holding the wrong kind of value")) || layout.IsWrongType(replyError("ERR wrong number of arguments")) {
+		t.Error("IsWrongType")
 	}
 	if layout.IsServerState(errors.New("dial tcp: connection refused")) {
 		t.Error("a transport error is not a server state (it is an outage of its own kind)")

@@ -1,7 +1,6 @@
 package reconcile
 
 import (
-	"errors"
 	"testing"
 
 	"github.com/invsync/invsync/layout"
@@ -33,7 +32,7 @@ func TestClassify(t *testing.T) {
 		{"higher version", row, live("11", "5"), nil, true, Mismatch},
 		{"no version column: values only", row, live("999", "5"), nil, false, ""},
 		{"no version column: mismatch", row, live("999", "4"), nil, false, Mismatch},
-		{"wrong type", row, nil, errors.New("WRONGTYPE Operation against a key holding the wrong kind of value"), true, WrongType},
+		{"wrong type", row, nil, replyError("WRONGTYPE Operation against a key holding the wrong kind of value"), true, WrongType},
 		{"extra", nil, live("1", "5"), nil, true, Extra},
 		{"no row, tombstone", nil, map[string]string{"_v": "1", "_deleted": "1"}, nil, true, ""},
 		{"no row, nothing", nil, nil, nil, true, ""},
@@ -48,3 +47,9 @@ func TestClassify(t *testing.T) {
 		t.Error("cmpDecimal")
 	}
 }
+
+// replyError is a Redis error reply, as go-redis returns one.
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+func (replyError) RedisError()     {}

@@ -374,18 +374,16 @@ func (r *runner) compareChunk(ctx context.Context, t *canal.Table, rows []snapsh
 
 func allKeyErrors(cmds []*redis.MapStringStringCmd) bool {
 	for _, c := range cmds {
-		if err := c.Err(); err != nil && !isWrongType(err) {
+		if err := c.Err(); err != nil && !layout.IsWrongType(err) {
 			return false
 		}
 	}
 	return true
 }
 
-func isWrongType(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") }
-
 // classify compares a row (nil: none in MySQL) with what Redis holds for its key.
 func classify(row *snapshot.Row, h map[string]string, herr error, versioned bool) (Kind, bool) {
-	if isWrongType(herr) {
+	if layout.IsWrongType(herr) {
 		return WrongType, true
 	}
 	live := len(h) > 0 && h[layout.FieldDeleted] == "" && h[layout.FieldNull] == ""
@@ -442,7 +440,7 @@ func cmpDecimal(a, b string) int {
 // observe describes what Redis holds for a key, for a compare-and-set repair.
 func observe(h map[string]string, herr error) layout.Observed {
 	switch {
-	case isWrongType(herr):
+	case layout.IsWrongType(herr):
 		return layout.Observed{Type: "other"}
 	case len(h) == 0:
 		return layout.Observed{Type: "none"}
