@@ -377,6 +377,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 		}); err != nil {
 			return err
 		}
+		found = true // the checkpoint the snapshot wrote: Redis must hold the markers it wrote
 	}
 	// Redis may hold less than the checkpoint (restored from an older RDB/AOF, failed
 	// over to a lagging replica while invsync was stopped): stream from what it holds.
@@ -455,8 +456,9 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			}
 			return layout.Seq{}
 		}, func() error { return claimRedis(watchCtx, rdb, d.cfg, pipeline) }, func() bool {
-			var back *errRedisWentBack
-			return errors.As(hist.check(watchCtx), &back)
+			// Redis lost the applied markers too, or cannot tell now: the session ends on
+			// it (or the next check decides).
+			return hist.check(watchCtx) != nil
 		})
 	}()
 	defer func() {
@@ -475,6 +477,15 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	// position and its epoch, and reads the applied markers it wrote.
 	resnapshot := func(mode snapshotMode, reason string) error {
 		d.m.Resnapshots.WithLabelValues(reason).Inc()
+		if reason == "redis_data_loss" {
+			// The claims on the key prefixes went with the data (see claims.go); another
+			// pipeline that claimed them meanwhile stops this one (ErrClaimed is permanent).
+			if err := d.retry(ctx, "claim the key prefixes again after Redis lost its data", func() error {
+				return claimRedis(ctx, rdb, d.cfg, pipeline)
+			}); err != nil {
+				return err
+			}
+		}
 		// Its rows replace what Redis holds: they must be at least as new as what the
 		// stream wrote, also a transaction in the binlog not yet visible to readers.
 		d.reloadMu.Lock()
@@ -491,6 +502,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 				mode.floor = now
 			}
 			mode.fence = lock.Lease
+			mode.wrote = hist.adopt
 			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
 			if lost := (*errLostDuringLoad)(nil); errors.As(err, &lost) {
 				d.m.RedisRollbacks.Inc()
@@ -501,7 +513,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 			return err
 		}
 		d.epoch.Store(pos.Epoch)
-		return d.retry(ctx, "read Redis's applied markers", func() error { return hist.resync(ctx) })
+		return nil
 	}
 	// After Redis went back, writes that the stream does not replay (the compensation
 	// retrier's, reloads', repairs', their Bloom bits) may be lost too: a reconciliation
@@ -741,7 +753,7 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 			return true // unreachable (the sink reports that) or still there
 		}
 		if wentBack() {
-			return true // the session ends on it and reloads (counted there)
+			return true // the session ends on it and reloads (counted there), or the next tick decides
 		}
 		d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
 		// The claims on the key prefixes went with the data (see claims.go).
@@ -796,8 +808,12 @@ func everyTick(ctx context.Context, interval time.Duration, f func() bool) {
 type snapshotMode struct {
 	epoch   uint32
 	replace bool
-	floor   layout.Seq   // chunks are read at or after it (snapshot.AtLeast)
+	floor   layout.Seq   // chunks are read, and the stream resumes, at or after it (snapshot.AtLeast)
 	fence   func() error // asked before the applied markers are written (see Lock.Lease)
+	// wrote, when set, is told the applied markers the snapshot wrote: the history adopts
+	// them rather than reading them again (a loss right after the write would be read
+	// as the state to keep).
+	wrote func(*snapshotMarkers, canal.Position)
 }
 
 // historyChanged reports whether the source's binlog history was replaced since pos was
@@ -920,7 +936,9 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 	}
 	snap := snapshot.New(cfg, tables, w, rdb, log, logProgress)
 	if mode.replace {
-		snap = snap.Replacing().AtLeast(mode.floor)
+		// The stream resumes from the position it returns: at or after the floor too,
+		// else it would replay what the stream wrote before over rows read after it.
+		snap = snap.Replacing().AtLeast(mode.floor).HandOffAtLeast()
 	}
 	var pos canal.Position
 	position := positionIn(db, cfg.Source.Flavor, func() uint32 { return mode.epoch }, log)
@@ -939,6 +957,12 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 	if err != nil {
 		return pos, err
 	}
+	// This Redis now holds the data; the marker's absence will tell if it loses it. It
+	// is written before the applied markers: a loss between the two takes the tokens,
+	// and the marker write below fails.
+	if err := rdb.Set(ctx, markerKey(cfg), time.Now().UTC().Format(time.RFC3339), 0).Err(); err != nil {
+		log.Warn("cannot write the data-loss marker", zap.String("key", markerKey(cfg)), zap.Error(err))
+	}
 	// Redis holds every row up to pos (see rollback.go), then the checkpoint.
 	if mode.fence != nil {
 		if err := mode.fence(); err != nil {
@@ -948,15 +972,14 @@ func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*
 	if err := markers.write(ctx, rdb, pos); err != nil {
 		return pos, err
 	}
+	if mode.wrote != nil {
+		mode.wrote(markers, pos)
+	}
 	if err := store.Save(ctx, pos); err != nil {
 		return pos, err
 	}
 	if err := store.RecordLoads(ctx, loadRecords(tables, pos)); err != nil {
 		return pos, err
-	}
-	// This Redis now holds the data; the marker's absence will tell if it loses it.
-	if err := rdb.Set(ctx, markerKey(cfg), time.Now().UTC().Format(time.RFC3339), 0).Err(); err != nil {
-		log.Warn("cannot write the data-loss marker", zap.String("key", markerKey(cfg)), zap.Error(err))
 	}
 	return pos, nil
 }

@@ -280,6 +280,23 @@ func wentBack(key, rid, gotRID, last, cur string) error {
 	return e
 }
 
+// adopt takes the markers a snapshot wrote (pos, over its tokens, on the servers it saw)
+// as the state last seen, without reading them again: a loss right after that write is
+// then a change, never the state to keep.
+func (h *redisHistory) adopt(m *snapshotMarkers, pos canal.Position) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v := encodeMarker(pos)
+	for _, k := range m.keys {
+		rid := m.rid[k]
+		if rid == "*" {
+			rid = ""
+		}
+		h.rid[k], h.last[k] = rid, v
+	}
+	clear(h.maybe)
+}
+
 // resync forgets what was seen and reads the markers again (after a rewind).
 func (h *redisHistory) resync(ctx context.Context) error {
 	h.mu.Lock()

@@ -64,6 +64,7 @@ type Snapshot struct {
 	replace  bool
 	noSweep  bool
 	floor    layout.Seq // chunks are read at or after it (AtLeast)
+	handOff  bool       // the position Run returns is at or after floor too (HandOffAtLeast)
 	epoch    uint32     // of the positions chunks are read at (p0's)
 }
 
@@ -85,6 +86,17 @@ func (s *Snapshot) AtLeast(floor layout.Seq) *Snapshot {
 	return s
 }
 
+// HandOffAtLeast makes the position Run returns (where the stream resumes, and the stamp
+// of the sweep's tombstones) at or after the floor too: position is asked again until it
+// is. A consistent read's position lags a transaction that is in the binlog but not yet
+// visible to readers; the stream, resumed before such a transaction it had already
+// written, would replay it over rows read after it (a version going down, a deleted row
+// back for a moment).
+func (s *Snapshot) HandOffAtLeast() *Snapshot {
+	s.handOff = true
+	return s
+}
+
 // Replacing makes every row written replace what Redis holds (layout.Change.Replace):
 // for a reload after a DDL, with the binlog stream paused.
 func (s *Snapshot) Replacing() *Snapshot {
@@ -103,20 +115,20 @@ func New(cfg *config.Config, tables []*canal.Table, w Writer, rdb redis.Universa
 // Run records the current binlog position (via position, called before any row is
 // read), loads every table and returns that position: streaming must start from it.
 func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (canal.Position, error)) (canal.Position, Stats, error) {
-	p0, err := position(ctx)
+	conn, err := canal.Connect(ctx, s.cfg.Source)
+	if err != nil {
+		return canal.Position{}, Stats{}, fmt.Errorf("snapshot: connect to the source %s: %w", s.cfg.Source.Addr, err)
+	}
+	defer conn.Close()
+	if err := PrepareSession(conn, s.cfg.Source.TimeZone); err != nil {
+		return canal.Position{}, Stats{}, fmt.Errorf("snapshot: prepare the session: %w", err)
+	}
+	p0, err := s.handOffPosition(ctx, conn, position)
 	if err != nil {
 		return p0, Stats{}, err
 	}
 	s.epoch = p0.Epoch
 	s.log.Info("snapshot started", p0.Fields()...)
-	conn, err := canal.Connect(ctx, s.cfg.Source)
-	if err != nil {
-		return p0, Stats{}, fmt.Errorf("snapshot: connect to the source %s: %w", s.cfg.Source.Addr, err)
-	}
-	defer conn.Close()
-	if err := PrepareSession(conn, s.cfg.Source.TimeZone); err != nil {
-		return p0, Stats{}, fmt.Errorf("snapshot: prepare the session: %w", err)
-	}
 	var estimate int64
 	for _, t := range s.tables {
 		estimate += estimateRows(conn, t)
@@ -386,6 +398,58 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 	}
 }
 
+// handOffPosition asks position for the snapshot's position; with HandOffAtLeast, again
+// until it is at or after the floor (see floorReached).
+func (s *Snapshot) handOffPosition(ctx context.Context, conn *client.Conn, position func(context.Context) (canal.Position, error)) (canal.Position, error) {
+	poll := backoff.New(5*time.Millisecond, 200*time.Millisecond)
+	var waitingSince time.Time
+	for {
+		p0, err := position(ctx)
+		if err != nil || !s.handOff || s.floor.IsZero() || !SeqOf(p0).Less(s.floor) {
+			return p0, err
+		}
+		if ok, err := s.floorReachable(conn, p0, &waitingSince); err != nil || !ok {
+			return p0, err
+		}
+		if err := poll.Wait(ctx); err != nil {
+			return p0, err
+		}
+	}
+}
+
+// floorReachable is asked while a read (at pos) waits for the floor to become visible: after
+// floorPatience it checks that the source's binlog reaches the floor at all; when it does
+// not (the floor is from a history the source no longer has: a reset binlog), it drops
+// the floor and returns false (read on from what the source has now).
+func (s *Snapshot) floorReachable(conn *client.Conn, pos canal.Position, waitingSince *time.Time) (bool, error) {
+	if waitingSince.IsZero() {
+		*waitingSince = time.Now()
+		return true, nil
+	}
+	waited := time.Since(*waitingSince)
+	if waited <= floorPatience {
+		return true, nil
+	}
+	// A commit on its way can take long (semi-sync waits for a replica up to its
+	// timeout), but when even the server's binlog ends before the floor, the floor is
+	// from a history the source no longer has.
+	end, err := canal.MasterStatus(conn)
+	if err != nil {
+		return false, err
+	}
+	end.Epoch = s.epoch
+	if SeqOf(end).Less(s.floor) {
+		s.log.Warn("the source's binlog ends before the position the stream had read (its history was replaced): the reload reads on from the source's current state",
+			append(end.Fields(), zap.Duration("waited", waited))...)
+		s.floor = layout.Seq{}
+		return false, nil
+	}
+	s.log.Warn("a reload waits for transactions the stream already read to become visible to readers (semi-sync waiting for a replica?)",
+		append(pos.Fields(), zap.Duration("waited", waited))...)
+	*waitingSince = time.Now()
+	return true, nil
+}
+
 // floorPatience is how long a chunk waits for its floor (AtLeast) to become visible before
 // it checks that the floor is still in the source's binlog (and says that it waits).
 const floorPatience = 10 * time.Second
@@ -410,27 +474,10 @@ func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (can
 		// The stream has written a transaction this snapshot does not see yet: it is in
 		// the binlog, its commit is still on its way. Read again once it is visible.
 		(*res).Close()
-		if waitingSince.IsZero() {
-			waitingSince = time.Now()
-		} else if waited := time.Since(waitingSince); waited > floorPatience {
-			// A commit on its way can take long (semi-sync waits for a replica up to its
-			// timeout), but when even the server's binlog ends before the floor, the floor
-			// is from a history the source no longer has (a reset binlog): read on from
-			// what the source has now, for this table's remaining chunks too.
-			end, err := canal.MasterStatus(r.conn)
-			if err != nil {
-				return pos, err
-			}
-			end.Epoch = r.s.epoch
-			if SeqOf(end).Less(r.s.floor) {
-				r.s.log.Warn("the source's binlog ends before the position the stream had read (its history was replaced): the reload reads on from the source's current state",
-					append(end.Fields(), zap.Duration("waited", waited))...)
-				r.s.floor = layout.Seq{}
-				continue
-			}
-			r.s.log.Warn("a reload waits for transactions the stream already read to become visible to readers (semi-sync waiting for a replica?)",
-				append(pos.Fields(), zap.Duration("waited", waited))...)
-			waitingSince = time.Now()
+		if ok, err := r.s.floorReachable(r.conn, pos, &waitingSince); err != nil {
+			return pos, err
+		} else if !ok {
+			continue // the floor dropped: read on from what the source has now
 		}
 		if err := poll.Wait(ctx); err != nil {
 			return pos, err
