@@ -24,6 +24,15 @@ func TestRedisDataLossHealsWhileStreaming(t *testing.T) {
 	waitReady(t, r)
 	e.waitEqual(30 * time.Second)
 
+	owners := func() []string {
+		keys, err := e.rdb.Keys(context.Background(), "invsync:owner:*").Result()
+		testenv.Must(t, err, "KEYS")
+		return keys
+	}
+	claims := len(owners())
+	if claims == 0 {
+		t.Fatal("no claim keys (invsync:owner:*) before the flush")
+	}
 	var flushed time.Time
 	var noticed time.Duration
 	wl := during(t, e, 3000, func(*workload) {
@@ -42,6 +51,10 @@ func TestRedisDataLossHealsWhileStreaming(t *testing.T) {
 		noticed.Round(time.Millisecond), time.Since(flushed).Round(time.Millisecond), wl.done.Load())
 	if got, all := seriesValue(t, r.d.Registry(), "invsync_resnapshots_total", "reason", "redis_data_loss"), counterSum(t, r.d.Registry(), "invsync_resnapshots_total"); got != 1 || all != 1 {
 		t.Fatalf("invsync_resnapshots_total{reason=redis_data_loss} = %v (all reasons %v) after one data loss, want 1", got, all)
+	}
+	// The claims on the key prefixes went with the data: they are taken again.
+	if got := owners(); len(got) != claims {
+		t.Fatalf("claim keys after the reload: %q, want %d as before the flush", got, claims)
 	}
 }
 
