@@ -163,9 +163,6 @@ func (k *Keeper) Complete() bool {
 	return true
 }
 
-// splitKey returns the prefix and the encoded primary key (the Bloom item) of a row key.
-func splitKey(key string) (prefix, pk string, ok bool) { return layout.InnerOf(key) }
-
 type adds struct {
 	t   *tableFilter
 	pks []string
@@ -185,7 +182,7 @@ func (k *Keeper) Ensure(ctx context.Context, changes []layout.Change) error {
 		if c.Op != layout.OpUpsert {
 			continue
 		}
-		prefix, pk, ok := splitKey(c.Key)
+		prefix, pk, ok := layout.InnerOf(c.Key) // the encoded primary key is the Bloom item
 		if !ok {
 			continue
 		}

@@ -581,8 +581,7 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 // key builds the row's Redis key (layout.Key, with its escaping of composite keys) into
 // d's scratch buffer, so that a key costs one allocation: this runs for every row read.
 func (d *decoder) key(t *Table, row []any) (string, error) {
-	b := append(d.scratch[:0], t.KeyPrefix...)
-	b = append(b, '{')
+	b := layout.AppendKeyStart(d.scratch[:0], t.KeyPrefix)
 	for p, i := range d.pkIdx {
 		if i >= len(row) {
 			return "", fmt.Errorf("primary key column %d missing from row", i)
@@ -606,7 +605,7 @@ func (d *decoder) key(t *Table, row []any) (string, error) {
 		}
 		b = layout.AppendKeyPart(b, d.part)
 	}
-	b = append(b, '}')
+	b = layout.AppendKeyEnd(b)
 	d.scratch = b
 	return string(b), nil
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/go-co-op/gocron/v2"
@@ -119,9 +118,9 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 	}
 	deps.Ensure = func(ctx context.Context, rows []layout.Change) error {
 		for _, c := range rows {
-			i := strings.IndexByte(c.Key, '{')
-			if r := readers[c.Key[:max(i, 0)]]; r != nil && i >= 0 {
-				if err := r.Add(ctx, []string{c.Key[i+1 : len(c.Key)-1]}); err != nil {
+			prefix, inner, ok := layout.InnerOf(c.Key)
+			if r := readers[prefix]; r != nil && ok {
+				if err := r.Add(ctx, []string{inner}); err != nil {
 					return err
 				}
 			}

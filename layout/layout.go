@@ -43,15 +43,23 @@ const (
 // Key returns the Redis key of a row: prefix{inner}, where inner is KeyInner(pk). The
 // braces are the Redis Cluster hash tag.
 func Key(prefix string, pk []string) string {
-	inner := KeyInner(pk)
-	var b strings.Builder
-	b.Grow(len(prefix) + len(inner) + 2)
-	b.WriteString(prefix)
-	b.WriteByte('{')
-	b.WriteString(inner)
-	b.WriteByte('}')
-	return b.String()
+	n := len(prefix) + 2
+	for _, p := range pk {
+		n += len(p) + 1
+	}
+	b := AppendKeyStart(make([]byte, 0, n), prefix)
+	return string(AppendKeyEnd(AppendKeyInner(b, pk)))
 }
+
+// AppendKeyStart appends a row key's start (prefix and the opening brace) to dst: the
+// allocation-free form of Key for the hot path is AppendKeyStart, AppendKeyInner or
+// AppendKeyPart per part (':' between parts of a composite key), then AppendKeyEnd.
+func AppendKeyStart(dst []byte, prefix string) []byte {
+	return append(append(dst, prefix...), '{')
+}
+
+// AppendKeyEnd closes a row key started with AppendKeyStart.
+func AppendKeyEnd(dst []byte) []byte { return append(dst, '}') }
 
 // KeyInner encodes a primary key between the braces of its row key (and as its Bloom
 // filter item): a single-column key is its text as it is; a composite key joins its

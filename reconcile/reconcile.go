@@ -625,8 +625,9 @@ func (r *runner) extras(ctx context.Context, t *canal.Table, tr *TableReport, se
 			if !differs {
 				continue
 			}
-			pk, err := layout.SplitInner(k[len(t.KeyPrefix)+1:len(k)-1], len(t.PK))
-			if err != nil {
+			prefix, inner, ok := layout.InnerOf(k)
+			pk, err := layout.SplitInner(inner, len(t.PK))
+			if !ok || prefix != t.KeyPrefix || err != nil {
 				tr.Unverifiable++
 				continue
 			}
