@@ -400,6 +400,9 @@ func renderConfig(cfg *config.Config) string {
 	fmt.Fprintf(&b, "log: { level: %s, format: %s }\n", cfg.Log.Level, cfg.Log.Format)
 	fmt.Fprintf(&b, "bloom: { expected_items: %d, false_positive_rate: %v, null_ttl: %s, tombstone_ttl: %s, key_prefix: %q }\n",
 		cfg.Bloom.ExpectedItems, cfg.Bloom.FalsePositiveRate, cfg.Bloom.NullTTL, cfg.Bloom.TombstoneTTL, cfg.Bloom.KeyPrefix)
+	if cfg.Snapshot.ChunkSize > 0 {
+		fmt.Fprintf(&b, "snapshot: { chunk_size: %d, rows_per_second: %d }\n", cfg.Snapshot.ChunkSize, cfg.Snapshot.RowsPerSecond)
+	}
 	fmt.Fprintf(&b, "reconcile: { schedule: %q, chunk_size: %d, repair: %v, recheck_for: %s }\n",
 		cfg.Reconcile.Schedule, cfg.Reconcile.ChunkSize, cfg.Reconcile.Repair, cfg.Reconcile.RecheckFor)
 	b.WriteString("tables:\n")
