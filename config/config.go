@@ -37,13 +37,13 @@ type Config struct {
 	// Checkpoint tunes how often the position is saved.
 	Checkpoint Checkpoint `mapstructure:"checkpoint"`
 	// Compensation tunes the retry of failed writes.
-	Compensation Compensation `mapstructure:"compensation"`
+	Compensation Compensation `mapstructure:"compensation" live:"true"`
 	// Bloom sizes the Bloom filter and the TTLs of null markers and tombstones.
 	Bloom Bloom `mapstructure:"bloom"`
 	// Snapshot tunes the full load of the tables.
 	Snapshot Snapshot `mapstructure:"snapshot"`
 	// Reconcile tunes the reconciliation job.
-	Reconcile Reconcile `mapstructure:"reconcile"`
+	Reconcile Reconcile `mapstructure:"reconcile" live:"true"`
 	// HTTP is the metrics and health endpoint.
 	HTTP HTTP `mapstructure:"http"`
 	// Log configures logging.
@@ -58,7 +58,7 @@ type Source struct {
 	User string `mapstructure:"user"`
 	// Password of User. Default empty. Prefer INVSYNC_SOURCE_PASSWORD or PasswordFile.
 	// Never logged.
-	Password string `mapstructure:"password"`
+	Password string `mapstructure:"password" secret:"true"`
 	// PasswordFile is a file whose content (trailing newline removed) is the password,
 	// when Password is empty (for example a mounted secret). Default empty.
 	PasswordFile string `mapstructure:"password_file"`
@@ -94,7 +94,7 @@ type State struct {
 	Schema string `mapstructure:"schema"`
 	// DSN, when set, puts the state schema on another server, as
 	// user:password@tcp(host:port)/ (go-sql-driver syntax). Default empty: the source.
-	DSN string `mapstructure:"dsn"`
+	DSN string `mapstructure:"dsn" secret:"true"`
 }
 
 // Redis is the target Redis.
@@ -108,7 +108,7 @@ type Redis struct {
 	MasterName string `mapstructure:"master_name"`
 	// Password for Redis AUTH. Default empty. Prefer INVSYNC_REDIS_PASSWORD or
 	// PasswordFile. Never logged.
-	Password string `mapstructure:"password"`
+	Password string `mapstructure:"password" secret:"true"`
 	// PasswordFile is a file whose content (trailing newline removed) is the password,
 	// when Password is empty. Default empty.
 	PasswordFile string `mapstructure:"password_file"`
@@ -201,10 +201,10 @@ type Sink struct {
 	// Workers is the number of writers; a key always goes to the same one. Default 8.
 	Workers int `mapstructure:"workers"`
 	// BatchSize is the most rows one writer sends in one pipeline. Default 512.
-	BatchSize int `mapstructure:"batch_size"`
+	BatchSize int `mapstructure:"batch_size" live:"true"`
 	// FlushInterval is how long a writer waits for more rows to fill a batch once its
 	// queue ran dry. Default 2ms.
-	FlushInterval time.Duration `mapstructure:"flush_interval"`
+	FlushInterval time.Duration `mapstructure:"flush_interval" live:"true"`
 	// QueueSize is the capacity of each writer's queue, in distinct keys: a change of a
 	// key that is already waiting replaces it (coalescing), so when Redis falls behind,
 	// repeated changes of one key cost one write. Beyond it, reading of the binlog waits.
@@ -237,9 +237,9 @@ type Bloom struct {
 	// FalsePositiveRate sizes the filter, between 0 and 1 exclusive. Default 0.001.
 	FalsePositiveRate float64 `mapstructure:"false_positive_rate"`
 	// NullTTL is the lifetime of a "does not exist" marker. Default 60s.
-	NullTTL time.Duration `mapstructure:"null_ttl"`
+	NullTTL time.Duration `mapstructure:"null_ttl" live:"true"`
 	// TombstoneTTL is the lifetime of a deleted row's tombstone. Default 24h.
-	TombstoneTTL time.Duration `mapstructure:"tombstone_ttl"`
+	TombstoneTTL time.Duration `mapstructure:"tombstone_ttl" live:"true"`
 	// KeyPrefix of the Redis bitmaps: a table's filter is at <key_prefix><schema>.<table>,
 	// its parameters at <that key>:meta. Default "invsync:bloom:".
 	KeyPrefix string `mapstructure:"key_prefix"`
@@ -293,7 +293,7 @@ type HTTP struct {
 // Log configures logging.
 type Log struct {
 	// Level is debug, info, warn or error. Default info.
-	Level string `mapstructure:"level"`
+	Level string `mapstructure:"level" live:"true"`
 	// Format is json or console. Default json.
 	Format string `mapstructure:"format"`
 }

@@ -44,7 +44,17 @@ func Reference(src []byte) (string, error) {
 	b.WriteString("invsync reads one YAML file (`-c FILE`). Unknown keys are refused. Every key can be\n")
 	b.WriteString("overridden by an environment variable: `INVSYNC_` and the key's path in capitals with\n")
 	b.WriteString("`_` for `.` (for example `INVSYNC_SOURCE_PASSWORD`, `INVSYNC_REDIS_PASSWORD`).\n")
-	b.WriteString("Durations are Go durations (`500ms`, `2s`, `24h`).\n")
+	b.WriteString("Durations are Go durations (`500ms`, `2s`, `24h`).\n\n")
+	b.WriteString("`invsync run` reloads the file when it changes and on SIGHUP. These settings take effect at\n")
+	b.WriteString("once (the fields tagged `live` in config.go); any other change is named in a warning as\n")
+	b.WriteString("needing a restart:")
+	for i, k := range LiveKeys() {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(" `" + k + "`")
+	}
+	b.WriteString(".\n")
 	def := reflect.ValueOf(Default())
 	for _, fld := range root.Fields.List {
 		key := tagOf(fld)

@@ -68,7 +68,7 @@ type Daemon struct {
 	keeper     atomic.Pointer[bloom.Keeper]
 	bloomM     *bloom.Metrics
 
-	// live is the config as reloaded: its live settings (see liveKeys) are current.
+	// live is the config as reloaded: its live settings (see config.LiveKeys) are current.
 	live       atomic.Pointer[config.Config]
 	reloadPath string
 	level      *zap.AtomicLevel

@@ -2,12 +2,9 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"reflect"
-	"strings"
 	"syscall"
 	"time"
 
@@ -27,18 +24,6 @@ func WithReload(path string, level zap.AtomicLevel) Option {
 		d.level = &level
 	}
 }
-
-// liveKeys are the settings a reload applies while running; any other change needs a
-// restart (named in a warning).
-var liveKeys = []string{
-	"log.level", "sink.batch_size", "sink.flush_interval",
-	"compensation.poll_interval", "compensation.initial_backoff", "compensation.max_backoff", "compensation.max_attempts",
-	"bloom.null_ttl", "bloom.tombstone_ttl",
-	"reconcile.schedule", "reconcile.chunk_size", "reconcile.repair", "reconcile.recheck_for",
-}
-
-// secretKeys are never logged with their values.
-var secretKeys = map[string]bool{"source.password": true, "redis.password": true, "state.dsn": true}
 
 // watchConfig reloads the config on file changes and SIGHUP until ctx ends.
 func (d *Daemon) watchConfig(ctx context.Context) {
@@ -83,30 +68,22 @@ func (d *Daemon) reload(why string) {
 		return
 	}
 	cur := d.live.Load()
-	changes := diffConfig("", reflect.ValueOf(*cur), reflect.ValueOf(*next))
+	changes := config.Diff(cur, next)
 	if len(changes) == 0 {
 		d.m.ConfigReloads.WithLabelValues("unchanged").Inc()
 		d.log.Info("config reloaded: nothing changed", zap.String("trigger", why))
 		return
 	}
-	merged := *cur
 	var applied, restart []string
 	for _, c := range changes {
-		shown := c.key + "=" + c.value
-		if secretKeys[c.key] {
-			shown = c.key + " (changed)"
-		}
-		if isLive(c.key) {
-			applied = append(applied, shown)
+		if c.Live {
+			applied = append(applied, c.String())
 		} else {
-			restart = append(restart, shown)
+			restart = append(restart, c.String())
 		}
 	}
-	merged.Log.Level = next.Log.Level
-	merged.Sink.BatchSize, merged.Sink.FlushInterval = next.Sink.BatchSize, next.Sink.FlushInterval
-	merged.Compensation = next.Compensation
-	merged.Bloom.NullTTL, merged.Bloom.TombstoneTTL = next.Bloom.NullTTL, next.Bloom.TombstoneTTL
-	merged.Reconcile = next.Reconcile
+	// The settings tagged live in package config (see config.LiveKeys).
+	merged := config.MergeLive(cur, next)
 	d.live.Store(&merged)
 
 	if d.level != nil {
@@ -176,37 +153,4 @@ func watchFile(ctx context.Context, path string, changed func(), log *zap.Logger
 		}
 	}()
 	return func() { w.Close(); <-done }, nil
-}
-
-func isLive(key string) bool {
-	for _, k := range liveKeys {
-		if k == key {
-			return true
-		}
-	}
-	return false
-}
-
-type change struct{ key, value string }
-
-// diffConfig lists the keys (mapstructure paths) whose values differ.
-func diffConfig(prefix string, a, b reflect.Value) []change {
-	var out []change
-	t := a.Type()
-	for i := 0; i < t.NumField(); i++ {
-		tag := t.Field(i).Tag.Get("mapstructure")
-		if tag == "" {
-			continue
-		}
-		key := strings.TrimPrefix(prefix+"."+tag, ".")
-		fa, fb := a.Field(i), b.Field(i)
-		if fa.Kind() == reflect.Struct && fa.Type() != reflect.TypeOf(time.Duration(0)) {
-			out = append(out, diffConfig(key, fa, fb)...)
-			continue
-		}
-		if !reflect.DeepEqual(fa.Interface(), fb.Interface()) {
-			out = append(out, change{key: key, value: fmt.Sprint(fb.Interface())})
-		}
-	}
-	return out
 }
