@@ -13,7 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
+	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
+	"go.uber.org/zap"
 )
 
 // LockName is the MySQL named lock (GET_LOCK, on the state database) that the instance
@@ -204,4 +207,77 @@ func TakeOverIdleLock(ctx context.Context, db *sql.DB, name string, lease time.D
 		return holder, idle, false, fmt.Errorf("kill the idle lock session %d: %w (fix: run every instance as the same MySQL user, or GRANT CONNECTION ADMIN)", holder, err)
 	}
 	return holder, idle, true, nil
+}
+
+// watchLock checks every second that the instance still holds the leader lock, and ends
+// leading (lost) when it does not.
+func (d *Daemon) watchLock(ctx context.Context, lock *Lock, lost context.CancelCauseFunc) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := lock.Held(cctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			lost(fmt.Errorf("%w: %w", errLostLock, err))
+			return
+		}
+	}
+}
+
+// lead takes the leader lock of the config, waiting (standing by) while another
+// instance holds it; it returns nil, nil when ctx ends first.
+func (d *Daemon) lead(ctx context.Context, stateDB *sql.DB) (*Lock, error) {
+	name := LockName(d.cfg)
+	logged := false
+	var lastWarn time.Time
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		lock, held, err := TryLock(tctx, stateDB, name)
+		cancel()
+		if err == nil && !held {
+			// The holder may be gone without its session knowing (frozen, powered off, cut
+			// off): once that session has been idle for the lease, take the lock over.
+			holder, idle, killed, terr := TakeOverIdleLock(ctx, stateDB, name, LeaseTimeout)
+			switch {
+			case killed:
+				d.log.Error("the leader's lock session has been idle for the lease (its instance froze, lost its host or was cut off): killed it to take over",
+					zap.String("lock", name), zap.Int64("session", holder), zap.Duration("idle", idle), zap.Duration("lease", LeaseTimeout))
+				continue
+			case terr != nil && time.Since(lastWarn) > 30*time.Second:
+				d.log.Warn("cannot check that the leader is alive; a leader that froze or was cut off keeps the lock until the server drops its session",
+					zap.String("lock", name), zap.Int64("session", holder), zap.Error(terr))
+				lastWarn = time.Now()
+			}
+		}
+		if err == nil && held {
+			if logged {
+				d.log.Info("leading now: the other instance is gone", zap.String("lock", name))
+			}
+			return lock, nil
+		}
+		if err != nil {
+			var me *mysql.MySQLError
+			if errors.As(err, &me) && (me.Number == 1044 || me.Number == 1045) {
+				return nil, fmt.Errorf("%w: the state database refused invsync: %w (fix: the user and password of state.dsn, or of the source when state.dsn is empty)", canal.ErrPermanent, err)
+			}
+			if time.Since(lastWarn) > 30*time.Second {
+				d.log.Warn("cannot take the leader lock; retrying every second", zap.String("lock", name), zap.Error(err))
+				lastWarn = time.Now()
+			}
+		} else if !logged {
+			d.log.Info("another invsync instance leads this config (it holds the lock); standing by", zap.String("lock", name))
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
