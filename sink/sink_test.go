@@ -2,6 +2,9 @@ package sink
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -129,5 +132,209 @@ func TestWatermarkWaitsForTheWrite(t *testing.T) {
 	}
 	if p, _, _ := wm.Advance(); p != pos(200) {
 		t.Fatalf("watermark at %v after the write, want 200", p)
+	}
+}
+
+// flakyWriter fails the next outages calls as a whole (Redis unreachable), and refuses
+// each key in refuse for its key (a per-key error) as many times as its count (< 0:
+// always); everything else is applied. calls counts the Apply calls.
+type flakyWriter struct {
+	fakeWriter
+	mu2     sync.Mutex
+	outages int
+	refuse  map[string]int
+	calls   int
+}
+
+func (w *flakyWriter) Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error {
+	w.mu2.Lock()
+	w.calls++
+	if w.outages > 0 {
+		w.outages--
+		w.mu2.Unlock()
+		err := errors.New("dial tcp 127.0.0.1:6379: connection refused")
+		for i := range changes {
+			out[i] = layout.Outcome{Result: layout.Failed, Err: err}
+		}
+		return err
+	}
+	var ok []layout.Change
+	var at []int
+	for i, c := range changes {
+		if n, bad := w.refuse[c.Key]; bad && n != 0 {
+			w.refuse[c.Key] = n - 1
+			out[i] = layout.Outcome{Result: layout.Failed, Err: fmt.Errorf("%w: WRONGTYPE Operation against a key holding the wrong kind of value", layout.ErrKey)}
+			continue
+		}
+		ok, at = append(ok, c), append(at, i)
+	}
+	w.mu2.Unlock()
+	res := make([]layout.Outcome, len(ok))
+	if err := w.fakeWriter.Apply(ctx, ok, res); err != nil {
+		return err
+	}
+	for k, i := range at {
+		out[i] = res[k]
+	}
+	return nil
+}
+
+// fakeParker records what is parked.
+type fakeParker struct {
+	mu     sync.Mutex
+	parked []string
+}
+
+func (p *fakeParker) Park(_ context.Context, table string, c layout.Change, cause error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.parked = append(p.parked, table+" "+c.Key)
+	return nil
+}
+
+func (p *fakeParker) keys() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.parked...)
+}
+
+// commitRows hands rows over as transaction txn and seals it at end.
+func commitRows(t *testing.T, s *Sink, txn uint64, end uint32, rows ...canal.Row) {
+	t.Helper()
+	ctx := context.Background()
+	for _, r := range rows {
+		r.Txn = txn
+		if err := s.Row(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Commit(ctx, canal.Commit{Txn: txn, Rows: len(rows), Pos: pos(end), Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func row(key string, n uint32, stock string) canal.Row {
+	return upsert(0, key, n, canal.TextImage([]string{"stock"}, []any{stock}))
+}
+
+// A key Redis refuses for itself is retried in place keyRetries times, then parked; the
+// other keys of the batch are written, and the watermark passes the transaction (the
+// parked row is the compensation table's now).
+func TestRefusedKeyIsRetriedThenParked(t *testing.T) {
+	w := &flakyWriter{refuse: map[string]int{"k:bad": -1}}
+	s, wm, m := startSink(t, w)
+	p := &fakeParker{}
+	s.SetParker(p)
+	commitRows(t, s, 1, 300, row("k:a", 100, "1"), row("k:bad", 110, "2"), row("k:b", 120, "3"))
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.keys(); len(got) != 1 || got[0] != "shop.inventory k:bad" {
+		t.Fatalf("parked %q, want the refused key once", got)
+	}
+	if w.calls != 1+keyRetries {
+		t.Errorf("%d write calls, want %d (the first and %d in-place retries)", w.calls, 1+keyRetries, keyRetries)
+	}
+	// Counted are the refusals retried in place; the last one is counted as parked.
+	if got := testutil.ToFloat64(m.RedisErrors.WithLabelValues("key")); got != keyRetries {
+		t.Errorf("invsync_redis_errors_total{kind=key} = %v, want %d", got, keyRetries)
+	}
+	if got := testutil.ToFloat64(m.CompensationParked); got != 1 {
+		t.Errorf("invsync_compensation_parked_total = %v, want 1", got)
+	}
+	written := map[string]bool{}
+	for _, c := range w.changes() {
+		written[c.Key] = true
+	}
+	if !written["k:a"] || !written["k:b"] || written["k:bad"] {
+		t.Errorf("written %v: want k:a and k:b, not the refused key", written)
+	}
+	if at, _, _ := wm.Advance(); at != pos(300) {
+		t.Errorf("watermark at %v, want 300", at)
+	}
+}
+
+// Without a parker, a refused key is retried until Redis takes it; the watermark waits.
+func TestRefusedKeyWithoutParkerIsRetriedUntilWritten(t *testing.T) {
+	w := &flakyWriter{refuse: map[string]int{"k:bad": 4}}
+	s, wm, _ := startSink(t, w)
+	commitRows(t, s, 1, 300, row("k:bad", 110, "2"))
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if w.calls != 5 || len(w.changes()) != 1 {
+		t.Errorf("%d calls, %d writes: want 5 and 1", w.calls, len(w.changes()))
+	}
+	if at, _, _ := wm.Advance(); at != pos(300) {
+		t.Errorf("watermark at %v, want 300", at)
+	}
+}
+
+// An outage (the call fails as a whole) is retried, never parked, and the watermark
+// stays before the transaction until the write lands.
+func TestOutageIsRetriedNeverParked(t *testing.T) {
+	w := &flakyWriter{outages: 3}
+	s, wm, m := startSink(t, w)
+	p := &fakeParker{}
+	s.SetParker(p)
+	commitRows(t, s, 1, 300, row("k:a", 100, "1"))
+	waitUntil(t, func() bool { w.mu2.Lock(); defer w.mu2.Unlock(); return w.calls >= 2 })
+	if at, _, _ := wm.Advance(); at != pos(4) {
+		t.Fatalf("watermark moved to %v during the outage", at)
+	}
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.keys()) != 0 {
+		t.Errorf("parked %q during an outage", p.keys())
+	}
+	if got := testutil.ToFloat64(m.RedisErrors.WithLabelValues("unavailable")); got != 3 {
+		t.Errorf("invsync_redis_errors_total{kind=unavailable} = %v, want 3", got)
+	}
+	if len(w.changes()) != 1 {
+		t.Errorf("%d writes, want 1", len(w.changes()))
+	}
+	if at, _, _ := wm.Advance(); at != pos(300) {
+		t.Errorf("watermark at %v, want 300", at)
+	}
+}
+
+// Changes of a key that wait while its write is in flight are merged into one write of
+// the newest state, counted in invsync_rows_coalesced_total.
+func TestWaitingChangesOfAKeyAreCoalesced(t *testing.T) {
+	w := &fakeWriter{gate: make(chan struct{})}
+	s, wm, m := startSink(t, w)
+	commitRows(t, s, 1, 200, row("k:a", 100, "1"))
+	time.Sleep(50 * time.Millisecond) // the worker holds the first row in Apply
+	for i := uint32(2); i <= 5; i++ {
+		commitRows(t, s, uint64(i), 200+100*i, row("k:a", 100*i, strconv.Itoa(int(i))))
+	}
+	close(w.gate)
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var stocks []string
+	for _, c := range w.changes() {
+		stocks = append(stocks, c.Fields[0].Value)
+	}
+	if len(stocks) != 2 || stocks[0] != "1" || stocks[1] != "5" {
+		t.Errorf("writes of k:a %q, want the first and then only the newest (1, 5)", stocks)
+	}
+	if got := testutil.ToFloat64(m.RowsCoalesced.WithLabelValues("shop.inventory", "upsert")); got != 3 {
+		t.Errorf("invsync_rows_coalesced_total = %v, want 3", got)
+	}
+	if at, _, _ := wm.Advance(); at != pos(700) {
+		t.Errorf("watermark at %v, want 700 (every transaction done)", at)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
