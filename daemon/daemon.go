@@ -19,7 +19,6 @@ import (
 
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/canal"
-	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/backoff"
@@ -30,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // drainTimeout bounds how long shutdown waits for the workers to write what is queued.
@@ -213,7 +213,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		rdb.AddHook(h)
 	}
 	if d.reloadPath != "" {
-		go d.watchConfig(ctx)
+		// Run owns the watch: it ends, and is waited for, when Run returns.
+		var watching sync.WaitGroup
+		defer watching.Wait()
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		watching.Go(func() { d.watchConfig(watchCtx) })
 	}
 	// A permanent problem (bad credentials, binlog settings, a missing table) is reported
 	// before standing by for the lock.
@@ -245,6 +250,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Error("lost the leader lock: stopped leading; standing by", zap.Error(cause))
 			continue
 		}
+		if errors.Is(err, errLoopFailed) {
+			// A bug, most likely: leading again starts every loop afresh from the
+			// checkpoint (nothing acknowledged is lost). Another instance may lead first.
+			d.log.Error("stopped leading: a background loop failed; standing by, then leading again", zap.Error(err))
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
+		}
 		return err
 	}
 }
@@ -252,397 +268,92 @@ func (d *Daemon) Run(ctx context.Context) error {
 // errLostLock is the cause of the end of leading when the lock's connection failed.
 var errLostLock = errors.New("lost the leader lock")
 
-// runLeading does the leader's work until ctx ends (nil) or a permanent error.
+// runLeading does the leader's work until ctx ends (nil), a permanent error, or one of
+// its background loops fails (an error wrapping errLoopFailed). The loops and the stream
+// run in one errgroup: whichever fails first ends the others.
 func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.UniversalClient, lock *Lock) error {
-	tables, err := d.waitReady(ctx, db, rdb)
-	if err != nil {
+	l := &leader{d: d, db: db, stateDB: stateDB, rdb: rdb, lock: lock}
+	if err := l.open(ctx); err != nil {
 		return err
 	}
-	var store *checkpoint.Store
-	if err := d.retry(ctx, "open the state schema", func() error {
-		var err error
-		store, err = checkpoint.Open(ctx, stateDB, d.cfg.State.Schema, "default")
-		return err
-	}); err != nil {
-		return err
-	}
-	store.Fence(lock.name, lock.ID())
-	// Refuse to write under a namespace another source's invsync writes (see claims.go),
-	// before anything is written.
-	var pipeline string
-	if err := d.retry(ctx, "claim the key prefixes in Redis", func() error {
-		var err error
-		if pipeline, err = store.PipelineID(ctx); err != nil {
-			return err
-		}
-		return claimRedis(ctx, rdb, d.cfg, pipeline)
-	}); err != nil {
-		return err
-	}
-	// Say where this leader answers, for `invsync reconcile` run on another host.
-	if err := d.retry(ctx, "record this instance as the leader", func() error {
-		host, _ := os.Hostname()
-		return store.SetLeader(ctx, checkpoint.Leader{HTTPAddr: d.advertised(), Host: host, PID: os.Getpid(), Session: lock.ID()})
-	}); err != nil {
-		return err
-	}
-	keeper := newKeeper(d.cfg, rdb, tables, d.log.Named("bloom"), d.bloomM)
-	// Fencing: once the lease may have expired (a standby may lead), nothing is written:
-	// no row, no applied marker, no Bloom bitmap swapped in.
-	keeper.SetFence(lock.Lease)
-	if err := d.retry(ctx, "load the bloom filters", func() error { return keeper.Open(ctx) }); err != nil {
-		return err
-	}
-	d.keeper.Store(keeper)
+	d.keeper.Store(l.keeper)
 	// The filters are the leader's: once it stops leading, a rebuild asked of it must
 	// not swap one in under the instance that leads then.
-	defer d.keeper.CompareAndSwap(keeper, nil)
-	// Every row write sets its key's bloom bits first (see bloom.Keeper).
-	live := d.live.Load()
-	rawWriter := newWriter(d.cfg, rdb)
-	rawWriter.SetTTLs(live.Bloom.TombstoneTTL, live.Bloom.NullTTL)
-	rawWriter.SetFence(lock.Lease)
-	writer := keeper.Wrap(rawWriter)
-	var comp *compensation.Store
-	if err := d.retry(ctx, "open the compensation table", func() error {
-		var err error
-		comp, err = compensation.Open(ctx, stateDB, d.cfg.State.Schema, compensation.NewSchedule(live.Compensation), time.Now)
-		return err
-	}); err != nil {
+	defer d.keeper.CompareAndSwap(l.keeper, nil)
+	if err := l.openWriters(ctx); err != nil {
 		return err
 	}
-	d.parker = comp
-	fetch := newFetcher(d.cfg, db, tables, d.epoch.Load, d.log.Named("compensation"))
-	defer fetch.close()
-	retrier := compensation.NewRetrier(comp, fetch.fetch, writer, d.m, d.log.Named("compensation"), live.Compensation.PollInterval)
-	retryCtx, stopRetry := context.WithCancel(ctx)
-	retryDone := make(chan struct{})
-	go func() { defer close(retryDone); retrier.Run(retryCtx) }()
-	defer func() { stopRetry(); <-retryDone }()
+	defer l.fetch.close()
+	groupCtx, endGroup := context.WithCancel(ctx)
+	defer endGroup()
+	g, gctx := errgroup.WithContext(groupCtx)
+	g.Go(l.loop(gctx, "compensation_retrier", func() { l.retrier.Run(gctx) }))
+	err := l.lead(gctx, g)
+	endGroup() // the stream ended: so do the loops
+	if werr := g.Wait(); werr != nil && (err == nil || errors.Is(werr, errLoopFailed)) {
+		err = werr // a loop failed first: the stream ended on that
+	}
+	return leaveErr(ctx, err)
+}
 
-	var pos canal.Position
-	var found bool
-	if err := d.retry(ctx, "read the checkpoint", func() error {
-		var err error
-		pos, found, err = store.Load(ctx)
-		return err
-	}); err != nil {
-		return err
-	}
-	d.epoch.Store(pos.Epoch)
-	if found {
-		d.log.Info("resuming from the checkpoint", pos.Fields()...)
-	} else {
-		// The first checkpoint records the source's identity (later ones keep it until
-		// historyChanged finds another).
-		if err := d.retry(ctx, "read the source's identity", func() error {
-			identity, err := SourceIdentity(ctx, db, d.cfg.Source.Flavor)
-			store.SetSource(identity)
-			return err
-		}); err != nil {
-			return err
-		}
-		d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
-		if err := d.retry(ctx, "snapshot the tables", func() error {
-			var err error
-			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, snapshotMode{fence: lock.Lease})
-			return err
-		}); err != nil {
-			return err
-		}
-		found = true // the checkpoint the snapshot wrote: Redis must hold the markers it wrote
-	}
-	// Redis may hold less than the checkpoint (restored from an older RDB/AOF, failed
-	// over to a lagging replica while invsync was stopped): stream from what it holds.
-	marker := markerKey(d.cfg)
-	var hist *redisHistory
-	var lostAtStart, healAtStart bool
-	if err := d.retry(ctx, "read Redis's applied markers", func() error {
-		var err error
-		if hist, err = newRedisHistory(ctx, rdb, d.cfg); err != nil {
-			return err
-		}
-		hist.fence = lock.Lease
-		dataMarker := rdb.Exists(ctx, marker).Val() == 1
-		rewind, lost, err := hist.start(ctx, pos, found, dataMarker)
-		if err != nil {
-			return err
-		}
-		if lost {
-			d.m.RedisRollbacks.Inc()
-			d.log.Error("Redis lost invsync's data on a master, or holds a state from before the source's history was replaced: every table is loaded again, replacing what it holds",
-				zap.Strings("markers", hist.keys))
-			lostAtStart = true
-		}
-		if rewind != nil {
-			d.m.RedisRollbacks.Inc()
-			d.log.Error("Redis holds less than the checkpoint (restored from an older RDB/AOF or failed over to a lagging replica): streaming again from what it holds, then reconciling",
-				append(pos.Fields(), zap.String("redis_holds", rewind.String()))...)
-			pos, healAtStart = *rewind, true
-			return store.Save(ctx, pos)
-		}
+// errLoopFailed wraps the failure of one of the leader's background loops.
+var errLoopFailed = errors.New("a background loop of the leader failed")
+
+// loop runs f, one of the leader's background loops, in the errgroup: a panic, or an end
+// while ctx is still alive, is a failure (counted, and returned wrapping errLoopFailed).
+func (l *leader) loop(ctx context.Context, name string, f func()) func() error {
+	return func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("%w: %s panicked: %v", errLoopFailed, name, r)
+			} else if ctx.Err() == nil {
+				err = fmt.Errorf("%w: %s ended", errLoopFailed, name)
+			}
+			if err != nil {
+				l.d.m.LoopFailures.WithLabelValues(name).Inc()
+			}
+		}()
+		f()
 		return nil
-	}); err != nil {
+	}
+}
+
+// lead resumes from the checkpoint, starts the other background loops in g and streams
+// until ctx ends or the stream fails; it returns when the work it started itself ended.
+func (l *leader) lead(ctx context.Context, g *errgroup.Group) error {
+	d := l.d
+	lostAtStart, healAtStart, err := l.resume(ctx)
+	if err != nil {
 		return err
 	}
 	// Keep the Redis copies of the Bloom filters whole, and build the ones missing.
-	bloomCtx, stopBloom := context.WithCancel(ctx)
-	bloomDone := make(chan struct{})
-	go func() { defer close(bloomDone); keeper.Run(bloomCtx, bloomCheckInterval) }()
-	defer func() { stopBloom(); <-bloomDone }()
-	stopSchedule, err := d.startSchedule(db, tables, rdb, rawWriter, keeper)
+	g.Go(l.loop(ctx, "bloom_keeper", func() { l.keeper.Run(ctx, bloomCheckInterval) }))
+	stopRunning, err := l.running()
 	if err != nil {
 		return err
 	}
-	var schedMu sync.Mutex
-	defer func() {
-		schedMu.Lock()
-		defer schedMu.Unlock()
-		stopSchedule()
-	}()
-	d.running.Store(&leading{writer: rawWriter, comp: comp, retrier: retrier, reschedule: func() error {
-		schedMu.Lock()
-		defer schedMu.Unlock()
-		stopSchedule()
-		stop, err := d.startSchedule(db, tables, rdb, rawWriter, keeper)
-		if err != nil {
-			stopSchedule = func() {}
-			return err
-		}
-		stopSchedule = stop
-		return nil
-	}})
-	defer d.running.Store(nil)
-	names := make([]string, len(d.cfg.Tables))
-	for i, t := range d.cfg.Tables {
-		names[i] = t.TableName()
-	}
+	defer stopRunning()
 	// Watch for Redis losing its data (a restart without persistence, FLUSHALL, a
-	// failover to an empty replica) and load the tables again while streaming goes on.
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		d.watchDataLoss(watchCtx, db, rdb, writer, tables, marker, func() layout.Seq {
-			if sk := d.sk.Load(); sk != nil {
-				return sk.LastSeq()
-			}
-			return layout.Seq{}
-		}, func() error { return claimRedis(watchCtx, rdb, d.cfg, pipeline) }, func() bool {
-			// Redis lost the applied markers too, or cannot tell now: the session ends on
-			// it (or the next check decides).
-			return hist.check(watchCtx) != nil
-		})
-	}()
-	defer func() {
-		stopWatch()
-		<-watchDone
-	}()
+	// failover to an empty replica).
+	g.Go(l.loop(ctx, "data_loss_watch", func() { l.watchDataLoss(ctx) }))
+	defer l.healing.Wait()
 
-	// leaveErr is what leading returns on err: nothing when it ended because ctx did.
-	leaveErr := func(err error) error {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	// resnapshot loads every table again (the stream is stopped), records the new
-	// position and its epoch, and reads the applied markers it wrote.
-	resnapshot := func(mode snapshotMode, reason string) error {
-		d.m.Resnapshots.WithLabelValues(reason).Inc()
-		if reason == "redis_data_loss" {
-			// The claims on the key prefixes went with the data (see claims.go); another
-			// pipeline that claimed them meanwhile stops this one (ErrClaimed is permanent).
-			if err := d.retry(ctx, "claim the key prefixes again after Redis lost its data", func() error {
-				return claimRedis(ctx, rdb, d.cfg, pipeline)
-			}); err != nil {
-				return err
-			}
-		}
-		// Its rows replace what Redis holds: they must be at least as new as what the
-		// stream wrote, also a transaction in the binlog not yet visible to readers.
-		d.reloadMu.Lock()
-		defer d.reloadMu.Unlock()
-		if sk := d.sk.Load(); sk != nil {
-			mode.floor = sk.LastSeq()
-		}
-		if err := d.retry(ctx, "snapshot the tables", func() error {
-			var err error
-			// ... and at least as new as any stamp a reload wrote before it.
-			if now, err := d.replacingFloor(ctx, db, mode.floor); err != nil {
-				return err
-			} else {
-				mode.floor = now
-			}
-			mode.fence = lock.Lease
-			mode.wrote = hist.adopt
-			pos, err = RunSnapshot(ctx, d.cfg, db, tables, writer, keeper, rdb, store, d.log.Named("snapshot"), nil, mode)
-			if lost := (*errLostDuringLoad)(nil); errors.As(err, &lost) {
-				d.m.RedisRollbacks.Inc()
-				d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
-			}
-			return err
-		}); err != nil {
-			return err
-		}
-		d.epoch.Store(pos.Epoch)
-		return nil
-	}
-	// After Redis went back, writes that the stream does not replay (the compensation
-	// retrier's, reloads', repairs', their Bloom bits) may be lost too: a reconciliation
-	// with repair and a Bloom rebuild runs in the background once streaming goes on.
-	var healing sync.WaitGroup
-	var healRunning, healAgain atomic.Bool
-	defer healing.Wait()
-	heal := func() {
-		if !healRunning.CompareAndSwap(false, true) {
-			healAgain.Store(true) // the running one may have read before this rollback
-			return
-		}
-		healing.Add(1)
-		go func() {
-			defer healing.Done()
-			defer healRunning.Store(false)
-			for again := true; again && ctx.Err() == nil; again = healAgain.Swap(false) {
-				d.reconcileOnce(ctx, db, tables, rdb, rawWriter, keeper, true, "after Redis went back")
-			}
-		}()
-	}
 	if lostAtStart {
-		if err := resnapshot(snapshotMode{epoch: pos.Epoch, replace: true}, "redis_data_loss"); err != nil {
-			return leaveErr(err)
+		if err := l.resnapshot(ctx, snapshotMode{epoch: l.pos.Epoch, replace: true}, "redis_data_loss"); err != nil {
+			return err
 		}
 	}
 	if healAtStart {
-		heal()
+		l.heal(ctx)
 	}
 	// Tables never loaded under their key prefix (added to the config since, or given
 	// another prefix) are loaded before the stream starts from the checkpoint.
 	if err := d.retry(ctx, "load the tables added to the config", func() error {
-		return d.loadNewTables(ctx, db, rdb, writer, store, tables, pos)
+		return d.loadNewTables(ctx, l.db, l.rdb, l.writer, l.store, l.tables, l.pos)
 	}); err != nil {
-		return leaveErr(err)
+		return err
 	}
-	reconnect := backoff.New(time.Second, 30*time.Second)
-	for {
-		started := time.Now()
-		// The source's history may have been replaced since the checkpoint (RESET MASTER,
-		// a failover to another primary): then a new epoch, and every table loaded again.
-		if reason, why, err := d.historyChanged(ctx, db, store, pos); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			d.log.Warn("cannot check the source's history; retrying", zap.Error(err))
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-				return nil
-			}
-			continue
-		} else if reason != "" {
-			d.m.SourceEpochs.Inc()
-			mode := snapshotMode{epoch: pos.Epoch + 1, replace: true}
-			d.log.Error("the source's binlog history was replaced under invsync ("+why+"): starting a new epoch, in which every write orders after every earlier one, and loading every table again, replacing what Redis holds",
-				append(pos.Fields(), zap.String("reason", reason), zap.Uint32("new_epoch", mode.epoch))...)
-			if err := resnapshot(mode, reason); err != nil {
-				return leaveErr(err)
-			}
-			continue
-		}
-		next, err := pos, PositionAvailable(ctx, db, pos)
-		var back *errRedisWentBack
-		if err == nil {
-			// Redis going back to an older state ends the session (see rollback.go).
-			sessCtx, endSession := context.WithCancelCause(ctx)
-			checkDone := make(chan struct{})
-			go func() { defer close(checkDone); d.watchRedisHistory(sessCtx, hist, endSession) }()
-			next, err = d.session(sessCtx, pos, tables, names, writer, store, hist, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
-				return d.reloadTable(ctx, db, rdb, writer, sk, t, at, force, reason)
-			})
-			if !errors.As(context.Cause(sessCtx), &back) {
-				errors.As(err, &back)
-			}
-			endSession(nil)
-			<-checkDone
-		}
-		if ctx.Err() != nil {
-			d.log.Info("stopped cleanly", next.Fields()...)
-			return nil
-		}
-		if back != nil {
-			d.m.RedisRollbacks.Inc()
-			if back.to == nil || back.to.Epoch < d.epoch.Load() {
-				// Nothing to stream from (the marker is gone, or from before the source's
-				// history was replaced): load every table again, replacing what it holds.
-				d.log.Error("Redis lost invsync's data or went back before the source's history was replaced: every table is loaded again", zap.Error(back))
-				reason := "redis_data_loss"
-				if back.to != nil {
-					reason = "redis_went_back"
-				}
-				if err := resnapshot(snapshotMode{epoch: d.epoch.Load(), replace: true}, reason); err != nil {
-					return leaveErr(err)
-				}
-				continue
-			}
-			// Stream again from what Redis holds: the changes it lost are replayed.
-			pos = next
-			if back.to.Before(pos) {
-				pos = *back.to
-			}
-			d.log.Error("Redis went back to an older state: streaming again from what it holds, Bloom bitmaps written again from memory, then reconciling",
-				append(pos.Fields(), zap.Error(back))...)
-			if err := d.retry(ctx, "heal Redis after it went back", func() error {
-				if err := keeper.RestoreAll(ctx); err != nil {
-					return err
-				}
-				if err := hist.resync(ctx); err != nil {
-					return err
-				}
-				return store.Save(ctx, pos)
-			}); err != nil {
-				return leaveErr(err)
-			}
-			heal()
-			continue
-		}
-		pos = next
-		if errors.Is(err, canal.ErrHistoryChanged) {
-			continue // checked at the top of the loop
-		}
-		if errors.Is(err, canal.ErrPositionLost) {
-			// A reset binlog loses the position too: that is a new epoch, not a purge.
-			if reason, _, herr := d.historyChanged(ctx, db, store, pos); herr == nil && reason != "" {
-				continue
-			}
-			oldest := OldestBinlog(ctx, db)
-			if d.cfg.Source.OnPositionLost == "fail" {
-				return fmt.Errorf("the checkpoint's binlog position %s is no longer on %s (its oldest binlog is %s): changes made since were purged unread "+
-					"(fix: run `invsync snapshot` to load every table again and record a new position, then `invsync run`; or set source.on_position_lost: resnapshot; "+
-					"and keep binlogs longer, e.g. binlog_expire_logs_seconds): %w", pos, d.cfg.Source.Addr, oldest, err)
-			}
-			d.log.Error("the checkpoint's binlog position is no longer on the server: loading every table again, replacing what Redis holds (source.on_position_lost: resnapshot)",
-				append(pos.Fields(), zap.String("oldest_binlog", oldest), zap.Error(err))...)
-			// Rows changed in the purged gap without a version the guard could order by (a
-			// delete and re-insert with the version restarted, an update that did not bump
-			// it) must not stay stale: the reload replaces every row.
-			mode := snapshotMode{epoch: pos.Epoch, replace: true}
-			if err := resnapshot(mode, "position_lost"); err != nil {
-				return leaveErr(err)
-			}
-			continue
-		}
-		if errors.Is(err, canal.ErrPermanent) {
-			return err
-		}
-		d.m.StreamRestarts.Inc()
-		if time.Since(started) > time.Minute {
-			reconnect.Reset() // it streamed a while: not the same failure again
-		}
-		d.log.Warn("binlog stream ended; reconnecting", append(pos.Fields(), zap.Error(err), zap.Duration("backoff", reconnect.Current()))...)
-		if reconnect.Wait(ctx) != nil {
-			return nil
-		}
-	}
+	return l.stream(ctx)
 }
 
 // newWriter is the versioned writer of rows, tombstones and null markers.

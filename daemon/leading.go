@@ -1,0 +1,471 @@
+package daemon
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/invsync/invsync/bloom"
+	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/checkpoint"
+	"github.com/invsync/invsync/compensation"
+	"github.com/invsync/invsync/internal/backoff"
+	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/sink"
+	"github.com/invsync/invsync/snapshot"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// leader is one term of leading (from taking the lock to losing or releasing it): what
+// it opened, and where the stream is.
+type leader struct {
+	d        *Daemon
+	db       *sql.DB
+	stateDB  *sql.DB
+	rdb      redis.UniversalClient
+	lock     *Lock
+	tables   []*canal.Table
+	names    []string
+	store    *checkpoint.Store
+	pipeline string
+	keeper   *bloom.Keeper
+	raw      *layout.Writer  // the versioned writer
+	writer   snapshot.Writer // raw, setting each key's Bloom bits first
+	comp     *compensation.Store
+	retrier  *compensation.Retrier
+	fetch    *fetcher
+	hist     *redisHistory
+	pos      canal.Position // where the stream (re)starts
+
+	healing                sync.WaitGroup
+	healRunning, healAgain atomic.Bool
+}
+
+// open checks the source and Redis, opens the state schema, claims the key prefixes,
+// records this instance as the leader and loads the Bloom filters.
+func (l *leader) open(ctx context.Context) error {
+	d := l.d
+	tables, err := d.waitReady(ctx, l.db, l.rdb)
+	if err != nil {
+		return err
+	}
+	l.tables = tables
+	if err := d.retry(ctx, "open the state schema", func() error {
+		var err error
+		l.store, err = checkpoint.Open(ctx, l.stateDB, d.cfg.State.Schema, "default")
+		return err
+	}); err != nil {
+		return err
+	}
+	l.store.Fence(l.lock.name, l.lock.ID())
+	// Refuse to write under a namespace another source's invsync writes (see claims.go),
+	// before anything is written.
+	if err := d.retry(ctx, "claim the key prefixes in Redis", func() error {
+		var err error
+		if l.pipeline, err = l.store.PipelineID(ctx); err != nil {
+			return err
+		}
+		return claimRedis(ctx, l.rdb, d.cfg, l.pipeline)
+	}); err != nil {
+		return err
+	}
+	// Say where this leader answers, for `invsync reconcile` run on another host.
+	if err := d.retry(ctx, "record this instance as the leader", func() error {
+		host, _ := os.Hostname()
+		return l.store.SetLeader(ctx, checkpoint.Leader{HTTPAddr: d.advertised(), Host: host, PID: os.Getpid(), Session: l.lock.ID()})
+	}); err != nil {
+		return err
+	}
+	l.keeper = newKeeper(d.cfg, l.rdb, l.tables, d.log.Named("bloom"), d.bloomM)
+	// Fencing: once the lease may have expired (a standby may lead), nothing is written:
+	// no row, no applied marker, no Bloom bitmap swapped in.
+	l.keeper.SetFence(l.lock.Lease)
+	if err := d.retry(ctx, "load the bloom filters", func() error { return l.keeper.Open(ctx) }); err != nil {
+		return err
+	}
+	l.names = make([]string, len(d.cfg.Tables))
+	for i, t := range d.cfg.Tables {
+		l.names[i] = t.TableName()
+	}
+	return nil
+}
+
+// openWriters builds the writers (every row write sets its key's Bloom bits first, see
+// bloom.Keeper) and the compensation table with its retrier.
+func (l *leader) openWriters(ctx context.Context) error {
+	d := l.d
+	live := d.live.Load()
+	l.raw = newWriter(d.cfg, l.rdb)
+	l.raw.SetTTLs(live.Bloom.TombstoneTTL, live.Bloom.NullTTL)
+	l.raw.SetFence(l.lock.Lease)
+	l.writer = l.keeper.Wrap(l.raw)
+	if err := d.retry(ctx, "open the compensation table", func() error {
+		var err error
+		l.comp, err = compensation.Open(ctx, l.stateDB, d.cfg.State.Schema, compensation.NewSchedule(live.Compensation), time.Now)
+		return err
+	}); err != nil {
+		return err
+	}
+	d.parker = l.comp
+	l.fetch = newFetcher(d.cfg, l.db, l.tables, d.epoch.Load, d.log.Named("compensation"))
+	l.retrier = compensation.NewRetrier(l.comp, l.fetch.fetch, l.writer, d.m, d.log.Named("compensation"), live.Compensation.PollInterval)
+	return nil
+}
+
+// resume reads the checkpoint (or, on a first start, loads every table and records the
+// position), then compares it with what Redis holds: lost when a master lost
+// invsync's data, heal when Redis holds less than the checkpoint (the stream then starts
+// from what it holds, and a reconciliation follows).
+func (l *leader) resume(ctx context.Context) (lost, heal bool, err error) {
+	d := l.d
+	var found bool
+	if err := d.retry(ctx, "read the checkpoint", func() error {
+		var err error
+		l.pos, found, err = l.store.Load(ctx)
+		return err
+	}); err != nil {
+		return false, false, err
+	}
+	d.epoch.Store(l.pos.Epoch)
+	if found {
+		d.log.Info("resuming from the checkpoint", l.pos.Fields()...)
+	} else if err := l.firstSnapshot(ctx); err != nil {
+		return false, false, err
+	}
+	// Redis may hold less than the checkpoint (restored from an older RDB/AOF, failed
+	// over to a lagging replica while invsync was stopped): stream from what it holds.
+	err = d.retry(ctx, "read Redis's applied markers", func() error {
+		var err error
+		if l.hist, err = newRedisHistory(ctx, l.rdb, d.cfg); err != nil {
+			return err
+		}
+		l.hist.fence = l.lock.Lease
+		dataMarker := l.rdb.Exists(ctx, markerKey(d.cfg)).Val() == 1
+		// After a first snapshot there is a checkpoint: Redis must hold the markers it wrote.
+		rewind, gone, err := l.hist.start(ctx, l.pos, true, dataMarker)
+		if err != nil {
+			return err
+		}
+		if gone {
+			d.m.RedisRollbacks.Inc()
+			d.log.Error("Redis lost invsync's data on a master, or holds a state from before the source's history was replaced: every table is loaded again, replacing what it holds",
+				zap.Strings("markers", l.hist.keys))
+			lost = true
+		}
+		if rewind != nil {
+			d.m.RedisRollbacks.Inc()
+			d.log.Error("Redis holds less than the checkpoint (restored from an older RDB/AOF or failed over to a lagging replica): streaming again from what it holds, then reconciling",
+				append(l.pos.Fields(), zap.String("redis_holds", rewind.String()))...)
+			l.pos, heal = *rewind, true
+			return l.store.Save(ctx, l.pos)
+		}
+		return nil
+	})
+	return lost, heal, err
+}
+
+// firstSnapshot loads every table on a first start and records the position to stream
+// from, with the source's identity.
+func (l *leader) firstSnapshot(ctx context.Context) error {
+	d := l.d
+	// The first checkpoint records the source's identity (later ones keep it until
+	// historyChanged finds another).
+	if err := d.retry(ctx, "read the source's identity", func() error {
+		identity, err := SourceIdentity(ctx, l.db, d.cfg.Source.Flavor)
+		l.store.SetSource(identity)
+		return err
+	}); err != nil {
+		return err
+	}
+	d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
+	return d.retry(ctx, "snapshot the tables", func() error {
+		var err error
+		l.pos, err = RunSnapshot(ctx, d.cfg, l.db, l.tables, l.writer, l.keeper, l.rdb, l.store, d.log.Named("snapshot"), nil, snapshotMode{fence: l.lock.Lease})
+		return err
+	})
+}
+
+// running registers the leader's live-reloadable parts (see Daemon.reload) and starts
+// the reconcile schedule; stop ends both.
+func (l *leader) running() (stop func(), err error) {
+	d := l.d
+	stopSchedule, err := d.startSchedule(l.db, l.tables, l.rdb, l.raw, l.keeper)
+	if err != nil {
+		return nil, err
+	}
+	var schedMu sync.Mutex
+	d.running.Store(&leading{writer: l.raw, comp: l.comp, retrier: l.retrier, reschedule: func() error {
+		schedMu.Lock()
+		defer schedMu.Unlock()
+		stopSchedule()
+		stop, err := d.startSchedule(l.db, l.tables, l.rdb, l.raw, l.keeper)
+		if err != nil {
+			stopSchedule = func() {}
+			return err
+		}
+		stopSchedule = stop
+		return nil
+	}})
+	return func() {
+		d.running.Store(nil)
+		schedMu.Lock()
+		defer schedMu.Unlock()
+		stopSchedule()
+	}, nil
+}
+
+// watchDataLoss runs the data marker's watch (see Daemon.watchDataLoss) until ctx ends.
+func (l *leader) watchDataLoss(ctx context.Context) {
+	d := l.d
+	d.watchDataLoss(ctx, l.db, l.rdb, l.writer, l.tables, markerKey(d.cfg), func() layout.Seq {
+		if sk := d.sk.Load(); sk != nil {
+			return sk.LastSeq()
+		}
+		return layout.Seq{}
+	}, func() error { return claimRedis(ctx, l.rdb, d.cfg, l.pipeline) }, func() bool {
+		// Redis lost the applied markers too, or cannot tell now: the session ends on
+		// it (or the next check decides).
+		return l.hist.check(ctx) != nil
+	})
+}
+
+// leaveErr is what leading returns on err: nothing when it ended because ctx did.
+func leaveErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// resnapshot loads every table again (the stream is stopped), records the new position
+// and its epoch, and takes the applied markers it wrote as the history's.
+func (l *leader) resnapshot(ctx context.Context, mode snapshotMode, reason string) error {
+	d := l.d
+	d.m.Resnapshots.WithLabelValues(reason).Inc()
+	if reason == "redis_data_loss" {
+		// The claims on the key prefixes went with the data (see claims.go); another
+		// pipeline that claimed them meanwhile stops this one (ErrClaimed is permanent).
+		if err := d.retry(ctx, "claim the key prefixes again after Redis lost its data", func() error {
+			return claimRedis(ctx, l.rdb, d.cfg, l.pipeline)
+		}); err != nil {
+			return err
+		}
+	}
+	// Its rows replace what Redis holds: they must be at least as new as what the
+	// stream wrote, also a transaction in the binlog not yet visible to readers.
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	if sk := d.sk.Load(); sk != nil {
+		mode.floor = sk.LastSeq()
+	}
+	if err := d.retry(ctx, "snapshot the tables", func() error {
+		// ... and at least as new as any stamp a reload wrote before it.
+		now, err := d.replacingFloor(ctx, l.db, mode.floor)
+		if err != nil {
+			return err
+		}
+		mode.floor = now
+		mode.fence = l.lock.Lease
+		mode.wrote = l.hist.adopt
+		l.pos, err = RunSnapshot(ctx, d.cfg, l.db, l.tables, l.writer, l.keeper, l.rdb, l.store, d.log.Named("snapshot"), nil, mode)
+		if lost := (*errLostDuringLoad)(nil); errors.As(err, &lost) {
+			d.m.RedisRollbacks.Inc()
+			d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	d.epoch.Store(l.pos.Epoch)
+	return nil
+}
+
+// heal runs a reconciliation with repair and a Bloom rebuild in the background: after
+// Redis went back, writes that the stream does not replay (the compensation retrier's,
+// reloads', repairs', their Bloom bits) may be lost too. A call while one runs makes it
+// run once more (the running one may have read before this rollback).
+func (l *leader) heal(ctx context.Context) {
+	if !l.healRunning.CompareAndSwap(false, true) {
+		l.healAgain.Store(true)
+		return
+	}
+	l.healing.Add(1)
+	go func() {
+		defer l.healing.Done()
+		defer l.healRunning.Store(false)
+		for again := true; again && ctx.Err() == nil; again = l.healAgain.Swap(false) {
+			l.d.reconcileOnce(ctx, l.db, l.tables, l.rdb, l.raw, l.keeper, true, "after Redis went back")
+		}
+	}()
+}
+
+// stream streams from l.pos until ctx ends (nil) or a permanent error, handling each way
+// a session ends: a replaced history, Redis going back or losing its data, a purged
+// position, a broken connection (reconnect with backoff).
+func (l *leader) stream(ctx context.Context) error {
+	d := l.d
+	reconnect := backoff.New(time.Second, 30*time.Second)
+	for {
+		started := time.Now()
+		// The source's history may have been replaced since the checkpoint (RESET MASTER,
+		// a failover to another primary): then a new epoch, and every table loaded again.
+		again, err := l.historyReplaced(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if again {
+			continue
+		}
+		next, err := l.pos, PositionAvailable(ctx, l.db, l.pos)
+		var back *errRedisWentBack
+		if err == nil {
+			next, back, err = l.session(ctx)
+		}
+		if ctx.Err() != nil {
+			d.log.Info("stopped cleanly", next.Fields()...)
+			return nil
+		}
+		if back != nil {
+			if err := l.redisWentBack(ctx, back, next); err != nil {
+				return leaveErr(ctx, err)
+			}
+			continue
+		}
+		l.pos = next
+		if errors.Is(err, canal.ErrHistoryChanged) {
+			continue // checked at the top of the loop
+		}
+		if errors.Is(err, canal.ErrPositionLost) {
+			if err := l.positionLost(ctx, err); err != nil {
+				return leaveErr(ctx, err)
+			}
+			continue
+		}
+		if errors.Is(err, canal.ErrPermanent) {
+			return err
+		}
+		d.m.StreamRestarts.Inc()
+		if time.Since(started) > time.Minute {
+			reconnect.Reset() // it streamed a while: not the same failure again
+		}
+		d.log.Warn("binlog stream ended; reconnecting", append(l.pos.Fields(), zap.Error(err), zap.Duration("backoff", reconnect.Current()))...)
+		if reconnect.Wait(ctx) != nil {
+			return nil
+		}
+	}
+}
+
+// historyReplaced checks whether the source's history was replaced since l.pos; when it
+// was, it starts a new epoch and loads every table again (again: the loop starts over,
+// also after a failed check, which is retried in a second).
+func (l *leader) historyReplaced(ctx context.Context) (again bool, err error) {
+	d := l.d
+	reason, why, err := d.historyChanged(ctx, l.db, l.store, l.pos)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, nil
+		}
+		d.log.Warn("cannot check the source's history; retrying", zap.Error(err))
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+		}
+		return true, nil
+	}
+	if reason == "" {
+		return false, nil
+	}
+	d.m.SourceEpochs.Inc()
+	mode := snapshotMode{epoch: l.pos.Epoch + 1, replace: true}
+	d.log.Error("the source's binlog history was replaced under invsync ("+why+"): starting a new epoch, in which every write orders after every earlier one, and loading every table again, replacing what Redis holds",
+		append(l.pos.Fields(), zap.String("reason", reason), zap.Uint32("new_epoch", mode.epoch))...)
+	return true, l.resnapshot(ctx, mode, reason)
+}
+
+// session streams one session from l.pos, ended early when Redis goes back to an older
+// state (see rollback.go); it returns the position reached and, when Redis went back,
+// why.
+func (l *leader) session(ctx context.Context) (canal.Position, *errRedisWentBack, error) {
+	d := l.d
+	sessCtx, endSession := context.WithCancelCause(ctx)
+	checkDone := make(chan struct{})
+	go func() { defer close(checkDone); d.watchRedisHistory(sessCtx, l.hist, endSession) }()
+	next, err := d.session(sessCtx, l.pos, l.tables, l.names, l.writer, l.store, l.hist, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
+		return d.reloadTable(ctx, l.db, l.rdb, l.writer, sk, t, at, force, reason)
+	})
+	var back *errRedisWentBack
+	if !errors.As(context.Cause(sessCtx), &back) {
+		errors.As(err, &back)
+	}
+	endSession(nil)
+	<-checkDone
+	return next, back, err
+}
+
+// redisWentBack heals Redis after it went back to an older state or lost invsync's
+// data (next: where the session had got to).
+func (l *leader) redisWentBack(ctx context.Context, back *errRedisWentBack, next canal.Position) error {
+	d := l.d
+	d.m.RedisRollbacks.Inc()
+	if back.to == nil || back.to.Epoch < d.epoch.Load() {
+		// Nothing to stream from (the marker is gone, or from before the source's
+		// history was replaced): load every table again, replacing what it holds.
+		d.log.Error("Redis lost invsync's data or went back before the source's history was replaced: every table is loaded again", zap.Error(back))
+		reason := "redis_data_loss"
+		if back.to != nil {
+			reason = "redis_went_back"
+		}
+		return l.resnapshot(ctx, snapshotMode{epoch: d.epoch.Load(), replace: true}, reason)
+	}
+	// Stream again from what Redis holds: the changes it lost are replayed.
+	l.pos = next
+	if back.to.Before(l.pos) {
+		l.pos = *back.to
+	}
+	d.log.Error("Redis went back to an older state: streaming again from what it holds, Bloom bitmaps written again from memory, then reconciling",
+		append(l.pos.Fields(), zap.Error(back))...)
+	if err := d.retry(ctx, "heal Redis after it went back", func() error {
+		if err := l.keeper.RestoreAll(ctx); err != nil {
+			return err
+		}
+		if err := l.hist.resync(ctx); err != nil {
+			return err
+		}
+		return l.store.Save(ctx, l.pos)
+	}); err != nil {
+		return err
+	}
+	l.heal(ctx)
+	return nil
+}
+
+// positionLost handles a checkpoint whose binlog was purged: a new epoch when the binlog
+// was reset, else (source.on_position_lost) an error or every table loaded again.
+func (l *leader) positionLost(ctx context.Context, err error) error {
+	d := l.d
+	// A reset binlog loses the position too: that is a new epoch, not a purge.
+	if reason, _, herr := d.historyChanged(ctx, l.db, l.store, l.pos); herr == nil && reason != "" {
+		return nil
+	}
+	oldest := OldestBinlog(ctx, l.db)
+	if d.cfg.Source.OnPositionLost == "fail" {
+		return fmt.Errorf("the checkpoint's binlog position %s is no longer on %s (its oldest binlog is %s): changes made since were purged unread "+
+			"(fix: run `invsync snapshot` to load every table again and record a new position, then `invsync run`; or set source.on_position_lost: resnapshot; "+
+			"and keep binlogs longer, e.g. binlog_expire_logs_seconds): %w", l.pos, d.cfg.Source.Addr, oldest, err)
+	}
+	d.log.Error("the checkpoint's binlog position is no longer on the server: loading every table again, replacing what Redis holds (source.on_position_lost: resnapshot)",
+		append(l.pos.Fields(), zap.String("oldest_binlog", oldest), zap.Error(err))...)
+	// Rows changed in the purged gap without a version the guard could order by (a
+	// delete and re-insert with the version restarted, an update that did not bump
+	// it) must not stay stale: the reload replaces every row.
+	return l.resnapshot(ctx, snapshotMode{epoch: l.pos.Epoch, replace: true}, "position_lost")
+}
