@@ -107,7 +107,7 @@ func Open(ctx context.Context, db *sql.DB, schema, name string) (*Store, error) 
 const upsert = " ON DUPLICATE KEY UPDATE binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set), epoch = VALUES(epoch), " +
 	"source_id = IF(VALUES(source_id) = '', source_id, VALUES(source_id)), updated_at = NOW(6)"
 
-// SetSource names the source's identity (see daemon.SourceIdentity), written with every
+// SetSource names the source's identity (see daemon.sourceIdentity), written with every
 // checkpoint from now on.
 func (s *Store) SetSource(id string) { s.source = id }
 

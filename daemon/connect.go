@@ -116,7 +116,7 @@ func CheckSource(ctx context.Context, db *sql.DB, cfg *config.Config) ([]*canal.
 	if err != nil {
 		ps = append(ps, Problem{Check: "binlog settings", Err: fmt.Errorf("read binlog settings: %w", err)})
 	} else {
-		ps = append(ps, CheckBinlogSettings(cfg.Source.Addr, logBin, format, image)...)
+		ps = append(ps, checkBinlogSettings(cfg.Source.Addr, logBin, format, image)...)
 	}
 	var meta string
 	if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.binlog_row_metadata").Scan(&meta); err != nil || !strings.EqualFold(meta, "FULL") {
@@ -146,8 +146,8 @@ func CheckSource(ctx context.Context, db *sql.DB, cfg *config.Config) ([]*canal.
 	return tables, ps
 }
 
-// CheckBinlogSettings checks the server variables invsync depends on.
-func CheckBinlogSettings(addr, logBin, format, image string) []Problem {
+// checkBinlogSettings checks the server variables invsync depends on.
+func checkBinlogSettings(addr, logBin, format, image string) []Problem {
 	var ps []Problem
 	if logBin != "1" && !strings.EqualFold(logBin, "ON") {
 		ps = append(ps, Problem{Check: "binlog on", Err: fmt.Errorf("%w: the binary log is off on %s (fix: start the server with log_bin, e.g. --log-bin=binlog --server-id=1)", ErrPermanent, addr)})

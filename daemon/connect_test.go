@@ -9,7 +9,7 @@ import (
 )
 
 func TestCheckBinlogSettings(t *testing.T) {
-	if ps := CheckBinlogSettings("db:3306", "1", "ROW", "FULL"); len(ps) != 0 {
+	if ps := checkBinlogSettings("db:3306", "1", "ROW", "FULL"); len(ps) != 0 {
 		t.Fatalf("good settings reported %v", ps)
 	}
 	cases := map[string][3]string{
@@ -20,7 +20,7 @@ func TestCheckBinlogSettings(t *testing.T) {
 		"binlog_row_image is NOBLOB":  {"ON", "ROW", "NOBLOB"},
 	}
 	for want, v := range cases {
-		ps := CheckBinlogSettings("db:3306", v[0], v[1], v[2])
+		ps := checkBinlogSettings("db:3306", v[0], v[1], v[2])
 		if len(ps) != 1 || !strings.Contains(ps[0].Err.Error(), want) || !strings.Contains(ps[0].Err.Error(), "fix:") {
 			t.Errorf("%v: got %v, want one problem saying %q with a fix", v, ps, want)
 			continue

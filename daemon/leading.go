@@ -177,7 +177,7 @@ func (l *leader) firstSnapshot(ctx context.Context) error {
 	// The first checkpoint records the source's identity (later ones keep it until
 	// historyChanged finds another).
 	if err := d.retry(ctx, "read the source's identity", func() error {
-		identity, err := SourceIdentity(ctx, l.db, d.cfg.Source.Flavor)
+		identity, err := sourceIdentity(ctx, l.db, d.cfg.Source.Flavor)
 		l.store.SetSource(identity)
 		return err
 	}); err != nil {
@@ -186,7 +186,7 @@ func (l *leader) firstSnapshot(ctx context.Context) error {
 	d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
 	return d.retry(ctx, "snapshot the tables", func() error {
 		var err error
-		l.pos, err = RunSnapshot(ctx, d.cfg, l.db, l.tables, l.writer, l.keeper, l.rdb, l.store, d.log.Named("snapshot"), nil, snapshotMode{fence: l.lock.Lease})
+		l.pos, err = runSnapshot(ctx, d.cfg, l.db, l.tables, l.writer, l.keeper, l.rdb, l.store, d.log.Named("snapshot"), nil, snapshotMode{fence: l.lock.Lease})
 		return err
 	})
 }
@@ -273,7 +273,7 @@ func (l *leader) resnapshot(ctx context.Context, mode snapshotMode, reason strin
 		mode.floor = now
 		mode.fence = l.lock.Lease
 		mode.wrote = l.hist.adopt
-		l.pos, err = RunSnapshot(ctx, d.cfg, l.db, l.tables, l.writer, l.keeper, l.rdb, l.store, d.log.Named("snapshot"), nil, mode)
+		l.pos, err = runSnapshot(ctx, d.cfg, l.db, l.tables, l.writer, l.keeper, l.rdb, l.store, d.log.Named("snapshot"), nil, mode)
 		if lost := (*errLostDuringLoad)(nil); errors.As(err, &lost) {
 			d.m.RedisRollbacks.Inc()
 			d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
@@ -325,7 +325,7 @@ func (l *leader) stream(ctx context.Context) error {
 		if again {
 			continue
 		}
-		next, err := l.pos, PositionAvailable(ctx, l.db, l.pos)
+		next, err := l.pos, positionAvailable(ctx, l.db, l.pos)
 		var back *errRedisWentBack
 		if err == nil {
 			next, back, err = l.session(ctx)
@@ -456,7 +456,7 @@ func (l *leader) positionLost(ctx context.Context, err error) error {
 	if reason, _, herr := d.historyChanged(ctx, l.db, l.store, l.pos); herr == nil && reason != "" {
 		return nil
 	}
-	oldest := OldestBinlog(ctx, l.db)
+	oldest := oldestBinlog(ctx, l.db)
 	if d.cfg.Source.OnPositionLost == "fail" {
 		return fmt.Errorf("the checkpoint's binlog position %s is no longer on %s (its oldest binlog is %s): changes made since were purged unread "+
 			"(fix: run `invsync snapshot` to load every table again and record a new position, then `invsync run`; or set source.on_position_lost: resnapshot; "+

@@ -19,7 +19,7 @@ import (
 // current position is before pos (RESET MASTER). reason is the metric label, why the
 // text for the log.
 func (d *Daemon) historyChanged(ctx context.Context, db *sql.DB, store *checkpoint.Store, pos canal.Position) (reason, why string, err error) {
-	identity, err := SourceIdentity(ctx, db, d.cfg.Source.Flavor)
+	identity, err := sourceIdentity(ctx, db, d.cfg.Source.Flavor)
 	if err != nil {
 		return "", "", err
 	}
@@ -88,9 +88,9 @@ func preparedXA(ctx context.Context, db *sql.DB) (int, error) {
 	return n, rows.Err()
 }
 
-// SourceIdentity names the server the source address reaches: MySQL's server_uuid, or
+// sourceIdentity names the server the source address reaches: MySQL's server_uuid, or
 // MariaDB's server_id and GTID domain (MariaDB has no server_uuid).
-func SourceIdentity(ctx context.Context, db *sql.DB, flavor string) (string, error) {
+func sourceIdentity(ctx context.Context, db *sql.DB, flavor string) (string, error) {
 	if flavor == "mariadb" {
 		var id, domain string
 		if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.server_id, @@GLOBAL.gtid_domain_id").Scan(&id, &domain); err != nil {
@@ -105,10 +105,10 @@ func SourceIdentity(ctx context.Context, db *sql.DB, flavor string) (string, err
 	return "mysql server_uuid=" + uuid + " server_id=" + id, nil
 }
 
-// PositionAvailable returns an error wrapping canal.ErrPositionLost when the server no
+// positionAvailable returns an error wrapping canal.ErrPositionLost when the server no
 // longer has the binlog file of pos (purged). A server may not report that itself: a
 // MariaDB asked for a purged GTID position can wait without an error.
-func PositionAvailable(ctx context.Context, db *sql.DB, pos canal.Position) error {
+func positionAvailable(ctx context.Context, db *sql.DB, pos canal.Position) error {
 	if pos.File == "" {
 		return nil
 	}
@@ -137,8 +137,8 @@ func PositionAvailable(ctx context.Context, db *sql.DB, pos canal.Position) erro
 	return fmt.Errorf("%w: %w: %s is not among the server's binlogs", canal.ErrPermanent, canal.ErrPositionLost, pos.File)
 }
 
-// OldestBinlog names the oldest binlog file the server still has, for messages.
-func OldestBinlog(ctx context.Context, db *sql.DB) string {
+// oldestBinlog names the oldest binlog file the server still has, for messages.
+func oldestBinlog(ctx context.Context, db *sql.DB) string {
 	rows, err := db.QueryContext(ctx, "SHOW BINARY LOGS")
 	if err != nil {
 		return "unknown (" + err.Error() + ")"

@@ -31,10 +31,10 @@ type snapshotMode struct {
 	wrote func(*snapshotMarkers, canal.Position)
 }
 
-// RunSnapshot loads every table through w (which must set bloom bits through keeper),
+// runSnapshot loads every table through w (which must set bloom bits through keeper),
 // rebuilding the Bloom filters from the rows it writes, then saves the position recorded
 // before the load as the checkpoint and returns it. progress may be nil (log lines only).
-func RunSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, keeper *bloom.Keeper, rdb redis.UniversalClient, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress), mode snapshotMode) (canal.Position, error) {
+func runSnapshot(ctx context.Context, cfg *config.Config, db *sql.DB, tables []*canal.Table, w snapshot.Writer, keeper *bloom.Keeper, rdb redis.UniversalClient, store *checkpoint.Store, log *zap.Logger, progress func(snapshot.Progress), mode snapshotMode) (canal.Position, error) {
 	var lastLog time.Time
 	logProgress := func(p snapshot.Progress) {
 		if progress != nil {
@@ -162,7 +162,7 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 			mode.epoch++
 			log.Warn("the source's binlog history was replaced since the checkpoint ("+why+"): the snapshot starts a new epoch", zap.Uint32("epoch", mode.epoch))
 		}
-	} else if id, err := SourceIdentity(ctx, db, cfg.Source.Flavor); err != nil {
+	} else if id, err := sourceIdentity(ctx, db, cfg.Source.Flavor); err != nil {
 		return canal.Position{}, err
 	} else {
 		store.SetSource(id)
@@ -176,7 +176,7 @@ func Snapshot(ctx context.Context, cfg *config.Config, log *zap.Logger, progress
 	keeper.SetFence(lock.Lease)
 	w := newWriter(cfg, rdb)
 	w.SetFence(lock.Lease)
-	pos, err := RunSnapshot(ctx, cfg, db, tables, keeper.Wrap(w), keeper, rdb, store, log, progress, mode)
+	pos, err := runSnapshot(ctx, cfg, db, tables, keeper.Wrap(w), keeper, rdb, store, log, progress, mode)
 	if lost := (*errLostDuringLoad)(nil); errors.As(err, &lost) {
 		err = fmt.Errorf("%w (fix: run `invsync snapshot` again once Redis is stable)", err)
 	}
