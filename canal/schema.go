@@ -430,16 +430,6 @@ func (d *decoder) matches(tm *replication.TableMapEvent) bool {
 	return true
 }
 
-// fileIndex is the number at the end of a binlog file name (mysql-bin.000042 -> 42).
-func fileIndex(name string) (uint32, error) {
-	dot := strings.LastIndexByte(name, '.')
-	n, err := strconv.ParseUint(name[dot+1:], 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("binlog file name %q does not end in a number", name)
-	}
-	return uint32(n), nil
-}
-
 // floatScale returns D+1 for a FLOAT(M,D) or DOUBLE(M,D) column (the server prints its
 // values with exactly D decimals), 0 for a plain FLOAT or DOUBLE.
 func floatScale(columnType string) int {

@@ -27,73 +27,16 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 	"go.uber.org/zap"
 )
 
-// Position is a point in the binlog: file and offset, and the GTID set executed up to
-// it when the server has GTIDs, in an epoch of the source's history.
-type Position struct {
-	File string
-	Pos  uint32
-	GTID string
-	// Epoch counts the times the source's history was replaced under invsync (RESET
-	// MASTER, a failover to another primary whose binlog files are numbered on their
-	// own, another server): positions of a later epoch come after every position of an
-	// earlier one (see SeqFile).
-	Epoch uint32
-}
+// Position is a point in the binlog (see package source, where it lives: the floor
+// below every package that records one).
+type Position = source.Position
 
-// EpochStride is the number of binlog file indices one epoch spans in a sequence: the
-// file part of a binlog sequence (layout.Seq.File) is Epoch*EpochStride + the file's
-// index, so that every write of a later epoch orders after every write of an earlier one.
-// Writes made before epochs existed are epoch 0.
-const EpochStride = 10_000_000
-
-// SeqFile is the file part of the binlog sequences at p: the epoch and the file's index.
-func (p Position) SeqFile() (uint32, error) {
-	idx, err := fileIndex(p.File)
-	if err != nil {
-		return 0, err
-	}
-	if idx >= EpochStride || p.Epoch >= (1<<32-1)/EpochStride {
-		return 0, fmt.Errorf("%w: binlog file %s in epoch %d is beyond what a sequence can number", ErrPermanent, p.File, p.Epoch)
-	}
-	return p.Epoch*EpochStride + idx, nil
-}
-
-// Before reports whether p is earlier than q in the binlog of one server (file index,
-// then offset; epochs first).
-func (p Position) Before(q Position) bool {
-	if p.Epoch != q.Epoch {
-		return p.Epoch < q.Epoch
-	}
-	pi, err1 := fileIndex(p.File)
-	qi, err2 := fileIndex(q.File)
-	if err1 != nil || err2 != nil || pi != qi {
-		return pi < qi
-	}
-	return p.Pos < q.Pos
-}
-
-// IsZero reports whether p is unset.
-func (p Position) IsZero() bool { return p.File == "" && p.GTID == "" }
-
-// String is file:pos, plus the GTID set when known and the epoch when not 0.
-func (p Position) String() string {
-	s := p.File + ":" + strconv.FormatUint(uint64(p.Pos), 10)
-	if p.GTID != "" {
-		s += " gtid " + p.GTID
-	}
-	if p.Epoch != 0 {
-		s += " epoch " + strconv.FormatUint(uint64(p.Epoch), 10)
-	}
-	return s
-}
-
-// Fields returns the position as log fields.
-func (p Position) Fields() []zap.Field {
-	return []zap.Field{zap.String("binlog_file", p.File), zap.Uint32("binlog_pos", p.Pos), zap.String("gtid", p.GTID), zap.Uint32("epoch", p.Epoch)}
-}
+// EpochStride is source.EpochStride.
+const EpochStride = source.EpochStride
 
 // Row is one row change of a configured table.
 type Row struct {
@@ -205,9 +148,9 @@ type Handler interface {
 
 // Errors the stream returns, for callers that choose between retrying and stopping.
 var (
-	// ErrPermanent is wrapped by errors that a retry cannot fix (bad credentials, a
-	// purged position, a row that cannot be decoded).
-	ErrPermanent = errors.New("permanent")
+	// ErrPermanent is source.ErrPermanent: wrapped by errors that a retry cannot fix
+	// (bad credentials, a purged position, a row that cannot be decoded).
+	ErrPermanent = source.ErrPermanent
 	// ErrPositionLost is wrapped when the server no longer has the binlog at the position.
 	ErrPositionLost = errors.New("binlog position no longer on the server")
 	// ErrHistoryChanged is wrapped when the stream finds the server's binlog replaced

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	mysqldrv "github.com/go-sql-driver/mysql"
-	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/source"
 )
 
 // Store reads and writes the checkpoint.
@@ -126,20 +126,20 @@ func (s *Store) LoadSource(ctx context.Context) (string, error) {
 }
 
 // Load returns the stored position; ok is false when there is none yet.
-func (s *Store) Load(ctx context.Context) (pos canal.Position, ok bool, err error) {
+func (s *Store) Load(ctx context.Context) (pos source.Position, ok bool, err error) {
 	err = s.db.QueryRowContext(ctx, "SELECT binlog_file, binlog_pos, gtid_set, epoch FROM `"+s.schema+"`.checkpoint WHERE name = ?", s.name).
 		Scan(&pos.File, &pos.Pos, &pos.GTID, &pos.Epoch)
 	if errors.Is(err, sql.ErrNoRows) {
-		return canal.Position{}, false, nil
+		return source.Position{}, false, nil
 	}
 	if err != nil {
-		return canal.Position{}, false, fmt.Errorf("read checkpoint: %w", err)
+		return source.Position{}, false, fmt.Errorf("read checkpoint: %w", err)
 	}
 	return pos, true, nil
 }
 
 // Save replaces the stored position.
-func (s *Store) Save(ctx context.Context, pos canal.Position) error {
+func (s *Store) Save(ctx context.Context, pos source.Position) error {
 	return s.fencedUpsert(ctx, s.db, "write checkpoint", "checkpoint",
 		[]string{"name", "binlog_file", "binlog_pos", "gtid_set", "epoch", "source_id"},
 		[]any{s.name, pos.File, pos.Pos, pos.GTID, pos.Epoch, s.source}, upsert)
@@ -195,7 +195,7 @@ func (s *Store) Age(ctx context.Context) (age time.Duration, ok bool, err error)
 type Load struct {
 	Table     string // schema.table
 	KeyPrefix string
-	Pos       canal.Position
+	Pos       source.Position
 }
 
 // Loads returns the load records.

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/source"
 )
 
 // A fenced store writes the checkpoint only while its lock is held by the given
@@ -26,18 +26,18 @@ func TestFencedSaveNeedsTheLock(t *testing.T) {
 	testenv.Must(t, conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id), "id")
 
 	st.Fence(lock, id)
-	if err := st.Save(ctx, canal.Position{File: "binlog.000001", Pos: 4}); !errors.Is(err, checkpoint.ErrNotLeader) {
+	if err := st.Save(ctx, source.Position{File: "binlog.000001", Pos: 4}); !errors.Is(err, checkpoint.ErrNotLeader) {
 		t.Fatalf("save without the lock: %v, want ErrNotLeader", err)
 	}
 	var got int
 	testenv.Must(t, conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", lock).Scan(&got), "lock")
-	testenv.Must(t, st.Save(ctx, canal.Position{File: "binlog.000001", Pos: 8}), "save with the lock")
+	testenv.Must(t, st.Save(ctx, source.Position{File: "binlog.000001", Pos: 8}), "save with the lock")
 	pos, ok, err := st.Load(ctx)
 	if err != nil || !ok || pos.Pos != 8 {
 		t.Fatalf("load: %v %v %v", pos, ok, err)
 	}
 	st.Fence(lock, id+1_000_000) // another connection's id: refused again
-	if err := st.Save(ctx, canal.Position{File: "binlog.000001", Pos: 12}); !errors.Is(err, checkpoint.ErrNotLeader) {
+	if err := st.Save(ctx, source.Position{File: "binlog.000001", Pos: 12}); !errors.Is(err, checkpoint.ErrNotLeader) {
 		t.Fatalf("save fenced by another connection: %v", err)
 	}
 	if pos, _, _ := st.Load(ctx); pos.Pos != 8 {
