@@ -46,6 +46,8 @@ type Daemon struct {
 	reg *prometheus.Registry
 	m   *metrics.Metrics
 
+	loopFault *loopFault // WithLoopFault
+
 	// reloadMu runs one reload at a time: a replacing reload (a resnapshot, a DDL reload)
 	// that ran beside the reload after a data loss could replace rows that one had
 	// stamped with a later position by rows read earlier, taking _s (and the row) back.
@@ -87,6 +89,19 @@ type Option func(*Daemon)
 // with it).
 func WithRedisHook(h redis.Hook) Option {
 	return func(d *Daemon) { d.redisHooks = append(d.redisHooks, h) }
+}
+
+// WithLoopFault stops the leader's background loop name (compensation_retrier,
+// bloom_keeper, data_loss_watch) after it ran for after, once: a fault-injection test of
+// how a term ends when one of its loops does.
+func WithLoopFault(name string, after time.Duration) Option {
+	return func(d *Daemon) { d.loopFault = &loopFault{name: name, after: after} }
+}
+
+type loopFault struct {
+	name  string
+	after time.Duration
+	fired atomic.Bool
 }
 
 // New prepares a daemon; Run starts it.
@@ -228,6 +243,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	relead := backoff.New(time.Second, 5*time.Minute) // after a term whose loop failed
 	for {
 		lock, err := d.lead(ctx, stateDB)
 		if err != nil {
@@ -236,6 +252,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 			return err
 		}
+		termStart := time.Now()
 		leadCtx, lost := context.WithCancelCause(ctx)
 		watchDone := make(chan struct{})
 		go func() { defer close(watchDone); d.watchLock(leadCtx, lock, lost) }()
@@ -253,10 +270,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if errors.Is(err, errLoopFailed) {
 			// A bug, most likely: leading again starts every loop afresh from the
 			// checkpoint (nothing acknowledged is lost). Another instance may lead first.
-			d.log.Error("stopped leading: a background loop failed; standing by, then leading again", zap.Error(err))
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
+			if time.Since(termStart) > 5*time.Minute {
+				relead.Reset()
+			}
+			d.log.Error("stopped leading: a background loop failed; standing by, then leading again", zap.Error(err), zap.Duration("backoff", relead.Current()))
+			if relead.Wait(ctx) != nil {
 				return nil
 			}
 			continue
@@ -287,11 +305,14 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	groupCtx, endGroup := context.WithCancel(ctx)
 	defer endGroup()
 	g, gctx := errgroup.WithContext(groupCtx)
-	g.Go(l.loop(gctx, "compensation_retrier", func() { l.retrier.Run(gctx) }))
+	g.Go(l.loop(gctx, "compensation_retrier", l.retrier.Run))
 	err := l.lead(gctx, g)
+	// A loop that failed first ended the stream (its error is the group's cause); one
+	// that fails after the stream ended on its own error does not hide that error.
+	loopFirst := errors.Is(context.Cause(gctx), errLoopFailed)
 	endGroup() // the stream ended: so do the loops
-	if werr := g.Wait(); werr != nil && (err == nil || errors.Is(werr, errLoopFailed)) {
-		err = werr // a loop failed first: the stream ended on that
+	if werr := g.Wait(); werr != nil && (loopFirst || err == nil) {
+		err = werr
 	}
 	return leaveErr(ctx, err)
 }
@@ -299,22 +320,33 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 // errLoopFailed wraps the failure of one of the leader's background loops.
 var errLoopFailed = errors.New("a background loop of the leader failed")
 
-// loop runs f, one of the leader's background loops, in the errgroup: a panic, or an end
-// while ctx is still alive, is a failure (counted, and returned wrapping errLoopFailed).
-func (l *leader) loop(ctx context.Context, name string, f func()) func() error {
-	return func() (err error) {
+// loop runs f(ctx), one of the leader's background loops, in the errgroup: an end while
+// ctx is still alive is a failure, counted and returned wrapping errLoopFailed; the term
+// ends and the instance leads again. A panic is logged and crashes the process as
+// before: locks it held, here or in the libraries, may never be released, and a new term
+// could hang on them while holding the leader lock (the supervisor restarts the process;
+// MySQL releases the lock with its session).
+func (l *leader) loop(ctx context.Context, name string, f func(context.Context)) func() error {
+	return func() error {
 		defer func() {
 			if r := recover(); r != nil {
-				err = fmt.Errorf("%w: %s panicked: %v", errLoopFailed, name, r)
-			} else if ctx.Err() == nil {
-				err = fmt.Errorf("%w: %s ended", errLoopFailed, name)
-			}
-			if err != nil {
-				l.d.m.LoopFailures.WithLabelValues(name).Inc()
+				l.d.log.Error("a background loop of the leader panicked: exiting", zap.String("loop", name), zap.Any("panic", r), zap.Stack("stack"))
+				panic(r)
 			}
 		}()
-		f()
-		return nil
+		run := ctx
+		if fault := l.d.loopFault; fault != nil && fault.name == name && !fault.fired.Swap(true) {
+			var stop context.CancelFunc
+			run, stop = context.WithCancel(ctx)
+			defer stop()
+			time.AfterFunc(fault.after, stop)
+		}
+		f(run)
+		if ctx.Err() != nil {
+			return nil
+		}
+		l.d.m.LoopFailures.WithLabelValues(name).Inc()
+		return fmt.Errorf("%w: %s ended while leading went on", errLoopFailed, name)
 	}
 }
 
@@ -327,7 +359,7 @@ func (l *leader) lead(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	// Keep the Redis copies of the Bloom filters whole, and build the ones missing.
-	g.Go(l.loop(ctx, "bloom_keeper", func() { l.keeper.Run(ctx, bloomCheckInterval) }))
+	g.Go(l.loop(ctx, "bloom_keeper", func(ctx context.Context) { l.keeper.Run(ctx, bloomCheckInterval) }))
 	stopRunning, err := l.running()
 	if err != nil {
 		return err
@@ -335,7 +367,7 @@ func (l *leader) lead(ctx context.Context, g *errgroup.Group) error {
 	defer stopRunning()
 	// Watch for Redis losing its data (a restart without persistence, FLUSHALL, a
 	// failover to an empty replica).
-	g.Go(l.loop(ctx, "data_loss_watch", func() { l.watchDataLoss(ctx) }))
+	g.Go(l.loop(ctx, "data_loss_watch", l.watchDataLoss))
 	defer l.healing.Wait()
 
 	if lostAtStart {

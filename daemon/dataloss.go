@@ -52,10 +52,13 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 			zap.String("marker", marker))
 		// The reload must see what the stream had written before the loss, also a
 		// transaction already in the binlog but not yet visible to readers.
-		d.reloadMu.Lock()
-		snap := snapshot.New(d.cfg, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep().AtLeast(floor())
-		_, _, err = snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log))
-		d.reloadMu.Unlock()
+		err = func() error {
+			d.reloadMu.Lock()
+			defer d.reloadMu.Unlock()
+			snap := snapshot.New(d.cfg, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep().AtLeast(floor())
+			_, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log))
+			return err
+		}()
 		if err != nil {
 			if ctx.Err() == nil {
 				d.log.Error("reload after Redis data loss failed; will try again", zap.Error(err))

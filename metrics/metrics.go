@@ -58,8 +58,8 @@ type Metrics struct {
 	ReconcileLastDifferences, ReconcileLastRepaired, ReconcileLastRows *prometheus.GaugeVec
 	// ConfigReloads counts config reloads by result (applied, unchanged, refused).
 	ConfigReloads *prometheus.CounterVec
-	// LoopFailures counts the leader's background loops that failed (a panic, or an end
-	// before leading ended), by loop; the leader then stands by and leads again.
+	// LoopFailures counts the leader's background loops that ended while leading went on,
+	// by loop; the leader then stands by and leads again.
 	LoopFailures *prometheus.CounterVec
 }
 
@@ -147,7 +147,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "Config reloads (file change or SIGHUP) by result: applied, unchanged, refused (invalid file; the running config stays)."}, []string{"result"})
 	reg.MustRegister(m.ConfigReloads)
 	m.LoopFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_leader_loop_failures_total",
-		Help: "Background loops of the leader that failed (a panic, or an end before leading ended), by loop: the leader stood by and led again."}, []string{"loop"})
+		Help: "Background loops of the leader that ended while leading went on, by loop: the leader stood by and led again."}, []string{"loop"})
 	reg.MustRegister(m.LoopFailures)
 	reg.MustRegister(m.ReconcileRuns, m.ReconcileLastTimestamp, m.ReconcileLastDuration, m.ReconcileLastDifferences, m.ReconcileLastRepaired, m.ReconcileLastRows)
 	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RedisPaused, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.RedisRollbacks, m.SourceEpochs, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
