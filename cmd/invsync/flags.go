@@ -123,3 +123,21 @@ func (f *cmdFlags) loadConfig(stderr io.Writer) (*config.Config, bool) {
 	}
 	return cfg, true
 }
+
+// config parses the arguments of a command that takes none besides its flags and loads
+// its config file; a nil config comes with the exit status to end the command with (0
+// after --help, 2 for bad arguments or an invalid file).
+func (f *cmdFlags) config(args []string, stderr io.Writer) (*config.Config, int) {
+	pos, err := f.parseArgs(args)
+	if err == nil {
+		err = f.noArgs(pos)
+	}
+	if err != nil {
+		return nil, parseCode(err)
+	}
+	cfg, ok := f.loadConfig(stderr)
+	if !ok {
+		return nil, 2
+	}
+	return cfg, 0
+}

@@ -107,16 +107,9 @@ change of the file reloads the config; SIGINT or SIGTERM stops after the final
 checkpoint.`, `  0  stopped by SIGINT or SIGTERM, the final checkpoint written
   1  a fatal error (named in the log and on stderr)
   2  bad arguments or an invalid config file`, stdout, stderr)
-	pos, err := f.parseArgs(args)
-	if err == nil {
-		err = f.noArgs(pos)
-	}
-	if err != nil {
-		return parseCode(err)
-	}
-	cfg, ok := f.loadConfig(stderr)
-	if !ok {
-		return 2
+	cfg, code := f.config(args, stderr)
+	if cfg == nil {
+		return code
 	}
 	log, level, err := newLeveledLogger(cfg.Log)
 	if err != nil {
@@ -143,16 +136,9 @@ record the position to stream from; `+"`invsync run`"+` then resumes there. Refu
 an instance leads this config.`, `  0  every table loaded, the position recorded
   1  the load failed or another instance leads
   2  bad arguments or an invalid config file`, stdout, stderr)
-	pos, err := f.parseArgs(args)
-	if err == nil {
-		err = f.noArgs(pos)
-	}
-	if err != nil {
-		return parseCode(err)
-	}
-	cfg, ok := f.loadConfig(stderr)
-	if !ok {
-		return 2
+	cfg, code := f.config(args, stderr)
+	if cfg == nil {
+		return code
 	}
 	log, err := newLogger(cfg.Log)
 	if err != nil {
@@ -206,16 +192,9 @@ Validate the config file, then reach the source (binlog on, ROW format, FULL row
 every table with a primary key), Redis, and the key prefixes' claims.`, `  0  every check passed (warnings may be printed)
   1  a check failed (each is printed with its cause and fix)
   2  bad arguments or an invalid config file`, stdout, stderr)
-	pos, err := f.parseArgs(args)
-	if err == nil {
-		err = f.noArgs(pos)
-	}
-	if err != nil {
-		return parseCode(err)
-	}
-	cfg, ok := f.loadConfig(stderr)
-	if !ok {
-		return 2
+	cfg, code := f.config(args, stderr)
+	if cfg == nil {
+		return code
 	}
 	return checkConfig(cfg, stdout)
 }
@@ -325,19 +304,12 @@ func compensationCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "invsync: unknown compensation command %q (list, replay or purge)\n", sub)
 		return 2
 	}
-	pos, err := f.parseArgs(args[1:])
-	if err == nil {
-		err = f.noArgs(pos)
-	}
-	if err != nil {
-		return parseCode(err)
+	cfg, code := f.config(args[1:], stderr)
+	if cfg == nil {
+		return code
 	}
 	if sub == "purge" && *olderThan <= 0 {
 		fmt.Fprintln(stderr, "invsync: compensation purge needs --older-than, e.g. --older-than 168h")
-		return 2
-	}
-	cfg, ok := f.loadConfig(stderr)
-	if !ok {
 		return 2
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -35,16 +35,9 @@ are re-checked before they are reported; --repair fixes them.`, `  0  no drift, 
 	samples := f.Int("samples", 100, "keys of each kind listed in the JSON report")
 	var tables stringList
 	f.Var(&tables, "table", "reconcile only this table (schema.table or its name; repeatable)")
-	pos, err := f.parseArgs(args)
-	if err == nil {
-		err = f.noArgs(pos)
-	}
-	if err != nil {
-		return parseCode(err)
-	}
-	cfg, ok := f.loadConfig(stderr)
-	if !ok {
-		return 2
+	cfg, code := f.config(args, stderr)
+	if cfg == nil {
+		return code
 	}
 	log, err := newLogger(cfg.Log)
 	if err != nil {

@@ -18,16 +18,9 @@ Print the checkpoint and its age, the lag, the leader, pending and dead compensa
 rows, and each table's Bloom filter.`, `  0  the status was read
   1  the source, the state database or Redis could not be read
   2  bad arguments or an invalid config file`, stdout, stderr)
-	pos, err := f.parseArgs(args)
-	if err == nil {
-		err = f.noArgs(pos)
-	}
-	if err != nil {
-		return parseCode(err)
-	}
-	cfg, ok := f.loadConfig(stderr)
-	if !ok {
-		return 2
+	cfg, code := f.config(args, stderr)
+	if cfg == nil {
+		return code
 	}
 	return status(cfg, *f.cfgPath, stdout, stderr)
 }
