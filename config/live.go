@@ -29,86 +29,73 @@ func (c Change) String() string {
 
 // Diff lists the settings whose values differ from cur to next.
 func Diff(cur, next *Config) []Change {
-	return diff("", reflect.ValueOf(*cur), reflect.ValueOf(*next), false)
-}
-
-func diff(prefix string, a, b reflect.Value, live bool) []Change {
+	a, b := reflect.ValueOf(*cur), reflect.ValueOf(*next)
 	var out []Change
-	t := a.Type()
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag := f.Tag.Get("mapstructure")
-		if tag == "" {
-			continue
+	settings(func(s setting) {
+		fa, fb := a.FieldByIndex(s.index), b.FieldByIndex(s.index)
+		if reflect.DeepEqual(fa.Interface(), fb.Interface()) {
+			return
 		}
-		key := strings.TrimPrefix(prefix+"."+tag, ".")
-		isLive := live || f.Tag.Get("live") == "true"
-		fa, fb := a.Field(i), b.Field(i)
-		if isSection(fa) {
-			out = append(out, diff(key, fa, fb, isLive)...)
-			continue
+		c := Change{Key: s.key, Live: s.live, Secret: s.secret}
+		if !c.Secret {
+			c.Value = fmt.Sprint(fb.Interface())
 		}
-		if !reflect.DeepEqual(fa.Interface(), fb.Interface()) {
-			c := Change{Key: key, Live: isLive, Secret: f.Tag.Get("secret") == "true"}
-			if !c.Secret {
-				c.Value = fmt.Sprint(fb.Interface())
-			}
-			out = append(out, c)
-		}
-	}
+		out = append(out, c)
+	})
 	return out
 }
 
 // MergeLive returns cur with next's live settings.
 func MergeLive(cur, next *Config) Config {
 	merged := *cur
-	mergeLive(reflect.ValueOf(&merged).Elem(), reflect.ValueOf(*next), false)
+	dst, src := reflect.ValueOf(&merged).Elem(), reflect.ValueOf(*next)
+	settings(func(s setting) {
+		if s.live {
+			dst.FieldByIndex(s.index).Set(src.FieldByIndex(s.index))
+		}
+	})
 	return merged
-}
-
-func mergeLive(dst, src reflect.Value, live bool) {
-	t := dst.Type()
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		if f.Tag.Get("mapstructure") == "" {
-			continue
-		}
-		isLive := live || f.Tag.Get("live") == "true"
-		if isSection(dst.Field(i)) {
-			mergeLive(dst.Field(i), src.Field(i), isLive)
-		} else if isLive {
-			dst.Field(i).Set(src.Field(i))
-		}
-	}
 }
 
 // LiveKeys lists the settings a reload applies while running (for docs and messages).
 func LiveKeys() []string {
 	var out []string
-	var walk func(prefix string, t reflect.Type, live bool)
-	walk = func(prefix string, t reflect.Type, live bool) {
+	settings(func(s setting) {
+		if s.live {
+			out = append(out, s.key)
+		}
+	})
+	return out
+}
+
+// setting is one leaf of Config: its key, where it is (reflect's field index path),
+// and its tags.
+type setting struct {
+	key          string
+	index        []int
+	live, secret bool
+}
+
+// settings calls fn for every leaf setting of Config, in the order of the structs.
+func settings(fn func(setting)) {
+	var walk func(prefix string, index []int, t reflect.Type, live bool)
+	walk = func(prefix string, index []int, t reflect.Type, live bool) {
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
 			tag := f.Tag.Get("mapstructure")
 			if tag == "" {
 				continue
 			}
-			key := strings.TrimPrefix(prefix+"."+tag, ".")
-			isLive := live || f.Tag.Get("live") == "true"
+			s := setting{key: strings.TrimPrefix(prefix+"."+tag, "."), index: append(index[:len(index):len(index)], i),
+				live: live || f.Tag.Get("live") == "true", secret: f.Tag.Get("secret") == "true"}
 			if f.Type.Kind() == reflect.Struct && f.Type != durationType {
-				walk(key, f.Type, isLive)
-			} else if isLive {
-				out = append(out, key)
+				walk(s.key, s.index, f.Type, s.live)
+				continue
 			}
+			fn(s)
 		}
 	}
-	walk("", reflect.TypeOf(Config{}), false)
-	return out
+	walk("", nil, reflect.TypeOf(Config{}), false)
 }
 
 var durationType = reflect.TypeOf(time.Duration(0))
-
-// isSection reports whether v is a nested section (a struct other than a duration).
-func isSection(v reflect.Value) bool {
-	return v.Kind() == reflect.Struct && v.Type() != durationType
-}
