@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -194,21 +193,11 @@ func (d *Daemon) lag() float64 {
 
 // Run runs until ctx ends (clean shutdown, nil) or a permanent error.
 func (d *Daemon) Run(ctx context.Context) error {
-	if d.cfg.HTTP.Listen != "" {
-		ln, err := net.Listen("tcp", d.cfg.HTTP.Listen)
-		if err != nil {
-			return fmt.Errorf("http.listen %s: %w (fix: choose a free port)", d.cfg.HTTP.Listen, err)
-		}
-		addr := ln.Addr().String()
-		d.addr.Store(&addr)
-		srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-		}()
+	stopHTTP, err := d.serveHTTP()
+	if err != nil {
+		return err
 	}
+	defer stopHTTP()
 
 	db, err := OpenSourceDB(d.cfg.Source)
 	if err != nil {

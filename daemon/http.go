@@ -1,8 +1,13 @@
 package daemon
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -32,4 +37,27 @@ func (d *Daemon) handler() http.Handler {
 		http.Error(w, "not ready: the binlog stream is not running", http.StatusServiceUnavailable)
 	})
 	return mux
+}
+
+// serveHTTP serves http.listen (metrics, health, /bloom/rebuild, pprof) until stop is
+// called; stop waits for the server to end.
+func (d *Daemon) serveHTTP() (stop func(), err error) {
+	if d.cfg.HTTP.Listen == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", d.cfg.HTTP.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("http.listen %s: %w (fix: choose a free port)", d.cfg.HTTP.Listen, err)
+	}
+	addr := ln.Addr().String()
+	d.addr.Store(&addr)
+	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
+	var serving sync.WaitGroup
+	serving.Go(func() { _ = srv.Serve(ln) })
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		serving.Wait()
+	}, nil
 }

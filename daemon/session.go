@@ -5,12 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
-	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/sink"
 	"github.com/invsync/invsync/snapshot"
 	"github.com/redis/go-redis/v9"
@@ -46,69 +46,14 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 	sinkDone := make(chan error, 1)
 	go func() { sinkDone <- sk.Run(sinkCtx) }()
 
-	cpDone := make(chan struct{})
-	cpStop := make(chan struct{})
 	streamCtx, stopStream := context.WithCancelCause(ctx)
 	defer stopStream(nil)
-	saved := start
-	var unsavedRows int64
-	fencedLogged := false // once per lapse of the lease
-	lastWrite := time.Now()
-	save := func(sctx context.Context, final bool) {
-		pos, n, rows := wm.Advance()
-		if n > 0 {
-			d.m.CommittedTxns.Add(float64(n))
-		}
-		unsavedRows += rows
-		// A checkpoint write is itself a transaction in the binlog (when the state schema
-		// lives on the source). Progress made only of transactions without mirrored rows
-		// is saved at most every idleCheckpointInterval, so that the daemon does not feed
-		// itself one transaction per interval forever.
-		if pos == saved || (unsavedRows == 0 && !final && time.Since(lastWrite) < idleCheckpointInterval) {
-			d.lastSave.Store(time.Now().UnixNano())
-			return
-		}
-		// Redis records how far it got first (see rollback.go); a Redis that went back
-		// gets no checkpoint past what it holds.
-		if err := hist.advance(sctx, pos); err != nil {
-			var back *errRedisWentBack
-			if errors.As(err, &back) {
-				stopStream(back)
-				return
-			}
-			if errors.Is(err, layout.ErrFenced) {
-				if !fencedLogged {
-					fencedLogged = true
-					d.log.Warn("applied marker not written: the leader lease expired; the checkpoint waits until the lock is confirmed or lost", append(pos.Fields(), zap.Error(err))...)
-				}
-				return
-			}
-			d.log.Warn("applied marker not written; the checkpoint waits", append(pos.Fields(), zap.Error(err))...)
-			return
-		}
-		fencedLogged = false
-		if err := store.Save(sctx, pos); err != nil {
-			d.log.Warn("checkpoint not written; will retry", append(pos.Fields(), zap.Error(err))...)
-			return
-		}
-		saved, unsavedRows, lastWrite = pos, 0, time.Now()
-		d.lastSave.Store(time.Now().UnixNano())
-		d.m.CheckpointWrites.Inc()
-		d.log.Debug("checkpoint", pos.Fields()...)
-	}
-	go func() {
-		defer close(cpDone)
-		t := time.NewTicker(d.cfg.Checkpoint.Interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				save(ctx, false)
-			case <-cpStop:
-				return
-			}
-		}
-	}()
+	// A Redis that went back ends the stream (see checkpointer.save).
+	cp := &checkpointer{d: d, wm: wm, hist: hist, store: store, saved: start, lastWrite: time.Now(),
+		wentBack: func(back *errRedisWentBack) { stopStream(back) }}
+	var cpLoop sync.WaitGroup
+	cpStop := make(chan struct{})
+	cpLoop.Go(func() { cp.run(ctx, cpStop) })
 
 	d.log.Info("streaming the binlog", start.Fields()...)
 	d.ready.Store(true)
@@ -135,16 +80,16 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 		<-sinkDone
 	}
 	close(cpStop)
-	<-cpDone
+	cpLoop.Wait()
 	if !lostLock {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		save(fctx, true)
+		cp.save(fctx, true)
 	}
 	if errors.Is(srcErr, context.Canceled) && ctx.Err() != nil {
 		srcErr = nil
 	}
-	return saved, srcErr
+	return cp.saved, srcErr
 }
 
 // reloadFunc reloads a mirrored table while the stream is paused at position at: when
