@@ -88,28 +88,7 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 	}
 	if held {
 		defer lock.Release()
-		// Fenced like the daemon: a run suspended past the lease writes nothing more.
-		w.SetFence(lock.Lease)
-		keeper := newKeeper(cfg, rdb, tables, log.Named("bloom"), nil)
-		keeper.SetFence(lock.Lease)
-		if err := keeper.Open(ctx); err != nil {
-			return nil, "", err
-		}
-		deps.Ensure = keeper.Ensure
-		if len(opts.Tables) > 0 {
-			rep, err = reconcile.Run(ctx, deps, opts)
-			return rep, "Bloom filters not rebuilt (only some tables were reconciled)", err
-		}
-		deps.OnKeys = keeper.ScannedMany
-		err = keeper.Rebuild(ctx, func(ctx context.Context) error {
-			var err error
-			rep, err = reconcile.Run(ctx, deps, opts)
-			return err
-		})
-		if err != nil {
-			return rep, "", err
-		}
-		return rep, "Bloom filters rebuilt from the same scan and swapped in", nil
+		return reconcileLeading(ctx, cfg, rdb, tables, w, lock, deps, opts, log)
 	}
 	// A daemon leads: repairs set their bits with the parameters in Redis.
 	readers := map[string]*bloom.Reader{}
@@ -134,30 +113,63 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 	if len(opts.Tables) > 0 {
 		return rep, "Bloom filters not rebuilt (only some tables were reconciled)", nil
 	}
-	// Ask the leader wherever it runs: it records its HTTP address in the state schema.
+	return rep, askLeaderToRebuild(ctx, cfg, stateDB, log), nil
+}
+
+// reconcileLeading reconciles holding the leader lock (no daemon leads): the Bloom
+// filters are rebuilt from the same scan and swapped in when every table is reconciled.
+func reconcileLeading(ctx context.Context, cfg *config.Config, rdb redis.UniversalClient, tables []*canal.Table, w *layout.Writer, lock *Lock,
+	deps reconcile.Deps, opts reconcile.Options, log *zap.Logger) (rep *reconcile.Report, note string, err error) {
+	// Fenced like the daemon: a run suspended past the lease writes nothing more.
+	w.SetFence(lock.Lease)
+	keeper := newKeeper(cfg, rdb, tables, log.Named("bloom"), nil)
+	keeper.SetFence(lock.Lease)
+	if err := keeper.Open(ctx); err != nil {
+		return nil, "", err
+	}
+	deps.Ensure = keeper.Ensure
+	if len(opts.Tables) > 0 {
+		rep, err = reconcile.Run(ctx, deps, opts)
+		return rep, "Bloom filters not rebuilt (only some tables were reconciled)", err
+	}
+	deps.OnKeys = keeper.ScannedMany
+	err = keeper.Rebuild(ctx, func(ctx context.Context) error {
+		var err error
+		rep, err = reconcile.Run(ctx, deps, opts)
+		return err
+	})
+	if err != nil {
+		return rep, "", err
+	}
+	return rep, "Bloom filters rebuilt from the same scan and swapped in", nil
+}
+
+// askLeaderToRebuild asks the daemon that leads, wherever it runs (it records its HTTP
+// address in the state schema), to rebuild its Bloom filters; it returns what happened.
+func askLeaderToRebuild(ctx context.Context, cfg *config.Config, stateDB *sql.DB, log *zap.Logger) string {
 	addr, where := cfg.HTTP.Listen, "http.listen of this config"
 	if l, ok, err := checkpoint.ReadLeader(ctx, stateDB, cfg.State.Schema, pipelineName, LockName(cfg)); err != nil {
 		log.Warn("cannot read where the leader runs; asking http.listen of this config", zap.Error(err))
 	} else if ok {
 		var why string
 		if addr, why = leaderAddr(l, ok, addr); why != "" {
-			return rep, "Bloom filters not rebuilt: " + why + " (its scheduled reconciliation rebuilds them)", nil
+			return "Bloom filters not rebuilt: " + why + " (its scheduled reconciliation rebuilds them)"
 		}
 		where = fmt.Sprintf("the leader (%s, pid %d)", l.Host, l.PID)
 	}
 	if addr == "" {
-		return rep, "Bloom filters not rebuilt: a running invsync leads this config and its HTTP endpoint is off (its scheduled reconciliation rebuilds them)", nil
+		return "Bloom filters not rebuilt: a running invsync leads this config and its HTTP endpoint is off (its scheduled reconciliation rebuilds them)"
 	}
 	hc := &http.Client{Timeout: 10 * time.Minute}
 	resp, err := hc.Post("http://"+addr+"/bloom/rebuild", "", nil)
 	if err != nil {
-		return rep, fmt.Sprintf("Bloom filters not rebuilt: a running invsync leads this config but http://%s/bloom/rebuild (%s) did not answer (%v); its scheduled reconciliation rebuilds them", addr, where, err), nil
+		return fmt.Sprintf("Bloom filters not rebuilt: a running invsync leads this config but http://%s/bloom/rebuild (%s) did not answer (%v); its scheduled reconciliation rebuilds them", addr, where, err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return rep, fmt.Sprintf("Bloom filters not rebuilt: the running invsync at %s answered %s", addr, resp.Status), nil
+		return fmt.Sprintf("Bloom filters not rebuilt: the running invsync at %s answered %s", addr, resp.Status)
 	}
-	return rep, fmt.Sprintf("Bloom filters rebuilt by the running invsync at %s (%s, POST /bloom/rebuild)", addr, where), nil
+	return fmt.Sprintf("Bloom filters rebuilt by the running invsync at %s (%s, POST /bloom/rebuild)", addr, where)
 }
 
 // startSchedule runs the reconciliation on reconcile.schedule inside the daemon (the

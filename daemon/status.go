@@ -19,6 +19,7 @@ import (
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/config"
+	"github.com/redis/go-redis/v9"
 )
 
 // StatusReport is what `invsync status` shows.
@@ -81,22 +82,53 @@ func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
 		defer stateDB.Close()
 	}
 	st := &StatusReport{}
+	if err := st.readState(ctx, cfg, db, stateDB); err != nil {
+		return nil, err
+	}
+	rdb := NewRedis(cfg.Redis)
+	defer rdb.Close()
+	for _, t := range cfg.Tables {
+		bs, err := bloomStatus(ctx, rdb, t.TableName(), cfg.BloomKey(t))
+		if err != nil {
+			return nil, err
+		}
+		st.Bloom = append(st.Bloom, bs)
+	}
+	if st.Leader, st.LeaderKnown, err = checkpoint.ReadLeader(ctx, stateDB, cfg.State.Schema, pipelineName, LockName(cfg)); err != nil {
+		return nil, err
+	}
+	var why string
+	st.DaemonAddr, why = leaderAddr(st.Leader, st.LeaderKnown && st.Leader.HTTPAddr != "", cfg.HTTP.Listen)
+	switch {
+	case why != "":
+		st.DaemonErr = why
+	case st.DaemonAddr == "":
+		st.DaemonErr = "http.listen is off"
+	default:
+		st.readDaemon()
+	}
+	return st, nil
+}
+
+// readState reads the checkpoint, the source's position, the lock's holder and the
+// compensation table.
+func (st *StatusReport) readState(ctx context.Context, cfg *config.Config, db, stateDB *sql.DB) error {
 	store, err := checkpoint.Open(ctx, stateDB, cfg.State.Schema, "default")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if st.Checkpoint, st.HasCheckpoint, err = store.Load(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if st.CheckpointAge, _, err = store.Age(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if st.Source, err = canal.CurrentPosition(ctx, db, cfg.Source.Flavor, nil); err != nil {
-		return nil, err
+		return err
 	}
 	var holder sql.NullInt64
 	if err := stateDB.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", LockName(cfg)).Scan(&holder); err != nil {
-		return nil, err
+		return err
 	}
 	st.LeaderConnection = holder.Int64
 	if holder.Valid {
@@ -110,56 +142,44 @@ func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
 	}
 	comp, err := compensation.Open(ctx, stateDB, cfg.State.Schema, compensation.NewSchedule(cfg.Compensation), time.Now)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if st.Pending, st.Dead, st.OldestPending, err = comp.Counts(ctx); err != nil {
-		return nil, err
+	st.Pending, st.Dead, st.OldestPending, err = comp.Counts(ctx)
+	return err
+}
+
+// bloomStatus reads the Redis copy of a table's Bloom filter.
+func bloomStatus(ctx context.Context, rdb redis.UniversalClient, table, key string) (BloomStatus, error) {
+	bs := BloomStatus{Table: table, Key: key}
+	m, k, err := bloom.NewMirror(rdb, key).Params(ctx)
+	if errors.Is(err, bloom.ErrNoFilter) {
+		return bs, nil
+	} else if err != nil {
+		return bs, err
 	}
-	rdb := NewRedis(cfg.Redis)
-	defer rdb.Close()
-	for _, t := range cfg.Tables {
-		bs := BloomStatus{Table: t.TableName(), Key: cfg.BloomKey(t)}
-		mir := bloom.NewMirror(rdb, bs.Key)
-		m, k, err := mir.Params(ctx)
-		switch {
-		case errors.Is(err, bloom.ErrNoFilter):
-		case err != nil:
-			return nil, err
-		default:
-			bs.Bits, bs.Hashes = m, k
-			n, err := rdb.BitCount(ctx, bs.Key, nil).Result()
-			if err != nil {
-				return nil, err
-			}
-			bs.SetBits = n
-			bs.Complete = rdb.StrLen(ctx, bs.Key).Val() == int64((m+7)/8)
-			if float64(n) < float64(m) {
-				bs.Items = -float64(m) / float64(k) * math.Log(1-float64(n)/float64(m))
-			} else {
-				bs.Items = math.Inf(1)
-			}
-			bs.FalsePositiveRate = bloom.FalsePositiveRate(m, k, uint(min(bs.Items, float64(math.MaxInt64))))
-		}
-		st.Bloom = append(st.Bloom, bs)
+	bs.Bits, bs.Hashes = m, k
+	n, err := rdb.BitCount(ctx, key, nil).Result()
+	if err != nil {
+		return bs, err
 	}
-	if st.Leader, st.LeaderKnown, err = checkpoint.ReadLeader(ctx, stateDB, cfg.State.Schema, pipelineName, LockName(cfg)); err != nil {
-		return nil, err
+	bs.SetBits = n
+	bs.Complete = rdb.StrLen(ctx, key).Val() == int64((m+7)/8)
+	if float64(n) < float64(m) {
+		bs.Items = -float64(m) / float64(k) * math.Log(1-float64(n)/float64(m))
+	} else {
+		bs.Items = math.Inf(1)
 	}
-	var why string
-	st.DaemonAddr, why = leaderAddr(st.Leader, st.LeaderKnown && st.Leader.HTTPAddr != "", cfg.HTTP.Listen)
-	if why != "" {
-		st.DaemonErr = why
-		return st, nil
-	}
-	if st.DaemonAddr == "" {
-		st.DaemonErr = "http.listen is off"
-		return st, nil
-	}
+	bs.FalsePositiveRate = bloom.FalsePositiveRate(m, k, uint(min(bs.Items, float64(math.MaxInt64))))
+	return bs, nil
+}
+
+// readDaemon reads the leader's readiness, lag and queue from its /metrics.
+func (st *StatusReport) readDaemon() {
 	hc := &http.Client{Timeout: 3 * time.Second}
 	resp, err := hc.Get("http://" + st.DaemonAddr + "/metrics")
 	if err != nil {
 		st.DaemonErr = err.Error()
-		return st, nil
+		return
 	}
 	defer resp.Body.Close()
 	st.DaemonReachable = true
@@ -183,7 +203,6 @@ func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
 			st.QueueDepth = v
 		}
 	}
-	return st, nil
 }
 
 // leaderAddr returns where to reach the leader's HTTP endpoint: the address it recorded
