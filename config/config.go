@@ -426,7 +426,19 @@ var identRe = regexp.MustCompile(`^[A-Za-z0-9_$]+$`)
 func (c *Config) Validate() error {
 	var p []string
 	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	c.validateSource(add)
+	c.validateRedis(add)
+	c.validateTables(add)
+	c.validateTuning(add)
+	c.validateEndpoints(add)
+	if len(p) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %d problem(s):\n  - %s", ErrInvalid, len(p), strings.Join(p, "\n  - "))
+}
 
+// validateSource checks source.* and state.schema.
+func (c *Config) validateSource(add func(format string, args ...any)) {
 	if _, _, err := net.SplitHostPort(c.Source.Addr); err != nil {
 		add("source.addr %q is not host:port (fix: e.g. 127.0.0.1:3306)", c.Source.Addr)
 	}
@@ -457,7 +469,10 @@ func (c *Config) Validate() error {
 	if !identRe.MatchString(c.State.Schema) {
 		add("state.schema %q is not a plain identifier (fix: letters, digits and _ only)", c.State.Schema)
 	}
+}
 
+// validateRedis checks redis.* (but its TLS, see validateEndpoints).
+func (c *Config) validateRedis(add func(format string, args ...any)) {
 	if len(c.Redis.Addrs) == 0 {
 		add("redis.addrs is empty (fix: list at least one host:port)")
 	}
@@ -481,7 +496,10 @@ func (c *Config) Validate() error {
 	if c.Redis.DialTimeout <= 0 || c.Redis.WriteTimeout <= 0 {
 		add("redis.dial_timeout and redis.write_timeout must be positive")
 	}
+}
 
+// validateTables checks tables: names, key prefixes, columns.
+func (c *Config) validateTables(add func(format string, args ...any)) {
 	if len(c.Tables) == 0 {
 		add("tables is empty (fix: list at least one table with schema and table)")
 	}
@@ -512,7 +530,10 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+}
 
+// validateTuning checks sink, checkpoint, compensation, bloom, snapshot and reconcile sizes.
+func (c *Config) validateTuning(add func(format string, args ...any)) {
 	if c.Sink.Workers < 1 || c.Sink.Workers > 1024 {
 		add("sink.workers %d must be between 1 and 1024", c.Sink.Workers)
 	}
@@ -552,6 +573,10 @@ func (c *Config) Validate() error {
 	if c.Reconcile.ChunkSize < 1 {
 		add("reconcile.chunk_size must be at least 1")
 	}
+}
+
+// validateEndpoints checks TLS, the reconcile schedule, http and log.
+func (c *Config) validateEndpoints(add func(format string, args ...any)) {
 	if _, err := c.Source.TLS.Config(HostOf(c.Source.Addr)); err != nil {
 		add("source.tls: %v", err)
 	}
@@ -590,10 +615,6 @@ func (c *Config) Validate() error {
 	if c.Log.Format != "json" && c.Log.Format != "console" {
 		add("log.format %q is not json or console", c.Log.Format)
 	}
-	if len(p) == 0 {
-		return nil
-	}
-	return fmt.Errorf("%w: %d problem(s):\n  - %s", ErrInvalid, len(p), strings.Join(p, "\n  - "))
 }
 
 var offsetRe = regexp.MustCompile(`^([+-])(\d{1,2}):(\d{2})$`)
