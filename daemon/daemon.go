@@ -243,11 +243,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		termStart := time.Now()
 		leadCtx, lost := context.WithCancelCause(ctx)
-		watchDone := make(chan struct{})
-		go func() { defer close(watchDone); d.watchLock(leadCtx, lock, lost) }()
+		var watching sync.WaitGroup
+		watching.Go(func() { d.watchLock(leadCtx, lock, lost) })
 		err = d.runLeading(leadCtx, db, stateDB, rdb, lock)
 		lost(nil)
-		<-watchDone
+		watching.Wait()
 		lock.Release()
 		if ctx.Err() != nil {
 			return nil

@@ -295,14 +295,12 @@ func (l *leader) heal(ctx context.Context) {
 		l.healAgain.Store(true)
 		return
 	}
-	l.healing.Add(1)
-	go func() {
-		defer l.healing.Done()
+	l.healing.Go(func() {
 		defer l.healRunning.Store(false)
 		for again := true; again && ctx.Err() == nil; again = l.healAgain.Swap(false) {
 			l.d.reconcileOnce(ctx, l.db, l.tables, l.rdb, l.raw, l.keeper, true, "after Redis went back")
 		}
-	}()
+	})
 }
 
 // stream streams from l.pos until ctx ends (nil) or a permanent error, handling each way
@@ -397,8 +395,8 @@ func (l *leader) historyReplaced(ctx context.Context) (again bool, err error) {
 func (l *leader) session(ctx context.Context) (canal.Position, *errRedisWentBack, error) {
 	d := l.d
 	sessCtx, endSession := context.WithCancelCause(ctx)
-	checkDone := make(chan struct{})
-	go func() { defer close(checkDone); d.watchRedisHistory(sessCtx, l.hist, endSession) }()
+	var checking sync.WaitGroup
+	checking.Go(func() { d.watchRedisHistory(sessCtx, l.hist, endSession) })
 	next, err := d.session(sessCtx, l.pos, l.tables, l.names, l.writer, l.store, l.hist, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
 		return d.reloadTable(ctx, l.db, l.rdb, l.writer, sk, t, at, force, reason)
 	})
@@ -407,7 +405,7 @@ func (l *leader) session(ctx context.Context) (canal.Position, *errRedisWentBack
 		errors.As(err, &back)
 	}
 	endSession(nil)
-	<-checkDone
+	checking.Wait()
 	return next, back, err
 }
 
