@@ -125,12 +125,18 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"applied", "failed", "dead", "not_visible"} {
 		m.CompensationRetries.WithLabelValues(r)
 	}
-	m.Resnapshots.WithLabelValues("position_lost")
-	m.Resnapshots.WithLabelValues("ddl")
-	m.Resnapshots.WithLabelValues("redis_data_loss")
-	for _, r := range []string{"rollback", "binlog_reset", "source_changed", "table_added"} {
+	for _, r := range []string{"position_lost", "ddl", "redis_data_loss", "redis_went_back", "rollback", "binlog_reset", "source_changed", "table_added"} {
 		m.Resnapshots.WithLabelValues(r)
 	}
+	m.newOperations(reg)
+	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RedisPaused, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.RedisRollbacks, m.SourceEpochs, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
+		m.CompensationPending, m.CompensationDead, m.CompensationOldest)
+	return m
+}
+
+// newOperations makes and registers the metrics of the daemon's operations beside the
+// stream: scheduled reconciliations, config reloads, failed background loops.
+func (m *Metrics) newOperations(reg prometheus.Registerer) {
 	m.ReconcileRuns = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_reconcile_runs_total",
 		Help: "Scheduled reconciliations by result: clean, repaired, drift (differences left), error."}, []string{"result"})
 	m.ReconcileLastTimestamp = prometheus.NewGauge(prometheus.GaugeOpts{Name: "invsync_reconcile_last_run_timestamp_seconds",
@@ -145,12 +151,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "Rows the last reconciliation compared, by table."}, []string{"table"})
 	m.ConfigReloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_config_reloads_total",
 		Help: "Config reloads (file change or SIGHUP) by result: applied, unchanged, refused (invalid file; the running config stays)."}, []string{"result"})
-	reg.MustRegister(m.ConfigReloads)
 	m.LoopFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_leader_loop_failures_total",
 		Help: "Background loops of the leader that ended while leading went on, by loop: the leader stood by and led again."}, []string{"loop"})
-	reg.MustRegister(m.LoopFailures)
+	for _, l := range []string{"compensation_retrier", "bloom_keeper", "data_loss_watch"} {
+		m.LoopFailures.WithLabelValues(l)
+	}
+	reg.MustRegister(m.ConfigReloads, m.LoopFailures)
 	reg.MustRegister(m.ReconcileRuns, m.ReconcileLastTimestamp, m.ReconcileLastDuration, m.ReconcileLastDifferences, m.ReconcileLastRepaired, m.ReconcileLastRows)
-	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RedisPaused, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.RedisRollbacks, m.SourceEpochs, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
-		m.CompensationPending, m.CompensationDead, m.CompensationOldest)
-	return m
 }
