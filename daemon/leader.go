@@ -212,22 +212,16 @@ func TakeOverIdleLock(ctx context.Context, db *sql.DB, name string, lease time.D
 // watchLock checks every second that the instance still holds the leader lock, and ends
 // leading (lost) when it does not.
 func (d *Daemon) watchLock(ctx context.Context, lock *Lock, lost context.CancelCauseFunc) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	everyTick(ctx, time.Second, func() bool {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := lock.Held(cctx)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			lost(fmt.Errorf("%w: %w", errLostLock, err))
-			return
+			return false
 		}
-	}
+		return true
+	})
 }
 
 // lead takes the leader lock of the config, waiting (standing by) while another
