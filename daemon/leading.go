@@ -20,6 +20,7 @@ import (
 	"github.com/invsync/invsync/snapshot"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // leader is one term of leading (from taking the lock to losing or releasing it): what
@@ -466,4 +467,106 @@ func (l *leader) positionLost(ctx context.Context, err error) error {
 	// delete and re-insert with the version restarted, an update that did not bump
 	// it) must not stay stale: the reload replaces every row.
 	return l.resnapshot(ctx, snapshotMode{epoch: l.pos.Epoch, replace: true}, "position_lost")
+}
+
+// runLeading does the leader's work until ctx ends (nil), a permanent error, or one of
+// its background loops fails (an error wrapping errLoopFailed). The loops and the stream
+// run in one errgroup: whichever fails first ends the others.
+func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.UniversalClient, lock *Lock) error {
+	l := &leader{d: d, db: db, stateDB: stateDB, rdb: rdb, lock: lock}
+	if err := l.open(ctx); err != nil {
+		return err
+	}
+	d.keeper.Store(l.keeper)
+	// The filters are the leader's: once it stops leading, a rebuild asked of it must
+	// not swap one in under the instance that leads then.
+	defer d.keeper.CompareAndSwap(l.keeper, nil)
+	if err := l.openWriters(ctx); err != nil {
+		return err
+	}
+	defer l.fetch.close()
+	groupCtx, endGroup := context.WithCancel(ctx)
+	defer endGroup()
+	g, gctx := errgroup.WithContext(groupCtx)
+	g.Go(l.loop(gctx, "compensation_retrier", l.retrier.Run))
+	err := l.lead(gctx, g)
+	// A loop that failed first ended the stream (its error is the group's cause); one
+	// that fails after the stream ended on its own error does not hide that error.
+	loopFirst := errors.Is(context.Cause(gctx), errLoopFailed)
+	endGroup() // the stream ended: so do the loops
+	if werr := g.Wait(); werr != nil && (loopFirst || err == nil) {
+		err = werr
+	}
+	return leaveErr(ctx, err)
+}
+
+// errLoopFailed wraps the failure of one of the leader's background loops.
+var errLoopFailed = errors.New("a background loop of the leader failed")
+
+// loop runs f(ctx), one of the leader's background loops, in the errgroup: an end while
+// ctx is still alive is a failure, counted and returned wrapping errLoopFailed; the term
+// ends and the instance leads again. A panic is logged and crashes the process as
+// before: locks it held, here or in the libraries, may never be released, and a new term
+// could hang on them while holding the leader lock (the supervisor restarts the process;
+// MySQL releases the lock with its session).
+func (l *leader) loop(ctx context.Context, name string, f func(context.Context)) func() error {
+	return func() error {
+		defer func() {
+			if r := recover(); r != nil {
+				l.d.log.Error("a background loop of the leader panicked: exiting", zap.String("loop", name), zap.Any("panic", r), zap.Stack("stack"))
+				panic(r)
+			}
+		}()
+		run := ctx
+		if fault := l.d.loopFault; fault != nil && fault.name == name && !fault.fired.Swap(true) {
+			var stop context.CancelFunc
+			run, stop = context.WithCancel(ctx)
+			defer stop()
+			time.AfterFunc(fault.after, stop)
+		}
+		f(run)
+		if ctx.Err() != nil {
+			return nil
+		}
+		l.d.m.LoopFailures.WithLabelValues(name).Inc()
+		return fmt.Errorf("%w: %s ended while leading went on", errLoopFailed, name)
+	}
+}
+
+// lead resumes from the checkpoint, starts the other background loops in g and streams
+// until ctx ends or the stream fails; it returns when the work it started itself ended.
+func (l *leader) lead(ctx context.Context, g *errgroup.Group) error {
+	d := l.d
+	lostAtStart, healAtStart, err := l.resume(ctx)
+	if err != nil {
+		return err
+	}
+	// Keep the Redis copies of the Bloom filters whole, and build the ones missing.
+	g.Go(l.loop(ctx, "bloom_keeper", func(ctx context.Context) { l.keeper.Run(ctx, bloomCheckInterval) }))
+	stopRunning, err := l.running()
+	if err != nil {
+		return err
+	}
+	defer stopRunning()
+	// Watch for Redis losing its data (a restart without persistence, FLUSHALL, a
+	// failover to an empty replica).
+	g.Go(l.loop(ctx, "data_loss_watch", l.watchDataLoss))
+	defer l.healing.Wait()
+
+	if lostAtStart {
+		if err := l.resnapshot(ctx, snapshotMode{epoch: l.pos.Epoch, replace: true}, "redis_data_loss"); err != nil {
+			return err
+		}
+	}
+	if healAtStart {
+		l.heal(ctx)
+	}
+	// Tables never loaded under their key prefix (added to the config since, or given
+	// another prefix) are loaded before the stream starts from the checkpoint.
+	if err := d.retry(ctx, "load the tables added to the config", func() error {
+		return d.loadNewTables(ctx, l.db, l.rdb, l.writer, l.store, l.tables, l.pos)
+	}); err != nil {
+		return err
+	}
+	return l.stream(ctx)
 }
