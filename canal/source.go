@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -343,102 +342,6 @@ func (s *Source) commit(ctx context.Context, hdr *replication.EventHeader, gtid 
 	return h.Commit(ctx, c)
 }
 
-// ddlChange is a mirrored table a statement may have changed.
-type ddlChange struct {
-	table  *Table
-	reload bool // the rows may have been replaced, whatever the definition
-}
-
-// ddl returns the mirrored tables a statement (run with default schema) may change,
-// and forgets cached decoders then, so that the next table map builds them again. The
-// match is by name, erring on the side of reloading: a statement that names the table
-// (qualified, or unqualified in its schema) counts.
-func (s *Source) ddl(schema, q string) []ddlChange {
-	lq := strings.ToLower(strings.ReplaceAll(q, "`", ""))
-	replaces := replacesRows(lq)
-	var out []ddlChange
-	w := strings.Fields(lq)
-	dropsSchema := len(w) >= 3 && w[0] == "drop" && (w[1] == "database" || w[1] == "schema")
-	for name, t := range s.tables {
-		n := strings.ToLower(t.Name)
-		named := containsWord(lq, strings.ToLower(t.Schema)+"."+n) || (strings.EqualFold(schema, t.Schema) && containsWord(lq, n))
-		if dropsSchema {
-			named = strings.EqualFold(strings.TrimSuffix(w[len(w)-1], ";"), t.Schema)
-		}
-		if !named {
-			continue
-		}
-		s.log.Info("DDL on a mirrored table", zap.String("table", name), zap.String("query", truncate(q, 200)))
-		s.decoders = map[uint64]*decoder{}
-		out = append(out, ddlChange{table: t, reload: replaces || dropsSchema})
-	}
-	return out
-}
-
-// replacesRows reports whether a statement (lower case, unquoted) can replace a table's
-// rows without row events whatever its definition: TRUNCATE, RENAME, DROP or CREATE of a
-// table (a drop and create, an online schema change's cut-over), or an ALTER that renames.
-func replacesRows(lq string) bool {
-	w := strings.Fields(lq)
-	if len(w) < 2 {
-		return false
-	}
-	hasTable := func(from int) bool {
-		for i := from; i < len(w) && i < from+4; i++ {
-			if w[i] == "table" || w[i] == "tables" {
-				return true
-			}
-		}
-		return false
-	}
-	switch w[0] {
-	case "truncate":
-		return true
-	case "rename":
-		return hasTable(1)
-	case "drop", "create":
-		return hasTable(1)
-	case "alter":
-		// RENAME, and the partition operations that remove or swap rows.
-		for i, x := range w[1:] {
-			switch x {
-			case "rename", "truncate", "exchange":
-				return true
-			case "drop":
-				if i+2 < len(w) && w[i+2] == "partition" {
-					return true
-				}
-			}
-		}
-	}
-	return false
-}
-
-// containsWord reports whether w occurs in s not as part of a longer identifier.
-func containsWord(s, w string) bool {
-	isIdent := func(b byte) bool {
-		return b == '_' || b == '$' || (b >= '0' && b <= '9') || (b >= 'a' && b <= 'z') || b >= 0x80
-	}
-	for i := 0; ; {
-		j := strings.Index(s[i:], w)
-		if j < 0 {
-			return false
-		}
-		start, end := i+j, i+j+len(w)
-		if (start == 0 || !isIdent(s[start-1])) && (end == len(s) || !isIdent(s[end])) {
-			return true
-		}
-		i = start + 1
-	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
-}
-
 func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *replication.RowsEvent, h Handler) error {
 	t, ok := s.tables[string(e.Table.Schema)+"."+string(e.Table.Table)]
 	if !ok {
@@ -519,95 +422,6 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 		}
 	}
 	return nil
-}
-
-// key builds the row's Redis key (layout.Key, with its escaping of composite keys) into
-// d's scratch buffer, so that a key costs one allocation: this runs for every row read.
-func (d *decoder) key(t *Table, row []any) (string, error) {
-	b := layout.AppendKeyStart(d.scratch[:0], t.KeyPrefix)
-	for p, i := range d.pkIdx {
-		if i >= len(row) {
-			return "", fmt.Errorf("primary key column %d missing from row", i)
-		}
-		if row[i] == nil {
-			return "", fmt.Errorf("primary key column %s is NULL", d.cols[i].name)
-		}
-		if p > 0 {
-			b = append(b, ':')
-		}
-		var err error
-		if len(d.pkIdx) == 1 {
-			if b, err = d.cols[i].appendText(b, row[i]); err != nil {
-				return "", err
-			}
-			continue
-		}
-		// A part of a composite key, escaped (layout.KeyInner).
-		if d.part, err = d.cols[i].appendText(d.part[:0], row[i]); err != nil {
-			return "", err
-		}
-		b = layout.AppendKeyPart(b, d.part)
-	}
-	b = layout.AppendKeyEnd(b)
-	d.scratch = b
-	return string(b), nil
-}
-
-func (d *decoder) change(t *Table, row []any, seq layout.Seq, del bool) (layout.Change, error) {
-	key, err := d.key(t, row)
-	if err != nil {
-		return layout.Change{}, err
-	}
-	c := layout.Change{Key: key, Op: layout.OpUpsert, Seq: seq}
-	if del {
-		c.Op = layout.OpDelete
-	}
-	if d.version >= 0 {
-		col := &d.cols[d.version]
-		if i, ok := asInt64(row[d.version]); ok && i < 0 && !col.unsigned {
-			return c, fmt.Errorf("version column %s is negative (%d); versions must be non-negative", col.name, i)
-		}
-	}
-	if del {
-		c.Version = d.versionText(row, seq)
-	}
-	// An upsert's version is rendered with its fields, by the worker that writes it.
-	return c, nil
-}
-
-// versionText is _v for a row: the version column's text ("0" when NULL), or the
-// number derived from the binlog position.
-func (d *decoder) versionText(row []any, seq layout.Seq) string {
-	if d.version < 0 {
-		return strconv.FormatUint(layout.PositionVersion(seq), 10)
-	}
-	v, ok, _ := d.cols[d.version].render(row[d.version])
-	if !ok {
-		return "0"
-	}
-	return v
-}
-
-// samePK reports whether two images have the same primary key values, without
-// rendering them.
-func (d *decoder) samePK(a, b []any) bool {
-	for _, i := range d.pkIdx {
-		if i >= len(a) || i >= len(b) {
-			return false
-		}
-		x, y := a[i], b[i]
-		if xb, ok := x.([]byte); ok {
-			yb, ok := y.([]byte)
-			if !ok || string(xb) != string(yb) {
-				return false
-			}
-			continue
-		}
-		if _, ok := y.([]byte); ok || x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // classify wraps a stream error as permanent when retrying cannot help, with the fix.

@@ -10,7 +10,6 @@ package snapshot
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"strconv"
@@ -22,7 +21,6 @@ import (
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/backoff"
-	"github.com/invsync/invsync/internal/redisscan"
 	"github.com/invsync/invsync/layout"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -398,176 +396,6 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 	}
 }
 
-// handOffPosition asks position for the snapshot's position; with HandOffAtLeast, again
-// until it is at or after the floor (see floorReached).
-func (s *Snapshot) handOffPosition(ctx context.Context, conn *client.Conn, position func(context.Context) (canal.Position, error)) (canal.Position, error) {
-	poll := backoff.New(5*time.Millisecond, 200*time.Millisecond)
-	var waitingSince time.Time
-	for {
-		p0, err := position(ctx)
-		if err != nil || !s.handOff || s.floor.IsZero() || !SeqOf(p0).Less(s.floor) {
-			return p0, err
-		}
-		if ok, err := s.floorReachable(conn, p0, &waitingSince); err != nil || !ok {
-			return p0, err
-		}
-		if err := poll.Wait(ctx); err != nil {
-			return p0, err
-		}
-	}
-}
-
-// floorReachable is asked while a read (at pos) waits for the floor to become visible: after
-// floorPatience it checks that the source's binlog reaches the floor at all; when it does
-// not (the floor is from a history the source no longer has: a reset binlog), it drops
-// the floor and returns false (read on from what the source has now).
-func (s *Snapshot) floorReachable(conn *client.Conn, pos canal.Position, waitingSince *time.Time) (bool, error) {
-	if waitingSince.IsZero() {
-		*waitingSince = time.Now()
-		return true, nil
-	}
-	waited := time.Since(*waitingSince)
-	if waited <= floorPatience {
-		return true, nil
-	}
-	// A commit on its way can take long (semi-sync waits for a replica up to its
-	// timeout), but when even the server's binlog ends before the floor, the floor is
-	// from a history the source no longer has.
-	end, err := canal.MasterStatus(conn)
-	if err != nil {
-		return false, err
-	}
-	end.Epoch = s.epoch
-	if SeqOf(end).Less(s.floor) {
-		s.log.Warn("the source's binlog ends before the position the stream had read (its history was replaced): the reload reads on from the source's current state",
-			append(end.Fields(), zap.Duration("waited", waited))...)
-		s.floor = layout.Seq{}
-		return false, nil
-	}
-	s.log.Warn("a reload waits for transactions the stream already read to become visible to readers (semi-sync waiting for a replica?)",
-		append(pos.Fields(), zap.Duration("waited", waited))...)
-	*waitingSince = time.Now()
-	return true, nil
-}
-
-// floorPatience is how long a chunk waits for its floor (AtLeast) to become visible before
-// it checks that the floor is still in the source's binlog (and says that it waits).
-const floorPatience = 10 * time.Second
-
-// readAt runs query inside a consistent snapshot at or after the snapshot's floor and
-// returns that snapshot's exact position (see canal.ReadConsistent).
-func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (canal.Position, error) {
-	poll := backoff.New(5*time.Millisecond, 200*time.Millisecond)
-	var waitingSince time.Time
-	for {
-		pos, err := canal.ReadConsistent(r.conn, r.s.cfg.Source.Flavor, r.s.epoch, func(err error) {
-			r.s.log.Warn("reload chunks may miss a transaction committing as they are read", zap.Error(err))
-		},
-			func(canal.Position) error {
-				var err error
-				*res, err = r.conn.Execute(query)
-				return err
-			})
-		if err != nil || r.s.floor.IsZero() || !SeqOf(pos).Less(r.s.floor) {
-			return pos, err
-		}
-		// The stream has written a transaction this snapshot does not see yet: it is in
-		// the binlog, its commit is still on its way. Read again once it is visible.
-		(*res).Close()
-		if ok, err := r.s.floorReachable(r.conn, pos, &waitingSince); err != nil {
-			return pos, err
-		} else if !ok {
-			continue // the floor dropped: read on from what the source has now
-		}
-		if err := poll.Wait(ctx); err != nil {
-			return pos, err
-		}
-	}
-}
-
-// Gone turns every live row under t's prefix into a tombstone: the table no longer
-// exists on the source (at is the position where that was seen; with Replacing, the
-// tombstones replace whatever version Redis holds and carry at). It returns how many.
-func (s *Snapshot) Gone(ctx context.Context, t *canal.Table, at canal.Position) (int64, error) {
-	r := &run{s: s, seen: map[uint64]struct{}{}}
-	err := r.sweep(ctx, t, at)
-	return r.swept, err
-}
-
-// sweep turns into tombstones the live rows under t's prefix that the snapshot did not
-// find: rows deleted while invsync could not follow the binlog, or leftovers. A key
-// whose hash matches a found key's is left alone (a collision is harmless that way). A
-// replacing reload tombstones them whatever their version, stamped with p0 (the position
-// recorded before the table was read): a later binlog write of the key wins.
-func (r *run) sweep(ctx context.Context, t *canal.Table, p0 canal.Position) error {
-	if r.s.noSweep {
-		r.seen = nil
-		return nil
-	}
-	var pending []layout.Change
-	flush := func() error {
-		if len(pending) == 0 {
-			return nil
-		}
-		// The guard tombstones only a live row whose _v is still the one read here.
-		out := make([]layout.Outcome, len(pending))
-		err := r.s.w.Apply(ctx, pending, out)
-		for _, o := range out {
-			if o.Result == layout.Applied {
-				r.swept++
-			}
-		}
-		pending = pending[:0]
-		return err
-	}
-	check := func(ctx context.Context, all []string) error {
-		var keys []string
-		for _, k := range all {
-			if _, ok := r.seen[maphash.String(r.s.seed, k)]; !ok {
-				keys = append(keys, k)
-			}
-		}
-		if len(keys) == 0 {
-			return nil
-		}
-		// Read through the client: in a cluster it follows a key that moved (MOVED, ASK).
-		pipe := r.s.rdb.Pipeline()
-		cmds := make([]*redis.SliceCmd, len(keys))
-		for i, k := range keys {
-			cmds[i] = pipe.HMGet(ctx, k, layout.FieldVersion, layout.FieldDeleted, layout.FieldNull)
-		}
-		_, _ = pipe.Exec(ctx)
-		for i, k := range keys {
-			v, err := cmds[i].Result()
-			if err != nil || len(v) != 3 || v[0] == nil || v[1] != nil || v[2] != nil {
-				continue // not a live row of ours (or not a hash)
-			}
-			ver, _ := v[0].(string)
-			c := layout.Change{Key: k, Op: layout.OpDelete, Version: ver}
-			if r.s.replace {
-				c.Replace, c.Seq = true, SeqOf(p0)
-			}
-			pending = append(pending, c)
-		}
-		return flush()
-	}
-	// Tombstoning is idempotent (the guard compares _v): a scan done again after the
-	// cluster resharded under it may see a key twice.
-	scanErr := redisscan.Keys(ctx, r.s.rdb, globEscape(t.KeyPrefix)+"{*}", 500, check, nil)
-	r.seen = nil
-	if errors.Is(scanErr, redisscan.ErrIncomplete) {
-		// A cluster stuck with a slot migrating would stop every load (and a DDL reload
-		// would hold the stream) for good: the sweep only removes leftovers, so go on.
-		r.s.log.Error("the sweep of keys of rows that are gone may have missed some: the Redis Cluster kept resharding, or a slot is stuck migrating "+
-			"(fix: finish it with redis-cli --cluster fix, then run invsync reconcile --repair)", zap.String("table", t.FullName()), zap.Error(scanErr))
-		return nil
-	}
-	if scanErr != nil {
-		return fmt.Errorf("snapshot: sweep %s: %w", t.FullName(), scanErr)
-	}
-	return nil
-}
-
 // write applies a chunk, retrying while Redis is unreachable.
 func (r *run) write(ctx context.Context, changes []layout.Change, out []layout.Outcome) error {
 	wait := backoff.New(100*time.Millisecond, 5*time.Second)
@@ -706,18 +534,6 @@ func PositionVersion(p canal.Position) uint64 { return positionVersionOf(p) }
 func positionVersionOf(p canal.Position) uint64 {
 	f, _ := p.SeqFile()
 	return layout.PositionVersion(layout.Seq{File: f, Pos: p.Pos})
-}
-
-// globEscape escapes the characters SCAN MATCH treats as a pattern.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
 
 // ScanKeys reads every primary key of t with keyset pagination, chunk keys at a time,
