@@ -149,7 +149,7 @@ func (l *leader) resume(ctx context.Context) (lost, heal bool, err error) {
 		l.hist.fence = l.lock.Lease
 		dataMarker := l.rdb.Exists(ctx, markerKey(d.cfg)).Val() == 1
 		// After a first snapshot there is a checkpoint: Redis must hold the markers it wrote.
-		rewind, gone, err := l.hist.start(ctx, l.pos, true, dataMarker)
+		rewind, gone, err := l.hist.start(ctx, l.pos, dataMarker)
 		if err != nil {
 			return err
 		}

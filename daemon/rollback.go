@@ -165,11 +165,12 @@ func (h *redisHistory) read(ctx context.Context) (map[string]markerState, error)
 	return out, nil
 }
 
-// start reads the markers against the checkpoint cp (found: a checkpoint exists; a
-// first start has none) and remembers them. It returns the position to stream from
-// when Redis holds less than cp (nil when it holds all of it), and whether a master
-// lost everything (its marker is gone while others, or the data-loss marker, are there).
-func (h *redisHistory) start(ctx context.Context, cp canal.Position, found bool, dataMarker bool) (rewind *canal.Position, lost bool, err error) {
+// start reads the markers against the checkpoint cp (there always is one: a first start
+// loads every table and writes it first) and remembers them. It returns the position to
+// stream from when Redis holds less than cp (nil when it holds all of it), and whether a
+// master lost everything (its marker is gone while others, or the data-loss marker, are
+// there).
+func (h *redisHistory) start(ctx context.Context, cp canal.Position, dataMarker bool) (rewind *canal.Position, lost bool, err error) {
 	st, err := h.read(ctx)
 	if err != nil {
 		return nil, false, err
@@ -187,24 +188,22 @@ func (h *redisHistory) start(ctx context.Context, cp canal.Position, found bool,
 		p, ok := decodeMarker(s.value)
 		if !ok {
 			// A snapshot's token: a load that did not finish (see snapshotMarkers).
-			if found {
-				lost = true
-			}
+			lost = true
 			continue
 		}
-		if found && p.Epoch < cp.Epoch {
+		if p.Epoch < cp.Epoch {
 			// Redis holds a state from before the source's history was replaced: its
 			// positions cannot be streamed again; reload.
 			lost = true
 			continue
 		}
-		if found && p.Before(cp) && (rewind == nil || p.Before(*rewind)) {
+		if p.Before(cp) && (rewind == nil || p.Before(*rewind)) {
 			rewind = &p
 		}
 	}
 	// Every marker missing with the data still there: written by an invsync from before
 	// the markers. Some missing: those masters lost their data.
-	if found && missing > 0 && (missing < len(h.keys) || !dataMarker) {
+	if missing > 0 && (missing < len(h.keys) || !dataMarker) {
 		lost = true
 	}
 	if lost {
