@@ -163,12 +163,6 @@ func (k *Keeper) Complete() bool {
 	return true
 }
 
-type adds struct {
-	t   *tableFilter
-	pks []string
-	pos []uint64
-}
-
 // Ensure sets the bits of the keys of changes' upserts (and null markers never) in the
 // filters and in Redis, before the rows are written. It returns an error only when Redis
 // could not be reached: the rows must then not be written yet. A bitmap Redis refuses
@@ -176,101 +170,14 @@ type adds struct {
 func (k *Keeper) Ensure(ctx context.Context, changes []layout.Change) error {
 	k.swap.RLock()
 	defer k.swap.RUnlock()
-	var groups []adds
-	for i := range changes {
-		c := &changes[i]
-		if c.Op != layout.OpUpsert {
-			continue
-		}
-		prefix, pk, ok := layout.InnerOf(c.Key) // the encoded primary key is the Bloom item
-		if !ok {
-			continue
-		}
-		t := k.byPrefix[prefix]
-		if t == nil {
-			continue
-		}
-		g := -1
-		for j := range groups {
-			if groups[j].t == t {
-				g = j
-				break
-			}
-		}
-		if g < 0 {
-			groups = append(groups, adds{t: t})
-			g = len(groups) - 1
-		}
-		groups[g].pks = append(groups[g].pks, pk)
-	}
+	groups := k.groupUpserts(changes)
 	if len(groups) == 0 {
 		return nil
 	}
-	pending := false
-	for j := range groups {
-		g := &groups[j]
-		t := g.t
-		t.mu.Lock()
-		news := g.pks[:0]
-		for _, pk := range g.pks {
-			if t.next != nil {
-				if in, pos := t.next.testAndPositions(pk); !in {
-					t.next.setPositions(pos)
-					t.nextItems++
-				}
-			}
-			if in, pos := t.cur.testAndPositions(pk); !in {
-				if !t.complete {
-					// Readers do not use an incomplete bitmap (no meta): the rebuild under
-					// way writes it whole, so its bits need no round trip now.
-					t.cur.setPositions(pos)
-					t.items++
-					continue
-				}
-				news = append(news, pk)
-				g.pos = append(g.pos, pos...)
-			}
-		}
-		g.pks = news
-		t.mu.Unlock()
-		pending = pending || len(news) > 0
-	}
-	if !pending {
+	if !k.keepUnset(groups) {
 		return nil
 	}
-	pipe := k.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(groups))
-	for j, g := range groups {
-		if len(g.pos) > 0 {
-			cmds[j] = pipe.Do(ctx, g.t.mirror.setBitsArgs(g.pos)...)
-		}
-	}
-	_, err := pipe.Exec(ctx)
-	for j := range groups {
-		g := &groups[j]
-		if cmds[j] == nil {
-			continue
-		}
-		if cerr := cmds[j].Err(); cerr != nil {
-			if !layout.IsWrongType(cerr) {
-				return fmt.Errorf("bloom: set bits in %s: %w", g.t.mirror.Key(), cerr)
-			}
-			k.damaged(ctx, g.t, cerr)
-		}
-		g.t.mu.Lock()
-		for _, pk := range g.pks {
-			if in, pos := g.t.cur.testAndPositions(pk); !in {
-				g.t.cur.setPositions(pos)
-				g.t.items++
-			}
-		}
-		k.checkCapacity(g.t)
-		g.t.mu.Unlock()
-	}
-	if err != nil && !layout.IsWrongType(err) {
-		return fmt.Errorf("bloom: set bits: %w", err)
-	}
-	return nil
+	return k.setBits(ctx, groups)
 }
 
 // damaged handles a bitmap key that holds another type: readers are told to stop

@@ -3,12 +3,13 @@ package canal
 import (
 	"strings"
 
+	"github.com/invsync/invsync/source"
 	"go.uber.org/zap"
 )
 
 // ddlChange is a mirrored table a statement may have changed.
 type ddlChange struct {
-	table  *Table
+	table  *source.Table
 	reload bool // the rows may have been replaced, whatever the definition
 }
 

@@ -5,11 +5,12 @@ import (
 	"strconv"
 
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 )
 
 // key builds the row's Redis key (layout.Key, with its escaping of composite keys) into
 // d's scratch buffer, so that a key costs one allocation: this runs for every row read.
-func (d *decoder) key(t *Table, row []any) (string, error) {
+func (d *decoder) key(t *source.Table, row []any) (string, error) {
 	b := layout.AppendKeyStart(d.scratch[:0], t.KeyPrefix)
 	for p, i := range d.pkIdx {
 		if i >= len(row) {
@@ -39,7 +40,7 @@ func (d *decoder) key(t *Table, row []any) (string, error) {
 	return string(b), nil
 }
 
-func (d *decoder) change(t *Table, row []any, seq layout.Seq, del bool) (layout.Change, error) {
+func (d *decoder) change(t *source.Table, row []any, seq layout.Seq, del bool) (layout.Change, error) {
 	key, err := d.key(t, row)
 	if err != nil {
 		return layout.Change{}, err

@@ -30,13 +30,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// Position is a point in the binlog (see package source, where it lives: the floor
-// below every package that records one).
-type Position = source.Position
-
-// EpochStride is source.EpochStride.
-const EpochStride = source.EpochStride
-
 // Row is one row change of a configured table.
 type Row struct {
 	// Txn is the transaction's number in this stream (increasing from 1).
@@ -119,7 +112,7 @@ type Commit struct {
 	// Rows is the number of Row calls made for the transaction.
 	Rows int
 	// Pos is the position after the commit.
-	Pos Position
+	Pos source.Position
 	// Time is the commit timestamp from the binlog.
 	Time time.Time
 }
@@ -138,20 +131,15 @@ type Handler interface {
 	// at is the statement's position. rowsChanged is true when the statement may have
 	// replaced the table's rows whatever its definition (TRUNCATE, RENAME, DROP or CREATE
 	// TABLE): the table must be loaded again. The handler may update *t.
-	TableChanged(ctx context.Context, t *Table, at Position, rowsChanged bool) error
+	TableChanged(ctx context.Context, t *source.Table, at source.Position, rowsChanged bool) error
 	// Reload is called when rows of t that were handed over must be replaced by the
 	// table's current content (rows of a transaction that was rolled back after they
 	// were handed over); reason names why, for metrics. at is the position of the event.
-	Reload(ctx context.Context, t *Table, at Position, reason string) error
+	Reload(ctx context.Context, t *source.Table, at source.Position, reason string) error
 }
 
 // Errors the stream returns, for callers that choose between retrying and stopping.
 var (
-	// ErrPermanent is source.ErrPermanent: wrapped by errors that a retry cannot fix
-	// (bad credentials, a purged position, a row that cannot be decoded).
-	ErrPermanent = source.ErrPermanent
-	// ErrPositionLost is wrapped when the server no longer has the binlog at the position.
-	ErrPositionLost = errors.New("binlog position no longer on the server")
 	// ErrHistoryChanged is wrapped when the stream finds the server's binlog replaced
 	// under it (a rotate back to an earlier file: RESET MASTER). The caller checks the
 	// source's history again before it streams on.
@@ -161,29 +149,29 @@ var (
 // Source streams the binlog.
 type Source struct {
 	cfg    config.Source
-	tables map[string]*Table // by schema.table
+	tables map[string]*source.Table // by schema.table
 	tz     *time.Location
 	log    *zap.Logger
 
 	decoders map[uint64]*decoder
 	file     string
 	epoch    uint32
-	fileIdx  uint32 // the file part of sequences (Position.SeqFile)
+	fileIdx  uint32 // the file part of sequences (source.Position.SeqFile)
 	txn      uint64
 	txnRows  int
-	grp      group         // the transaction being read
-	prepared []*preparedXA // prepared XA transactions with rows, oldest first
-	lastEnd  Position      // the position after the last group that ended
-	xaWarned time.Time     // when a long-prepared XA transaction was last logged
+	grp      group           // the transaction being read
+	prepared []*preparedXA   // prepared XA transactions with rows, oldest first
+	lastEnd  source.Position // the position after the last group that ended
+	xaWarned time.Time       // when a long-prepared XA transaction was last logged
 }
 
 // NewSource returns a source for the given tables (from LoadTables).
-func NewSource(cfg config.Source, tables []*Table, log *zap.Logger) (*Source, error) {
+func NewSource(cfg config.Source, tables []*source.Table, log *zap.Logger) (*Source, error) {
 	tz, err := config.ParseTimeZone(cfg.TimeZone)
 	if err != nil {
 		return nil, err
 	}
-	s := &Source{cfg: cfg, tables: map[string]*Table{}, tz: tz, log: log, decoders: map[uint64]*decoder{}}
+	s := &Source{cfg: cfg, tables: map[string]*source.Table{}, tz: tz, log: log, decoders: map[uint64]*decoder{}}
 	for _, t := range tables {
 		s.tables[t.FullName()] = t
 	}
@@ -192,17 +180,68 @@ func NewSource(cfg config.Source, tables []*Table, log *zap.Logger) (*Source, er
 
 // Run streams from start until ctx ends or an error occurs. It returns ctx.Err() on
 // cancellation. start must be set (a file:pos, or a GTID set).
-func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
+func (s *Source) Run(ctx context.Context, start source.Position, h Handler) error {
+	syncer, err := s.newSyncer()
+	if err != nil {
+		return err
+	}
+	// Closing kills the binlog connection from a new one (go-mysql's BinlogSyncer.close),
+	// which waits for a server that cannot be reached (a partition) up to its dial
+	// timeout: a stop or a lost lock does not wait for that.
+	defer closeSoon(syncer)
+
+	var streamer *replication.BinlogStreamer
+	if start.GTID != "" {
+		gset, perr := mysql.ParseGTIDSet(s.cfg.Flavor, start.GTID)
+		if perr != nil {
+			return fmt.Errorf("%w: checkpoint GTID set %q: %v", source.ErrPermanent, start.GTID, perr)
+		}
+		streamer, err = syncer.StartSyncGTID(gset)
+	} else {
+		streamer, err = syncer.StartSync(mysql.Position{Name: start.File, Pos: start.Pos})
+	}
+	if err != nil {
+		return classify(err, start)
+	}
+	s.file, s.epoch = start.File, start.Epoch
+	if s.file != "" {
+		if s.fileIdx, err = start.SeqFile(); err != nil {
+			return fmt.Errorf("%w: %v", source.ErrPermanent, err)
+		}
+	}
+	s.txnRows = 0
+	s.txn++
+	s.grp.reset()
+	s.prepared = nil
+	s.lastEnd = start
+	gtid := start.GTID
+	for {
+		ev, err := streamer.GetEvent(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return classify(err, s.at(0, gtid))
+		}
+		if err := s.event(ctx, ev, &gtid, h); err != nil {
+			return err
+		}
+	}
+}
+
+// newSyncer is the binlog reader of the source, as a replica with the configured
+// server id; row events of tables that are not mirrored are not decoded.
+func (s *Source) newSyncer() (*replication.BinlogSyncer, error) {
 	host, portStr, err := net.SplitHostPort(s.cfg.Addr)
 	if err != nil {
-		return fmt.Errorf("%w: source.addr: %v", ErrPermanent, err)
+		return nil, fmt.Errorf("%w: source.addr: %v", source.ErrPermanent, err)
 	}
 	port, _ := strconv.Atoi(portStr)
-	tc, err := tlsConfig(s.cfg)
+	tc, err := s.cfg.TLS.Config(config.HostOf(s.cfg.Addr))
 	if err != nil {
-		return fmt.Errorf("%w: source.tls: %v", ErrPermanent, err)
+		return nil, fmt.Errorf("%w: source.tls: %v", source.ErrPermanent, err)
 	}
-	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+	return replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		TLSConfig:               tc,
 		ServerID:                s.cfg.ServerID,
 		Flavor:                  s.cfg.Flavor,
@@ -229,61 +268,19 @@ func (s *Source) Run(ctx context.Context, start Position, h Handler) error {
 			}
 			return ev.DecodeData(pos, data)
 		},
-	})
-	// Closing kills the binlog connection from a new one (go-mysql's BinlogSyncer.close),
-	// which waits for a server that cannot be reached (a partition) up to its dial
-	// timeout: a stop or a lost lock does not wait for that.
-	defer closeSoon(syncer)
-
-	var streamer *replication.BinlogStreamer
-	if start.GTID != "" {
-		gset, perr := mysql.ParseGTIDSet(s.cfg.Flavor, start.GTID)
-		if perr != nil {
-			return fmt.Errorf("%w: checkpoint GTID set %q: %v", ErrPermanent, start.GTID, perr)
-		}
-		streamer, err = syncer.StartSyncGTID(gset)
-	} else {
-		streamer, err = syncer.StartSync(mysql.Position{Name: start.File, Pos: start.Pos})
-	}
-	if err != nil {
-		return classify(err, start)
-	}
-	s.file, s.epoch = start.File, start.Epoch
-	if s.file != "" {
-		if s.fileIdx, err = start.SeqFile(); err != nil {
-			return fmt.Errorf("%w: %v", ErrPermanent, err)
-		}
-	}
-	s.txnRows = 0
-	s.txn++
-	s.grp.reset()
-	s.prepared = nil
-	s.lastEnd = start
-	gtid := start.GTID
-	for {
-		ev, err := streamer.GetEvent(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return classify(err, s.at(0, gtid))
-		}
-		if err := s.event(ctx, ev, &gtid, h); err != nil {
-			return err
-		}
-	}
+	}), nil
 }
 
 // at is the position pos in the current file.
-func (s *Source) at(pos uint32, gtid string) Position {
-	return Position{File: s.file, Pos: pos, GTID: gtid, Epoch: s.epoch}
+func (s *Source) at(pos uint32, gtid string) source.Position {
+	return source.Position{File: s.file, Pos: pos, GTID: gtid, Epoch: s.epoch}
 }
 
 // event handles one binlog event; gtid is the GTID set after the last group read.
 func (s *Source) event(ctx context.Context, ev *replication.BinlogEvent, gtid *string, h Handler) error {
 	switch e := ev.Event.(type) {
 	case *replication.RotateEvent:
-		next := Position{File: string(e.NextLogName), Pos: uint32(e.Position), Epoch: s.epoch}
+		next := source.Position{File: string(e.NextLogName), Pos: uint32(e.Position), Epoch: s.epoch}
 		if s.file != "" && ev.Header.LogPos != 0 && next.Before(s.at(0, "")) { // not the fake rotate that starts a stream
 			// The server's binlog was reset under the stream: its sequences would order
 			// before everything written so far.
@@ -292,7 +289,7 @@ func (s *Source) event(ctx context.Context, ev *replication.BinlogEvent, gtid *s
 		s.file = next.File
 		var err error
 		if s.fileIdx, err = s.at(0, "").SeqFile(); err != nil {
-			return fmt.Errorf("%w: %v", ErrPermanent, err)
+			return fmt.Errorf("%w: %v", source.ErrPermanent, err)
 		}
 	case *replication.MariadbGTIDEvent:
 		s.grp.reset()
@@ -308,7 +305,7 @@ func (s *Source) event(ctx context.Context, ev *replication.BinlogEvent, gtid *s
 		// MySQL's binlog_transaction_compression: go-mysql gives the inner events without
 		// positions of their own, which invsync's sequences need.
 		return fmt.Errorf("%w: a compressed transaction at %s:%d (binlog_transaction_compression=ON) (fix: SET GLOBAL binlog_transaction_compression=OFF on the source; invsync cannot order the rows inside one)",
-			ErrPermanent, s.file, ev.Header.LogPos)
+			source.ErrPermanent, s.file, ev.Header.LogPos)
 	case *replication.RowsEvent:
 		return s.rows(ctx, ev.Header, e, h)
 	case *replication.XIDEvent:
@@ -342,32 +339,22 @@ func (s *Source) commit(ctx context.Context, hdr *replication.EventHeader, gtid 
 	return h.Commit(ctx, c)
 }
 
+// rows hands the rows of a rows event of a mirrored table to the transaction being read.
 func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *replication.RowsEvent, h Handler) error {
 	t, ok := s.tables[string(e.Table.Schema)+"."+string(e.Table.Table)]
 	if !ok {
 		return nil
 	}
-	d := s.decoders[e.TableID]
-	if d == nil || !d.matches(e.Table) {
-		var err error
-		if d, err = newDecoder(t, e.Table, s.cfg.Flavor == "mariadb"); err != nil {
-			return fmt.Errorf("%w: %v at %s:%d", ErrPermanent, err, s.file, hdr.LogPos)
-		}
-		s.decoders[e.TableID] = d
+	d, err := s.decoderOf(t, hdr, e)
+	if err != nil {
+		return err
 	}
-	var op string
-	switch hdr.EventType {
-	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2, replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:
-		op = "insert"
-	case replication.UPDATE_ROWS_EVENTv0, replication.UPDATE_ROWS_EVENTv1, replication.UPDATE_ROWS_EVENTv2, replication.MARIADB_UPDATE_ROWS_COMPRESSED_EVENT_V1:
-		op = "update"
-	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2, replication.MARIADB_DELETE_ROWS_COMPRESSED_EVENT_V1:
-		op = "delete"
-	default:
-		return fmt.Errorf("%w: unsupported rows event %s at %s:%d", ErrPermanent, hdr.EventType, s.file, hdr.LogPos)
+	op, err := s.rowsOp(hdr)
+	if err != nil {
+		return err
 	}
 	fail := func(err error) error {
-		return fmt.Errorf("%w: %s row at %s:%d: %v", ErrPermanent, t.FullName(), s.file, hdr.LogPos, err)
+		return fmt.Errorf("%w: %s row at %s:%d: %v", source.ErrPermanent, t.FullName(), s.file, hdr.LogPos, err)
 	}
 	emit := func(c layout.Change, row []any) error {
 		s.txnRows++
@@ -424,17 +411,43 @@ func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *repl
 	return nil
 }
 
+// decoderOf returns the decoder of e's table map, made anew when the map changed.
+func (s *Source) decoderOf(t *source.Table, hdr *replication.EventHeader, e *replication.RowsEvent) (*decoder, error) {
+	d := s.decoders[e.TableID]
+	if d == nil || !d.matches(e.Table) {
+		var err error
+		if d, err = newDecoder(t, e.Table, s.cfg.Flavor == "mariadb"); err != nil {
+			return nil, fmt.Errorf("%w: %v at %s:%d", source.ErrPermanent, err, s.file, hdr.LogPos)
+		}
+		s.decoders[e.TableID] = d
+	}
+	return d, nil
+}
+
+// rowsOp names the operation of a rows event: insert, update or delete.
+func (s *Source) rowsOp(hdr *replication.EventHeader) (string, error) {
+	switch hdr.EventType {
+	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2, replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:
+		return "insert", nil
+	case replication.UPDATE_ROWS_EVENTv0, replication.UPDATE_ROWS_EVENTv1, replication.UPDATE_ROWS_EVENTv2, replication.MARIADB_UPDATE_ROWS_COMPRESSED_EVENT_V1:
+		return "update", nil
+	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2, replication.MARIADB_DELETE_ROWS_COMPRESSED_EVENT_V1:
+		return "delete", nil
+	}
+	return "", fmt.Errorf("%w: unsupported rows event %s at %s:%d", source.ErrPermanent, hdr.EventType, s.file, hdr.LogPos)
+}
+
 // classify wraps a stream error as permanent when retrying cannot help, with the fix.
-func classify(err error, at Position) error {
+func classify(err error, at source.Position) error {
 	var me *mysql.MyError
 	if errors.As(err, &me) {
 		switch me.Code {
 		case mysql.ER_ACCESS_DENIED_ERROR, mysql.ER_DBACCESS_DENIED_ERROR:
-			return fmt.Errorf("%w: source refused the login: %s (fix: check source.user and source.password; the password is never logged)", ErrPermanent, me.Message)
+			return fmt.Errorf("%w: source refused the login: %s (fix: check source.user and source.password; the password is never logged)", source.ErrPermanent, me.Message)
 		case mysql.ER_SPECIFIC_ACCESS_DENIED_ERROR:
-			return fmt.Errorf("%w: %s (fix: GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* to the invsync user; see README)", ErrPermanent, me.Message)
+			return fmt.Errorf("%w: %s (fix: GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* to the invsync user; see README)", source.ErrPermanent, me.Message)
 		case mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG:
-			return fmt.Errorf("%w: %w: reading from %s: %s (fix: the server purged it; start from a fresh snapshot, see README)", ErrPermanent, ErrPositionLost, at, me.Message)
+			return fmt.Errorf("%w: %w: reading from %s: %s (fix: the server purged it; start from a fresh snapshot, see README)", source.ErrPermanent, source.ErrPositionLost, at, me.Message)
 		}
 	}
 	return fmt.Errorf("binlog stream at %s: %w", at, err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 	"go.uber.org/zap"
 )
 
@@ -83,9 +84,9 @@ type savepoint struct {
 type preparedXA struct {
 	xid      string
 	rows     []Row
-	streamed map[int]bool // tables whose rows were handed over already (too many to hold)
-	before   Position     // the position before its prepare group: where a restart must read from
-	since    time.Time    // when it was read
+	streamed map[int]bool    // tables whose rows were handed over already (too many to hold)
+	before   source.Position // the position before its prepare group: where a restart must read from
+	since    time.Time       // when it was read
 }
 
 func (g *group) reset() {
@@ -308,7 +309,7 @@ func xidOfPrepare(data []byte) (xid string, onePhase bool, ok bool) {
 // resumeAt is the position a checkpoint taken after a commit at pos may hold: pos, or,
 // while a prepared XA transaction with rows is pending, the position before the oldest
 // one's prepare group.
-func (s *Source) resumeAt(pos Position) Position {
+func (s *Source) resumeAt(pos source.Position) source.Position {
 	if len(s.prepared) > 0 {
 		if p := s.prepared[0]; time.Since(p.since) > time.Minute && time.Since(s.xaWarned) > time.Minute {
 			s.xaWarned = time.Now()
@@ -349,7 +350,7 @@ func (s *Source) rollback(ctx context.Context, hdr *replication.EventHeader, gti
 
 // heal reloads the tables of rows that were rolled back after they were handed over
 // (they reached Redis or may have). at is the rollback's position.
-func (s *Source) heal(ctx context.Context, tables map[int]bool, at Position, why string, h Handler) error {
+func (s *Source) heal(ctx context.Context, tables map[int]bool, at source.Position, why string, h Handler) error {
 	for _, t := range s.tables {
 		if !tables[t.Index] {
 			continue
@@ -384,18 +385,7 @@ func (s *Source) query(ctx context.Context, hdr *replication.EventHeader, e *rep
 	case stmtRollback:
 		return s.rollback(ctx, hdr, gtid, h, "ROLLBACK")
 	case stmtSavepoint:
-		if g.mayRedo || !g.open {
-			// A ROLLBACK TO it may be logged: hold what follows (MySQL, or a MariaDB group
-			// that touched a non-transactional table, which is held already).
-			if !g.streamed {
-				g.holding, g.holdAll = true, true
-			}
-			at := len(g.held)
-			if g.streamed {
-				at = -1
-			}
-			g.savepoints = append(g.savepoints, savepoint{name: arg, at: at})
-		}
+		g.setSavepoint(arg)
 		return nil
 	case stmtRelease:
 		for i := len(g.savepoints) - 1; i >= 0; i-- {
@@ -406,37 +396,65 @@ func (s *Source) query(ctx context.Context, hdr *replication.EventHeader, e *rep
 		}
 		return nil
 	case stmtRollbackTo:
-		for i := len(g.savepoints) - 1; i >= 0; i-- {
-			if g.savepoints[i].name != arg {
-				continue
-			}
-			at := g.savepoints[i].at
-			g.savepoints = g.savepoints[:i+1]
-			if at < 0 {
-				// Rows after it were handed over: drop what is held, reload what was not.
-				tables := heldTables(g.emittedTables(), g.held)
-				clear(g.held)
-				g.held = g.held[:0]
-				return s.heal(ctx, tables, s.at(hdr.LogPos, gtid), "ROLLBACK TO "+arg, h)
-			}
-			if dropped := len(g.held) - at; dropped > 0 {
-				s.log.Info("ROLLBACK TO SAVEPOINT: the rows after the savepoint are dropped", zap.String("savepoint", arg),
-					zap.Int("rows", dropped), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
-			}
-			clear(g.held[at:])
-			g.held = g.held[:at]
-			return nil
-		}
-		// A savepoint this stream does not know by that name (the server compares names
-		// with its own collation, accents and all): every row of the transaction may be
-		// rolled back. Its tables are reloaded once the transaction is read whole, with
-		// the rows held so far applied first (the reload, stamped later, wins over them).
-		s.log.Warn("ROLLBACK TO a savepoint invsync did not match: the transaction's tables are reloaded", zap.String("savepoint", arg),
-			zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
-		return s.heal(ctx, heldTables(g.emittedTables(), g.held), s.at(hdr.LogPos, gtid), "ROLLBACK TO "+arg, h)
+		return s.rollbackTo(ctx, hdr, gtid, h, arg)
 	case stmtXACommit, stmtXARollback:
 		return s.completeXA(ctx, hdr, gtid, h, arg, kind == stmtXACommit)
 	}
+	return s.ddlQuery(ctx, hdr, e, q, gtid, h)
+}
+
+// setSavepoint records SAVEPOINT name, holding what follows if it can be rolled back to.
+func (g *group) setSavepoint(name string) {
+	if g.mayRedo || !g.open {
+		// A ROLLBACK TO it may be logged: hold what follows (MySQL, or a MariaDB group
+		// that touched a non-transactional table, which is held already).
+		if !g.streamed {
+			g.holding, g.holdAll = true, true
+		}
+		at := len(g.held)
+		if g.streamed {
+			at = -1
+		}
+		g.savepoints = append(g.savepoints, savepoint{name: name, at: at})
+	}
+}
+
+// rollbackTo handles ROLLBACK TO SAVEPOINT arg: rows after it are dropped, or reloaded.
+func (s *Source) rollbackTo(ctx context.Context, hdr *replication.EventHeader, gtid string, h Handler, arg string) error {
+	g := &s.grp
+	for i := len(g.savepoints) - 1; i >= 0; i-- {
+		if g.savepoints[i].name != arg {
+			continue
+		}
+		at := g.savepoints[i].at
+		g.savepoints = g.savepoints[:i+1]
+		if at < 0 {
+			// Rows after it were handed over: drop what is held, reload what was not.
+			tables := heldTables(g.emittedTables(), g.held)
+			clear(g.held)
+			g.held = g.held[:0]
+			return s.heal(ctx, tables, s.at(hdr.LogPos, gtid), "ROLLBACK TO "+arg, h)
+		}
+		if dropped := len(g.held) - at; dropped > 0 {
+			s.log.Info("ROLLBACK TO SAVEPOINT: the rows after the savepoint are dropped", zap.String("savepoint", arg),
+				zap.Int("rows", dropped), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
+		}
+		clear(g.held[at:])
+		g.held = g.held[:at]
+		return nil
+	}
+	// A savepoint this stream does not know by that name (the server compares names
+	// with its own collation, accents and all): every row of the transaction may be
+	// rolled back. Its tables are reloaded once the transaction is read whole, with
+	// the rows held so far applied first (the reload, stamped later, wins over them).
+	s.log.Warn("ROLLBACK TO a savepoint invsync did not match: the transaction's tables are reloaded", zap.String("savepoint", arg),
+		zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos))
+	return s.heal(ctx, heldTables(g.emittedTables(), g.held), s.at(hdr.LogPos, gtid), "ROLLBACK TO "+arg, h)
+}
+
+// ddlQuery handles the other statements: a DDL, or a leftover inside a transaction.
+func (s *Source) ddlQuery(ctx context.Context, hdr *replication.EventHeader, e *replication.QueryEvent, q, gtid string, h Handler) error {
+	g := &s.grp
 	opensTxn := isCreateSelect(q)
 	if g.open && !g.ddl {
 		// Another statement inside a transaction (statement-logged leftovers): it does
@@ -490,7 +508,7 @@ func (s *Source) prepare(ctx context.Context, ev *replication.BinlogEvent, gtid 
 		return nil
 	}
 	if !ok {
-		return fmt.Errorf("%w: an XA PREPARE event at %s:%d has no readable xid", ErrPermanent, s.file, ev.Header.LogPos)
+		return fmt.Errorf("%w: an XA PREPARE event at %s:%d has no readable xid", source.ErrPermanent, s.file, ev.Header.LogPos)
 	}
 	p := &preparedXA{xid: xid, rows: append([]Row(nil), g.held...), before: s.lastEnd, since: time.Now()}
 	s.prepared = append(s.prepared, p)
@@ -544,7 +562,7 @@ func (s *Source) completeXA(ctx context.Context, hdr *replication.EventHeader, g
 		return s.commit(ctx, hdr, gtid, h)
 	}
 	if len(p.rows) > maxHeldIndex {
-		return fmt.Errorf("%w: XA transaction %s has %d row changes, more than invsync can order at its commit (%d)", ErrPermanent, xid, len(p.rows), maxHeldIndex)
+		return fmt.Errorf("%w: XA transaction %s has %d row changes, more than invsync can order at its commit (%d)", source.ErrPermanent, xid, len(p.rows), maxHeldIndex)
 	}
 	for i, r := range p.rows {
 		r.Txn = s.txn

@@ -11,6 +11,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 	"go.uber.org/zap"
 )
 
@@ -32,12 +33,12 @@ func (t *tape) Commit(_ context.Context, c Commit) error {
 
 func (t *tape) Heartbeat(context.Context) error { return nil }
 
-func (t *tape) TableChanged(_ context.Context, tb *Table, at Position, rowsChanged bool) error {
+func (t *tape) TableChanged(_ context.Context, tb *source.Table, at source.Position, rowsChanged bool) error {
 	t.reloads = append(t.reloads, fmt.Sprintf("ddl %s %v", tb.Name, rowsChanged))
 	return nil
 }
 
-func (t *tape) Reload(_ context.Context, tb *Table, at Position, reason string) error {
+func (t *tape) Reload(_ context.Context, tb *source.Table, at source.Position, reason string) error {
 	t.reloads = append(t.reloads, fmt.Sprintf("reload %s %s at %d", tb.Name, reason, at.Pos))
 	return nil
 }
@@ -52,14 +53,14 @@ type stream struct {
 }
 
 func newStream(t *testing.T) *stream {
-	tbl := &Table{Schema: "s", Name: "t", KeyPrefix: "k:", Columns: []ColumnInfo{{Name: "id", DataType: "int", ColumnType: "int(11)"}, {Name: "v", DataType: "int", ColumnType: "int(11)"}}, PK: []string{"id"}}
-	src, err := NewSource(config.Source{TimeZone: "UTC", Flavor: "mysql"}, []*Table{tbl}, zap.NewNop())
+	tbl := &source.Table{Schema: "s", Name: "t", KeyPrefix: "k:", Columns: []source.ColumnInfo{{Name: "id", DataType: "int", ColumnType: "int(11)"}, {Name: "v", DataType: "int", ColumnType: "int(11)"}}, PK: []string{"id"}}
+	src, err := NewSource(config.Source{TimeZone: "UTC", Flavor: "mysql"}, []*source.Table{tbl}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	src.file, src.fileIdx = "bin.000001", 1
 	src.txn = 1
-	src.lastEnd = Position{File: "bin.000001", Pos: 4}
+	src.lastEnd = source.Position{File: "bin.000001", Pos: 4}
 	tm := &replication.TableMapEvent{TableID: 1, Schema: []byte("s"), Table: []byte("t"), ColumnCount: 2,
 		ColumnType: []byte{mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_LONG}, ColumnMeta: []uint16{0, 0}}
 	return &stream{t: t, src: src, h: &tape{}, pos: 4, tm: tm}

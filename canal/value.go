@@ -73,24 +73,15 @@ func (c *column) text(v any) (string, bool, error) {
 		return strconv.FormatInt(i, 10), true, nil
 	case kindFloat:
 		if f, ok := v.(float32); ok {
-			if c.size > 0 { // FLOAT(M,D): D decimals
-				return strconv.FormatFloat(float64(f), 'f', c.size-1, 64), true, nil
-			}
-			return FormatFloat(float64(f), 6), true, nil
+			return c.floatText(f), true, nil
 		}
 	case kindDouble:
 		if f, ok := v.(float64); ok {
-			if c.size > 0 { // DOUBLE(M,D): D decimals
-				return strconv.FormatFloat(f, 'f', c.size-1, 64), true, nil
-			}
-			return FormatFloat(f, -1), true, nil
+			return c.doubleText(f), true, nil
 		}
 	case kindBit:
 		if i, ok := asInt64(v); ok {
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], uint64(i))
-			n := min(max(c.size, 1), 8)
-			return string(b[8-n:]), true, nil
+			return c.bitText(i), true, nil
 		}
 	case kindEnum:
 		if i, ok := asInt64(v); ok {
@@ -101,13 +92,7 @@ func (c *column) text(v any) (string, bool, error) {
 		}
 	case kindSet:
 		if i, ok := asInt64(v); ok {
-			var parts []string
-			for b := 0; b < len(c.values) && b < 64; b++ {
-				if uint64(i)&(1<<uint(b)) != 0 {
-					parts = append(parts, c.values[b])
-				}
-			}
-			return strings.Join(parts, ","), true, nil
+			return c.setText(i), true, nil
 		}
 	case kindBinary:
 		s := asString(v)
@@ -137,7 +122,11 @@ func (c *column) text(v any) (string, bool, error) {
 			return string(x), true, nil
 		}
 	}
-	// Anything the decoder returned that the column kind does not expect.
+	return c.otherText(v)
+}
+
+// otherText is text for what the decoder returned that the column kind does not expect.
+func (c *column) otherText(v any) (string, bool, error) {
 	switch x := v.(type) {
 	case string:
 		return x, true, nil
@@ -145,6 +134,41 @@ func (c *column) text(v any) (string, bool, error) {
 		return string(x), true, nil
 	}
 	return fmt.Sprint(v), true, fmt.Errorf("column %s: unexpected %T value for its type", c.name, v)
+}
+
+// floatText is the text of a FLOAT value.
+func (c *column) floatText(f float32) string {
+	if c.size > 0 { // FLOAT(M,D): D decimals
+		return strconv.FormatFloat(float64(f), 'f', c.size-1, 64)
+	}
+	return FormatFloat(float64(f), 6)
+}
+
+// doubleText is the text of a DOUBLE value.
+func (c *column) doubleText(f float64) string {
+	if c.size > 0 { // DOUBLE(M,D): D decimals
+		return strconv.FormatFloat(f, 'f', c.size-1, 64)
+	}
+	return FormatFloat(f, -1)
+}
+
+// bitText is the text of a BIT value: its (M+7)/8 bytes, big-endian.
+func (c *column) bitText(i int64) string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(i))
+	n := min(max(c.size, 1), 8)
+	return string(b[8-n:])
+}
+
+// setText is the text of a SET value: its members in bitmask i, comma-separated.
+func (c *column) setText(i int64) string {
+	var parts []string
+	for b := 0; b < len(c.values) && b < 64; b++ {
+		if uint64(i)&(1<<uint(b)) != 0 {
+			parts = append(parts, c.values[b])
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // appendText appends the SELECT text of a non-NULL v, without an intermediate string

@@ -10,6 +10,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -107,7 +109,7 @@ func Open(ctx context.Context, db *sql.DB, schema, name string) (*Store, error) 
 const upsert = " ON DUPLICATE KEY UPDATE binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), gtid_set = VALUES(gtid_set), epoch = VALUES(epoch), " +
 	"source_id = IF(VALUES(source_id) = '', source_id, VALUES(source_id)), updated_at = NOW(6)"
 
-// SetSource names the source's identity (see daemon.sourceIdentity), written with every
+// SetSource names the source's identity (see source.Identity), written with every
 // checkpoint from now on.
 func (s *Store) SetSource(id string) { s.source = id }
 
@@ -293,6 +295,19 @@ type Leader struct {
 	Host     string
 	PID      int
 	Session  int64 // its lock session on the state database
+}
+
+// Endpoint returns where other hosts reach the leader's HTTP endpoint: HTTPAddr, unless
+// that is a loopback address and the leader runs on another host than this one (then ""
+// and why).
+func (l Leader) Endpoint() (addr, why string) {
+	host, _, err := net.SplitHostPort(l.HTTPAddr)
+	if ip := net.ParseIP(host); err == nil && (host == "localhost" || (ip != nil && ip.IsLoopback())) {
+		if me, _ := os.Hostname(); me != l.Host {
+			return "", fmt.Sprintf("the leader runs on %s and its HTTP endpoint listens on loopback only (%s): set http.listen (or http.advertise) to an address other hosts reach", l.Host, l.HTTPAddr)
+		}
+	}
+	return l.HTTPAddr, ""
 }
 
 // SetLeader records l as the leading instance (fenced like Save).

@@ -468,18 +468,3 @@ func RedactDSN(dsn string) string {
 
 // TableName is schema.table of a configured table.
 func (t Table) TableName() string { return t.Schema + "." + t.Table }
-
-// TimeZoneOffset returns the session time_zone value ("+hh:mm") for a configured zone,
-// at its current offset (named zones need the server's zone tables, offsets do not).
-func TimeZoneOffset(tz string) string {
-	loc, err := ParseTimeZone(tz)
-	if err != nil {
-		return "+00:00"
-	}
-	_, off := time.Now().In(loc).Zone()
-	sign := "+"
-	if off < 0 {
-		sign, off = "-", -off
-	}
-	return fmt.Sprintf("%s%02d:%02d", sign, off/3600, (off%3600)/60)
-}

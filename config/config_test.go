@@ -63,6 +63,7 @@ redis: { mode: ring, addrs: [] }
 sink: { workers: 0, batch_size: 0 }
 bloom: { false_positive_rate: 2 }
 log: { level: loud }
+state: { dsn: "inv:hunter3@tcp(db:3306" }
 tables:
   - { schema: shop, table: a, key_prefix: "x:" }
   - { schema: shop, table: b, key_prefix: "x:" }
@@ -73,12 +74,12 @@ tables:
 	}
 	msg := err.Error()
 	for _, want := range []string{"source.addr", "source.user", "source.flavor", "source.server_id", "source.time_zone",
-		"redis.addrs", "redis.mode", "sink.workers", "sink.batch_size", "bloom.false_positive_rate", "log.level", "key_prefix \"x:\" is also used"} {
+		"redis.addrs", "redis.mode", "sink.workers", "sink.batch_size", "bloom.false_positive_rate", "log.level", "key_prefix \"x:\" is also used", "state.dsn"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("problem %q not listed in:\n%s", want, msg)
 		}
 	}
-	if strings.Contains(msg, "hunter2") {
+	if strings.Contains(msg, "hunter2") || strings.Contains(msg, "hunter3") {
 		t.Error("the password appears in the error")
 	}
 }

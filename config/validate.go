@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/robfig/cron/v3"
 )
 
@@ -55,6 +56,11 @@ func (c *Config) validateSource(add func(format string, args ...any)) {
 	}
 	if !identRe.MatchString(c.State.Schema) {
 		add("state.schema %q is not a plain identifier (fix: letters, digits and _ only)", c.State.Schema)
+	}
+	if c.State.DSN != "" {
+		if _, err := mysql.ParseDSN(c.State.DSN); err != nil {
+			add("state.dsn %s: %v (fix: a go-sql-driver DSN, e.g. user:password@tcp(host:3306)/)", RedactDSN(c.State.DSN), err)
+		}
 	}
 }
 

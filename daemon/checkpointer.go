@@ -5,10 +5,10 @@ import (
 	"errors"
 	"time"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/sink"
+	"github.com/invsync/invsync/source"
 	"go.uber.org/zap"
 )
 
@@ -23,8 +23,8 @@ type checkpointer struct {
 	// wentBack ends the stream when a marker write finds Redis went back.
 	wentBack func(*errRedisWentBack)
 
-	saved        canal.Position // the last checkpoint written
-	unsavedRows  int64          // rows done since
+	saved        source.Position // the last checkpoint written
+	unsavedRows  int64           // rows done since
 	lastWrite    time.Time
 	fencedLogged bool // once per lapse of the lease
 }

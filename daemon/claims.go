@@ -2,16 +2,15 @@ package daemon
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -66,7 +65,7 @@ func claimedError(cs []claim, others []claimOwner) error {
 		"(a sharded inventory) are not supported: they would tombstone and hide each other's rows (fix: give each source its own "+
 		"key_prefix per table, bloom.key_prefix and state.schema; if that instance is gone for good, or this is the same deployment "+
 		"whose state schema was recreated, delete its claims: redis-cli DEL %s)",
-		canal.ErrPermanent, strings.Join(what, ", "), map[bool]string{true: "is", false: "are"}[len(cs) == 1], ErrClaimed,
+		source.ErrPermanent, strings.Join(what, ", "), map[bool]string{true: "is", false: "are"}[len(cs) == 1], ErrClaimed,
 		o.Pipeline, o.Source, o.StateSchema, o.Since, strings.Join(keys, " "))
 }
 
@@ -87,7 +86,7 @@ func conflicts(ctx context.Context, rdb redis.UniversalClient, cfg *config.Confi
 }
 
 // claimRedis records this pipeline as the writer of every namespace of cfg in Redis, or
-// returns an error (wrapping ErrClaimed and canal.ErrPermanent) naming those another
+// returns an error (wrapping ErrClaimed and source.ErrPermanent) naming those another
 // pipeline writes. Claims are kept without expiry; a Redis that lost them (data loss) is
 // claimed again by the next call. A refused call leaves none of its claims behind.
 func claimRedis(ctx context.Context, rdb redis.UniversalClient, cfg *config.Config, pipeline string) error {
@@ -141,21 +140,14 @@ func readClaim(ctx context.Context, rdb redis.UniversalClient, key string) (clai
 	return o, nil
 }
 
-// CheckClaims is check-config's view: it returns an error naming a namespace of cfg that
-// another pipeline writes in Redis, without claiming anything.
-func CheckClaims(ctx context.Context, cfg *config.Config, source *sql.DB, rdb redis.UniversalClient) error {
-	stateDB, err := OpenStateDB(cfg, source)
+// CheckClaims returns an error naming a namespace of the config that another pipeline
+// writes in Redis, without claiming anything.
+func (c *Conns) CheckClaims(ctx context.Context) error {
+	pipeline, err := checkpoint.ReadPipelineID(ctx, c.State, c.Cfg.State.Schema, pipelineName)
 	if err != nil {
 		return err
 	}
-	if stateDB != source {
-		defer stateDB.Close()
-	}
-	pipeline, err := checkpoint.ReadPipelineID(ctx, stateDB, cfg.State.Schema, pipelineName)
-	if err != nil {
-		return err
-	}
-	if cs, os, err := conflicts(ctx, rdb, cfg, pipeline); err != nil {
+	if cs, os, err := conflicts(ctx, c.Redis, c.Cfg, pipeline); err != nil {
 		return err
 	} else if len(cs) > 0 {
 		return claimedError(cs, os)

@@ -7,7 +7,6 @@ package daemon
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"net"
 	"os"
@@ -16,13 +15,13 @@ import (
 	"time"
 
 	"github.com/invsync/invsync/bloom"
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/backoff"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/metrics"
 	"github.com/invsync/invsync/sink"
+	"github.com/invsync/invsync/source"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
@@ -38,6 +37,8 @@ const idleCheckpointInterval = time.Minute
 
 // Daemon is one running instance.
 type Daemon struct {
+	// src is how to reach the source (the static part of cfg.Source).
+	src source.Config
 	cfg *config.Config
 	log *zap.Logger
 	reg *prometheus.Registry
@@ -66,7 +67,7 @@ type Daemon struct {
 	reloadPath string
 	level      *zap.AtomicLevel
 	running    atomic.Pointer[leading]
-	// epoch is the epoch of the source's history the stream is in (canal.Position.Epoch):
+	// epoch is the epoch of the source's history the stream is in (source.Position.Epoch):
 	// positions read from the source for stamps belong to it.
 	epoch atomic.Uint32
 }
@@ -104,6 +105,8 @@ type loopFault struct {
 // New prepares a daemon; Run starts it.
 func New(cfg *config.Config, log *zap.Logger, opts ...Option) *Daemon {
 	d := &Daemon{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	// Validate checked the source's TLS files and zone; Open reports them otherwise.
+	d.src, _ = sourceConfig(cfg.Source)
 	live := *cfg
 	d.live.Store(&live)
 	for _, o := range opts {
@@ -197,22 +200,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer stopHTTP()
 
-	db, err := OpenSourceDB(d.cfg.Source)
+	conns, err := Open(d.cfg)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	stateDB, err := OpenStateDB(d.cfg, db)
-	if err != nil {
-		return err
-	}
-	if stateDB != db {
-		defer stateDB.Close()
-	}
-	rdb := NewRedis(d.cfg.Redis)
-	defer rdb.Close()
+	defer conns.Close()
 	for _, h := range d.redisHooks {
-		rdb.AddHook(h)
+		conns.Redis.AddHook(h)
 	}
 	if d.reloadPath != "" {
 		// Run owns the watch: it ends, and is waited for, when Run returns.
@@ -224,7 +218,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	// A permanent problem (bad credentials, binlog settings, a missing table) is reported
 	// before standing by for the lock.
-	if _, err := d.waitReady(ctx, db, rdb); err != nil {
+	if _, err := d.waitReady(ctx, conns); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -232,7 +226,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	relead := backoff.New(time.Second, 5*time.Minute) // after a term whose loop failed
 	for {
-		lock, err := d.lead(ctx, stateDB)
+		lock, err := d.lead(ctx, conns.State)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -243,7 +237,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		leadCtx, lost := context.WithCancelCause(ctx)
 		var watching sync.WaitGroup
 		watching.Go(func() { d.watchLock(leadCtx, lock, lost) })
-		err = d.runLeading(leadCtx, db, stateDB, rdb, lock)
+		err = d.runLeading(leadCtx, conns, lock)
 		lost(nil)
 		watching.Wait()
 		lock.Release()
@@ -273,18 +267,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 // errLostLock is the cause of the end of leading when the lock's connection failed.
 var errLostLock = errors.New("lost the leader lock")
 
-// newWriter is the versioned writer of rows, tombstones and null markers.
-func newWriter(cfg *config.Config, rdb redis.UniversalClient) *layout.Writer {
-	return layout.NewWriterWithNullTTL(rdb, cfg.Bloom.TombstoneTTL, cfg.Bloom.NullTTL, cfg.Redis.Mode == "cluster")
-}
-
 // waitReady checks the source and Redis, waiting with backoff while either is
 // unreachable; a permanent problem (bad credentials, wrong binlog settings, a missing
 // table) is returned at once.
-func (d *Daemon) waitReady(ctx context.Context, db *sql.DB, rdb redis.UniversalClient) ([]*canal.Table, error) {
-	var tables []*canal.Table
+func (d *Daemon) waitReady(ctx context.Context, c *Conns) ([]*source.Table, error) {
+	var tables []*source.Table
 	err := d.retry(ctx, "check the source", func() error {
-		t, problems := CheckSource(ctx, db, d.cfg)
+		t, problems := c.CheckSource(ctx)
 		for _, p := range problems {
 			if p.Warning {
 				d.log.Warn("source check", zap.String("check", p.Check), zap.Error(p.Err))
@@ -298,7 +287,7 @@ func (d *Daemon) waitReady(ctx context.Context, db *sql.DB, rdb redis.UniversalC
 	if err != nil {
 		return nil, err
 	}
-	err = d.retry(ctx, "reach Redis", func() error { return CheckRedis(ctx, rdb, d.cfg.Redis) })
+	err = d.retry(ctx, "reach Redis", func() error { return c.CheckRedis(ctx) })
 	return tables, err
 }
 
@@ -311,7 +300,7 @@ func (d *Daemon) retry(ctx context.Context, what string, f func() error) error {
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, canal.ErrPermanent) {
+		if errors.Is(err, source.ErrPermanent) {
 			return err
 		}
 		if ctx.Err() != nil {

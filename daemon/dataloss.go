@@ -6,10 +6,10 @@ import (
 	"errors"
 	"time"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/snapshot"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -31,7 +31,7 @@ func markerKey(cfg *config.Config) string {
 // reload stamps its rows with the binlog position each chunk was read at, so they are
 // ordered against the stream's by position and the two can run at once; there is no
 // sweep (nothing stale is left to remove, and a sweep would race the stream's inserts).
-func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*canal.Table, marker string, floor func() layout.Seq, reclaim func() error, wentBack func() bool) {
+func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, tables []*source.Table, marker string, floor func() layout.Seq, reclaim func() error, wentBack func() bool) {
 	everyTick(ctx, dataLossCheck, func() bool {
 		n, err := rdb.Exists(ctx, marker).Result()
 		if err != nil || n == 1 {
@@ -55,7 +55,7 @@ func (d *Daemon) watchDataLoss(ctx context.Context, db *sql.DB, rdb redis.Univer
 		err = func() error {
 			d.reloadMu.Lock()
 			defer d.reloadMu.Unlock()
-			snap := snapshot.New(d.cfg, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep().AtLeast(floor())
+			snap := snapshot.New(d.src, d.cfg.Snapshot, tables, w, rdb, d.log.Named("snapshot"), nil).WithoutSweep().AtLeast(floor())
 			_, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log))
 			return err
 		}()

@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
-	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/source"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // LockName is the MySQL named lock (GET_LOCK, on the state database) that the instance
@@ -36,8 +38,9 @@ type Lock struct {
 	conn *sql.Conn
 	name string
 	id   int64 // the connection's id on the state database
-	stop chan struct{}
-	done chan struct{}
+	// keeping runs keepAlive until stopKeeping is called.
+	keeping     errgroup.Group
+	stopKeeping context.CancelFunc
 	// mu serialises the uses of conn: the driver cannot run a statement on a session
 	// while another one's rows are being read (it breaks the session: "invalid
 	// connection", and the lock with it).
@@ -86,13 +89,12 @@ func (l *Lock) use(f func() error) error {
 // keepAlive uses the lock's session every second while the lock is held, so that it
 // never looks idle to a standby (see LeaseTimeout), whatever the holder does meanwhile
 // (a long snapshot or reconciliation by the CLI).
-func (l *Lock) keepAlive() {
-	defer close(l.done)
+func (l *Lock) keepAlive(stop context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
-		case <-l.stop:
+		case <-stop.Done():
 			return
 		case <-t.C:
 		}
@@ -140,16 +142,16 @@ func TryLock(ctx context.Context, db *sql.DB, name string) (l *Lock, held bool, 
 		conn.Close()
 		return nil, false, nil
 	}
-	l = &Lock{conn: conn, name: name, stop: make(chan struct{}), done: make(chan struct{})}
+	l = &Lock{conn: conn, name: name}
 	l.renewed.Store(&sent)
 	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&l.id); err != nil {
-		close(l.done)
-		close(l.stop)
 		_, _ = conn.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", name)
 		conn.Close()
 		return nil, false, err
 	}
-	go l.keepAlive()
+	stop, stopKeeping := context.WithCancel(context.Background())
+	l.stopKeeping = stopKeeping
+	l.keeping.Go(func() error { l.keepAlive(stop); return nil })
 	return l, true, nil
 }
 
@@ -158,8 +160,8 @@ func (l *Lock) Release() {
 	if l == nil {
 		return
 	}
-	close(l.stop)
-	<-l.done
+	l.stopKeeping()
+	_ = l.keeping.Wait()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -175,15 +177,15 @@ func (l *Lock) Release() {
 // use its session for 5 s stops leading by itself, well within the lease.
 const LeaseTimeout = 15 * time.Second
 
-// ErrHolderNotVisible is returned by TakeOverIdleLock when the lock's holder is not in
+// errHolderNotVisible is returned by takeOverIdleLock when the lock's holder is not in
 // the processlist the invsync user may see.
-var ErrHolderNotVisible = errors.New("the leader lock's holder is not visible in the processlist")
+var errHolderNotVisible = errors.New("the leader lock's holder is not visible in the processlist")
 
-// TakeOverIdleLock kills the session holding the named lock when it has been idle for at
+// takeOverIdleLock kills the session holding the named lock when it has been idle for at
 // least lease (see LeaseTimeout), so that the next TryLock takes the lock; it reports the
 // holder's id and idle time, and whether it killed it. Both instances must run as the same
 // MySQL user, or the standby needs PROCESS and CONNECTION ADMIN (SUPER on older servers).
-func TakeOverIdleLock(ctx context.Context, db *sql.DB, name string, lease time.Duration) (holder int64, idle time.Duration, killed bool, err error) {
+func takeOverIdleLock(ctx context.Context, db *sql.DB, name string, lease time.Duration) (holder int64, idle time.Duration, killed bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var id, secs sql.NullInt64
@@ -194,7 +196,7 @@ func TakeOverIdleLock(ctx context.Context, db *sql.DB, name string, lease time.D
 		if err := db.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", name).Scan(&used); err != nil || !used.Valid {
 			return 0, 0, false, err // released meanwhile
 		}
-		return used.Int64, 0, false, ErrHolderNotVisible
+		return used.Int64, 0, false, errHolderNotVisible
 	}
 	if err != nil {
 		return 0, 0, false, err
@@ -237,7 +239,7 @@ func (d *Daemon) lead(ctx context.Context, stateDB *sql.DB) (*Lock, error) {
 		if err == nil && !held {
 			// The holder may be gone without its session knowing (frozen, powered off, cut
 			// off): once that session has been idle for the lease, take the lock over.
-			holder, idle, killed, terr := TakeOverIdleLock(ctx, stateDB, name, LeaseTimeout)
+			holder, idle, killed, terr := takeOverIdleLock(ctx, stateDB, name, LeaseTimeout)
 			switch {
 			case killed:
 				d.log.Error("the leader's lock session has been idle for the lease (its instance froze, lost its host or was cut off): killed it to take over",
@@ -258,7 +260,7 @@ func (d *Daemon) lead(ctx context.Context, stateDB *sql.DB) (*Lock, error) {
 		if err != nil {
 			var me *mysql.MySQLError
 			if errors.As(err, &me) && (me.Number == 1044 || me.Number == 1045) {
-				return nil, fmt.Errorf("%w: the state database refused invsync: %w (fix: the user and password of state.dsn, or of the source when state.dsn is empty)", canal.ErrPermanent, err)
+				return nil, fmt.Errorf("%w: the state database refused invsync: %w (fix: the user and password of state.dsn, or of the source when state.dsn is empty)", source.ErrPermanent, err)
 			}
 			if time.Since(lastWarn) > 30*time.Second {
 				d.log.Warn("cannot take the leader lock; retrying every second", zap.String("lock", name), zap.Error(err))
@@ -274,4 +276,31 @@ func (d *Daemon) lead(ctx context.Context, stateDB *sql.DB) (*Lock, error) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// Leader reads what the instance that leads the config recorded about itself (known
+// false: no record of the instance that holds the lock now).
+func (c *Conns) Leader(ctx context.Context) (l checkpoint.Leader, known bool, err error) {
+	return checkpoint.ReadLeader(ctx, c.State, c.Cfg.State.Schema, pipelineName, LockName(c.Cfg))
+}
+
+// LockHolder returns the state database connection that holds the leader lock (0 when no
+// instance leads) and how long its session has been idle (-1 when it is not visible to
+// the invsync user; past LeaseTimeout its instance is gone and a standby takes over).
+func (c *Conns) LockHolder(ctx context.Context) (conn int64, idle time.Duration, err error) {
+	var holder sql.NullInt64
+	if err := c.State.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", LockName(c.Cfg)).Scan(&holder); err != nil {
+		return 0, 0, err
+	}
+	if !holder.Valid {
+		return 0, 0, nil
+	}
+	idle = -1
+	var secs sql.NullInt64
+	if err := c.State.QueryRowContext(ctx, "SELECT TIME FROM information_schema.PROCESSLIST WHERE ID = ? AND COMMAND = 'Sleep'", holder.Int64).Scan(&secs); err == nil {
+		idle = time.Duration(secs.Int64) * time.Second
+	} else if errors.Is(err, sql.ErrNoRows) {
+		idle = 0 // busy, or not visible: assume alive
+	}
+	return holder.Int64, idle, nil
 }

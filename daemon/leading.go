@@ -18,6 +18,7 @@ import (
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/sink"
 	"github.com/invsync/invsync/snapshot"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -27,11 +28,12 @@ import (
 // it opened, and where the stream is.
 type leader struct {
 	d        *Daemon
+	conns    *Conns
 	db       *sql.DB
 	stateDB  *sql.DB
 	rdb      redis.UniversalClient
 	lock     *Lock
-	tables   []*canal.Table
+	tables   []*source.Table
 	names    []string
 	store    *checkpoint.Store
 	pipeline string
@@ -40,9 +42,9 @@ type leader struct {
 	writer   snapshot.Writer // raw, setting each key's Bloom bits first
 	comp     *compensation.Store
 	retrier  *compensation.Retrier
-	fetch    *fetcher
+	fetch    *snapshot.Fetcher
 	hist     *redisHistory
-	pos      canal.Position // where the stream (re)starts
+	pos      source.Position // where the stream (re)starts
 
 	healing                sync.WaitGroup
 	healRunning, healAgain atomic.Bool
@@ -52,14 +54,14 @@ type leader struct {
 // records this instance as the leader and loads the Bloom filters.
 func (l *leader) open(ctx context.Context) error {
 	d := l.d
-	tables, err := d.waitReady(ctx, l.db, l.rdb)
+	tables, err := d.waitReady(ctx, l.conns)
 	if err != nil {
 		return err
 	}
 	l.tables = tables
 	if err := d.retry(ctx, "open the state schema", func() error {
 		var err error
-		l.store, err = checkpoint.Open(ctx, l.stateDB, d.cfg.State.Schema, "default")
+		l.store, err = checkpoint.Open(ctx, l.stateDB, d.cfg.State.Schema, pipelineName)
 		return err
 	}); err != nil {
 		return err
@@ -83,7 +85,7 @@ func (l *leader) open(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	l.keeper = newKeeper(d.cfg, l.rdb, l.tables, d.log.Named("bloom"), d.bloomM)
+	l.keeper = l.conns.Keeper(l.tables, d.log.Named("bloom"), d.bloomM)
 	// Fencing: once the lease may have expired (a standby may lead), nothing is written:
 	// no row, no applied marker, no Bloom bitmap swapped in.
 	l.keeper.SetFence(l.lock.Lease)
@@ -102,7 +104,7 @@ func (l *leader) open(ctx context.Context) error {
 func (l *leader) openWriters(ctx context.Context) error {
 	d := l.d
 	live := d.live.Load()
-	l.raw = newWriter(d.cfg, l.rdb)
+	l.raw = l.conns.Writer()
 	l.raw.SetTTLs(live.Bloom.TombstoneTTL, live.Bloom.NullTTL)
 	l.raw.SetFence(l.lock.Lease)
 	l.writer = l.keeper.Wrap(l.raw)
@@ -114,8 +116,8 @@ func (l *leader) openWriters(ctx context.Context) error {
 		return err
 	}
 	d.parker = l.comp
-	l.fetch = newFetcher(d.cfg, l.db, l.tables, d.epoch.Load, d.log.Named("compensation"))
-	l.retrier = compensation.NewRetrier(l.comp, l.fetch.fetch, l.writer, d.m, d.log.Named("compensation"), live.Compensation.PollInterval)
+	l.fetch = snapshot.NewFetcher(l.conns.Source, l.tables, d.epoch.Load, d.log.Named("compensation"))
+	l.retrier = compensation.NewRetrier(l.comp, l.fetch.Fetch, l.writer, d.m, d.log.Named("compensation"), live.Compensation.PollInterval)
 	return nil
 }
 
@@ -178,7 +180,7 @@ func (l *leader) firstSnapshot(ctx context.Context) error {
 	// The first checkpoint records the source's identity (later ones keep it until
 	// historyChanged finds another).
 	if err := d.retry(ctx, "read the source's identity", func() error {
-		identity, err := sourceIdentity(ctx, l.db, d.cfg.Source.Flavor)
+		identity, err := source.Identity(ctx, l.db, d.cfg.Source.Flavor)
 		l.store.SetSource(identity)
 		return err
 	}); err != nil {
@@ -187,7 +189,7 @@ func (l *leader) firstSnapshot(ctx context.Context) error {
 	d.log.Info("no checkpoint yet: loading every table first (snapshot), then streaming from the position recorded before it")
 	return d.retry(ctx, "snapshot the tables", func() error {
 		var err error
-		l.pos, err = runSnapshot(ctx, d.cfg, l.db, l.tables, l.writer, l.keeper, l.rdb, l.store, d.log.Named("snapshot"), nil, snapshotMode{fence: l.lock.Lease})
+		l.pos, err = runSnapshot(ctx, l.conns, l.tables, l.writer, l.keeper, l.store, d.log.Named("snapshot"), nil, snapshotMode{fence: l.lock.Lease})
 		return err
 	})
 }
@@ -274,7 +276,7 @@ func (l *leader) resnapshot(ctx context.Context, mode snapshotMode, reason strin
 		mode.floor = now
 		mode.fence = l.lock.Lease
 		mode.wrote = l.hist.adopt
-		l.pos, err = runSnapshot(ctx, d.cfg, l.db, l.tables, l.writer, l.keeper, l.rdb, l.store, d.log.Named("snapshot"), nil, mode)
+		l.pos, err = runSnapshot(ctx, l.conns, l.tables, l.writer, l.keeper, l.store, d.log.Named("snapshot"), nil, mode)
 		if lost := (*errLostDuringLoad)(nil); errors.As(err, &lost) {
 			d.m.RedisRollbacks.Inc()
 			d.m.Resnapshots.WithLabelValues("redis_data_loss").Inc()
@@ -324,7 +326,7 @@ func (l *leader) stream(ctx context.Context) error {
 		if again {
 			continue
 		}
-		next, err := l.pos, positionAvailable(ctx, l.db, l.pos)
+		next, err := l.pos, source.PositionAvailable(ctx, l.db, l.pos)
 		var back *errRedisWentBack
 		if err == nil {
 			next, back, err = l.session(ctx)
@@ -343,13 +345,13 @@ func (l *leader) stream(ctx context.Context) error {
 		if errors.Is(err, canal.ErrHistoryChanged) {
 			continue // checked at the top of the loop
 		}
-		if errors.Is(err, canal.ErrPositionLost) {
+		if errors.Is(err, source.ErrPositionLost) {
 			if err := l.positionLost(ctx, err); err != nil {
 				return leaveErr(ctx, err)
 			}
 			continue
 		}
-		if errors.Is(err, canal.ErrPermanent) {
+		if errors.Is(err, source.ErrPermanent) {
 			return err
 		}
 		d.m.StreamRestarts.Inc()
@@ -393,12 +395,12 @@ func (l *leader) historyReplaced(ctx context.Context) (again bool, err error) {
 // session streams one session from l.pos, ended early when Redis goes back to an older
 // state (see rollback.go); it returns the position reached and, when Redis went back,
 // why.
-func (l *leader) session(ctx context.Context) (canal.Position, *errRedisWentBack, error) {
+func (l *leader) session(ctx context.Context) (source.Position, *errRedisWentBack, error) {
 	d := l.d
 	sessCtx, endSession := context.WithCancelCause(ctx)
 	var checking sync.WaitGroup
 	checking.Go(func() { d.watchRedisHistory(sessCtx, l.hist, endSession) })
-	next, err := d.session(sessCtx, l.pos, l.tables, l.names, l.writer, l.store, l.hist, func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
+	next, err := d.session(sessCtx, l.pos, l.tables, l.names, l.writer, l.store, l.hist, func(ctx context.Context, sk *sink.Sink, t *source.Table, at source.Position, force bool, reason string) error {
 		return d.reloadTable(ctx, l.db, l.rdb, l.writer, sk, t, at, force, reason)
 	})
 	var back *errRedisWentBack
@@ -412,7 +414,7 @@ func (l *leader) session(ctx context.Context) (canal.Position, *errRedisWentBack
 
 // redisWentBack heals Redis after it went back to an older state or lost invsync's
 // data (next: where the session had got to).
-func (l *leader) redisWentBack(ctx context.Context, back *errRedisWentBack, next canal.Position) error {
+func (l *leader) redisWentBack(ctx context.Context, back *errRedisWentBack, next source.Position) error {
 	d := l.d
 	d.m.RedisRollbacks.Inc()
 	if back.to == nil || back.to.Epoch < d.epoch.Load() {
@@ -455,7 +457,7 @@ func (l *leader) positionLost(ctx context.Context, err error) error {
 	if reason, _, herr := d.historyChanged(ctx, l.db, l.store, l.pos); herr == nil && reason != "" {
 		return nil
 	}
-	oldest := oldestBinlog(ctx, l.db)
+	oldest := source.OldestBinlog(ctx, l.db)
 	if d.cfg.Source.OnPositionLost == "fail" {
 		return fmt.Errorf("the checkpoint's binlog position %s is no longer on %s (its oldest binlog is %s): changes made since were purged unread "+
 			"(fix: run `invsync snapshot` to load every table again and record a new position, then `invsync run`; or set source.on_position_lost: resnapshot; "+
@@ -472,8 +474,8 @@ func (l *leader) positionLost(ctx context.Context, err error) error {
 // runLeading does the leader's work until ctx ends (nil), a permanent error, or one of
 // its background loops fails (an error wrapping errLoopFailed). The loops and the stream
 // run in one errgroup: whichever fails first ends the others.
-func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.UniversalClient, lock *Lock) error {
-	l := &leader{d: d, db: db, stateDB: stateDB, rdb: rdb, lock: lock}
+func (d *Daemon) runLeading(ctx context.Context, c *Conns, lock *Lock) error {
+	l := &leader{d: d, conns: c, db: c.DB, stateDB: c.State, rdb: c.Redis, lock: lock}
 	if err := l.open(ctx); err != nil {
 		return err
 	}
@@ -484,7 +486,7 @@ func (d *Daemon) runLeading(ctx context.Context, db, stateDB *sql.DB, rdb redis.
 	if err := l.openWriters(ctx); err != nil {
 		return err
 	}
-	defer l.fetch.close()
+	defer l.fetch.Close()
 	groupCtx, endGroup := context.WithCancel(ctx)
 	defer endGroup()
 	g, gctx := errgroup.WithContext(groupCtx)

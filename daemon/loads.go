@@ -4,9 +4,9 @@ import (
 	"context"
 	"database/sql"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/snapshot"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -17,7 +17,7 @@ import (
 // loaded, and the stream alone would only ever write the rows that change from now on.
 
 // loadRecords returns the load records of tables (all loaded from pos).
-func loadRecords(tables []*canal.Table, pos canal.Position) []checkpoint.Load {
+func loadRecords(tables []*source.Table, pos source.Position) []checkpoint.Load {
 	loads := make([]checkpoint.Load, len(tables))
 	for i, t := range tables {
 		loads[i] = checkpoint.Load{Table: t.FullName(), KeyPrefix: t.KeyPrefix, Pos: pos}
@@ -31,7 +31,7 @@ func loadRecords(tables []*canal.Table, pos canal.Position) []checkpoint.Load {
 // that are gone become tombstones), so that the changes the stream replays from pos order
 // against it by position. It forgets the records of tables the config no longer mirrors
 // (one added again later is loaded again) and logs the key prefixes left behind.
-func (d *Daemon) loadNewTables(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, store *checkpoint.Store, tables []*canal.Table, pos canal.Position) error {
+func (d *Daemon) loadNewTables(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, store *checkpoint.Store, tables []*source.Table, pos source.Position) error {
 	loads, err := store.Loads(ctx)
 	if err != nil {
 		return err
@@ -50,7 +50,7 @@ func (d *Daemon) loadNewTables(ctx context.Context, db *sql.DB, rdb redis.Univer
 		have[key{l.Table, l.KeyPrefix}] = true
 	}
 	want := make(map[key]bool, len(tables))
-	var missing []*canal.Table
+	var missing []*source.Table
 	for _, t := range tables {
 		k := key{t.FullName(), t.KeyPrefix}
 		want[k] = true
@@ -97,12 +97,12 @@ func (d *Daemon) loadNewTables(ctx context.Context, db *sql.DB, rdb redis.Univer
 		if err != nil {
 			return err
 		}
-		snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, d.log.Named("snapshot"), nil).Replacing().AtLeast(floor)
+		snap := snapshot.New(d.src, d.cfg.Snapshot, []*source.Table{t}, w, rdb, d.log.Named("snapshot"), nil).Replacing().AtLeast(floor)
 		p0, _, err := snap.Run(ctx, positionIn(db, d.cfg.Source.Flavor, d.epoch.Load, d.log))
 		if err != nil {
 			return err
 		}
-		if err := store.RecordLoads(ctx, loadRecords([]*canal.Table{t}, p0)); err != nil {
+		if err := store.RecordLoads(ctx, loadRecords([]*source.Table{t}, p0)); err != nil {
 			return err
 		}
 	}

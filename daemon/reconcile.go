@@ -10,90 +10,76 @@ import (
 
 	"github.com/go-co-op/gocron/v2"
 	"github.com/invsync/invsync/bloom"
-	"github.com/invsync/invsync/canal"
-	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/reconcile"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
 // reconcileDeps are reconcile's dependencies; epoch is the epoch of the source's history
 // that positions belong to (the checkpoint's).
-func reconcileDeps(cfg *config.Config, db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, log *zap.Logger, epoch func() uint32) reconcile.Deps {
-	return reconcile.Deps{Cfg: cfg, DB: db, Tables: tables, RDB: rdb, Writer: w, Log: log,
+func reconcileDeps(src source.Config, cfg *config.Config, db *sql.DB, tables []*source.Table, rdb redis.UniversalClient, w *layout.Writer, log *zap.Logger, epoch func() uint32) reconcile.Deps {
+	return reconcile.Deps{Source: src, ChunkSize: cfg.Reconcile.ChunkSize, DB: db, Tables: tables, RDB: rdb, Writer: w, Log: log,
 		Epoch: epoch}
 }
 
-// positionIn returns the source's current position (canal.CurrentPosition) in the epoch
+// positionIn returns the source's current position (source.CurrentPosition) in the epoch
 // epoch() names.
-func positionIn(db *sql.DB, flavor string, epoch func() uint32, log *zap.Logger) func(context.Context) (canal.Position, error) {
+func positionIn(db *sql.DB, flavor string, epoch func() uint32, log *zap.Logger) func(context.Context) (source.Position, error) {
 	warn := func(err error) {
 		log.Warn("snapshot positions may miss a transaction committing as they are read", zap.Error(err))
 	}
-	return func(ctx context.Context) (canal.Position, error) {
-		p, err := canal.CurrentPosition(ctx, db, flavor, warn)
+	return func(ctx context.Context) (source.Position, error) {
+		p, err := source.CurrentPosition(ctx, db, flavor, warn)
 		p.Epoch = epoch()
 		return p, err
 	}
 }
 
-// Reconcile is `invsync reconcile`. When no instance leads the config (it can take the
-// leader lock), it rebuilds the Bloom filters from the same scan and swaps them in (only
-// when every table is reconciled), holding the lock meanwhile so that a daemon starting
-// then waits. When a daemon leads, the filters are its to rebuild: Reconcile asks it
-// (POST /bloom/rebuild on http.listen). note says what happened to the filters.
-func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts reconcile.Options) (rep *reconcile.Report, note string, err error) {
-	db, err := OpenSourceDB(cfg.Source)
+// Reconcile is `invsync reconcile`: one reconciliation of the config, outside a running
+// daemon. When no instance leads the config (it can take the leader lock), it rebuilds
+// the Bloom filters from the same scan and swaps them in (only when every table is
+// reconciled), holding the lock meanwhile so that a daemon starting then waits. When a
+// daemon leads, the filters are its to rebuild: Reconcile asks it (POST /bloom/rebuild on
+// http.listen). note says what happened to the filters.
+func (d *Daemon) Reconcile(ctx context.Context, opts reconcile.Options) (rep *reconcile.Report, note string, err error) {
+	c, err := Open(d.cfg)
 	if err != nil {
 		return nil, "", err
 	}
-	defer db.Close()
-	stateDB, err := OpenStateDB(cfg, db)
+	defer c.Close()
+	tables, err := c.Tables(ctx)
 	if err != nil {
 		return nil, "", err
 	}
-	if stateDB != db {
-		defer stateDB.Close()
-	}
-	tables, err := canal.LoadTables(ctx, db, cfg.Tables)
-	if err != nil {
-		return nil, "", err
-	}
-	rdb := NewRedis(cfg.Redis)
-	defer rdb.Close()
-	if err := CheckRedis(ctx, rdb, cfg.Redis); err != nil {
+	if err := c.CheckRedis(ctx); err != nil {
 		return nil, "", err
 	}
 	// Another source's rows under these prefixes would be reported (and repaired) as extras.
-	if err := CheckClaims(ctx, cfg, db, rdb); err != nil {
+	if err := c.CheckClaims(ctx); err != nil {
 		return nil, "", err
 	}
-	w := newWriter(cfg, rdb)
+	w := c.Writer()
 	// Positions belong to the checkpoint's epoch of the source's history.
-	var epoch uint32
-	if store, err := checkpoint.Open(ctx, stateDB, cfg.State.Schema, "default"); err == nil {
-		if p, ok, err := store.Load(ctx); err == nil && ok {
-			epoch = p.Epoch
-		}
-	}
-	deps := reconcileDeps(cfg, db, tables, rdb, w, log, func() uint32 { return epoch })
+	epoch := c.Epoch(ctx)
+	deps := reconcileDeps(c.Source, d.cfg, c.DB, tables, c.Redis, w, d.log, func() uint32 { return epoch })
 	if opts.Recheck == 0 {
-		opts.Recheck = cfg.Reconcile.RecheckFor
+		opts.Recheck = d.cfg.Reconcile.RecheckFor
 	}
-	lock, held, err := TryLock(ctx, stateDB, LockName(cfg))
+	lock, held, err := TryLock(ctx, c.State, LockName(d.cfg))
 	if err != nil {
 		return nil, "", err
 	}
 	if held {
 		defer lock.Release()
-		return reconcileLeading(ctx, cfg, rdb, tables, w, lock, deps, opts, log)
+		return reconcileLeading(ctx, c, tables, w, lock, deps, opts, d.log)
 	}
 	// A daemon leads: repairs set their bits with the parameters in Redis.
 	readers := map[string]*bloom.Reader{}
 	for i, t := range tables {
-		readers[t.KeyPrefix] = bloom.NewReader(rdb, cfg.BloomKey(cfg.Tables[i]))
+		readers[t.KeyPrefix] = bloom.NewReader(c.Redis, d.cfg.BloomKey(d.cfg.Tables[i]))
 	}
 	deps.Ensure = func(ctx context.Context, rows []layout.Change) error {
 		for _, c := range rows {
@@ -113,16 +99,16 @@ func Reconcile(ctx context.Context, cfg *config.Config, log *zap.Logger, opts re
 	if len(opts.Tables) > 0 {
 		return rep, "Bloom filters not rebuilt (only some tables were reconciled)", nil
 	}
-	return rep, askLeaderToRebuild(ctx, cfg, stateDB, log), nil
+	return rep, c.askLeaderToRebuild(ctx, d.log), nil
 }
 
 // reconcileLeading reconciles holding the leader lock (no daemon leads): the Bloom
 // filters are rebuilt from the same scan and swapped in when every table is reconciled.
-func reconcileLeading(ctx context.Context, cfg *config.Config, rdb redis.UniversalClient, tables []*canal.Table, w *layout.Writer, lock *Lock,
+func reconcileLeading(ctx context.Context, c *Conns, tables []*source.Table, w *layout.Writer, lock *Lock,
 	deps reconcile.Deps, opts reconcile.Options, log *zap.Logger) (rep *reconcile.Report, note string, err error) {
 	// Fenced like the daemon: a run suspended past the lease writes nothing more.
 	w.SetFence(lock.Lease)
-	keeper := newKeeper(cfg, rdb, tables, log.Named("bloom"), nil)
+	keeper := c.Keeper(tables, log.Named("bloom"), nil)
 	keeper.SetFence(lock.Lease)
 	if err := keeper.Open(ctx); err != nil {
 		return nil, "", err
@@ -146,13 +132,13 @@ func reconcileLeading(ctx context.Context, cfg *config.Config, rdb redis.Univers
 
 // askLeaderToRebuild asks the daemon that leads, wherever it runs (it records its HTTP
 // address in the state schema), to rebuild its Bloom filters; it returns what happened.
-func askLeaderToRebuild(ctx context.Context, cfg *config.Config, stateDB *sql.DB, log *zap.Logger) string {
-	addr, where := cfg.HTTP.Listen, "http.listen of this config"
-	if l, ok, err := checkpoint.ReadLeader(ctx, stateDB, cfg.State.Schema, pipelineName, LockName(cfg)); err != nil {
+func (c *Conns) askLeaderToRebuild(ctx context.Context, log *zap.Logger) string {
+	addr, where := c.Cfg.HTTP.Listen, "http.listen of this config"
+	if l, ok, err := c.Leader(ctx); err != nil {
 		log.Warn("cannot read where the leader runs; asking http.listen of this config", zap.Error(err))
 	} else if ok {
 		var why string
-		if addr, why = leaderAddr(l, ok, addr); why != "" {
+		if addr, why = l.Endpoint(); why != "" {
 			return "Bloom filters not rebuilt: " + why + " (its scheduled reconciliation rebuilds them)"
 		}
 		where = fmt.Sprintf("the leader (%s, pid %d)", l.Host, l.PID)
@@ -175,7 +161,7 @@ func askLeaderToRebuild(ctx context.Context, cfg *config.Config, stateDB *sql.DB
 // startSchedule runs the reconciliation on reconcile.schedule inside the daemon (the
 // leader), repairing when reconcile.repair is on and rebuilding the Bloom filters from
 // the same scan. It returns a function that stops it.
-func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, keeper *bloom.Keeper) (func(), error) {
+func (d *Daemon) startSchedule(db *sql.DB, tables []*source.Table, rdb redis.UniversalClient, w *layout.Writer, keeper *bloom.Keeper) (func(), error) {
 	rc := d.live.Load().Reconcile
 	if rc.Schedule == "" {
 		return func() {}, nil
@@ -203,10 +189,10 @@ func (d *Daemon) startSchedule(db *sql.DB, tables []*canal.Table, rdb redis.Univ
 // reconcileOnce runs one reconciliation of every table (repairing when repair is set)
 // with a Bloom rebuild from the same scan, and sets its metrics. why names the run in
 // the log: "scheduled", or the heal after Redis went back to an older state.
-func (d *Daemon) reconcileOnce(ctx context.Context, db *sql.DB, tables []*canal.Table, rdb redis.UniversalClient, w *layout.Writer, keeper *bloom.Keeper, repair bool, why string) {
+func (d *Daemon) reconcileOnce(ctx context.Context, db *sql.DB, tables []*source.Table, rdb redis.UniversalClient, w *layout.Writer, keeper *bloom.Keeper, repair bool, why string) {
 	log := d.log.Named("reconcile").With(zap.String("run", why))
 	start := time.Now()
-	deps := reconcileDeps(d.live.Load(), db, tables, rdb, w, log, d.epoch.Load)
+	deps := reconcileDeps(d.src, d.live.Load(), db, tables, rdb, w, log, d.epoch.Load)
 	deps.Ensure, deps.OnKeys = keeper.Ensure, keeper.ScannedMany
 	var rep *reconcile.Report
 	err := keeper.Rebuild(ctx, func(ctx context.Context) error {

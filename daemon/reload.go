@@ -13,6 +13,7 @@ import (
 	"github.com/invsync/invsync/config"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sync/errgroup"
 )
 
 // WithReload makes the daemon reload the config file at path when it changes (a watch on
@@ -128,17 +129,16 @@ func watchFile(ctx context.Context, path string, changed func(), log *zap.Logger
 		return nil, err
 	}
 	target := filepath.Clean(abs)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	var watching errgroup.Group
+	watching.Go(func() error {
 		for {
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case ev, ok := <-w.Events:
 				if !ok {
 					log.Error("the config file watch ended; reload with SIGHUP", zap.String("file", path))
-					return
+					return nil
 				}
 				if filepath.Clean(ev.Name) == target && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
 					changed()
@@ -146,11 +146,11 @@ func watchFile(ctx context.Context, path string, changed func(), log *zap.Logger
 			case err, ok := <-w.Errors:
 				if !ok {
 					log.Error("the config file watch ended; reload with SIGHUP", zap.String("file", path))
-					return
+					return nil
 				}
 				log.Warn("config file watch error", zap.String("file", path), zap.Error(err))
 			}
 		}
-	}()
-	return func() { w.Close(); <-done }, nil
+	})
+	return func() { w.Close(); _ = watching.Wait() }, nil
 }

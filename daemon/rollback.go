@@ -10,9 +10,9 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -57,7 +57,7 @@ type errRedisWentBack struct {
 	key, why string
 	// to is the position Redis holds every change up to (nil: the marker is gone, the
 	// master lost everything).
-	to *canal.Position
+	to *source.Position
 }
 
 func (e *errRedisWentBack) Error() string {
@@ -126,21 +126,21 @@ func appliedMarkerKeys(ctx context.Context, rdb redis.UniversalClient, cfg *conf
 	return keys, nil
 }
 
-func encodeMarker(p canal.Position) string {
+func encodeMarker(p source.Position) string {
 	return strconv.FormatUint(uint64(p.Epoch), 10) + "\t" + p.File + "\t" + strconv.FormatUint(uint64(p.Pos), 10) + "\t" + p.GTID
 }
 
-func decodeMarker(s string) (canal.Position, bool) {
+func decodeMarker(s string) (source.Position, bool) {
 	parts := strings.SplitN(s, "\t", 4)
 	if len(parts) != 4 {
-		return canal.Position{}, false
+		return source.Position{}, false
 	}
 	e, err1 := strconv.ParseUint(parts[0], 10, 32)
 	pos, err2 := strconv.ParseUint(parts[2], 10, 32)
 	if err1 != nil || err2 != nil {
-		return canal.Position{}, false
+		return source.Position{}, false
 	}
-	return canal.Position{Epoch: uint32(e), File: parts[1], Pos: uint32(pos), GTID: parts[3]}, true
+	return source.Position{Epoch: uint32(e), File: parts[1], Pos: uint32(pos), GTID: parts[3]}, true
 }
 
 func newRedisHistory(ctx context.Context, rdb redis.UniversalClient, cfg *config.Config) (*redisHistory, error) {
@@ -170,7 +170,7 @@ func (h *redisHistory) read(ctx context.Context) (map[string]markerState, error)
 // stream from when Redis holds less than cp (nil when it holds all of it), and whether a
 // master lost everything (its marker is gone while others, or the data-loss marker, are
 // there).
-func (h *redisHistory) start(ctx context.Context, cp canal.Position, dataMarker bool) (rewind *canal.Position, lost bool, err error) {
+func (h *redisHistory) start(ctx context.Context, cp source.Position, dataMarker bool) (rewind *source.Position, lost bool, err error) {
 	st, err := h.read(ctx)
 	if err != nil {
 		return nil, false, err
@@ -214,7 +214,7 @@ func (h *redisHistory) start(ctx context.Context, cp canal.Position, dataMarker 
 
 // advance writes pos (every change up to it is in Redis) to every master's marker,
 // unless a master went back since it was last seen: then it returns *errRedisWentBack.
-func (h *redisHistory) advance(ctx context.Context, pos canal.Position) error {
+func (h *redisHistory) advance(ctx context.Context, pos source.Position) error {
 	if h.fence != nil {
 		if err := h.fence(); err != nil {
 			return fmt.Errorf("%w: %w", layout.ErrFenced, err)
@@ -282,7 +282,7 @@ func wentBack(key, rid, gotRID, last, cur string) error {
 // adopt takes the markers a snapshot wrote (pos, over its tokens, on the servers it saw)
 // as the state last seen, without reading them again: a loss right after that write is
 // then a change, never the state to keep.
-func (h *redisHistory) adopt(m *snapshotMarkers, pos canal.Position) {
+func (h *redisHistory) adopt(m *snapshotMarkers, pos source.Position) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	v := encodeMarker(pos)
@@ -365,7 +365,7 @@ func readSnapshotMarkers(ctx context.Context, rdb redis.UniversalClient, cfg *co
 
 // write sets every master's marker to pos (every row up to pos is in Redis), or returns
 // *errLostDuringLoad when a master no longer holds the token or another server answers.
-func (m *snapshotMarkers) write(ctx context.Context, rdb redis.UniversalClient, pos canal.Position) error {
+func (m *snapshotMarkers) write(ctx context.Context, rdb redis.UniversalClient, pos source.Position) error {
 	for _, k := range m.keys {
 		v, err := markerScript.Run(ctx, rdb, []string{k}, m.rid[k], m.token, encodeMarker(pos), "").Slice()
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/invsync/invsync/canal"
@@ -13,14 +14,16 @@ import (
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/sink"
 	"github.com/invsync/invsync/snapshot"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // session streams from start until the stream ends, then drains the workers and writes
 // the final checkpoint; it returns the position reached.
-func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*canal.Table, names []string, w sink.Writer, store *checkpoint.Store,
-	hist *redisHistory, onDDL reloadFunc) (canal.Position, error) {
+func (d *Daemon) session(ctx context.Context, start source.Position, tables []*source.Table, names []string, w sink.Writer, store *checkpoint.Store,
+	hist *redisHistory, onDDL reloadFunc) (source.Position, error) {
 	wm := sink.NewWatermark(start, time.Now)
 	beat := func() {
 		d.lastEvent.Store(time.Now().UnixNano())
@@ -43,8 +46,10 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 	}
 	sinkCtx, stopSink := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSink()
-	sinkDone := make(chan error, 1)
-	go func() { sinkDone <- sk.Run(sinkCtx) }()
+	// The workers' errors reach the stream through the watermark and the handler; Run's
+	// own is only waited for.
+	var workers errgroup.Group
+	workers.Go(func() error { return sk.Run(sinkCtx) })
 
 	streamCtx, stopStream := context.WithCancelCause(ctx)
 	defer stopStream(nil)
@@ -72,13 +77,17 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 		d.log.Warn("lost the leader lock: rows still queued are left to the instance that leads now (it streams from the checkpoint)")
 		stopSink()
 	}
-	select {
-	case <-sinkDone:
-	case <-time.After(drainTimeout):
+	var drained atomic.Bool
+	slow := time.AfterFunc(drainTimeout, func() {
+		if drained.Load() {
+			return // the timer fired as the workers finished
+		}
 		d.log.Warn("workers did not drain in time; rows still queued will be read again from the checkpoint", zap.Duration("timeout", drainTimeout))
 		stopSink()
-		<-sinkDone
-	}
+	})
+	_ = workers.Wait()
+	drained.Store(true)
+	slow.Stop()
 	close(cpStop)
 	cpLoop.Wait()
 	if !lostLock {
@@ -94,7 +103,7 @@ func (d *Daemon) session(ctx context.Context, start canal.Position, tables []*ca
 
 // reloadFunc reloads a mirrored table while the stream is paused at position at: when
 // force is set, or when its definition changed (see reloadTable).
-type reloadFunc func(ctx context.Context, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error
+type reloadFunc func(ctx context.Context, sk *sink.Sink, t *source.Table, at source.Position, force bool, reason string) error
 
 // readyHandler notes progress for /readyz and the lag gauge, and handles DDL.
 type readyHandler struct {
@@ -103,11 +112,11 @@ type readyHandler struct {
 	onDDL reloadFunc
 }
 
-func (h *readyHandler) TableChanged(ctx context.Context, t *canal.Table, at canal.Position, rowsChanged bool) error {
+func (h *readyHandler) TableChanged(ctx context.Context, t *source.Table, at source.Position, rowsChanged bool) error {
 	return h.onDDL(ctx, h.Sink, t, at, rowsChanged, "ddl")
 }
 
-func (h *readyHandler) Reload(ctx context.Context, t *canal.Table, at canal.Position, reason string) error {
+func (h *readyHandler) Reload(ctx context.Context, t *source.Table, at source.Position, reason string) error {
 	return h.onDDL(ctx, h.Sink, t, at, true, reason)
 }
 
@@ -121,23 +130,23 @@ func (h *readyHandler) Reload(ctx context.Context, t *canal.Table, at canal.Posi
 // stream waits meanwhile, so nothing else writes. A table that no longer exists after a
 // DROP or RENAME has every key tombstoned: MySQL holds none of its rows; it is loaded
 // again when a statement creates it again.
-func (d *Daemon) reloadTable(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, sk *sink.Sink, t *canal.Table, at canal.Position, force bool, reason string) error {
+func (d *Daemon) reloadTable(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, w snapshot.Writer, sk *sink.Sink, t *source.Table, at source.Position, force bool, reason string) error {
 	if err := sk.Flush(ctx); err != nil {
 		return err
 	}
 	log := d.log.Named("ddl").With(zap.String("table", t.FullName()), zap.String("reason", reason))
-	loaded, err := canal.LoadTables(ctx, db, []config.Table{d.cfg.Tables[t.Index]})
+	loaded, err := source.LoadTables(ctx, db, specs([]config.Table{d.cfg.Tables[t.Index]}))
 	if err != nil {
-		if !errors.Is(err, canal.ErrTable) {
+		if !errors.Is(err, source.ErrTable) {
 			return err
 		}
 		if !force || !tableMissing(ctx, db, t) {
-			return fmt.Errorf("%w: after the statement at %s: %w (fix: restore the table, or remove it from tables and restart)", canal.ErrPermanent, at, err)
+			return fmt.Errorf("%w: after the statement at %s: %w (fix: restore the table, or remove it from tables and restart)", source.ErrPermanent, at, err)
 		}
 		d.m.Resnapshots.WithLabelValues(reason).Inc()
 		log.Error("a mirrored table no longer exists (dropped or renamed away): its keys become tombstones; "+
 			"it is loaded again if a later statement creates it (fix: restore the table, or remove it from tables before the next restart)", at.Fields()...)
-		_, err := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Replacing().Gone(ctx, t, at)
+		_, err := snapshot.New(d.src, d.cfg.Snapshot, []*source.Table{t}, w, rdb, log, nil).Replacing().Gone(ctx, t, at)
 		return err
 	}
 	nt := loaded[0]
@@ -155,19 +164,19 @@ func (d *Daemon) reloadTable(ctx context.Context, db *sql.DB, rdb redis.Universa
 	if err != nil {
 		return err
 	}
-	snap := snapshot.New(d.cfg, []*canal.Table{t}, w, rdb, log, nil).Replacing().AtLeast(floor)
-	_, _, err = snap.Run(ctx, func(context.Context) (canal.Position, error) { return at, nil })
+	snap := snapshot.New(d.src, d.cfg.Snapshot, []*source.Table{t}, w, rdb, log, nil).Replacing().AtLeast(floor)
+	_, _, err = snap.Run(ctx, func(context.Context) (source.Position, error) { return at, nil })
 	return err
 }
 
 // tableMissing reports whether t does not exist on the source now.
-func tableMissing(ctx context.Context, db *sql.DB, t *canal.Table) bool {
+func tableMissing(ctx context.Context, db *sql.DB, t *source.Table) bool {
 	var n int
 	err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?", t.Schema, t.Name).Scan(&n)
 	return err == nil && n == 0
 }
 
-func sameDefinition(a, b *canal.Table) bool {
+func sameDefinition(a, b *source.Table) bool {
 	if len(a.Columns) != len(b.Columns) || len(a.PK) != len(b.PK) {
 		return false
 	}

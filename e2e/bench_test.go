@@ -14,10 +14,10 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -85,7 +85,7 @@ func runW1(b *testing.B) {
 		rdb.Del(context.Background(), k, k+":meta", "invsync:marker:"+cfg.State.Schema)
 	})
 	store := openStore(b, cfg.State.Schema)
-	testenv.Must(b, store.Save(context.Background(), canal.Position{File: startPos.Name, Pos: startPos.Pos}), "seed checkpoint")
+	testenv.Must(b, store.Save(context.Background(), source.Position{File: startPos.Name, Pos: startPos.Pos}), "seed checkpoint")
 
 	// A first start over the seeded checkpoint finds none of the markers a running
 	// invsync keeps in Redis (it loads every table); it is not measured.
@@ -100,7 +100,7 @@ func runW1(b *testing.B) {
 	for round := 1; round <= w1Rounds; round++ {
 		bare := bareRead(b, startPos, endPos)
 		clearPrefix(b, rdb, prefix)
-		testenv.Must(b, store.Save(context.Background(), canal.Position{File: startPos.Name, Pos: startPos.Pos}), "reset checkpoint")
+		testenv.Must(b, store.Save(context.Background(), source.Position{File: startPos.Name, Pos: startPos.Pos}), "reset checkpoint")
 		redisCPU0 := testenv.RedisCPUSeconds(b, rdb)
 		b.StartTimer()
 		start := time.Now()

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/invsync/invsync/client"
-	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -47,7 +46,7 @@ func TestClientUnderLoaderPanicsFillFailuresAndOverload(t *testing.T) {
 		testenv.Must(t, rdb.ConfigSet(ctx, "min-replicas-to-write", "1").Err(), "refuse writes")
 		l := &testLoader{db: e.db, version: "version"}
 		reg := prometheus.NewRegistry()
-		c, err := client.New(rdb, daemon.ClientTables(e.cfg), l.load, client.Options{Registerer: reg})
+		c, err := client.New(rdb, e.conns().ClientTables(), l.load, client.Options{Registerer: reg})
 		testenv.Must(t, err, "client")
 		r, err := c.Get(ctx, "inventory", "5")
 		if err != nil || !r.Found || r.Row.Fields["name"] != "sku-5" {
@@ -75,7 +74,7 @@ func TestClientUnderLoaderPanicsFillFailuresAndOverload(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 		}, after: func([]string) { running.Add(-1) }}
 		reg := prometheus.NewRegistry()
-		c, err := client.New(e.rdb, daemon.ClientTables(e.cfg), l.load, client.Options{Registerer: reg})
+		c, err := client.New(e.rdb, e.conns().ClientTables(), l.load, client.Options{Registerer: reg})
 		testenv.Must(t, err, "client")
 		// 100 callers with 50 ms timeouts over 5,000 distinct missing keys (a bot
 		// enumerating SKUs while the Bloom filter is incomplete).

@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 )
 
 func (e *env) compensationRows(t *testing.T) []compensation.Entry {
@@ -79,7 +79,7 @@ func TestWrongTypeKeyIsParkedAndRetried(t *testing.T) {
 	})
 	waitFor(t, "the checkpoint passed the update", 5*time.Second, func() bool {
 		p, _, _ := store.Load(ctx)
-		return !less(p, canal.Position{File: updated.File, Pos: updated.Pos})
+		return !less(p, source.Position{File: updated.File, Pos: updated.Pos})
 	})
 	// It was retried in place twice (sink's keyRetries) before it was parked, and the
 	// compensation gauges show one pending row of some age.

@@ -5,11 +5,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/snapshot"
+	"github.com/invsync/invsync/source"
 	"go.uber.org/zap"
 )
 
@@ -66,8 +66,7 @@ func TestConcurrentReloadIsOrderedByPosition(t *testing.T) {
 	_, err := e.db.Exec("INSERT INTO inventory VALUES (1, 5, 1.00, 'old incarnation', 11), (2, 6, 1.00, 'b', 4)")
 	testenv.Must(t, err, "insert")
 	ctx := context.Background()
-	tables, err := canal.LoadTables(ctx, e.db, e.cfg.Tables)
-	testenv.Must(t, err, "tables")
+	tables := e.tables()
 	prefix := e.cfg.Tables[0].KeyPrefix
 	k1, k2 := layout.Key(prefix, []string{"1"}), layout.Key(prefix, []string{"2"})
 	// The stream has already written, from a position later than the reload's reads, the
@@ -76,8 +75,8 @@ func TestConcurrentReloadIsOrderedByPosition(t *testing.T) {
 	e.rdb.HSet(ctx, k1, "_v", "3", "_s", later, "_deleted", "1")
 	e.rdb.HSet(ctx, k2, "_v", "2", "_s", later, "sku", "2", "stock", "0")
 	w := layout.NewWriter(e.rdb, time.Hour, false)
-	snap := snapshot.New(e.cfg, tables, w, e.rdb, zap.NewNop(), nil).WithoutSweep()
-	_, _, err = snap.Run(ctx, func(ctx context.Context) (canal.Position, error) { return e.currentPosition(), nil })
+	snap := snapshot.New(e.conns().Source, e.cfg.Snapshot, tables, w, e.rdb, zap.NewNop(), nil).WithoutSweep()
+	_, _, err = snap.Run(ctx, func(ctx context.Context) (source.Position, error) { return e.currentPosition(), nil })
 	testenv.Must(t, err, "reload")
 	if h := e.rdb.HGetAll(ctx, k1).Val(); h["_deleted"] != "1" || h["_s"] != later {
 		t.Fatalf("the reload brought back a row the stream had deleted later: %v", h)
@@ -87,7 +86,7 @@ func TestConcurrentReloadIsOrderedByPosition(t *testing.T) {
 	}
 	// Keys the stream has not written get the reload's rows.
 	e.rdb.Del(ctx, k1, k2)
-	_, _, err = snap.Run(ctx, func(ctx context.Context) (canal.Position, error) { return e.currentPosition(), nil })
+	_, _, err = snap.Run(ctx, func(ctx context.Context) (source.Position, error) { return e.currentPosition(), nil })
 	testenv.Must(t, err, "reload")
 	if h := e.rdb.HGetAll(ctx, k1).Val(); h["name"] != "old incarnation" || h["_s"] == "" {
 		t.Fatalf("the reload did not write an absent key: %v", h)

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/source"
 )
 
 // Issue 14, README promises with no test before: the exit statuses of the table in
@@ -39,7 +39,7 @@ func TestExitStatuses(t *testing.T) {
 		t.Fatalf("run exited with %v after SIGINT, want 0", err)
 	}
 	cp, ok, err := e.checkpointStore().Load(context.Background())
-	if err != nil || !ok || less(cp, canal.Position{File: end.File, Pos: end.Pos}) {
+	if err != nil || !ok || less(cp, source.Position{File: end.File, Pos: end.Pos}) {
 		t.Fatalf("the final checkpoint %s (%v, found %v) is short of the last change %s", cp, err, ok, end)
 	}
 

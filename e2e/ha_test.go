@@ -272,9 +272,7 @@ func TestLockSessionUsedConcurrently(t *testing.T) {
 // its own user's sessions) until the test ends.
 func holdLeaderLock(t *testing.T, e *env) *daemon.Lock {
 	t.Helper()
-	stateDB, err := daemon.OpenSourceDB(e.cfg.Source)
-	testenv.Must(t, err, "open")
-	t.Cleanup(func() { stateDB.Close() })
+	stateDB := e.conns().State
 	lock, held, err := daemon.TryLock(context.Background(), stateDB, daemon.LockName(e.cfg))
 	testenv.Must(t, err, "lock")
 	if !held {

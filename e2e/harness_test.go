@@ -19,12 +19,12 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/invsync/invsync/bloom"
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -363,9 +363,9 @@ func (e *env) ownRedisDB(db int) {
 
 // currentPosition is the source's binlog position now (of a consistent snapshot: every
 // transaction before it is committed).
-func (e *env) currentPosition() canal.Position {
+func (e *env) currentPosition() source.Position {
 	e.t.Helper()
-	pos, err := canal.CurrentPosition(context.Background(), testenv.DB(e.t, ""), "mariadb", nil)
+	pos, err := source.CurrentPosition(context.Background(), testenv.DB(e.t, ""), "mariadb", nil)
 	testenv.Must(e.t, err, "current position")
 	return pos
 }
@@ -450,4 +450,21 @@ func dropClaims(t testing.TB, rdb redis.UniversalClient, stateSchema string) {
 			}
 		}
 	})
+}
+
+// conns opens the connections of the env's config (closed at the end of the test).
+func (e *env) conns() *daemon.Conns {
+	e.t.Helper()
+	c, err := daemon.Open(e.cfg)
+	testenv.Must(e.t, err, "open the config's connections")
+	e.t.Cleanup(c.Close)
+	return c
+}
+
+// tables reads the definitions of the env's configured tables.
+func (e *env) tables() []*source.Table {
+	e.t.Helper()
+	tables, err := e.conns().Tables(context.Background())
+	testenv.Must(e.t, err, "load the tables")
+	return tables
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -88,11 +89,11 @@ func (p *proc) terminate(t testing.TB) {
 
 // sample is a checkpoint read at some moment and the _s of every key read just after.
 type sample struct {
-	pos  canal.Position
+	pos  source.Position
 	seqs map[string]string
 }
 
-func less(a, b canal.Position) bool {
+func less(a, b source.Position) bool {
 	fa, _ := strconv.Atoi(a.File[len(a.File)-6:])
 	fb, _ := strconv.Atoi(b.File[len(b.File)-6:])
 	if fa != fb {
@@ -226,7 +227,7 @@ func TestKill9DuringCatchUp(t *testing.T) {
 	if e.compare() == nil {
 		t.Fatal("Redis already equals MySQL at the kill: the kill landed after the catch-up")
 	}
-	if pos, _, err := store.Load(context.Background()); err != nil || !less(pos, canal.Position{File: written.File, Pos: written.Pos}) {
+	if pos, _, err := store.Load(context.Background()); err != nil || !less(pos, source.Position{File: written.File, Pos: written.Pos}) {
 		t.Fatalf("the checkpoint %s is not short of the workload's end %s at the kill (%v)", pos, written, err)
 	}
 	p = startProc(t, cfgPath, httpAddr)
@@ -236,7 +237,7 @@ func TestKill9DuringCatchUp(t *testing.T) {
 	for deadline := time.Now().Add(60 * time.Second); ; {
 		pos, _, err := store.Load(context.Background())
 		testenv.Must(t, err, "checkpoint")
-		if !less(pos, canal.Position{File: written.File, Pos: written.Pos}) {
+		if !less(pos, source.Position{File: written.File, Pos: written.Pos}) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -283,7 +284,7 @@ type recorder struct {
 	last    map[string]layout.Seq
 	samples []sample
 	next    int
-	end     canal.Position
+	end     source.Position
 	checked int
 }
 
@@ -316,17 +317,16 @@ func (r *recorder) Commit(_ context.Context, c canal.Commit) error {
 
 func (r *recorder) Heartbeat(context.Context) error { return nil }
 
-func (r *recorder) TableChanged(context.Context, *canal.Table, canal.Position, bool) error {
+func (r *recorder) TableChanged(context.Context, *source.Table, source.Position, bool) error {
 	return nil
 }
 
-func (r *recorder) Reload(context.Context, *canal.Table, canal.Position, string) error { return nil }
+func (r *recorder) Reload(context.Context, *source.Table, source.Position, string) error { return nil }
 
-func checkSamples(t *testing.T, e *env, start, end canal.Position, samples []sample, atLeast int) {
+func checkSamples(t *testing.T, e *env, start, end source.Position, samples []sample, atLeast int) {
 	t.Helper()
 	sort.SliceStable(samples, func(i, j int) bool { return less(samples[i].pos, samples[j].pos) })
-	tables, err := canal.LoadTables(context.Background(), testenv.DB(t, ""), e.cfg.Tables)
-	testenv.Must(t, err, "load tables")
+	tables := e.tables()
 	src, err := canal.NewSource(config.Source{Addr: e.cfg.Source.Addr, User: testenv.AdminUser(), Password: testenv.AdminPassword(),
 		Flavor: "mariadb", ServerID: testenv.ServerID(), TimeZone: "UTC", HeartbeatPeriod: time.Second, ReadTimeout: 10 * time.Second}, tables, zap.NewNop())
 	testenv.Must(t, err, "source")
@@ -337,7 +337,7 @@ func checkSamples(t *testing.T, e *env, start, end canal.Position, samples []sam
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	err = src.Run(ctx, canal.Position{File: start.File, Pos: start.Pos}, rec)
+	err = src.Run(ctx, source.Position{File: start.File, Pos: start.Pos}, rec)
 	if !errors.Is(err, errReachedEnd) {
 		t.Fatalf("replaying the binlog for the check: %v", err)
 	}

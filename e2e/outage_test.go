@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/source"
 )
 
 // ownRedis runs a redis-server of the test's own on addr (no persistence).
@@ -129,7 +129,7 @@ func TestStateDatabaseOutage(t *testing.T) {
 	store := e.checkpointStore()
 	waitFor(t, "the checkpoint caught up after the outage", 30*time.Second, func() bool {
 		p, _, err := store.Load(context.Background())
-		return err == nil && !less(p, canal.Position{File: end.File, Pos: end.Pos})
+		return err == nil && !less(p, source.Position{File: end.File, Pos: end.Pos})
 	})
 	select {
 	case err := <-r.done:

@@ -15,9 +15,7 @@ import (
 	"time"
 
 	bloomv3 "github.com/bits-and-blooms/bloom/v3"
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/client"
-	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,7 +75,7 @@ func (l *testLoader) load(ctx context.Context, table string, pk []string) (*clie
 
 func (e *env) client(t *testing.T, l *testLoader, reg prometheus.Registerer) *client.Client {
 	t.Helper()
-	c, err := client.New(e.rdb, daemon.ClientTables(e.cfg), l.load, client.Options{NullTTL: e.cfg.Bloom.NullTTL, Registerer: reg})
+	c, err := client.New(e.rdb, e.conns().ClientTables(), l.load, client.Options{NullTTL: e.cfg.Bloom.NullTTL, Registerer: reg})
 	testenv.Must(t, err, "client")
 	return c
 }
@@ -534,9 +532,8 @@ func TestLookupByAnotherSpellingFillsTheRowsOwnKey(t *testing.T) {
 	waitReady(t, r)
 	e.waitEqual(30 * time.Second)
 	ctx := context.Background()
-	tables, err := canal.LoadTables(ctx, e.db, e.cfg.Tables)
-	testenv.Must(t, err, "tables")
-	ct := daemon.ClientTables(e.cfg, tables...)
+	tables := e.tables()
+	ct := e.conns().ClientTables(tables...)
 	ct[0].BloomKey = "" // no filter: every miss reaches the loader
 	load := func(ctx context.Context, _ string, pk []string) (*client.Row, error) {
 		var name string

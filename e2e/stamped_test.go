@@ -8,11 +8,11 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/reconcile"
+	"github.com/invsync/invsync/source"
 	"go.uber.org/zap"
 )
 
@@ -169,7 +169,7 @@ func TestStampedReadsSeeEverythingBeforeTheirPosition(t *testing.T) {
 		waitFor(t, "the stream applied the held transaction", hold/2, func() bool { return e.rdb.HGet(ctx, hot(e, 7), "stock").Val() == "555" })
 		cfg := *e.cfg
 		cfg.HTTP.Listen = r.d.Addr()
-		rep, _, err := daemon.Reconcile(ctx, &cfg, zap.NewNop(), reconcile.Options{Repair: true, Recheck: 200 * time.Millisecond})
+		rep, _, err := daemon.New(&cfg, zap.NewNop()).Reconcile(ctx, reconcile.Options{Repair: true, Recheck: 200 * time.Millisecond})
 		testenv.Must(t, err, "reconcile")
 		wait()
 		e.waitEqual(10 * time.Second)
@@ -249,7 +249,7 @@ func TestStampedReadsUnderHotKeyStress(t *testing.T) {
 		}
 		cfg := *e.cfg
 		cfg.HTTP.Listen = r.d.Addr()
-		_, _, err := daemon.Reconcile(ctx, &cfg, zap.NewNop(), reconcile.Options{Repair: true, Recheck: 300 * time.Millisecond})
+		_, _, err := daemon.New(&cfg, zap.NewNop()).Reconcile(ctx, reconcile.Options{Repair: true, Recheck: 300 * time.Millisecond})
 		testenv.Must(t, err, "reconcile")
 		_, err = e.db.Exec("ALTER TABLE inventory ADD COLUMN note VARCHAR(8) NOT NULL DEFAULT 'x'")
 		testenv.Must(t, err, "alter")
@@ -277,12 +277,12 @@ func TestStampedReadsUnderHotKeyStress(t *testing.T) {
 func TestConsistentReadKeepsItsPosition(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "named", ddl: "CREATE TABLE named (id INT PRIMARY KEY, name VARCHAR(32)) ENGINE=InnoDB"})
 	execAll(t, e.db, "INSERT INTO named VALUES (1, 'sku.000123'), (2, 'WIDGET-BLUE')")
-	conn, err := canal.Connect(t.Context(), e.cfg.Source)
+	conn, err := e.conns().Source.Dial(t.Context())
 	testenv.Must(t, err, "connect")
 	defer conn.Close()
 	want := e.currentPosition()
 	for i := 0; i < 3; i++ {
-		pos, err := canal.ReadConsistent(conn, "mariadb", 0, nil, func(canal.Position) error {
+		pos, err := source.ReadConsistent(conn, "mariadb", 0, nil, func(source.Position) error {
 			_, err := conn.Execute("SELECT id, name FROM " + e.schema + ".named ORDER BY id")
 			return err
 		})

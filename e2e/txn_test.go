@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 )
 
 // Transaction boundaries (issue 11, part 1): only an XID event, a COMMIT query event or
@@ -202,7 +202,7 @@ func TestKill9InsideASavepointTransaction(t *testing.T) {
 
 // txnEnd finds the position after the commit of transaction gtid, which starts at or
 // after from, in the binlog.
-func txnEnd(t *testing.T, db *sql.DB, from canal.Position, gtid string) canal.Position {
+func txnEnd(t *testing.T, db *sql.DB, from source.Position, gtid string) source.Position {
 	t.Helper()
 	file, pos := from.File, from.Pos
 	inside := false
@@ -219,7 +219,7 @@ func txnEnd(t *testing.T, db *sql.DB, from canal.Position, gtid string) canal.Po
 				inside = true
 			case inside && (typ == "Xid" || (typ == "Query" && strings.HasPrefix(info, "COMMIT"))):
 				rows.Close()
-				return canal.Position{File: file, Pos: uint32(endPos), GTID: gtid}
+				return source.Position{File: file, Pos: uint32(endPos), GTID: gtid}
 			case typ == "Rotate":
 				next = strings.SplitN(info, ";", 2)[0]
 			}
@@ -231,13 +231,13 @@ func txnEnd(t *testing.T, db *sql.DB, from canal.Position, gtid string) canal.Po
 		file, pos = next, 4
 	}
 	t.Fatalf("the end of transaction %s is not in the binlog after %s", gtid, from)
-	return canal.Position{}
+	return source.Position{}
 }
 
 // checkNotInside fails when a sampled checkpoint names the transaction gtid (MariaDB
 // domain-server-seq) while its file:pos is before the transaction's end: a checkpoint
 // inside the transaction.
-func checkNotInside(t *testing.T, samples []sample, gtid string, end canal.Position) {
+func checkNotInside(t *testing.T, samples []sample, gtid string, end source.Position) {
 	t.Helper()
 	parts := strings.Split(gtid, "-")
 	if len(parts) != 3 {

@@ -26,12 +26,12 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
-	"github.com/invsync/invsync/canal"
-	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/snapshot"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // Kind is a kind of difference.
@@ -57,12 +57,14 @@ var Kinds = []Kind{Missing, Stale, Mismatch, Extra, WrongType}
 
 // Deps is what a run reads and writes.
 type Deps struct {
-	Cfg *config.Config
-	DB  *sql.DB // the source (table size estimates)
+	Source source.Config
+	DB     *sql.DB // the source (table size estimates)
+	// ChunkSize is the number of rows read per query (reconcile.chunk_size).
+	ChunkSize int
 	// Epoch is the epoch of the source's history that positions belong to (the
 	// checkpoint's).
 	Epoch  func() uint32
-	Tables []*canal.Table
+	Tables []*source.Table
 	RDB    redis.UniversalClient
 	Writer *layout.Writer
 	// Ensure, if set, is called with the rows a repair is about to write (the Bloom bits
@@ -174,14 +176,11 @@ func Run(ctx context.Context, d Deps, opts Options) (*Report, error) {
 	// One session walks the tables, another re-reads the rows that differ.
 	var conns [2]*client.Conn
 	for i := range conns {
-		conn, err := canal.Connect(ctx, d.Cfg.Source)
+		conn, err := d.Source.Dial(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("reconcile: connect to the source %s: %w", d.Cfg.Source.Addr, err)
+			return nil, fmt.Errorf("reconcile: connect to the source %s: %w", d.Source.Addr, err)
 		}
 		defer conn.Close()
-		if err := snapshot.PrepareSession(conn, d.Cfg.Source.TimeZone); err != nil {
-			return nil, fmt.Errorf("reconcile: prepare the session: %w", err)
-		}
 		conns[i] = conn
 	}
 	r := &runner{d: d, opts: opts, conn: conns[0], recheck: conns[1], seed: maphash.MakeSeed(), start: time.Now()}
@@ -231,7 +230,7 @@ type runner struct {
 	estimate int64
 }
 
-func estimateRows(ctx context.Context, db *sql.DB, t *canal.Table) int64 {
+func estimateRows(ctx context.Context, db *sql.DB, t *source.Table) int64 {
 	var n sql.NullInt64
 	_ = db.QueryRowContext(ctx, "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?", t.Schema, t.Name).Scan(&n)
 	return n.Int64
@@ -244,90 +243,40 @@ type chunkResult struct {
 	seen  []uint64
 }
 
+// table reconciles table ti: its rows against Redis, then the keys no row stands for.
 func (r *runner) table(ctx context.Context, ti int) (*TableReport, error) {
 	t := r.d.Tables[ti]
 	start := time.Now()
 	tr := &TableReport{Table: t.FullName(), Differences: map[Kind]int64{}, Repaired: map[Kind]int64{}, Samples: map[Kind][]string{}}
-	rows, err := snapshot.NewRows(r.conn, t, r.d.Cfg.Reconcile.ChunkSize, "")
+	rows, err := snapshot.NewRows(r.conn, t, r.d.ChunkSize, "")
 	if err != nil {
 		return nil, err
 	}
-	// The reader queries MySQL while two comparers decode the rows and read Redis.
+	// The reader queries MySQL while two comparers decode the rows and read Redis; the
+	// first error ends the three.
 	chunks := make(chan *snapshot.Batch, 2)
 	results := make(chan chunkResult, 4)
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var readErr error
-	go func() {
-		defer close(chunks)
-		for {
-			c, err := rows.NextBatch()
-			if err != nil {
-				readErr = err
-				cancel()
-				return
-			}
-			if c == nil {
-				return
-			}
-			select {
-			case chunks <- c:
-			case <-rctx.Done():
-				return
-			}
-		}
-	}()
-	var wg sync.WaitGroup
-	var cmpErr error
-	var errOnce sync.Once
-	for w := 0; w < 2; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for b := range chunks {
-				c, err := b.Rows()
-				if err == nil && r.d.OnKeys != nil {
-					pks := make([]string, len(c))
-					for i := range c {
-						pks[i] = layout.KeyInner(c[i].PK) // the Bloom item
-					}
-					r.d.OnKeys(ti, pks)
-				}
-				var res chunkResult
-				if err == nil {
-					res, err = r.compareChunk(rctx, t, c)
-				}
-				if err != nil {
-					errOnce.Do(func() { cmpErr = err; cancel() })
-					continue
-				}
-				results <- res
-			}
-		}()
+	stopCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	g, gctx := errgroup.WithContext(stopCtx)
+	g.Go(func() error { return readBatches(gctx, rows, chunks) })
+	var comparing sync.WaitGroup
+	for range 2 {
+		comparing.Add(1)
+		g.Go(func() error {
+			defer comparing.Done()
+			return r.compareBatches(gctx, ti, t, chunks, results)
+		})
 	}
-	go func() { wg.Wait(); close(results) }()
-	var seen []uint64
-	var cands []candidate
-	for res := range results {
-		tr.RowsChecked += int64(res.n)
-		r.rows += int64(res.n)
-		seen = append(seen, res.seen...)
-		cands = append(cands, res.cands...)
-		if len(cands) >= recheckBatch {
-			if err := r.settle(ctx, t, tr, cands); err != nil {
-				return nil, err
-			}
-			cands = cands[:0]
-		}
-		if r.opts.Progress != nil {
-			r.opts.Progress(Progress{Table: t.FullName(), Rows: r.rows, Estimate: r.estimate, RowsPerS: float64(r.rows) / time.Since(r.start).Seconds()})
-		}
+	g.Go(func() error { comparing.Wait(); close(results); return nil })
+	seen, cands, err := r.collect(ctx, t, tr, results)
+	if err != nil {
+		stop()
+		_ = g.Wait()
+		return nil, err
 	}
-	if readErr != nil {
-		return nil, fmt.Errorf("reconcile: %w", readErr)
-	}
-	if cmpErr != nil {
-		return nil, cmpErr
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -346,9 +295,79 @@ func (r *runner) table(ctx context.Context, ti int) (*TableReport, error) {
 	return tr, nil
 }
 
+// readBatches sends rows' chunks until the last one, a read error or the end of ctx;
+// it closes chunks when it returns.
+func readBatches(ctx context.Context, rows *snapshot.Rows, chunks chan<- *snapshot.Batch) error {
+	defer close(chunks)
+	for {
+		c, err := rows.NextBatch()
+		if err != nil {
+			return fmt.Errorf("reconcile: %w", err)
+		}
+		if c == nil {
+			return nil
+		}
+		select {
+		case chunks <- c:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// compareBatches compares each chunk of table ti with Redis until chunks is closed, an
+// error, or the end of ctx.
+func (r *runner) compareBatches(ctx context.Context, ti int, t *source.Table, chunks <-chan *snapshot.Batch, results chan<- chunkResult) error {
+	for b := range chunks {
+		c, err := b.Rows()
+		if err != nil {
+			return err
+		}
+		if r.d.OnKeys != nil {
+			pks := make([]string, len(c))
+			for i := range c {
+				pks[i] = layout.KeyInner(c[i].PK) // the Bloom item
+			}
+			r.d.OnKeys(ti, pks)
+		}
+		res, err := r.compareChunk(ctx, t, c)
+		if err != nil {
+			return err
+		}
+		select {
+		case results <- res:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
+}
+
+// collect gathers compared chunks, settling candidates as they reach recheckBatch.
+func (r *runner) collect(ctx context.Context, t *source.Table, tr *TableReport, results <-chan chunkResult) ([]uint64, []candidate, error) {
+	var seen []uint64
+	var cands []candidate
+	for res := range results {
+		tr.RowsChecked += int64(res.n)
+		r.rows += int64(res.n)
+		seen = append(seen, res.seen...)
+		cands = append(cands, res.cands...)
+		if len(cands) >= recheckBatch {
+			if err := r.settle(ctx, t, tr, cands); err != nil {
+				return nil, nil, err
+			}
+			cands = cands[:0]
+		}
+		if r.opts.Progress != nil {
+			r.opts.Progress(Progress{Table: t.FullName(), Rows: r.rows, Estimate: r.estimate, RowsPerS: float64(r.rows) / time.Since(r.start).Seconds()})
+		}
+	}
+	return seen, cands, nil
+}
+
 // compareChunk reads the keys of a chunk of rows from Redis and returns those that
 // differ.
-func (r *runner) compareChunk(ctx context.Context, t *canal.Table, rows []snapshot.Row) (chunkResult, error) {
+func (r *runner) compareChunk(ctx context.Context, t *source.Table, rows []snapshot.Row) (chunkResult, error) {
 	res := chunkResult{n: len(rows), seen: make([]uint64, len(rows))}
 	pipe := r.d.RDB.Pipeline()
 	cmds := make([]*redis.MapStringStringCmd, len(rows))

@@ -9,101 +9,36 @@ import (
 	"strings"
 	"time"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/internal/backoff"
 	"github.com/invsync/invsync/internal/redisscan"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/snapshot"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
-// settle re-checks candidates until they agree, the re-check time runs out, or they
-// are all explained; what remains is reported (and repaired).
-// warn logs that re-reads cannot be stamped exactly (see canal.ErrNoExactPosition).
+// warn logs that re-reads cannot be stamped exactly (see source.ErrNoExactPosition).
 func (r *runner) warn(err error) {
 	r.d.Log.Warn("rows re-read may miss a transaction committing as they are read", zap.Error(err))
 }
 
-func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, cands []candidate) error {
+// settle re-checks candidates until they agree, the re-check time runs out, or they
+// are all explained; what remains is reported (and repaired).
+func (r *runner) settle(ctx context.Context, t *source.Table, tr *TableReport, cands []candidate) error {
 	delay := backoff.New(100*time.Millisecond, 2*time.Second)
 	for len(cands) > 0 {
-		// The rows are read again in one consistent snapshot, stamped with its exact
-		// position: a transaction before it is in what was read, and a key the stream
-		// wrote after it is newer than the re-read.
-		found := make(map[string]snapshot.Row, len(cands))
-		p0, err := canal.ReadConsistent(r.recheck, r.d.Cfg.Source.Flavor, r.d.Epoch(), r.warn, func(p0 canal.Position) error {
-			pv := ""
-			if t.VersionColumn == "" {
-				pv = strconv.FormatUint(snapshot.PositionVersion(p0), 10)
-			}
-			for i := 0; i < len(cands); i += fetchBatch {
-				pks := make([][]string, 0, fetchBatch)
-				for _, c := range cands[i:min(i+fetchBatch, len(cands))] {
-					pks = append(pks, c.pk)
-				}
-				m, err := snapshot.FetchRows(r.recheck, t, pks, pv)
-				if err != nil {
-					return fmt.Errorf("reconcile: re-read: %w", err)
-				}
-				for k, v := range m {
-					found[k] = v
-				}
-			}
-			return nil
-		})
+		found, p0, err := r.reread(t, cands)
 		if err != nil {
 			return err
 		}
 		at := snapshot.SeqOf(p0)
-		pipe := r.d.RDB.Pipeline()
-		cmds := make([]*redis.MapStringStringCmd, len(cands))
-		for i, c := range cands {
-			cmds[i] = pipe.HGetAll(ctx, c.key)
+		still, err := r.stillDiffering(ctx, t, cands, found, at)
+		if err != nil {
+			return err
 		}
-		if _, err := pipe.Exec(ctx); err != nil && !allKeyErrors(cmds) {
-			return fmt.Errorf("reconcile: read Redis: %w", err)
-		}
-		still := cands[:0]
-		for i, c := range cands {
-			h, herr := cmds[i].Result()
-			if herr == nil && h[layout.FieldSeq] != "" {
-				if s, err := layout.ParseSeq(h[layout.FieldSeq]); err == nil && at.Less(s) {
-					continue // the stream wrote it after the re-read: a newer full row
-				}
-			}
-			var row *snapshot.Row
-			if f, ok := found[c.key]; ok {
-				row = &f
-			}
-			versioned := t.VersionColumn != ""
-			kind, differs := classify(row, h, herr, versioned)
-			if !differs {
-				continue
-			}
-			// Behind MySQL (an older version, a row or a delete not there yet) while the
-			// stream keeps writing the key: lag on a hot key, not drift. A difference at
-			// the same version (what the stream wrote is wrong) is reported however often
-			// the key is written; so is any difference of a table without a version
-			// column once the key stops changing.
-			if herr == nil && h[layout.FieldSeq] > c.sight && (kind != Mismatch || !versioned) {
-				continue
-			}
-			c.kind, c.row, c.obs = kind, row, observe(h, herr)
-			still = append(still, c)
-		}
-		// Each candidate is re-checked for the whole window from when it was first seen
-		// (a long walk must not shorten it: a running daemon's lag is not drift).
-		cands = still[:0:0]
 		var due []candidate
-		next := time.Now().Add(delay.Current())
-		for _, c := range still {
-			if next.After(c.seen.Add(r.opts.Recheck)) {
-				due = append(due, c)
-			} else {
-				cands = append(cands, c)
-			}
-		}
+		cands, due = r.splitDue(still, delay)
 		if len(due) > 0 {
 			if err := r.report(ctx, tr, due, at); err != nil {
 				return err
@@ -117,6 +52,92 @@ func (r *runner) settle(ctx context.Context, t *canal.Table, tr *TableReport, ca
 		}
 	}
 	return nil
+}
+
+// reread reads the candidates' rows again, and returns the position they were read at.
+func (r *runner) reread(t *source.Table, cands []candidate) (map[string]snapshot.Row, source.Position, error) {
+	// The rows are read again in one consistent snapshot, stamped with its exact
+	// position: a transaction before it is in what was read, and a key the stream
+	// wrote after it is newer than the re-read.
+	found := make(map[string]snapshot.Row, len(cands))
+	p0, err := source.ReadConsistent(r.recheck, r.d.Source.Flavor, r.d.Epoch(), r.warn, func(p0 source.Position) error {
+		pv := ""
+		if t.VersionColumn == "" {
+			pv = strconv.FormatUint(snapshot.PositionVersion(p0), 10)
+		}
+		for i := 0; i < len(cands); i += fetchBatch {
+			pks := make([][]string, 0, fetchBatch)
+			for _, c := range cands[i:min(i+fetchBatch, len(cands))] {
+				pks = append(pks, c.pk)
+			}
+			m, err := snapshot.FetchRows(r.recheck, t, pks, pv)
+			if err != nil {
+				return fmt.Errorf("reconcile: re-read: %w", err)
+			}
+			for k, v := range m {
+				found[k] = v
+			}
+		}
+		return nil
+	})
+	return found, p0, err
+}
+
+// stillDiffering reads the candidates' keys from Redis again; it keeps those that differ.
+func (r *runner) stillDiffering(ctx context.Context, t *source.Table, cands []candidate, found map[string]snapshot.Row, at layout.Seq) ([]candidate, error) {
+	pipe := r.d.RDB.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(cands))
+	for i, c := range cands {
+		cmds[i] = pipe.HGetAll(ctx, c.key)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !allKeyErrors(cmds) {
+		return nil, fmt.Errorf("reconcile: read Redis: %w", err)
+	}
+	still := cands[:0]
+	for i, c := range cands {
+		h, herr := cmds[i].Result()
+		if herr == nil && h[layout.FieldSeq] != "" {
+			if s, err := layout.ParseSeq(h[layout.FieldSeq]); err == nil && at.Less(s) {
+				continue // the stream wrote it after the re-read: a newer full row
+			}
+		}
+		var row *snapshot.Row
+		if f, ok := found[c.key]; ok {
+			row = &f
+		}
+		versioned := t.VersionColumn != ""
+		kind, differs := classify(row, h, herr, versioned)
+		if !differs {
+			continue
+		}
+		// Behind MySQL (an older version, a row or a delete not there yet) while the
+		// stream keeps writing the key: lag on a hot key, not drift. A difference at
+		// the same version (what the stream wrote is wrong) is reported however often
+		// the key is written; so is any difference of a table without a version
+		// column once the key stops changing.
+		if herr == nil && h[layout.FieldSeq] > c.sight && (kind != Mismatch || !versioned) {
+			continue
+		}
+		c.kind, c.row, c.obs = kind, row, observe(h, herr)
+		still = append(still, c)
+	}
+	return still, nil
+}
+
+// splitDue splits still into the candidates to re-check again and those to report now.
+func (r *runner) splitDue(still []candidate, delay *backoff.Exponential) (cands, due []candidate) {
+	// Each candidate is re-checked for the whole window from when it was first seen
+	// (a long walk must not shorten it: a running daemon's lag is not drift).
+	cands = still[:0:0]
+	next := time.Now().Add(delay.Current())
+	for _, c := range still {
+		if next.After(c.seen.Add(r.opts.Recheck)) {
+			due = append(due, c)
+		} else {
+			cands = append(cands, c)
+		}
+	}
+	return cands, due
 }
 
 // report counts confirmed differences and repairs them when asked.
@@ -167,7 +188,7 @@ func (r *runner) report(ctx context.Context, tr *TableReport, cands []candidate,
 
 // extras scans the keys under the table's prefix for live hashes (or values of another
 // type) whose key the walk did not see, and settles them.
-func (r *runner) extras(ctx context.Context, t *canal.Table, tr *TableReport, seen []uint64) error {
+func (r *runner) extras(ctx context.Context, t *source.Table, tr *TableReport, seen []uint64) error {
 	var cands []candidate
 	var scanned int64
 	check := func(ctx context.Context, keys []string) error {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 )
 
 func change(key, v string) layout.Change {
@@ -17,7 +18,7 @@ func change(key, v string) layout.Change {
 
 func TestKeyQueueCoalescesAndHoldsTheOldestTransaction(t *testing.T) {
 	ctx := context.Background()
-	w := NewWatermark(canal.Position{}, time.Now)
+	w := NewWatermark(source.Position{}, time.Now)
 	q := newKeyQueue(10)
 	put := func(t *txnState, key, v string) {
 		t.pending.Add(1)
@@ -30,13 +31,13 @@ func TestKeyQueueCoalescesAndHoldsTheOldestTransaction(t *testing.T) {
 	t1 := w.open(1)
 	put(t1, "a", "1")
 	put(t1, "b", "1")
-	w.seal(1, canal.Position{Pos: 1}, time.Now())
+	w.seal(1, source.Position{Pos: 1}, time.Now())
 	t2 := w.open(2)
 	put(t2, "a", "2")
-	w.seal(2, canal.Position{Pos: 2}, time.Now())
+	w.seal(2, source.Position{Pos: 2}, time.Now())
 	t3 := w.open(3)
 	put(t3, "a", "3")
-	w.seal(3, canal.Position{Pos: 3}, time.Now())
+	w.seal(3, source.Position{Pos: 3}, time.Now())
 	// a's later rows were merged and acknowledged at once, but txn 1 holds them back.
 	if t2.pending.Load() != 0 || t3.pending.Load() != 0 || t1.pending.Load() != 2 {
 		t.Fatalf("pending: %d %d %d", t1.pending.Load(), t2.pending.Load(), t3.pending.Load())

@@ -23,6 +23,7 @@ import (
 	"github.com/invsync/invsync/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // Parker stores a change that Redis refused for its key (not for an outage) so that it
@@ -217,19 +218,15 @@ func (s *Sink) Close() {
 // Run runs the workers until Close was called and the queues are drained, or ctx ends
 // (then unwritten rows stay unacknowledged).
 func (s *Sink) Run(ctx context.Context) error {
-	errc := make(chan error, len(s.queues))
+	// Not errgroup.WithContext: a worker that fails does not stop the others.
+	var workers errgroup.Group
 	for i, q := range s.queues {
-		go func() { errc <- s.work(ctx, i, q) }()
+		workers.Go(func() error { return s.work(ctx, i, q) })
 	}
-	var first error
-	for range s.queues {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return workers.Wait()
 }
 
+// work runs worker id: it writes what it takes from q until q is drained or ctx ends.
 func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 	log := s.log.With(zap.Int("worker", id))
 	bs, fi := s.tuning()
@@ -261,63 +258,82 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 			continue
 		}
 		if len(batch) < bs && !done && fi > 0 {
-			if timer == nil {
-				timer = time.NewTimer(fi)
-			} else {
-				timer.Reset(fi)
+			var err error
+			if batch, done, err = s.linger(ctx, q, batch, done, bs, fi, &timer); err != nil {
+				return err
 			}
-		linger:
-			for len(batch) < bs && !done {
-				select {
-				case <-q.ready:
-					batch, done = q.take(batch, bs)
-				case <-timer.C:
-					break linger
-				case <-ctx.Done():
-					timer.Stop()
-					return ctx.Err()
-				}
-			}
-			timer.Stop()
 		}
 		if len(batch) == 0 {
 			s.busy.Add(-1)
 			return nil // closed and drained
 		}
-		changes = changes[:0]
-		for _, e := range batch {
-			c := e.change
-			if c.Op == layout.OpUpsert && c.Fields == nil && !e.image.IsZero() {
-				c.Version = e.image.Version(c.Seq)
-				var err error
-				if c.Fields, err = e.image.Fields(); err != nil {
-					s.m.RenderErrors.Inc()
-					log.Error("a column value has a type invsync does not expect; written as rendered", zap.String("key", c.Key), zap.Error(err))
-				}
-			}
-			c.MaxVersion = e.maxVersion(c.Version)
-			changes = append(changes, c)
-		}
+		changes = s.changesOf(log, batch, changes[:0])
 		if err := s.write(ctx, log, changes, batch, out[:len(changes)]); err != nil {
 			return err
 		}
-		for i, e := range batch {
-			if n := e.merged; n > 0 {
-				// Rows superseded while waiting share the fate of the newest change.
-				op := opIndex(e.change.Op)
-				if out[i].Result == layout.Skipped {
-					s.skipped[e.table][op].Add(float64(n))
-				} else {
-					s.coalesced[e.table][op].Add(float64(n))
-				}
-			}
-			e.hold.pending.Add(-1)
-			batch[i] = nil
-		}
+		s.acknowledge(batch, out)
 		s.busy.Add(-1)
 		if done {
 			return nil
 		}
+	}
+}
+
+// linger takes more entries into batch until it holds bs, q is closed, or fi has passed.
+func (s *Sink) linger(ctx context.Context, q *keyQueue, batch []*entry, done bool, bs int, fi time.Duration, timer **time.Timer) ([]*entry, bool, error) {
+	if *timer == nil {
+		*timer = time.NewTimer(fi)
+	} else {
+		(*timer).Reset(fi)
+	}
+linger:
+	for len(batch) < bs && !done {
+		select {
+		case <-q.ready:
+			batch, done = q.take(batch, bs)
+		case <-(*timer).C:
+			break linger
+		case <-ctx.Done():
+			(*timer).Stop()
+			return batch, done, ctx.Err()
+		}
+	}
+	(*timer).Stop()
+	return batch, done, nil
+}
+
+// changesOf appends to changes what batch's entries write (rendered fields, versions).
+func (s *Sink) changesOf(log *zap.Logger, batch []*entry, changes []layout.Change) []layout.Change {
+	for _, e := range batch {
+		c := e.change
+		if c.Op == layout.OpUpsert && c.Fields == nil && !e.image.IsZero() {
+			c.Version = e.image.Version(c.Seq)
+			var err error
+			if c.Fields, err = e.image.Fields(); err != nil {
+				s.m.RenderErrors.Inc()
+				log.Error("a column value has a type invsync does not expect; written as rendered", zap.String("key", c.Key), zap.Error(err))
+			}
+		}
+		c.MaxVersion = e.maxVersion(c.Version)
+		changes = append(changes, c)
+	}
+	return changes
+}
+
+// acknowledge marks batch's entries written (counting the rows coalesced into them).
+func (s *Sink) acknowledge(batch []*entry, out []layout.Outcome) {
+	for i, e := range batch {
+		if n := e.merged; n > 0 {
+			// Rows superseded while waiting share the fate of the newest change.
+			op := opIndex(e.change.Op)
+			if out[i].Result == layout.Skipped {
+				s.skipped[e.table][op].Add(float64(n))
+			} else {
+				s.coalesced[e.table][op].Add(float64(n))
+			}
+		}
+		e.hold.pending.Add(-1)
+		batch[i] = nil
 	}
 }
 

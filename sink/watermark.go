@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/source"
 )
 
 // txnState tracks one source transaction until all its rows are acknowledged.
@@ -14,7 +14,7 @@ type txnState struct {
 	rows    int64 // rows routed (only the router goroutine writes it)
 	pending atomic.Int64
 	sealed  atomic.Bool
-	pos     canal.Position
+	pos     source.Position
 	ts      time.Time
 	started time.Time
 }
@@ -27,12 +27,12 @@ type Watermark struct {
 	mu    sync.Mutex
 	queue []*txnState // in binlog order
 	last  *txnState   // newest transaction, the one rows are added to
-	done  canal.Position
+	done  source.Position
 	now   func() time.Time
 }
 
 // NewWatermark starts at pos (the position streaming starts from).
-func NewWatermark(pos canal.Position, now func() time.Time) *Watermark {
+func NewWatermark(pos source.Position, now func() time.Time) *Watermark {
 	return &Watermark{done: pos, now: now}
 }
 
@@ -51,7 +51,7 @@ func (w *Watermark) open(id uint64) *txnState {
 }
 
 // seal marks transaction id read completely, at pos.
-func (w *Watermark) seal(id uint64, pos canal.Position, ts time.Time) {
+func (w *Watermark) seal(id uint64, pos source.Position, ts time.Time) {
 	t := w.open(id)
 	w.mu.Lock()
 	t.pos, t.ts = pos, ts
@@ -61,7 +61,7 @@ func (w *Watermark) seal(id uint64, pos canal.Position, ts time.Time) {
 
 // Advance moves past every done transaction at the front and returns the newest done
 // position, how many transactions completed and how many rows they held.
-func (w *Watermark) Advance() (pos canal.Position, txns int, rows int64) {
+func (w *Watermark) Advance() (pos source.Position, txns int, rows int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := 0

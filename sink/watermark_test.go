@@ -4,10 +4,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/source"
 )
 
-func pos(n uint32) canal.Position { return canal.Position{File: "binlog.000001", Pos: n} }
+func pos(n uint32) source.Position { return source.Position{File: "binlog.000001", Pos: n} }
 
 func TestWatermarkNeverPassesAnUnackedRow(t *testing.T) {
 	w := NewWatermark(pos(4), time.Now)

@@ -6,15 +6,15 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/internal/backoff"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 	"go.uber.org/zap"
 )
 
 // handOffPosition asks position for the snapshot's position; with HandOffAtLeast, again
 // until it is at or after the floor (see floorReached).
-func (s *Snapshot) handOffPosition(ctx context.Context, conn *client.Conn, position func(context.Context) (canal.Position, error)) (canal.Position, error) {
+func (s *Snapshot) handOffPosition(ctx context.Context, conn *client.Conn, position func(context.Context) (source.Position, error)) (source.Position, error) {
 	poll := backoff.New(5*time.Millisecond, 200*time.Millisecond)
 	var waitingSince time.Time
 	for {
@@ -35,7 +35,7 @@ func (s *Snapshot) handOffPosition(ctx context.Context, conn *client.Conn, posit
 // floorPatience it checks that the source's binlog reaches the floor at all; when it does
 // not (the floor is from a history the source no longer has: a reset binlog), it drops
 // the floor and returns false (read on from what the source has now).
-func (s *Snapshot) floorReachable(conn *client.Conn, pos canal.Position, waitingSince *time.Time) (bool, error) {
+func (s *Snapshot) floorReachable(conn *client.Conn, pos source.Position, waitingSince *time.Time) (bool, error) {
 	if waitingSince.IsZero() {
 		*waitingSince = time.Now()
 		return true, nil
@@ -47,7 +47,7 @@ func (s *Snapshot) floorReachable(conn *client.Conn, pos canal.Position, waiting
 	// A commit on its way can take long (semi-sync waits for a replica up to its
 	// timeout), but when even the server's binlog ends before the floor, the floor is
 	// from a history the source no longer has.
-	end, err := canal.MasterStatus(conn)
+	end, err := source.MasterStatus(conn)
 	if err != nil {
 		return false, err
 	}
@@ -69,15 +69,15 @@ func (s *Snapshot) floorReachable(conn *client.Conn, pos canal.Position, waiting
 const floorPatience = 10 * time.Second
 
 // readAt runs query inside a consistent snapshot at or after the snapshot's floor and
-// returns that snapshot's exact position (see canal.ReadConsistent).
-func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (canal.Position, error) {
+// returns that snapshot's exact position (see source.ReadConsistent).
+func (r *run) readAt(ctx context.Context, query string, res **mysql.Result) (source.Position, error) {
 	poll := backoff.New(5*time.Millisecond, 200*time.Millisecond)
 	var waitingSince time.Time
 	for {
-		pos, err := canal.ReadConsistent(r.conn, r.s.cfg.Source.Flavor, r.s.epoch, func(err error) {
+		pos, err := source.ReadConsistent(r.conn, r.s.src.Flavor, r.s.epoch, func(err error) {
 			r.s.log.Warn("reload chunks may miss a transaction committing as they are read", zap.Error(err))
 		},
-			func(canal.Position) error {
+			func(source.Position) error {
 				var err error
 				*res, err = r.conn.Execute(query)
 				return err

@@ -8,8 +8,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 )
 
 // Row is one row read from the source: as the snapshot would write it, and its primary
@@ -29,9 +29,9 @@ type Rows struct {
 	done  bool
 }
 
-// NewRows reads t through conn (a session prepared with PrepareSession), chunk rows per
+// NewRows reads t through conn (a session of source.Config.Dial), chunk rows per
 // query; positionVersion is _v for a table without a version column.
-func NewRows(conn *client.Conn, t *canal.Table, chunk int, positionVersion string) (*Rows, error) {
+func NewRows(conn *client.Conn, t *source.Table, chunk int, positionVersion string) (*Rows, error) {
 	q, err := newTableQuery(t)
 	if err != nil {
 		return nil, err
@@ -120,7 +120,7 @@ func (q *tableQuery) rows(raws []mysql.RowData, pv string) ([]Row, [][]byte, err
 // FetchRows reads the current rows of t with the given primary keys (each the text of
 // its parts), as many per query as given; rows that do not exist are absent from the
 // result, which is keyed by Redis key.
-func FetchRows(conn *client.Conn, t *canal.Table, pks [][]string, positionVersion string) (map[string]Row, error) {
+func FetchRows(conn *client.Conn, t *source.Table, pks [][]string, positionVersion string) (map[string]Row, error) {
 	q, err := newTableQuery(t)
 	if err != nil {
 		return nil, err

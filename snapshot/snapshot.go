@@ -18,12 +18,13 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/internal/backoff"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // Writer applies rows; layout.Writer is the implementation.
@@ -52,8 +53,9 @@ type Stats struct {
 
 // Snapshot runs one full load.
 type Snapshot struct {
-	cfg      *config.Config
-	tables   []*canal.Table
+	src      source.Config
+	opts     config.Snapshot
+	tables   []*source.Table
 	w        Writer
 	rdb      redis.UniversalClient
 	log      *zap.Logger
@@ -102,25 +104,22 @@ func (s *Snapshot) Replacing() *Snapshot {
 	return s
 }
 
-// New returns a snapshot of tables (from canal.LoadTables) written through w. After each
+// New returns a snapshot of tables (from source.LoadTables) written through w. After each
 // table, the keys under its prefix that hold a live row the snapshot did not find are
 // turned into tombstones (rdb is used to find them). progress, if not nil, is called
 // every second (or snapshot.progress_interval if shorter) and at the end.
-func New(cfg *config.Config, tables []*canal.Table, w Writer, rdb redis.UniversalClient, log *zap.Logger, progress func(Progress)) *Snapshot {
-	return &Snapshot{cfg: cfg, tables: tables, w: w, rdb: rdb, log: log, progress: progress, seed: maphash.MakeSeed()}
+func New(src source.Config, opts config.Snapshot, tables []*source.Table, w Writer, rdb redis.UniversalClient, log *zap.Logger, progress func(Progress)) *Snapshot {
+	return &Snapshot{src: src, opts: opts, tables: tables, w: w, rdb: rdb, log: log, progress: progress, seed: maphash.MakeSeed()}
 }
 
 // Run records the current binlog position (via position, called before any row is
 // read), loads every table and returns that position: streaming must start from it.
-func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (canal.Position, error)) (canal.Position, Stats, error) {
-	conn, err := canal.Connect(ctx, s.cfg.Source)
+func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (source.Position, error)) (source.Position, Stats, error) {
+	conn, err := s.src.Dial(ctx)
 	if err != nil {
-		return canal.Position{}, Stats{}, fmt.Errorf("snapshot: connect to the source %s: %w", s.cfg.Source.Addr, err)
+		return source.Position{}, Stats{}, fmt.Errorf("snapshot: connect to the source %s: %w", s.src.Addr, err)
 	}
 	defer conn.Close()
-	if err := PrepareSession(conn, s.cfg.Source.TimeZone); err != nil {
-		return canal.Position{}, Stats{}, fmt.Errorf("snapshot: prepare the session: %w", err)
-	}
 	p0, err := s.handOffPosition(ctx, conn, position)
 	if err != nil {
 		return p0, Stats{}, err
@@ -155,7 +154,7 @@ type run struct {
 	seen                   map[uint64]struct{} // hashes of the keys of the current table
 }
 
-func estimateRows(conn *client.Conn, t *canal.Table) int64 {
+func estimateRows(conn *client.Conn, t *source.Table) int64 {
 	res, err := conn.Execute("SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = '" + quote(t.Schema) + "' AND TABLE_NAME = '" + quote(t.Name) + "'")
 	if err != nil || res.RowNumber() == 0 {
 		return 0
@@ -167,15 +166,15 @@ func estimateRows(conn *client.Conn, t *canal.Table) int64 {
 
 // tableQuery is how the rows of one table are selected and turned into changes.
 type tableQuery struct {
-	t         *canal.Table
-	cols      []canal.ColumnInfo
+	t         *source.Table
+	cols      []source.ColumnInfo
 	pkAt      []int // index in cols of each primary key part
 	versionAt int   // index in cols of the version column, or -1
 	pkCols    []string
 	base      string // SELECT ... FROM ...
 }
 
-func newTableQuery(t *canal.Table) (*tableQuery, error) {
+func newTableQuery(t *source.Table) (*tableQuery, error) {
 	q := &tableQuery{t: t, versionAt: -1}
 	for _, c := range t.Columns {
 		if t.Mirrored(c.Name) {
@@ -233,8 +232,8 @@ func (q *tableQuery) change(vals [][]byte, nulls []bool, positionVersion string,
 
 // Fetch reads the current row of t with primary key pk (the text of each part) with the
 // text protocol, as the snapshot would write it. found is false when the row does not
-// exist. conn must be a session prepared like the snapshot's (see PrepareSession).
-func Fetch(conn *client.Conn, t *canal.Table, pk []string, positionVersion string) (c layout.Change, found bool, err error) {
+// exist. conn must be a session prepared like the snapshot's (see source.PrepareSession).
+func Fetch(conn *client.Conn, t *source.Table, pk []string, positionVersion string) (c layout.Change, found bool, err error) {
 	q, err := newTableQuery(t)
 	if err != nil {
 		return c, false, err
@@ -264,21 +263,15 @@ func Fetch(conn *client.Conn, t *canal.Table, pk []string, positionVersion strin
 	return q.change(vals, nulls, positionVersion, false), true, nil
 }
 
-// PrepareSession sets a session up to read values as the binlog renders them: TIMESTAMP
-// in the configured zone, and literals where only quotes need escaping.
-func PrepareSession(conn *client.Conn, timeZone string) error {
-	_, err := conn.Execute("SET SESSION time_zone = '" + config.TimeZoneOffset(timeZone) + "', SESSION sql_mode = 'NO_BACKSLASH_ESCAPES', NAMES utf8mb4")
-	return err
-}
-
-func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) error {
+// table loads t chunk by chunk, a writer goroutine applying one while the next is read.
+func (r *run) table(ctx context.Context, t *source.Table, p0 source.Position) error {
 	tq, err := newTableQuery(t)
 	if err != nil {
 		return err
 	}
 	pkCols := tq.pkCols
 	base := tq.base
-	order := " ORDER BY " + strings.Join(pkCols, ", ") + " LIMIT " + strconv.Itoa(r.s.cfg.Snapshot.ChunkSize)
+	order := " ORDER BY " + strings.Join(pkCols, ", ") + " LIMIT " + strconv.Itoa(r.s.opts.ChunkSize)
 	positionVersion := ""
 	if tq.versionAt < 0 {
 		// Without a version column, a snapshot row is as new as P0 at least; the binlog
@@ -289,28 +282,9 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 		r.seen = make(map[uint64]struct{})
 	}
 	var after []string // the last primary key read, as SQL literals
-	// A writer goroutine applies one chunk while the next is read.
-	writes := make(chan []layout.Change, 1)
-	werr := make(chan error, 1)
 	wctx, stopWriter := context.WithCancel(ctx)
 	defer stopWriter()
-	go func() {
-		out := make([]layout.Outcome, r.s.cfg.Snapshot.ChunkSize)
-		for changes := range writes {
-			if err := r.write(wctx, changes, out); err != nil {
-				werr <- err
-				for range writes {
-				}
-				return
-			}
-			r.report(t.FullName(), false)
-		}
-		werr <- nil
-	}()
-	finish := func() error {
-		close(writes)
-		return <-werr
-	}
+	writes, failed, finish := r.startWriter(wctx, t)
 	for {
 		if err := ctx.Err(); err != nil {
 			_ = finish()
@@ -321,78 +295,63 @@ func (r *run) table(ctx context.Context, t *canal.Table, p0 canal.Position) erro
 			q += " WHERE (" + strings.Join(pkCols, ", ") + ") > (" + strings.Join(after, ", ") + ")"
 		}
 		chunkStart := time.Now()
-		// A reload that runs while the stream writes stamps each chunk with the exact
-		// binlog position of the consistent snapshot it is read in: its rows are then
-		// ordered against the stream's by position. Versions cannot order them: a row
-		// read before a DELETE may carry a higher version than the tombstone of a later
-		// incarnation whose version restarted.
-		// A replacing reload (the stream is paused) stamps its chunks the same way: a
-		// binlog change after the chunk's position then replaces the row, one before it
-		// (replayed when the stream resumes) cannot.
 		var stamp layout.Seq
 		var res *mysql.Result
-		if r.s.noSweep || r.s.replace {
-			pos, err := r.readAt(ctx, q+order, &res)
-			if err != nil {
-				_ = finish()
-				return fmt.Errorf("snapshot: read %s: %w", t.FullName(), err)
-			}
-			stamp = SeqOf(pos)
-			if tq.versionAt < 0 {
-				positionVersion = strconv.FormatUint(positionVersionOf(pos), 10)
-			}
-		} else if res, err = r.conn.Execute(q + order); err != nil {
+		if res, stamp, positionVersion, err = r.readChunk(ctx, tq, q+order, positionVersion); err != nil {
 			_ = finish()
 			return fmt.Errorf("snapshot: read %s: %w", t.FullName(), err)
 		}
 		n := len(res.RowDatas)
-		changes := make([]layout.Change, 0, n)
-		var last [][]byte
-		for _, raw := range res.RowDatas {
-			vals, nulls, err := splitRow(raw, len(tq.cols))
-			if err != nil {
-				res.Close()
-				_ = finish()
-				return fmt.Errorf("snapshot: %s: %w", t.FullName(), err)
-			}
-			c := tq.change(vals, nulls, positionVersion, r.s.replace)
-			c.Seq = stamp
-			if r.seen != nil {
-				r.seen[maphash.String(r.s.seed, c.Key)] = struct{}{}
-			}
-			changes = append(changes, c)
-			last = vals
+		changes, last, err := r.chunkChanges(tq, res, positionVersion, stamp)
+		if err != nil {
+			res.Close()
+			_ = finish()
+			return fmt.Errorf("snapshot: %s: %w", t.FullName(), err)
 		}
 		if n > 0 {
-			after = make([]string, len(tq.pkAt))
-			for p, i := range tq.pkAt {
-				after[p] = literal(tq.cols[i], last[i])
-			}
+			after = tq.keyLiterals(last)
 		}
 		res.Close()
 		select {
-		case writes <- changes:
-		case err := <-werr:
-			close(writes)
-			return err
+		case <-failed: // first: a free slot in writes must not hide the writer's failure
+			return finish()
+		default:
 		}
-		if n < r.s.cfg.Snapshot.ChunkSize {
+		select {
+		case writes <- changes:
+		case <-failed:
+			return finish()
+		}
+		if n < r.s.opts.ChunkSize {
 			if err := finish(); err != nil {
 				return err
 			}
 			return r.sweep(ctx, t, p0)
 		}
-		if limit := r.s.cfg.Snapshot.RowsPerSecond; limit > 0 {
-			want := time.Duration(float64(n) / float64(limit) * float64(time.Second))
-			if wait := want - time.Since(chunkStart); wait > 0 {
-				select {
-				case <-time.After(wait):
-				case <-ctx.Done():
-					_ = finish()
-					return ctx.Err()
-				}
-			}
+		if !r.pace(ctx, n, chunkStart) {
+			_ = finish()
+			return ctx.Err()
 		}
+	}
+}
+
+// startWriter starts the writer that applies one chunk while the next is read: send
+// chunks on writes; failed is closed when a write fails; finish ends the writer and
+// returns its error.
+func (r *run) startWriter(ctx context.Context, t *source.Table) (writes chan<- []layout.Change, failed <-chan struct{}, finish func() error) {
+	ch := make(chan []layout.Change, 1)
+	fail := make(chan struct{})
+	var writer errgroup.Group
+	writer.Go(func() error {
+		err := r.writeChunks(ctx, t, ch)
+		if err != nil {
+			close(fail)
+		}
+		return err
+	})
+	return ch, fail, func() error {
+		close(ch)
+		return writer.Wait()
 	}
 }
 
@@ -439,7 +398,7 @@ func (r *run) report(table string, final bool) {
 		return
 	}
 	now := time.Now()
-	if !final && now.Sub(r.lastReport) < min(r.s.cfg.Snapshot.ProgressInterval, time.Second) {
+	if !final && now.Sub(r.lastReport) < min(r.s.opts.ProgressInterval, time.Second) {
 		return
 	}
 	r.lastReport = now
@@ -474,7 +433,7 @@ func splitRow(raw []byte, n int) ([][]byte, []bool, error) {
 // literal renders a primary key value read with the text protocol as an SQL literal
 // that compares the way the index orders: numbers as they are, binary strings as hex,
 // other strings quoted (so that the column's collation applies).
-func literal(c canal.ColumnInfo, v []byte) string {
+func literal(c source.ColumnInfo, v []byte) string {
 	switch c.DataType {
 	case "tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year":
 		return string(v)
@@ -491,7 +450,7 @@ func literal(c canal.ColumnInfo, v []byte) string {
 
 // memberNumber is the number MySQL stores for an ENUM value (its 1-based position; 0 for
 // the empty error value) or a SET value (the bitmask of its members).
-func memberNumber(c canal.ColumnInfo, v string) uint64 {
+func memberNumber(c source.ColumnInfo, v string) uint64 {
 	members := c.Values()
 	if c.DataType == "enum" {
 		for i, m := range members {
@@ -523,28 +482,28 @@ func ident(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`
 // after every row of the events that end at or before p. A write stamped with it is
 // ordered against the binlog stream's writes by position, as a binlog write is: a change
 // committed after p replaces it, one committed before p cannot.
-func SeqOf(p canal.Position) layout.Seq {
+func SeqOf(p source.Position) layout.Seq {
 	f, _ := p.SeqFile()
 	return layout.Seq{File: f, Pos: p.Pos, Index: 9_999_999}
 }
 
 // PositionVersion is _v, for a table without a version column, of a row read at p.
-func PositionVersion(p canal.Position) uint64 { return positionVersionOf(p) }
+func PositionVersion(p source.Position) uint64 { return positionVersionOf(p) }
 
-func positionVersionOf(p canal.Position) uint64 {
+func positionVersionOf(p source.Position) uint64 {
 	f, _ := p.SeqFile()
 	return layout.PositionVersion(layout.Seq{File: f, Pos: p.Pos})
 }
 
 // ScanKeys reads every primary key of t with keyset pagination, chunk keys at a time,
 // and calls fn with each key's text as it appears in the row key (parts joined with
-// ':'). conn must be a session prepared like the snapshot's (see PrepareSession).
-func ScanKeys(ctx context.Context, conn *client.Conn, t *canal.Table, chunk int, fn func(pk string)) error {
+// ':'). conn must be a session prepared like the snapshot's (see source.PrepareSession).
+func ScanKeys(ctx context.Context, conn *client.Conn, t *source.Table, chunk int, fn func(pk string)) error {
 	tq, err := newTableQuery(t)
 	if err != nil {
 		return err
 	}
-	cols := make([]canal.ColumnInfo, len(tq.pkAt))
+	cols := make([]source.ColumnInfo, len(tq.pkAt))
 	for p, i := range tq.pkAt {
 		cols[p] = tq.cols[i]
 	}

@@ -3,7 +3,7 @@ package snapshot
 import (
 	"testing"
 
-	"github.com/invsync/invsync/canal"
+	"github.com/invsync/invsync/source"
 )
 
 func TestGlobEscape(t *testing.T) {
@@ -23,15 +23,15 @@ func TestLiteralKeepsIndexOrder(t *testing.T) {
 		{"datetime", "2024-01-02 03:04:05", "'2024-01-02 03:04:05'"},
 	}
 	for _, c := range cases {
-		if got := literal(canal.ColumnInfo{DataType: c.typ}, []byte(c.v)); got != c.want {
+		if got := literal(source.ColumnInfo{DataType: c.typ}, []byte(c.v)); got != c.want {
 			t.Errorf("literal(%s, %q) = %s, want %s", c.typ, c.v, got, c.want)
 		}
 	}
 	// ENUM and SET compare by their numbers, as their index orders them.
-	enum := canal.ColumnInfo{DataType: "enum", ColumnType: "enum('z','a','m','it''s')"}
-	set := canal.ColumnInfo{DataType: "set", ColumnType: "set('z','a','m')"}
+	enum := source.ColumnInfo{DataType: "enum", ColumnType: "enum('z','a','m','it''s')"}
+	set := source.ColumnInfo{DataType: "set", ColumnType: "set('z','a','m')"}
 	for _, c := range []struct {
-		col  canal.ColumnInfo
+		col  source.ColumnInfo
 		v    string
 		want string
 	}{{enum, "z", "1"}, {enum, "m", "3"}, {enum, "it's", "4"}, {enum, "", "0"}, {set, "", "0"}, {set, "z,m", "5"}, {set, "a", "2"}} {

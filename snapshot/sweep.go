@@ -7,9 +7,9 @@ import (
 	"hash/maphash"
 	"strings"
 
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/internal/redisscan"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -17,7 +17,7 @@ import (
 // Gone turns every live row under t's prefix into a tombstone: the table no longer
 // exists on the source (at is the position where that was seen; with Replacing, the
 // tombstones replace whatever version Redis holds and carry at). It returns how many.
-func (s *Snapshot) Gone(ctx context.Context, t *canal.Table, at canal.Position) (int64, error) {
+func (s *Snapshot) Gone(ctx context.Context, t *source.Table, at source.Position) (int64, error) {
 	r := &run{s: s, seen: map[uint64]struct{}{}}
 	err := r.sweep(ctx, t, at)
 	return r.swept, err
@@ -28,7 +28,7 @@ func (s *Snapshot) Gone(ctx context.Context, t *canal.Table, at canal.Position) 
 // whose hash matches a found key's is left alone (a collision is harmless that way). A
 // replacing reload tombstones them whatever their version, stamped with p0 (the position
 // recorded before the table was read): a later binlog write of the key wins.
-func (r *run) sweep(ctx context.Context, t *canal.Table, p0 canal.Position) error {
+func (r *run) sweep(ctx context.Context, t *source.Table, p0 source.Position) error {
 	if r.s.noSweep {
 		r.seen = nil
 		return nil

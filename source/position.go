@@ -1,7 +1,12 @@
-// Package source holds what every floor of invsync says about the MySQL or MariaDB
-// source without talking to it: a binlog position and how positions order, and the
-// error that marks a problem no retry can fix. It imports nothing of the project; the
-// binlog reader (package canal), the checkpoint, snapshots and reconciliation use it.
+// Package source is invsync's access to the MySQL or MariaDB source, below everything
+// else: a binlog position and how positions order (position.go), the error that marks a
+// problem no retry can fix, how to reach the server (Config: Dial, OpenDB) and check it
+// can be followed (Check), the definitions of the mirrored tables and the decoders of
+// their character sets (LoadTables, Table.Decoder), reads in a consistent snapshot with
+// its exact binlog position (ReadConsistent, CurrentPosition), and questions about the
+// binlog (Identity, PositionAvailable, OldestBinlog, PositionWithoutPreparedXA). It
+// imports nothing of the project; the binlog reader (package canal), the checkpoint,
+// snapshots, reconciliation and the daemon use it.
 package source
 
 import (

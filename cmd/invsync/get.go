@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/invsync/invsync/client"
+	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/snapshot"
+	"go.uber.org/zap"
 )
 
 // getCmd is `invsync get TABLE PK...`.
@@ -48,7 +52,7 @@ flag (or put it after --).`, `  0  every row was found
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	cl, closeAll, err := daemon.OpenClient(ctx, cfg, nil)
+	cl, closeAll, err := openClient(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "invsync: %v\n", err)
 		return 2
@@ -91,4 +95,48 @@ func rowJSON(r client.Row) string {
 	m["_v"] = r.Version
 	b, _ := json.Marshal(m)
 	return string(b)
+}
+
+// openClient returns the read path of package client over the configured Redis, with a
+// loader that reads rows from the source as the snapshot does. Call the returned
+// function when done.
+func openClient(ctx context.Context, cfg *config.Config) (*client.Client, func(), error) {
+	c, err := daemon.Open(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	tables, err := c.Tables(ctx)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	// Versions derived from positions belong to the checkpoint's epoch.
+	epoch := c.Epoch(ctx)
+	f := snapshot.NewFetcher(c.Source, tables, func() uint32 { return epoch }, zap.NewNop())
+	var mu sync.Mutex
+	load := func(ctx context.Context, table string, pk []string) (*client.Row, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		ch, found, err := f.Fetch(ctx, table, layout.KeyInner(pk))
+		if err != nil || !found {
+			return nil, err
+		}
+		row := &client.Row{Fields: make(map[string]string, len(ch.Fields)), Version: ch.Version}
+		for _, fl := range ch.Fields {
+			row.Fields[fl.Name] = fl.Value
+		}
+		return row, nil
+	}
+	cl, err := client.New(c.Redis, c.ClientTables(tables...), load, client.Options{NullTTL: cfg.Bloom.NullTTL})
+	if err != nil {
+		f.Close()
+		c.Close()
+		return nil, nil, err
+	}
+	return cl, func() {
+		mu.Lock()
+		f.Close()
+		mu.Unlock()
+		c.Close()
+	}, nil
 }

@@ -149,7 +149,7 @@ an instance leads this config.`, `  0  every table loaded, the position recorded
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	bar := progressBar(stderr)
-	at, err := daemon.Snapshot(ctx, cfg, log, bar)
+	at, err := daemon.New(cfg, log).Snapshot(ctx, bar)
 	if bar != nil {
 		fmt.Fprintln(stderr)
 	}
@@ -204,13 +204,13 @@ func checkConfig(cfg *config.Config, out io.Writer) int {
 	defer cancel()
 	fmt.Fprintln(out, "config: OK")
 	failed := false
-	db, err := daemon.OpenSourceDB(cfg.Source)
+	c, err := daemon.Open(cfg)
 	if err != nil {
 		fmt.Fprintf(out, "source: FAIL: %v\n", err)
 		return 1
 	}
-	defer db.Close()
-	_, problems := daemon.CheckSource(ctx, db, cfg)
+	defer c.Close()
+	_, problems := c.CheckSource(ctx)
 	for _, p := range problems {
 		if p.Warning {
 			fmt.Fprintf(out, "%s: WARN: %v\n", p.Check, p.Err)
@@ -222,12 +222,10 @@ func checkConfig(cfg *config.Config, out io.Writer) int {
 	if !failed {
 		fmt.Fprintf(out, "source %s: OK (binlog on, ROW, FULL row image; %d table(s) found with primary keys)\n", cfg.Source.Addr, len(cfg.Tables))
 	}
-	rdb := daemon.NewRedis(cfg.Redis)
-	defer rdb.Close()
-	if err := daemon.CheckRedis(ctx, rdb, cfg.Redis); err != nil {
+	if err := c.CheckRedis(ctx); err != nil {
 		failed = true
 		fmt.Fprintf(out, "redis: FAIL: %v\n", err)
-	} else if err := daemon.CheckClaims(ctx, cfg, db, rdb); err != nil {
+	} else if err := c.CheckClaims(ctx); err != nil {
 		failed = true
 		fmt.Fprintf(out, "redis: FAIL: %v\n", err)
 	} else {
@@ -314,12 +312,17 @@ func compensationCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st, closeDB, err := daemon.OpenCompensation(ctx, cfg)
+	c, err := daemon.Open(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "invsync: %v\n", err)
 		return 1
 	}
-	defer closeDB()
+	defer c.Close()
+	st, err := c.Compensation(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "invsync: %v\n", err)
+		return 1
+	}
 	switch sub {
 	case "list":
 		return compensationList(ctx, st, *asJSON, stdout, stderr)

@@ -52,7 +52,7 @@ are re-checked before they are reported; --repair fixes them.`, `  0  no drift, 
 		opts.Progress = bar
 		defer fmt.Fprintln(stderr)
 	}
-	rep, note, err := daemon.Reconcile(ctx, cfg, log, opts)
+	rep, note, err := daemon.New(cfg, log).Reconcile(ctx, opts)
 	if rep != nil {
 		// Also when some tables failed: the others' results stand.
 		printReport(stdout, rep, note)

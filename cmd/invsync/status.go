@@ -28,7 +28,7 @@ rows, and each table's Bloom filter.`, `  0  the status was read
 func status(cfg *config.Config, cfgPath string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := daemon.Status(ctx, cfg)
+	st, err := readStatus(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "invsync: status: %v\n", err)
 		return 1

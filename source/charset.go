@@ -1,4 +1,4 @@
-package canal
+package source
 
 import (
 	"context"
@@ -164,58 +164,74 @@ func buildServerDecoder(ctx context.Context, db *sql.DB, cs string) (func([]byte
 		}
 		return strings.Split(s.String, "\n"), nil
 	}
-	// one returns the piece of a sequence when the server read it as one character.
-	one := func(p string) (string, bool) { return p, utf8.RuneCountInString(p) == 1 }
 	if maxLen == 1 {
-		var table [256]string
-		for i := range table {
-			table[i] = "?"
-		}
-		var buf []byte
-		for i := 0; i < 256; i++ {
-			if i != '\n' {
-				buf = append(buf, byte(i), '\n')
-			}
-		}
-		pieces, err := convert(buf)
-		if err != nil {
-			return nil, err
-		}
-		k := 0
-		for i := 0; i < 256; i++ {
-			if i == '\n' {
-				table[i] = "\n"
-				continue
-			}
-			if k < len(pieces) {
-				if p, ok := one(pieces[k]); ok {
-					table[i] = p
-				}
-			}
-			k++
-		}
-		asciiSame := true // not a given: swe7 has 'é' at 0x60
-		for i := 0; i < 0x80; i++ {
-			asciiSame = asciiSame && table[i] == string(rune(i))
-		}
-		return func(b []byte) (string, error) {
-			if asciiSame {
-				i := 0
-				for i < len(b) && b[i] < 0x80 {
-					i++
-				}
-				if i == len(b) {
-					return string(b), nil
-				}
-			}
-			var sb strings.Builder
-			sb.Grow(len(b) + len(b)/2)
-			for _, c := range b {
-				sb.WriteString(table[c])
-			}
-			return sb.String(), nil
-		}, nil
+		return singleByteDecoder(convert)
 	}
+	return multiByteDecoder(cs, convert)
+}
+
+// oneChar returns the piece of a sequence when the server read it as one character.
+func oneChar(p string) (string, bool) { return p, utf8.RuneCountInString(p) == 1 }
+
+// singleByteDecoder asks the server (through convert) for the character of each byte.
+func singleByteDecoder(convert func([]byte) ([]string, error)) (func([]byte) (string, error), error) {
+	var table [256]string
+	for i := range table {
+		table[i] = "?"
+	}
+	var buf []byte
+	for i := 0; i < 256; i++ {
+		if i != '\n' {
+			buf = append(buf, byte(i), '\n')
+		}
+	}
+	pieces, err := convert(buf)
+	if err != nil {
+		return nil, err
+	}
+	k := 0
+	for i := 0; i < 256; i++ {
+		if i == '\n' {
+			table[i] = "\n"
+			continue
+		}
+		if k < len(pieces) {
+			if p, ok := oneChar(pieces[k]); ok {
+				table[i] = p
+			}
+		}
+		k++
+	}
+	asciiSame := true // not a given: swe7 has 'é' at 0x60
+	for i := 0; i < 0x80; i++ {
+		asciiSame = asciiSame && table[i] == string(rune(i))
+	}
+	return singleByteDecode(&table, asciiSame), nil
+}
+
+// singleByteDecode returns the decoder that maps each byte through table.
+func singleByteDecode(table *[256]string, asciiSame bool) func([]byte) (string, error) {
+	return func(b []byte) (string, error) {
+		if asciiSame {
+			i := 0
+			for i < len(b) && b[i] < 0x80 {
+				i++
+			}
+			if i == len(b) {
+				return string(b), nil
+			}
+		}
+		var sb strings.Builder
+		sb.Grow(len(b) + len(b)/2)
+		for _, c := range b {
+			sb.WriteString(table[c])
+		}
+		return sb.String(), nil
+	}
+}
+
+// multiByteDecoder asks the server (through convert) for the characters of CJK set cs.
+func multiByteDecoder(cs string, convert func([]byte) ([]string, error)) (func([]byte) (string, error), error) {
 	var singles [256]string
 	pairs := map[uint16]string{}
 	triples := map[uint32]string{}
@@ -228,7 +244,7 @@ func buildServerDecoder(ctx context.Context, db *sql.DB, cs string) (func([]byte
 		return nil, err
 	}
 	for k := 0; k < 0x80 && k < len(pieces); k++ {
-		if p, ok := one(pieces[k]); ok && p != "?" { // a lone lead byte is '?' too
+		if p, ok := oneChar(pieces[k]); ok && p != "?" { // a lone lead byte is '?' too
 			singles[0x80+k] = p
 		}
 	}
@@ -244,7 +260,7 @@ func buildServerDecoder(ctx context.Context, db *sql.DB, cs string) (func([]byte
 			return err
 		}
 		for k := 0; k <= hi-lo && k < len(pieces); k++ {
-			if p, ok := one(pieces[k]); ok {
+			if p, ok := oneChar(pieces[k]); ok {
 				put(lo+k, p)
 			}
 		}
@@ -262,6 +278,11 @@ func buildServerDecoder(ctx context.Context, db *sql.DB, cs string) (func([]byte
 			}
 		}
 	}
+	return multiByteDecode(&singles, pairs, triples), nil
+}
+
+// multiByteDecode returns the decoder that maps EUC-JP triples, pairs, then single bytes.
+func multiByteDecode(singles *[256]string, pairs map[uint16]string, triples map[uint32]string) func([]byte) (string, error) {
 	return func(b []byte) (string, error) {
 		var sb strings.Builder
 		sb.Grow(len(b) * 2)
@@ -294,12 +315,13 @@ func buildServerDecoder(ctx context.Context, db *sql.DB, cs string) (func([]byte
 			i++
 		}
 		return sb.String(), nil
-	}, nil
+	}
 }
 
-// decoder returns the decoder of charset: the server's own (see derivedMultiByte) when it
+// Decoder returns the decoder of charset, which turns a column's raw bytes in the binlog
+// into the UTF-8 text a SELECT returns: the server's own (see derivedMultiByte) when it
 // has one, else charsetDecoder's.
-func (t *Table) decoder(charset string) (func([]byte) (string, error), error) {
+func (t *Table) Decoder(charset string) (func([]byte) (string, error), error) {
 	cs := strings.ToLower(charset)
 	d, err := serverDecoderFor(t.db, cs)
 	if err != nil || d != nil {

@@ -1,11 +1,9 @@
-package daemon
+package source
 
 import (
 	"errors"
 	"strings"
 	"testing"
-
-	"github.com/invsync/invsync/canal"
 )
 
 func TestCheckBinlogSettings(t *testing.T) {
@@ -25,7 +23,7 @@ func TestCheckBinlogSettings(t *testing.T) {
 			t.Errorf("%v: got %v, want one problem saying %q with a fix", v, ps, want)
 			continue
 		}
-		if !errors.Is(ps[0].Err, canal.ErrPermanent) {
+		if !errors.Is(ps[0].Err, ErrPermanent) {
 			t.Errorf("%v: a wrong server setting must be permanent (no retry loop)", v)
 		}
 	}

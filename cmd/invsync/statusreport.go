@@ -1,33 +1,29 @@
-package daemon
+package main
 
 import (
 	"bufio"
 	"context"
-	"database/sql"
 	"errors"
-	"fmt"
 	"math"
-	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/invsync/invsync/bloom"
-	"github.com/invsync/invsync/canal"
 	"github.com/invsync/invsync/checkpoint"
-	"github.com/invsync/invsync/compensation"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/daemon"
+	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 )
 
 // StatusReport is what `invsync status` shows.
 type StatusReport struct {
-	Checkpoint    canal.Position
+	Checkpoint    source.Position
 	HasCheckpoint bool
 	CheckpointAge time.Duration
-	Source        canal.Position
+	Source        source.Position
 	// LeaderConnection is the state database connection id holding the leader lock; 0
 	// when no instance leads.
 	LeaderConnection int64
@@ -67,38 +63,32 @@ type BloomStatus struct {
 	FalsePositiveRate float64
 }
 
-// Status gathers the status of the instance that the config describes.
-func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
-	db, err := OpenSourceDB(cfg.Source)
+// readStatus gathers the status of the instance that the config describes.
+func readStatus(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
+	c, err := daemon.Open(cfg)
 	if err != nil {
 		return nil, err
 	}
-	defer db.Close()
-	stateDB, err := OpenStateDB(cfg, db)
-	if err != nil {
-		return nil, err
-	}
-	if stateDB != db {
-		defer stateDB.Close()
-	}
+	defer c.Close()
 	st := &StatusReport{}
-	if err := st.readState(ctx, cfg, db, stateDB); err != nil {
+	if err := st.readState(ctx, c); err != nil {
 		return nil, err
 	}
-	rdb := NewRedis(cfg.Redis)
-	defer rdb.Close()
 	for _, t := range cfg.Tables {
-		bs, err := bloomStatus(ctx, rdb, t.TableName(), cfg.BloomKey(t))
+		bs, err := bloomStatus(ctx, c.Redis, t.TableName(), cfg.BloomKey(t))
 		if err != nil {
 			return nil, err
 		}
 		st.Bloom = append(st.Bloom, bs)
 	}
-	if st.Leader, st.LeaderKnown, err = checkpoint.ReadLeader(ctx, stateDB, cfg.State.Schema, pipelineName, LockName(cfg)); err != nil {
+	if st.Leader, st.LeaderKnown, err = c.Leader(ctx); err != nil {
 		return nil, err
 	}
+	st.DaemonAddr = cfg.HTTP.Listen
 	var why string
-	st.DaemonAddr, why = leaderAddr(st.Leader, st.LeaderKnown && st.Leader.HTTPAddr != "", cfg.HTTP.Listen)
+	if st.LeaderKnown && st.Leader.HTTPAddr != "" {
+		st.DaemonAddr, why = st.Leader.Endpoint()
+	}
 	switch {
 	case why != "":
 		st.DaemonErr = why
@@ -112,8 +102,8 @@ func Status(ctx context.Context, cfg *config.Config) (*StatusReport, error) {
 
 // readState reads the checkpoint, the source's position, the lock's holder and the
 // compensation table.
-func (st *StatusReport) readState(ctx context.Context, cfg *config.Config, db, stateDB *sql.DB) error {
-	store, err := checkpoint.Open(ctx, stateDB, cfg.State.Schema, "default")
+func (st *StatusReport) readState(ctx context.Context, c *daemon.Conns) error {
+	store, err := c.Checkpoint(ctx)
 	if err != nil {
 		return err
 	}
@@ -123,24 +113,13 @@ func (st *StatusReport) readState(ctx context.Context, cfg *config.Config, db, s
 	if st.CheckpointAge, _, err = store.Age(ctx); err != nil {
 		return err
 	}
-	if st.Source, err = canal.CurrentPosition(ctx, db, cfg.Source.Flavor, nil); err != nil {
+	if st.Source, err = source.CurrentPosition(ctx, c.DB, c.Source.Flavor, nil); err != nil {
 		return err
 	}
-	var holder sql.NullInt64
-	if err := stateDB.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", LockName(cfg)).Scan(&holder); err != nil {
+	if st.LeaderConnection, st.LeaderIdle, err = c.LockHolder(ctx); err != nil {
 		return err
 	}
-	st.LeaderConnection = holder.Int64
-	if holder.Valid {
-		st.LeaderIdle = -1
-		var secs sql.NullInt64
-		if err := stateDB.QueryRowContext(ctx, "SELECT TIME FROM information_schema.PROCESSLIST WHERE ID = ? AND COMMAND = 'Sleep'", holder.Int64).Scan(&secs); err == nil {
-			st.LeaderIdle = time.Duration(secs.Int64) * time.Second
-		} else if errors.Is(err, sql.ErrNoRows) {
-			st.LeaderIdle = 0 // busy, or not visible: assume alive
-		}
-	}
-	comp, err := compensation.Open(ctx, stateDB, cfg.State.Schema, compensation.NewSchedule(cfg.Compensation), time.Now)
+	comp, err := c.Compensation(ctx)
 	if err != nil {
 		return err
 	}
@@ -203,20 +182,4 @@ func (st *StatusReport) readDaemon() {
 			st.QueueDepth = v
 		}
 	}
-}
-
-// leaderAddr returns where to reach the leader's HTTP endpoint: the address it recorded
-// (checkpoint.ReadLeader), unless that is a loopback address on another host (then ""
-// and why), else fallback.
-func leaderAddr(l checkpoint.Leader, known bool, fallback string) (addr, why string) {
-	if !known {
-		return fallback, ""
-	}
-	host, _, err := net.SplitHostPort(l.HTTPAddr)
-	if ip := net.ParseIP(host); err == nil && (host == "localhost" || (ip != nil && ip.IsLoopback())) {
-		if me, _ := os.Hostname(); me != l.Host {
-			return "", fmt.Sprintf("the leader runs on %s and its HTTP endpoint listens on loopback only (%s): set http.listen (or http.advertise) to an address other hosts reach", l.Host, l.HTTPAddr)
-		}
-	}
-	return l.HTTPAddr, ""
 }
