@@ -256,6 +256,16 @@ type Change struct {
 	IfAbsent bool
 	// Fields are name/value pairs of the non-NULL mirrored columns (upsert only).
 	Fields []Field
+	// Settles are the orders whose settlement rows the change's transaction inserted
+	// (and merged changes' transactions): their holds on this row end, in the same
+	// script call as the row's new stock (see holds.go).
+	Settles []Settle
+}
+
+// Settle is one order settled in MySQL: its row in the settlement table.
+type Settle struct {
+	Order, User string
+	Qty         int64
 }
 
 // Field is one column of a row as the text MySQL returns for it.

@@ -12,10 +12,20 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// applyScript applies a list of row changes. KEYS are the row keys; ARGV[1] is the
-// tombstone TTL in milliseconds, ARGV[2] the null-marker TTL, then per key: op ('u', 'd', 'n' for a null marker, 'a' for a fill, 'r'/'R' for a replacing upsert/delete), seq (27 digits, or ”
-// for a write that does not come from the binlog), version, n, and n field/value pairs.
-// It returns per key 1 (applied), 0 (skipped) or 'E:<error>'.
+// applyScript applies a list of row changes. KEYS are the row keys, then the HoldKeys
+// (orders, users, held, expiry) of each row whose change settles orders, in order; ARGV[1]
+// is the tombstone TTL in milliseconds, ARGV[2] the null-marker TTL, ARGV[3] the number
+// of row keys, ARGV[4] the TTL of reservation records, then per key: op ('u', 'd', 'n'
+// for a null marker, 'a' for a fill, 'r'/'R' for a replacing upsert/delete), seq (27
+// digits, or ” for a write that does not come from the binlog), version, n, n
+// field/value pairs, ns, and ns settlements (order, quantity, user). It returns per key
+// 1 (applied), 0 (skipped) or 'E:<error>'; for a key with settlements, {that, holds
+// settled, settlements that found no hold}.
+//
+// A settlement ends the order's hold (see holds.go) whatever the row's outcome: a row
+// skipped as older (a reload wrote MySQL's newer stock already) or refused still has its
+// stock taken in MySQL, so the hold must no longer count. An order already settled is a
+// replay and changes nothing.
 //
 // Versions and seqs are compared as non-negative decimal strings, never as Lua numbers,
 // so BIGINT UNSIGNED versions keep their precision.
@@ -36,15 +46,51 @@ local function newer(a, b)
   if x ~= y then return x > y end
   return tonumber(string.sub(a, 15)) > tonumber(string.sub(b, 15))
 end
-local ttl, nullttl = ARGV[1], ARGV[2]
+local function settle(hk, order, qty, user, recttl)
+  local orders, users, heldk, expiry = KEYS[hk], KEYS[hk+1], KEYS[hk+2], KEYS[hk+3]
+  local rec = redis.call('HGET', orders, order)
+  local found = 0
+  if rec then
+    local st, q, u, e = string.match(rec, '^(%a)|(%d+)|(.-)|(%d+)$')
+    if st == 's' then return 0, 0 end
+    if st == 'h' then
+      redis.call('DECRBY', heldk, q)
+      redis.call('ZREM', expiry, order)
+      found = 1
+    elseif u ~= '' then
+      -- Released or expired first: the bought units count against the user again.
+      redis.call('HINCRBY', users, u, q)
+    end
+    redis.call('HSET', orders, order, 's|' .. q .. '|' .. u .. '|' .. e)
+  else
+    redis.call('HSET', orders, order, 's|' .. qty .. '|' .. user .. '|0')
+    if user ~= '' then redis.call('HINCRBY', users, user, qty) end
+  end
+  redis.call('PEXPIRE', orders, recttl)
+  redis.call('PEXPIRE', users, recttl)
+  return found, 1 - found
+end
+local ttl, nullttl, nrows, recttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local res = {}
-local a = 3
-for i = 1, #KEYS do
+local a = 5
+local hk = nrows + 1
+for i = 1, nrows do
   local k = KEYS[i]
   local op, s, v, mv, n = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], tonumber(ARGV[a+4])
   if mv == '' then mv = v end
   local f1 = a + 5
   a = f1 + 2 * n
+  local ns = tonumber(ARGV[a])
+  a = a + 1
+  local settled, missing = 0, 0
+  if ns > 0 then
+    for j = 1, ns do
+      local f, m = settle(hk, ARGV[a], ARGV[a+1], ARGV[a+2], recttl)
+      settled, missing = settled + f, missing + m
+      a = a + 3
+    end
+    hk = hk + 4
+  end
   if op == 'n' then
     -- A "does not exist" marker, only where no key exists at all.
     if redis.call('EXISTS', k) == 0 then
@@ -114,6 +160,7 @@ for i = 1, #KEYS do
     end
   end
   end
+  if ns > 0 then res[i] = {res[i], settled, missing} end
 end
 return res
 `
@@ -170,7 +217,7 @@ func unavailable(err error) error {
 type Writer struct {
 	rdb     redis.UniversalClient
 	script  *redis.Script
-	ttls    atomic.Pointer[[2]string] // tombstone, null marker (ms)
+	ttls    atomic.Pointer[[3]string] // tombstone, null marker, reservation records (ms)
 	cluster bool
 	repair  *redis.Script
 	fence   atomic.Pointer[func() error]
@@ -221,7 +268,40 @@ func NewWriterWithNullTTL(rdb redis.UniversalClient, tombstoneTTL, nullTTL time.
 // SetTTLs changes the lifetimes of the tombstones and null markers written from now on
 // (a config reload).
 func (w *Writer) SetTTLs(tombstoneTTL, nullTTL time.Duration) {
-	w.ttls.Store(&[2]string{strconv.FormatInt(max(tombstoneTTL.Milliseconds(), 1), 10), strconv.FormatInt(max(nullTTL.Milliseconds(), 1), 10)})
+	rec := DefaultRecordTTL
+	if t := w.ttls.Load(); t != nil {
+		rec, _ = time.ParseDuration(t[2] + "ms")
+	}
+	w.setTTLs(tombstoneTTL, nullTTL, rec)
+}
+
+// SetRecordTTL changes how long the reservation records of a row are kept after a
+// settlement (see holds.go).
+func (w *Writer) SetRecordTTL(d time.Duration) {
+	t := w.ttls.Load()
+	tomb, _ := time.ParseDuration(t[0] + "ms")
+	null, _ := time.ParseDuration(t[1] + "ms")
+	w.setTTLs(tomb, null, d)
+}
+
+func (w *Writer) setTTLs(tombstoneTTL, nullTTL, recordTTL time.Duration) {
+	ms := func(d time.Duration) string { return strconv.FormatInt(max(d.Milliseconds(), 1), 10) }
+	w.ttls.Store(&[3]string{ms(tombstoneTTL), ms(nullTTL), ms(recordTTL)})
+}
+
+// DefaultRecordTTL is how long a row's reservation records are kept after their last
+// change unless configured otherwise.
+const DefaultRecordTTL = 7 * 24 * time.Hour
+
+// settling counts the changes of idx that settle orders.
+func settling(changes []Change, idx []int) int {
+	n := 0
+	for _, ci := range idx {
+		if len(changes[ci].Settles) > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // Load loads the script into every Redis server (done again automatically on NOSCRIPT).
@@ -237,6 +317,9 @@ func (w *Writer) Load(ctx context.Context) error {
 // Outcome is the result of one change.
 type Outcome struct {
 	Result Result
+	// Settled counts the holds the change's settlements ended; Unheld its settlements
+	// that found no hold (released or expired first, or lost with Redis's data).
+	Settled, Unheld int
 	// Err is set when Result is Failed; it wraps ErrKey for a per-key refusal, and
 	// ErrUnavailable when Redis refused because of its own state.
 	Err error
@@ -304,6 +387,14 @@ func decodeResult(v any) Outcome {
 		return Outcome{Result: Skipped}
 	case string:
 		return Outcome{Result: Failed, Err: fmt.Errorf("%w: %s", ErrKey, strings.TrimPrefix(x, "E:"))}
+	case []any:
+		if len(x) == 3 {
+			o := decodeResult(x[0])
+			n1, _ := x[1].(int64)
+			n2, _ := x[2].(int64)
+			o.Settled, o.Unheld = int(n1), int(n2)
+			return o
+		}
 	}
 	return Outcome{Result: Failed, Err: fmt.Errorf("layout: unexpected script result %T", v)}
 }
@@ -361,14 +452,14 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 	cmds := make([]*redis.Cmd, len(groups))
 	var seqBuf []byte
 	for g, idx := range groups {
-		keys := make([]string, len(idx))
-		n := 2
+		keys := make([]string, len(idx), len(idx)+4*settling(changes, idx))
+		n := 4
 		for _, ci := range idx {
-			n += 5 + 2*len(changes[ci].Fields)
+			n += 6 + 2*len(changes[ci].Fields) + 3*len(changes[ci].Settles)
 		}
 		args := make([]any, 0, n)
 		ttls := w.ttls.Load()
-		args = append(args, ttls[0], ttls[1])
+		args = append(args, ttls[0], ttls[1], len(idx), ttls[2])
 		for j, ci := range idx {
 			c := &changes[ci]
 			keys[j] = c.Key
@@ -397,6 +488,14 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 			args = append(args, op, seq, c.Version, c.MaxVersion, nf)
 			for _, f := range c.Fields[:nf] {
 				args = append(args, f.Name, f.Value)
+			}
+			args = append(args, len(c.Settles))
+			if len(c.Settles) > 0 {
+				hk := HoldKeysOf(c.Key)
+				keys = append(keys, hk.Orders, hk.Users, hk.Held, hk.Expiry)
+				for _, st := range c.Settles {
+					args = append(args, st.Order, st.Qty, st.User)
+				}
 			}
 		}
 		cmds[g] = w.script.EvalSha(ctx, pipe, keys, args...)

@@ -1,0 +1,332 @@
+package layout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Reservations (holds). A buyer's reservation pre-deducts stock in Redis before MySQL
+// knows about the order: it is a hold (order id, quantity, user, expiry) kept beside the
+// row, in the row's hash slot, so that one script sees the row and its holds in Redis
+// Cluster too. The row's stock field is MySQL's committed stock, written only by the
+// mirror; the holds are Redis's own:
+//
+//	available = stock − held, held = Σ quantity of the active holds
+//
+// The keys of a row key K ("prefix{pk}"):
+//
+//	K:o  hash   order id → "state|qty|user|expiry ms"; state h (held), r (released),
+//	            x (expired), s (settled). Records of orders stay until the row's records
+//	            expire (RecordTTL after the last change), so that an order id reserving,
+//	            releasing or settling again changes nothing.
+//	K:u  hash   user → units held or settled (the per-user limit); a released or expired
+//	            hold gives them back.
+//	K:n  string held (Σ quantity of the state-h orders).
+//	K:x  zset   order id → expiry (ms), of the state-h orders (the expiry sweep).
+//
+// Only a settlement read from the binlog (the order's row in the settlement table, in
+// the transaction that took its stock in MySQL) turns a hold into state s, in the same
+// script call as the row's new stock (see Writer.Apply and Change.Settles), so that
+// available does not move at settlement.
+
+// HoldKeys are the keys of a row's reservations.
+type HoldKeys struct {
+	Orders, Users, Held, Expiry string
+}
+
+// HoldKeysOf returns the reservation keys of the row key key.
+func HoldKeysOf(key string) HoldKeys {
+	return HoldKeys{Orders: key + ":o", Users: key + ":u", Held: key + ":n", Expiry: key + ":x"}
+}
+
+// IsHoldKey reports whether key is one of a row's reservation keys (not a row key).
+func IsHoldKey(key string) bool {
+	n := len(key)
+	if n < 3 || key[n-3] != '}' || key[n-2] != ':' {
+		return false
+	}
+	switch key[n-1] {
+	case 'o', 'u', 'n', 'x':
+		return true
+	}
+	return false
+}
+
+// holdsLib is the Lua shared by the reservation scripts: KEYS[1] is the row, KEYS[2..5]
+// its HoldKeys (orders, users, held, expiry).
+const holdsLib = `
+local row, orders, users, heldk, expiry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local function parse(rec)
+  local st, q, u, e = string.match(rec, '^(%a)|(%d+)|(.-)|(%d+)$')
+  return st, tonumber(q), u, e
+end
+-- endHold ends the active hold of order (rec its record) with state st: r and x give
+-- the user's units back, s keeps them.
+local function endHold(order, rec, st)
+  local _, q, u, e = parse(rec)
+  redis.call('HSET', orders, order, st .. '|' .. q .. '|' .. u .. '|' .. e)
+  redis.call('DECRBY', heldk, q)
+  redis.call('ZREM', expiry, order)
+  if st ~= 's' and u ~= '' then
+    if redis.call('HINCRBY', users, u, -q) <= 0 then redis.call('HDEL', users, u) end
+  end
+  return q
+end
+-- sweep expires the holds past now (at most max); it returns how many.
+local function sweep(now, max)
+  local due = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, max)
+  for _, order in ipairs(due) do
+    local rec = redis.call('HGET', orders, order)
+    if rec and string.sub(rec, 1, 1) == 'h' then endHold(order, rec, 'x') else redis.call('ZREM', expiry, order) end
+  end
+  return #due
+end
+local function keep(ttl)
+  redis.call('PEXPIRE', orders, ttl)
+  redis.call('PEXPIRE', users, ttl)
+  redis.call('PEXPIRE', heldk, ttl)
+  redis.call('PEXPIRE', expiry, ttl)
+end
+local function available(stockField)
+  local r = redis.call('HMGET', row, stockField, '_deleted', '_null')
+  if r[2] or r[3] or not r[1] then return nil end
+  local stock = tonumber(r[1])
+  if not stock then return nil end
+  return stock - tonumber(redis.call('GET', heldk) or '0')
+end
+`
+
+// reserveScript: ARGV stock field, order, user, qty, limit (0: none), now ms, hold TTL
+// ms, record TTL ms. It returns {outcome, available after, hold expiry ms}.
+const reserveScript = holdsLib + `
+local field, order, user, qty, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local now, holdttl, recttl = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+sweep(now, 100)
+local rec = redis.call('HGET', orders, order)
+if rec then
+  local st, _, _, e = parse(rec)
+  local a = available(field) or 0
+  if st == 'h' then return {'held', a, e} end
+  return {'done:' .. st, a, e}
+end
+local a = available(field)
+if not a then return {'unknown_row', 0, 0} end
+if a < qty then return {'sold_out', a, 0} end
+if limit > 0 and user ~= '' then
+  local had = tonumber(redis.call('HGET', users, user) or '0')
+  if had + qty > limit then return {'limit', a, 0} end
+end
+local e = now + holdttl
+redis.call('HSET', orders, order, 'h|' .. qty .. '|' .. user .. '|' .. e)
+redis.call('INCRBY', heldk, qty)
+redis.call('ZADD', expiry, e, order)
+if user ~= '' then redis.call('HINCRBY', users, user, qty) end
+keep(recttl)
+return {'held', a - qty, e}
+`
+
+// releaseScript: ARGV stock field, order, now ms. It returns {outcome, available after}.
+const releaseScript = holdsLib + `
+local field, order, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+sweep(now, 100)
+local rec = redis.call('HGET', orders, order)
+if not rec then return {'unknown', available(field) or 0} end
+local st = string.sub(rec, 1, 1)
+if st == 'h' then
+  endHold(order, rec, 'r')
+  return {'released', available(field) or 0}
+end
+return {'done:' .. st, available(field) or 0}
+`
+
+// availableScript: ARGV stock field, now ms. It returns {available or -1 when the row
+// is absent, held}.
+const availableScript = holdsLib + `
+sweep(tonumber(ARGV[2]), 100)
+local a = available(ARGV[1])
+if not a then a = -1 end
+return {a, tonumber(redis.call('GET', heldk) or '0')}
+`
+
+// sweepScript: ARGV now ms, max. It returns the number of holds expired.
+const sweepScript = holdsLib + `
+return sweep(tonumber(ARGV[1]), tonumber(ARGV[2]))
+`
+
+// Outcome of a reservation or release.
+type HoldOutcome string
+
+const (
+	// Held: the reservation holds its units (also when the order had reserved before).
+	Held HoldOutcome = "held"
+	// SoldOut: fewer units are available than asked.
+	SoldOut HoldOutcome = "sold_out"
+	// OverLimit: the user's per-SKU limit would be exceeded.
+	OverLimit HoldOutcome = "limit"
+	// UnknownRow: Redis has no live row for the key (not mirrored yet, or deleted).
+	UnknownRow HoldOutcome = "unknown_row"
+	// Released: the hold was given back.
+	Released HoldOutcome = "released"
+	// AlreadyReleased, AlreadyExpired, AlreadySettled: the order's hold ended before (a
+	// repeated call changes nothing).
+	AlreadyReleased HoldOutcome = "already_released"
+	AlreadyExpired  HoldOutcome = "already_expired"
+	AlreadySettled  HoldOutcome = "already_settled"
+	// UnknownOrder: no hold of that order id is recorded for the row.
+	UnknownOrder HoldOutcome = "unknown_order"
+)
+
+func doneOutcome(s string) HoldOutcome {
+	switch s {
+	case "done:r":
+		return AlreadyReleased
+	case "done:x":
+		return AlreadyExpired
+	case "done:s":
+		return AlreadySettled
+	case "unknown":
+		return UnknownOrder
+	}
+	return HoldOutcome(s)
+}
+
+// Holds runs the reservation scripts on one Redis (or cluster).
+type Holds struct {
+	rdb                          redis.UniversalClient
+	reserve, release, avail, swp *redis.Script
+	// HoldTTL is how long a hold lasts unless released or settled; RecordTTL how long
+	// a row's order records are kept after its last reservation.
+	HoldTTL, RecordTTL time.Duration
+	now                func() time.Time
+}
+
+// NewHolds returns the reservation scripts over rdb.
+func NewHolds(rdb redis.UniversalClient, holdTTL, recordTTL time.Duration) *Holds {
+	return &Holds{rdb: rdb, reserve: redis.NewScript(reserveScript), release: redis.NewScript(releaseScript),
+		avail: redis.NewScript(availableScript), swp: redis.NewScript(sweepScript),
+		HoldTTL: holdTTL, RecordTTL: recordTTL, now: time.Now}
+}
+
+// SetClock replaces time.Now (tests).
+func (h *Holds) SetClock(now func() time.Time) { h.now = now }
+
+func holdKeys(key string) []string {
+	k := HoldKeysOf(key)
+	return []string{key, k.Orders, k.Users, k.Held, k.Expiry}
+}
+
+// Reservation is the answer to Reserve.
+type Reservation struct {
+	Outcome HoldOutcome
+	// Available is what is left after the reservation (before it when refused).
+	Available int64
+	// Expires is when the hold ends unless released or settled (zero when refused).
+	Expires time.Time
+}
+
+// ErrBadOrder is returned for an order or user id that cannot be recorded.
+var ErrBadOrder = errors.New("layout: an order id must be non-empty and neither it nor a user id may contain '|'")
+
+// Reserve holds qty units of the row key for order (idempotent by order id: an order
+// that reserved before gets its first answer's hold back, and nothing changes). limit > 0
+// caps the units one user holds or bought of the row. stockField is the row's stock.
+func (h *Holds) Reserve(ctx context.Context, key, stockField, order, user string, qty, limit int64) (Reservation, error) {
+	if order == "" || strings.ContainsRune(order, '|') || strings.ContainsRune(user, '|') {
+		return Reservation{}, ErrBadOrder
+	}
+	if qty <= 0 {
+		return Reservation{}, fmt.Errorf("layout: reserve %d units: the quantity must be positive", qty)
+	}
+	now := h.now().UnixMilli()
+	res, err := h.reserve.Run(ctx, h.rdb, holdKeys(key), stockField, order, user, qty, limit, now,
+		h.HoldTTL.Milliseconds(), h.RecordTTL.Milliseconds()).Slice()
+	if err != nil {
+		return Reservation{}, err
+	}
+	out := Reservation{Outcome: doneOutcome(res[0].(string)), Available: res[1].(int64)}
+	if e := toInt(res[2]); e > 0 {
+		out.Expires = time.UnixMilli(e)
+	}
+	return out, nil
+}
+
+// Release gives the hold of order on the row key back (idempotent).
+func (h *Holds) Release(ctx context.Context, key, stockField, order string) (HoldOutcome, int64, error) {
+	res, err := h.release.Run(ctx, h.rdb, holdKeys(key), stockField, order, h.now().UnixMilli()).Slice()
+	if err != nil {
+		return "", 0, err
+	}
+	return doneOutcome(res[0].(string)), res[1].(int64), nil
+}
+
+// Available returns the units of the row key that can still be reserved and the units
+// held; ok is false when Redis holds no live row for it.
+func (h *Holds) Available(ctx context.Context, key, stockField string) (available, held int64, ok bool, err error) {
+	res, err := h.avail.Run(ctx, h.rdb, holdKeys(key), stockField, h.now().UnixMilli()).Int64Slice()
+	if err != nil {
+		return 0, 0, false, err
+	}
+	return res[0], res[1], res[0] >= 0, nil
+}
+
+// Sweep expires the holds of the row key past their expiry (at most max) and returns how
+// many it expired.
+func (h *Holds) Sweep(ctx context.Context, key string, max int) (int64, error) {
+	return h.swp.Run(ctx, h.rdb, holdKeys(key), h.now().UnixMilli(), max).Int64()
+}
+
+// Hold is one recorded order of a row.
+type Hold struct {
+	Order, User string
+	Qty         int64
+	// State is "held", "released", "expired" or "settled".
+	State   string
+	Expires time.Time
+}
+
+// ListHolds returns the order records of the row key.
+func (h *Holds) ListHolds(ctx context.Context, key string) ([]Hold, error) {
+	m, err := h.rdb.HGetAll(ctx, HoldKeysOf(key).Orders).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Hold, 0, len(m))
+	for order, rec := range m {
+		hd, ok := parseHold(order, rec)
+		if ok {
+			out = append(out, hd)
+		}
+	}
+	return out, nil
+}
+
+func parseHold(order, rec string) (Hold, bool) {
+	p := strings.Split(rec, "|")
+	if len(p) != 4 {
+		return Hold{}, false
+	}
+	q, err1 := strconv.ParseInt(p[1], 10, 64)
+	e, err2 := strconv.ParseInt(p[3], 10, 64)
+	if err1 != nil || err2 != nil {
+		return Hold{}, false
+	}
+	states := map[string]string{"h": "held", "r": "released", "x": "expired", "s": "settled"}
+	return Hold{Order: order, User: p[2], Qty: q, State: states[p[0]], Expires: time.UnixMilli(e)}, true
+}
+
+func toInt(v any) int64 {
+	switch x := v.(type) {
+	case int64:
+		return x
+	case string:
+		n, _ := strconv.ParseInt(x, 10, 64)
+		return n
+	}
+	return 0
+}
