@@ -46,6 +46,8 @@ type Row struct {
 	// before is a delete's image, to render its version again when it is handed over
 	// with another sequence (an XA transaction's rows, at its XA COMMIT).
 	before Image
+	// settling marks a settlement (see settle.go) not yet attached to its row's change.
+	settling bool
 }
 
 // Image is a decoded row image, rendered into fields on demand.
@@ -150,6 +152,10 @@ var (
 type Source struct {
 	cfg    config.Source
 	tables map[string]*source.Table // by schema.table
+	// settlements are the settlement tables by schema.table; reserving the tables (by
+	// index) with reservations (see settle.go).
+	settlements map[string]*Settlement
+	reserving   map[int]bool
 	tz     *time.Location
 	log    *zap.Logger
 
@@ -171,7 +177,8 @@ func NewSource(cfg config.Source, tables []*source.Table, log *zap.Logger) (*Sou
 	if err != nil {
 		return nil, err
 	}
-	s := &Source{cfg: cfg, tables: map[string]*source.Table{}, tz: tz, log: log, decoders: map[uint64]*decoder{}}
+	s := &Source{cfg: cfg, tables: map[string]*source.Table{}, tz: tz, log: log, decoders: map[uint64]*decoder{},
+		settlements: map[string]*Settlement{}, reserving: map[int]bool{}}
 	for _, t := range tables {
 		s.tables[t.FullName()] = t
 	}
@@ -263,7 +270,8 @@ func (s *Source) newSyncer() (*replication.BinlogSyncer, error) {
 			if err != nil {
 				return err
 			}
-			if _, ok := s.tables[string(ev.Table.Schema)+"."+string(ev.Table.Table)]; !ok {
+			name := string(ev.Table.Schema) + "." + string(ev.Table.Table)
+			if _, ok := s.tables[name]; !ok && s.settlements[name] == nil {
 				return nil
 			}
 			return ev.DecodeData(pos, data)
@@ -341,9 +349,16 @@ func (s *Source) commit(ctx context.Context, hdr *replication.EventHeader, gtid 
 
 // rows hands the rows of a rows event of a mirrored table to the transaction being read.
 func (s *Source) rows(ctx context.Context, hdr *replication.EventHeader, e *replication.RowsEvent, h Handler) error {
-	t, ok := s.tables[string(e.Table.Schema)+"."+string(e.Table.Table)]
+	name := string(e.Table.Schema) + "." + string(e.Table.Table)
+	t, ok := s.tables[name]
 	if !ok {
+		if st := s.settlements[name]; st != nil {
+			return s.settleRows(ctx, hdr, e, st, h)
+		}
 		return nil
+	}
+	if len(s.reserving) > 0 {
+		s.holdForSettlements(t.Index, false)
 	}
 	d, err := s.decoderOf(t, hdr, e)
 	if err != nil {

@@ -156,7 +156,7 @@ func (s *Source) row(ctx context.Context, r Row, h Handler) error {
 	}
 	held := g.held
 	g.held = g.held[:0]
-	for _, r := range held {
+	for _, r := range attachSettlements(held) {
 		if err := s.handOver(ctx, r, h); err != nil {
 			return err
 		}
@@ -324,7 +324,7 @@ func (s *Source) resumeAt(pos source.Position) source.Position {
 // end ends the current group at hdr: its held rows are handed over and the transaction
 // is committed.
 func (s *Source) end(ctx context.Context, hdr *replication.EventHeader, gtid string, h Handler) error {
-	for _, r := range s.grp.held {
+	for _, r := range attachSettlements(s.grp.held) {
 		if err := h.Row(ctx, r); err != nil {
 			return err
 		}
@@ -564,7 +564,7 @@ func (s *Source) completeXA(ctx context.Context, hdr *replication.EventHeader, g
 	if len(p.rows) > maxHeldIndex {
 		return fmt.Errorf("%w: XA transaction %s has %d row changes, more than invsync can order at its commit (%d)", source.ErrPermanent, xid, len(p.rows), maxHeldIndex)
 	}
-	for i, r := range p.rows {
+	for i, r := range attachSettlements(p.rows) {
 		r.Txn = s.txn
 		r.Change.Seq = layout.Seq{File: s.fileIdx, Pos: hdr.LogPos, Index: uint32(i)}
 		if r.Change.Op == layout.OpDelete {

@@ -86,6 +86,9 @@ type Table struct {
 	// under a case-insensitive or PAD SPACE collation a lookup of 'ABC' may load row
 	// 'abc', whose key is {abc}; a key {ABC} would be a second copy nothing updates.
 	PK []string
+	// Reservations, when set, lets Reserve, Release and Available hold units of the
+	// table's rows (tables[].reservations of invsync's config).
+	Reservations *Reservations
 }
 
 // Options tune a Client.
@@ -124,6 +127,7 @@ type Client struct {
 type table struct {
 	Table
 	bloom *bloom.Reader
+	holds *layout.Holds // nil without reservations
 }
 
 type clientMetrics struct {
@@ -134,6 +138,8 @@ type clientMetrics struct {
 	bloomErrors *prometheus.CounterVec
 	fillErrors  *prometheus.CounterVec
 	overloaded  *prometheus.CounterVec
+	holds       *prometheus.CounterVec
+	holdLatency *prometheus.HistogramVec
 }
 
 // New returns a client of the given tables; load reads MySQL on a miss.
@@ -163,6 +169,12 @@ func New(rdb redis.UniversalClient, tables []Table, load Loader, opts Options) (
 		if t.BloomKey != "" {
 			tt.bloom = bloom.NewReader(rdb, t.BloomKey)
 		}
+		if r := t.Reservations; r != nil {
+			if r.StockColumn == "" {
+				return nil, fmt.Errorf("client: table %q: Reservations needs a StockColumn", t.Name)
+			}
+			tt.holds = newHolds(rdb, *r)
+		}
 		c.tables[t.Name] = tt
 		if i := strings.LastIndexByte(t.Name, '.'); i >= 0 {
 			bare[t.Name[i+1:]]++
@@ -190,9 +202,13 @@ func New(rdb redis.UniversalClient, tables []Table, load Loader, opts Options) (
 			Help: "Fills (the loader's row or a null marker written to Redis) that Redis refused; the loader's answer was returned all the same."}, []string{"table"}),
 		overloaded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_overloaded_total",
 			Help: "Lookups refused with ErrOverloaded because Options.MaxLoads loader calls were in flight."}, []string{"table"}),
+		holds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_reservations_total",
+			Help: "Reserve and Release calls by table, call and outcome (held, sold_out, limit, unknown_row, released, already_*, unknown_order, error)."}, []string{"table", "call", "outcome"}),
+		holdLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "invsync_client_reservation_duration_seconds",
+			Help: "Duration of Reserve, Release and Available calls.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}, []string{"call"}),
 	}
 	if opts.Registerer != nil {
-		for _, col := range []prometheus.Collector{c.m.gets, c.m.rejects, c.m.nullHits, c.m.loads, c.m.bloomErrors, c.m.fillErrors, c.m.overloaded} {
+		for _, col := range []prometheus.Collector{c.m.gets, c.m.rejects, c.m.nullHits, c.m.loads, c.m.bloomErrors, c.m.fillErrors, c.m.overloaded, c.m.holds, c.m.holdLatency} {
 			if err := opts.Registerer.Register(col); err != nil {
 				return nil, fmt.Errorf("client: register metrics: %w", err)
 			}

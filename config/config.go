@@ -193,7 +193,54 @@ type Table struct {
 	// VersionColumn is an integer column that every UPDATE increases; its value becomes
 	// _v. Default empty: _v is derived from the binlog position.
 	VersionColumn string `mapstructure:"version_column"`
+	// Reservations, when set, turns on flash-sale reservations for this table: buyers
+	// hold units in Redis (package client's Reserve) before MySQL knows the order, and
+	// the settlement of an order in MySQL ends its hold in the same Redis call as the
+	// row's new stock. See README, "Reservations".
+	Reservations *Reservations `mapstructure:"reservations"`
 }
+
+// Reservations configures the holds of a table's rows.
+type Reservations struct {
+	// StockColumn is the column of MySQL's committed stock (an integer column, mirrored).
+	// Required.
+	StockColumn string `mapstructure:"stock_column"`
+	// PerUserLimit caps the units one user may hold or buy of one row; 0 is no limit.
+	PerUserLimit int64 `mapstructure:"per_user_limit"`
+	// HoldTTL is how long a hold lasts unless released or settled; the daemon expires
+	// holds past it. Default 15m.
+	HoldTTL time.Duration `mapstructure:"hold_ttl"`
+	// RecordTTL is how long a row's order records are kept after their last change, so
+	// that an order id reserving, releasing or settling again changes nothing. Default
+	// 168h.
+	RecordTTL time.Duration `mapstructure:"record_ttl"`
+	// Settlement is the table the application inserts a row into, in the transaction that
+	// takes the order's stock in MySQL. Required.
+	Settlement Settlement `mapstructure:"settlement"`
+}
+
+// Settlement names the settlement table and its columns.
+type Settlement struct {
+	// Schema of the settlement table. Default: the table's schema.
+	Schema string `mapstructure:"schema"`
+	// Table is the settlement table (an order table or a ledger). Required.
+	Table string `mapstructure:"table"`
+	// OrderColumn holds the order id (the one given to Reserve). Required.
+	OrderColumn string `mapstructure:"order_column"`
+	// KeyColumns hold the stock row's primary key, in key order. Default: the columns
+	// named like the stock table's primary key.
+	KeyColumns []string `mapstructure:"key_columns"`
+	// QuantityColumn holds the units settled. Required.
+	QuantityColumn string `mapstructure:"quantity_column"`
+	// UserColumn holds the buyer's id (the one given to Reserve); optional.
+	UserColumn string `mapstructure:"user_column"`
+}
+
+// Default hold and record lifetimes of reservations.
+const (
+	DefaultHoldTTL   = 15 * time.Minute
+	DefaultRecordTTL = 7 * 24 * time.Hour
+)
 
 // Sink tunes the Redis writers.
 type Sink struct {
@@ -353,8 +400,20 @@ func Parse(data []byte, name string) (*Config, error) {
 		return nil, fmt.Errorf("%w: %s: %v (fix: remove or correct the keys named; every key is listed in the README)", ErrInvalid, name, err)
 	}
 	for i := range cfg.Tables {
-		if cfg.Tables[i].KeyPrefix == "" {
-			cfg.Tables[i].KeyPrefix = DefaultKeyPrefix
+		t := &cfg.Tables[i]
+		if t.KeyPrefix == "" {
+			t.KeyPrefix = DefaultKeyPrefix
+		}
+		if r := t.Reservations; r != nil {
+			if r.HoldTTL == 0 {
+				r.HoldTTL = DefaultHoldTTL
+			}
+			if r.RecordTTL == 0 {
+				r.RecordTTL = DefaultRecordTTL
+			}
+			if r.Settlement.Schema == "" {
+				r.Settlement.Schema = t.Schema
+			}
 		}
 	}
 	var problems []string

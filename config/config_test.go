@@ -104,3 +104,45 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestReservations(t *testing.T) {
+	good := `
+source: { addr: 127.0.0.1:3306, user: invsync }
+tables:
+  - schema: shop
+    table: inventory
+    reservations:
+      stock_column: stock
+      per_user_limit: 2
+      settlement: { table: orders, order_column: order_id, quantity_column: qty }
+`
+	c, err := Parse([]byte(good), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Tables[0].Reservations
+	if r == nil || r.HoldTTL != DefaultHoldTTL || r.RecordTTL != DefaultRecordTTL || r.Settlement.Schema != "shop" || r.PerUserLimit != 2 {
+		t.Fatalf("reservations: %+v", r)
+	}
+	if c.Tables[0].Reservations.Settlement.Table != "orders" {
+		t.Fatal("settlement table")
+	}
+	bad := `
+source: { addr: 127.0.0.1:3306, user: invsync }
+tables:
+  - schema: shop
+    table: inventory
+    columns: [sku, name]
+    reservations:
+      stock_column: stock
+      per_user_limit: -1
+      hold_ttl: 10ms
+      settlement: { table: inventory }
+`
+	_, err = Parse([]byte(bad), "t.yaml")
+	for _, want := range []string{"not among the mirrored columns", "per_user_limit", "hold_ttl", "needs table, order_column and quantity_column", "is mirrored as tables[0]"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q in %v", want, err)
+		}
+	}
+}

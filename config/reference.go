@@ -93,6 +93,10 @@ func rows(b *strings.Builder, structs map[string]*ast.StructType, st *ast.Struct
 			fv = dv.FieldByName(sf.Names[0].Name)
 		}
 		if nested := structs[typeName(sf.Type)]; nested != nil {
+			if fv.IsValid() && fv.Kind() == reflect.Pointer {
+				// An optional section (nil by default): its defaults are applied when set.
+				fv = reflect.Value{}
+			}
 			rows(b, structs, nested, prefix+k+".", fv)
 			continue
 		}
@@ -118,6 +122,8 @@ func typeName(e ast.Expr) string {
 		return t.Name
 	case *ast.ArrayType:
 		return "[]" + typeName(t.Elt)
+	case *ast.StarExpr:
+		return typeName(t.X)
 	case *ast.SelectorExpr:
 		if t.Sel.Name == "Duration" {
 			return "duration"

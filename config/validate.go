@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -122,6 +123,32 @@ func (c *Config) validateTables(add func(format string, args ...any)) {
 				add("tables[%d].columns entry %q is empty or starts with _ (reserved for _v, _s, _deleted, _null)", i, col)
 			}
 		}
+		if t.Reservations != nil {
+			validateReservations(i, t, names, add)
+		}
+	}
+}
+
+// validateReservations checks tables[i].reservations.
+func validateReservations(i int, t Table, names map[string]int, add func(format string, args ...any)) {
+	r := t.Reservations
+	if r.StockColumn == "" {
+		add("tables[%d].reservations.stock_column is required (fix: the column of the committed stock, e.g. stock)", i)
+	} else if len(t.Columns) > 0 && !slices.ContainsFunc(t.Columns, func(c string) bool { return strings.EqualFold(c, r.StockColumn) }) {
+		add("tables[%d].reservations.stock_column %q is not among the mirrored columns (fix: add it to columns)", i, r.StockColumn)
+	}
+	if r.PerUserLimit < 0 {
+		add("tables[%d].reservations.per_user_limit must not be negative (0: no limit)", i)
+	}
+	if r.HoldTTL < time.Second || r.RecordTTL < r.HoldTTL {
+		add("tables[%d].reservations: hold_ttl must be at least 1s and record_ttl at least hold_ttl", i)
+	}
+	st := r.Settlement
+	if st.Table == "" || st.OrderColumn == "" || st.QuantityColumn == "" {
+		add("tables[%d].reservations.settlement needs table, order_column and quantity_column (fix: the table the application inserts a row into when it confirms an order)", i)
+	}
+	if j, ok := names[st.Schema+"."+st.Table]; ok {
+		add("tables[%d].reservations.settlement %s.%s is mirrored as tables[%d]; a settlement table is read, not mirrored", i, st.Schema, st.Table, j)
 	}
 }
 

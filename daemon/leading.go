@@ -34,6 +34,7 @@ type leader struct {
 	rdb      redis.UniversalClient
 	lock     *Lock
 	tables   []*source.Table
+	settles  []canal.Settlement // the settlement tables of the tables with reservations
 	names    []string
 	store    *checkpoint.Store
 	pipeline string
@@ -59,6 +60,9 @@ func (l *leader) open(ctx context.Context) error {
 		return err
 	}
 	l.tables = tables
+	if l.settles, err = l.conns.Settlements(ctx, tables); err != nil {
+		return fmt.Errorf("%w: %w", source.ErrPermanent, err)
+	}
 	if err := d.retry(ctx, "open the state schema", func() error {
 		var err error
 		l.store, err = checkpoint.Open(ctx, l.stateDB, d.cfg.State.Schema, pipelineName)
@@ -105,6 +109,7 @@ func (l *leader) openWriters(ctx context.Context) error {
 	d := l.d
 	live := d.live.Load()
 	l.raw = l.conns.Writer()
+	l.raw.SetRecordTTL(recordTTL(d.cfg))
 	l.raw.SetTTLs(live.Bloom.TombstoneTTL, live.Bloom.NullTTL)
 	l.raw.SetFence(l.lock.Lease)
 	l.writer = l.keeper.Wrap(l.raw)
@@ -400,7 +405,7 @@ func (l *leader) session(ctx context.Context) (source.Position, *errRedisWentBac
 	sessCtx, endSession := context.WithCancelCause(ctx)
 	var checking sync.WaitGroup
 	checking.Go(func() { d.watchRedisHistory(sessCtx, l.hist, endSession) })
-	next, err := d.session(sessCtx, l.pos, l.tables, l.names, l.writer, l.store, l.hist, func(ctx context.Context, sk *sink.Sink, t *source.Table, at source.Position, force bool, reason string) error {
+	next, err := d.session(sessCtx, l.pos, l.tables, l.settles, l.names, l.writer, l.store, l.hist, func(ctx context.Context, sk *sink.Sink, t *source.Table, at source.Position, force bool, reason string) error {
 		return d.reloadTable(ctx, l.db, l.rdb, l.writer, sk, t, at, force, reason)
 	})
 	var back *errRedisWentBack
@@ -553,6 +558,8 @@ func (l *leader) lead(ctx context.Context, g *errgroup.Group) error {
 	// Watch for Redis losing its data (a restart without persistence, FLUSHALL, a
 	// failover to an empty replica).
 	g.Go(l.loop(ctx, "data_loss_watch", l.watchDataLoss))
+	// End the holds that clients neither released nor settled.
+	g.Go(l.loop(ctx, "hold_sweep", l.sweepHolds))
 	defer l.healing.Wait()
 
 	if lostAtStart {

@@ -193,6 +193,9 @@ func (c *Conns) ClientTables(tables ...*source.Table) []client.Table {
 	out := make([]client.Table, len(c.Cfg.Tables))
 	for i, t := range c.Cfg.Tables {
 		out[i] = client.Table{Name: t.TableName(), KeyPrefix: t.KeyPrefix, BloomKey: c.Cfg.BloomKey(t)}
+		if r := t.Reservations; r != nil {
+			out[i].Reservations = &client.Reservations{StockColumn: r.StockColumn, PerUserLimit: r.PerUserLimit, HoldTTL: r.HoldTTL, RecordTTL: r.RecordTTL}
+		}
 	}
 	for _, t := range tables {
 		out[t.Index].PK = append([]string(nil), t.PK...)

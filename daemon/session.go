@@ -22,7 +22,7 @@ import (
 
 // session streams from start until the stream ends, then drains the workers and writes
 // the final checkpoint; it returns the position reached.
-func (d *Daemon) session(ctx context.Context, start source.Position, tables []*source.Table, names []string, w sink.Writer, store *checkpoint.Store,
+func (d *Daemon) session(ctx context.Context, start source.Position, tables []*source.Table, settles []canal.Settlement, names []string, w sink.Writer, store *checkpoint.Store,
 	hist *redisHistory, onDDL reloadFunc) (source.Position, error) {
 	wm := sink.NewWatermark(start, time.Now)
 	beat := func() {
@@ -44,6 +44,7 @@ func (d *Daemon) session(ctx context.Context, start source.Position, tables []*s
 	if err != nil {
 		return start, err
 	}
+	src.WithSettlements(settles)
 	sinkCtx, stopSink := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSink()
 	// The workers' errors reach the stream through the watermark and the handler; Run's

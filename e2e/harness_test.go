@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -179,6 +180,7 @@ func compareTable(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, tc
 	if err != nil {
 		return err
 	}
+	keys = slices.DeleteFunc(keys, layout.IsHoldKey) // reservations beside the rows
 	got, err := hashes(ctx, rdb, keys)
 	if err != nil {
 		return err
@@ -407,7 +409,13 @@ func renderConfig(cfg *config.Config) string {
 		cfg.Reconcile.Schedule, cfg.Reconcile.ChunkSize, cfg.Reconcile.Repair, cfg.Reconcile.RecheckFor)
 	b.WriteString("tables:\n")
 	for _, t := range cfg.Tables {
-		fmt.Fprintf(&b, "  - { schema: %s, table: %s, key_prefix: %q, version_column: %q }\n", t.Schema, t.Table, t.KeyPrefix, t.VersionColumn)
+		fmt.Fprintf(&b, "  - { schema: %s, table: %s, key_prefix: %q, version_column: %q", t.Schema, t.Table, t.KeyPrefix, t.VersionColumn)
+		if r := t.Reservations; r != nil {
+			st := r.Settlement
+			fmt.Fprintf(&b, ", reservations: { stock_column: %s, per_user_limit: %d, hold_ttl: %s, record_ttl: %s, settlement: { schema: %s, table: %s, order_column: %s, quantity_column: %s, user_column: %q, key_columns: [%s] } }",
+				r.StockColumn, r.PerUserLimit, r.HoldTTL, r.RecordTTL, st.Schema, st.Table, st.OrderColumn, st.QuantityColumn, st.UserColumn, strings.Join(st.KeyColumns, ", "))
+		}
+		b.WriteString(" }\n")
 	}
 	return b.String()
 }

@@ -148,6 +148,9 @@ const (
 	// OpNull writes a "does not exist" marker {_null: 1} that expires, only where no key
 	// exists (never over a row or a tombstone).
 	OpNull
+	// OpSettle changes nothing of the row: it only carries Settles (a settlement whose
+	// stock row did not change in its transaction).
+	OpSettle
 )
 
 func (o Op) String() string {
@@ -158,6 +161,8 @@ func (o Op) String() string {
 		return "delete"
 	case OpNull:
 		return "null"
+	case OpSettle:
+		return "settle"
 	}
 	return "unknown"
 }

@@ -15,7 +15,7 @@ import (
 // applyScript applies a list of row changes. KEYS are the row keys, then the HoldKeys
 // (orders, users, held, expiry) of each row whose change settles orders, in order; ARGV[1]
 // is the tombstone TTL in milliseconds, ARGV[2] the null-marker TTL, ARGV[3] the number
-// of row keys, ARGV[4] the TTL of reservation records, then per key: op ('u', 'd', 'n'
+// of row keys, ARGV[4] the TTL of reservation records, then per key: op ('u', 'd', 's' for settlements only, 'n'
 // for a null marker, 'a' for a fill, 'r'/'R' for a replacing upsert/delete), seq (27
 // digits, or ” for a write that does not come from the binlog), version, n, n
 // field/value pairs, ns, and ns settlements (order, quantity, user). It returns per key
@@ -91,7 +91,10 @@ for i = 1, nrows do
     end
     hk = hk + 4
   end
-  if op == 'n' then
+  if op == 's' then
+    -- Settlements only (below): the row is left as it is.
+    res[i] = 0
+  elseif op == 'n' then
     -- A "does not exist" marker, only where no key exists at all.
     if redis.call('EXISTS', k) == 0 then
       redis.call('HSET', k, '_null', '1')
@@ -471,6 +474,8 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 				}
 			} else if c.Op == OpNull {
 				op = "n"
+			} else if c.Op == OpSettle {
+				op = "s"
 			} else if c.Replace {
 				op = "r"
 			} else if c.IfAbsent && c.Seq.IsZero() {

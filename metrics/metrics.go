@@ -61,6 +61,12 @@ type Metrics struct {
 	// LoopFailures counts the leader's background loops that ended while leading went on,
 	// by loop; the leader then stands by and leads again.
 	LoopFailures *prometheus.CounterVec
+	// Settlements counts the settlements read from the binlog, by result: hold_ended (the
+	// order's hold ended with the stock change) or no_hold (its hold had been released or
+	// had expired, or Redis lost it: the stock moved only).
+	Settlements *prometheus.CounterVec
+	// HoldsExpired counts holds the daemon's sweep ended at their expiry.
+	HoldsExpired prometheus.Counter
 }
 
 // New creates the collectors and registers them on reg.
@@ -129,6 +135,13 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Resnapshots.WithLabelValues(r)
 	}
 	m.newOperations(reg)
+	m.Settlements = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_settlements_total",
+		Help: "Settlements read from the binlog, by result: hold_ended, or no_hold (released or expired first, or lost with Redis's data)."}, []string{"result"})
+	m.Settlements.WithLabelValues("hold_ended")
+	m.Settlements.WithLabelValues("no_hold")
+	m.HoldsExpired = prometheus.NewCounter(prometheus.CounterOpts{Name: "invsync_holds_expired_total",
+		Help: "Reservation holds the daemon ended at their expiry (a client that neither released nor settled)."})
+	reg.MustRegister(m.Settlements, m.HoldsExpired)
 	reg.MustRegister(m.RowsApplied, m.RowsSkipped, m.RowsCoalesced, m.ApplyLatency, m.RedisErrors, m.RedisPaused, m.RenderErrors, m.CheckpointWrites, m.StreamRestarts, m.Resnapshots, m.RedisRollbacks, m.SourceEpochs, m.CommittedTxns, m.CompensationParked, m.CompensationRetries,
 		m.CompensationPending, m.CompensationDead, m.CompensationOldest)
 	return m

@@ -6,7 +6,6 @@ import (
 	"hash/maphash"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/invsync/invsync/internal/backoff"
@@ -232,7 +231,7 @@ func (r *runner) extras(ctx context.Context, t *source.Table, tr *TableReport, s
 		r.d.Log.Warn("the Redis Cluster resharded during the scan of the keys: scanning again", zap.String("table", t.FullName()))
 		cands, scanned, tr.Unverifiable = nil, 0, unverifiable
 	}
-	if err := redisscan.Keys(ctx, r.d.RDB, globEscape(t.KeyPrefix)+"{*}", 500, check, restart); err != nil {
+	if err := redisscan.Keys(ctx, r.d.RDB, redisscan.GlobEscape(t.KeyPrefix)+"{*}", 500, check, restart); err != nil {
 		return fmt.Errorf("reconcile: scan the keys of %s: %w", t.FullName(), err)
 	}
 	tr.KeysScanned += scanned
@@ -242,17 +241,4 @@ func (r *runner) extras(ctx context.Context, t *source.Table, tr *TableReport, s
 		}
 	}
 	return nil
-}
-
-// globEscape escapes the characters SCAN MATCH treats as a pattern.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		switch c {
-		case '*', '?', '[', ']', '\\':
-			b.WriteByte('\\')
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
 }

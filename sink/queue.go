@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -87,6 +88,14 @@ func (q *keyQueue) put(ctx context.Context, hash uint64, c layout.Change, image 
 			e, ok = q.overflow[c.Key]
 		}
 		if ok {
+			if len(e.change.Settles) > 0 || c.Op == layout.OpSettle {
+				// Settlements are never superseded: they ride on the newest change.
+				settles := slices.Concat(e.change.Settles, c.Settles)
+				if c.Op == layout.OpSettle {
+					c, image, table = e.change, e.image, e.table
+				}
+				c.Settles = settles
+			}
 			e.change, e.image, e.table = c, image, table
 			e.merged++
 			e.noteVersion(c, image)

@@ -383,6 +383,10 @@ func (s *Sink) write(ctx context.Context, log *zap.Logger, changes []layout.Chan
 			}
 			it := batch[i]
 			op := opIndex(it.change.Op)
+			if o.Settled > 0 || o.Unheld > 0 {
+				s.m.Settlements.WithLabelValues("hold_ended").Add(float64(o.Settled))
+				s.m.Settlements.WithLabelValues("no_hold").Add(float64(o.Unheld))
+			}
 			switch o.Result {
 			case layout.Applied:
 				s.applied[it.table][op].Inc()

@@ -338,3 +338,48 @@ func waitUntil(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Settlements are never coalesced away: merged into a waiting change of their key (or
+// a settlement alone taking a newer change), they ride on the one write of the key.
+func TestSettlementsRideOnTheCoalescedWrite(t *testing.T) {
+	w := &fakeWriter{gate: make(chan struct{})}
+	s, wm, _ := startSink(t, w)
+	settle := func(txn uint64, n uint32, order string) canal.Row {
+		return canal.Row{Txn: txn, Change: layout.Change{Key: "k:a", Op: layout.OpSettle, Seq: layout.Seq{File: 1, Pos: n},
+			Settles: []layout.Settle{{Order: order, Qty: 1}}}}
+	}
+	commitRows(t, s, 1, 200, row("k:b", 100, "1"))
+	time.Sleep(50 * time.Millisecond) // the worker holds k:b in Apply
+	withSettle := row("k:a", 300, "9")
+	withSettle.Change.Settles = []layout.Settle{{Order: "o1", Qty: 1}}
+	commitRows(t, s, 2, 400, withSettle)
+	commitRows(t, s, 3, 500, settle(3, 450, "o2")) // merged into the waiting upsert
+	commitRows(t, s, 4, 700, row("k:a", 600, "7")) // a newer upsert takes both
+	commitRows(t, s, 5, 900, settle(5, 800, "o3"))
+	close(w.gate)
+	testenvFlush(t, s)
+	var got []layout.Change
+	for _, c := range w.changes() {
+		if c.Key == "k:a" {
+			got = append(got, c)
+		}
+	}
+	if len(got) != 1 {
+		t.Fatalf("writes of k:a: %+v, want one", got)
+	}
+	c := got[0]
+	if c.Op != layout.OpUpsert || c.Fields[0].Value != "7" || len(c.Settles) != 3 ||
+		c.Settles[0].Order != "o1" || c.Settles[1].Order != "o2" || c.Settles[2].Order != "o3" {
+		t.Fatalf("the write of k:a: %+v", c)
+	}
+	if at, _, _ := wm.Advance(); at != pos(900) {
+		t.Errorf("watermark at %v, want 900", at)
+	}
+}
+
+func testenvFlush(t *testing.T, s *Sink) {
+	t.Helper()
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -6,12 +6,6 @@ import (
 	"github.com/invsync/invsync/source"
 )
 
-func TestGlobEscape(t *testing.T) {
-	if got := globEscape(`inv:*?[x]\`); got != `inv:\*\?\[x\]\\` {
-		t.Fatalf("globEscape = %q", got)
-	}
-}
-
 func TestLiteralKeepsIndexOrder(t *testing.T) {
 	cases := []struct {
 		typ, v, want string

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"strings"
 
 	"github.com/invsync/invsync/internal/redisscan"
 	"github.com/invsync/invsync/layout"
@@ -82,7 +81,7 @@ func (r *run) sweep(ctx context.Context, t *source.Table, p0 source.Position) er
 	}
 	// Tombstoning is idempotent (the guard compares _v): a scan done again after the
 	// cluster resharded under it may see a key twice.
-	scanErr := redisscan.Keys(ctx, r.s.rdb, globEscape(t.KeyPrefix)+"{*}", 500, check, nil)
+	scanErr := redisscan.Keys(ctx, r.s.rdb, redisscan.GlobEscape(t.KeyPrefix)+"{*}", 500, check, nil)
 	r.seen = nil
 	if errors.Is(scanErr, redisscan.ErrIncomplete) {
 		// A cluster stuck with a slot migrating would stop every load (and a DDL reload
@@ -95,16 +94,4 @@ func (r *run) sweep(ctx context.Context, t *source.Table, p0 source.Position) er
 		return fmt.Errorf("snapshot: sweep %s: %w", t.FullName(), scanErr)
 	}
 	return nil
-}
-
-// globEscape escapes the characters SCAN MATCH treats as a pattern.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }

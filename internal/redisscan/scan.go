@@ -170,3 +170,17 @@ func layout(ctx context.Context, cc *redis.ClusterClient) (string, bool, error) 
 func isRedirect(err error) bool {
 	return redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") || redis.HasErrorPrefix(err, "TRYAGAIN")
 }
+
+// GlobEscape escapes the characters SCAN MATCH treats as a pattern, so that s matches
+// itself only.
+func GlobEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

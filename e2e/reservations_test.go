@@ -1,0 +1,266 @@
+package e2e
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/invsync/invsync/client"
+	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/internal/testenv"
+	"github.com/invsync/invsync/layout"
+	"github.com/redis/go-redis/v9"
+)
+
+const ordersDDL = `CREATE TABLE orders (
+	order_id VARCHAR(64) NOT NULL PRIMARY KEY,
+	sku BIGINT UNSIGNED NOT NULL,
+	qty INT NOT NULL,
+	user_id VARCHAR(32) NOT NULL
+) ENGINE=InnoDB`
+
+// flashSale is the setting of the flash-sale tests: SKU 0 with saleUnits units, SKUs
+// 1..otherSKUs restocked by other writers, and buyers.
+const (
+	saleUnits   = 100
+	otherSKUs   = 40
+	buyers      = 5000
+	buyerUsers  = 1800 // some users try 3 times or more; the limit is 2
+	perUserMax  = 2
+	saleHoldTTL = 8 * time.Second
+)
+
+// flashSaleEnv is the inventory table with reservations and the orders table as its
+// settlement table.
+func flashSaleEnv(t *testing.T, reservations bool) *env {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	execAll(t, e.db, ordersDDL)
+	if reservations {
+		e.cfg.Tables[0].Reservations = &config.Reservations{StockColumn: "stock", PerUserLimit: perUserMax, HoldTTL: saleHoldTTL, RecordTTL: time.Hour,
+			Settlement: config.Settlement{Schema: e.schema, Table: "orders", OrderColumn: "order_id", QuantityColumn: "qty", UserColumn: "user_id", KeyColumns: []string{"sku"}}}
+		testenv.Must(t, e.cfg.Validate(), "config")
+	}
+	execAll(t, e.db, fmt.Sprintf("INSERT INTO inventory (sku, stock, version) VALUES (0, %d, 1)", saleUnits))
+	for sku := 1; sku <= otherSKUs; sku++ {
+		execAll(t, e.db, fmt.Sprintf("INSERT INTO inventory (sku, stock, version) VALUES (%d, 1000, 1)", sku))
+	}
+	return e
+}
+
+// confirm settles order in MySQL as the application does: one transaction takes the
+// stock with a guarded UPDATE and inserts the order's settlement row. It reports false
+// when MySQL refused for lack of stock.
+func confirm(ctx context.Context, db *sql.DB, order, user string) (bool, error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, "UPDATE inventory SET stock = stock - 1, version = version + 1 WHERE sku = 0 AND stock >= 1")
+	if err != nil {
+		return false, err
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return false, nil
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO orders VALUES (?, 0, 1, ?)", order, user); err != nil {
+		return false, err
+	}
+	return true, tx.Commit()
+}
+
+// restocks runs writers that restock the other SKUs until ctx ends.
+func restocks(ctx context.Context, t *testing.T, db *sql.DB, writers int) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for range writers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				sku := 1 + rand.IntN(otherSKUs)
+				if _, err := db.ExecContext(ctx, "UPDATE inventory SET stock = stock + 1, version = version + 1 WHERE sku = ?", sku); err != nil && ctx.Err() == nil {
+					t.Errorf("restock: %v", err)
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	return &wg
+}
+
+// saleResult is what the buyers saw.
+type saleResult struct {
+	held, confirmed, refused, released, expired atomic.Int64
+	perUser                                     sync.Map // user → *atomic.Int64 of holds taken
+	errs                                        collect
+}
+
+func (r *saleResult) userHeld(user string) *atomic.Int64 {
+	v, _ := r.perUser.LoadOrStore(user, new(atomic.Int64))
+	return v.(*atomic.Int64)
+}
+
+// Issue 16, acceptance 1: 100 units, 5,000 concurrent buyers under a per-user limit of 2;
+// of the holds 70% are confirmed in MySQL, 20% released, 10% left to expire; the daemon
+// is killed with SIGKILL and restarted during the sale, while 4 writers restock other
+// SKUs. Nothing is oversold, no confirmation is refused by MySQL, no user exceeds the
+// limit, no hold is left, Redis's available equals MySQL's stock, and no watched
+// version goes down.
+func TestFlashSaleWithReservations(t *testing.T) {
+	e := flashSaleEnv(t, true)
+	httpAddr := freeAddr(t)
+	cfgPath := e.writeConfig(func(c *config.Config) { c.HTTP.Listen = httpAddr })
+	p := startProc(t, cfgPath, httpAddr)
+	e.waitEqual(30 * time.Second)
+	ctx := context.Background()
+	c, err := client.New(e.rdb, e.conns().ClientTables(e.tables()...), func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
+	testenv.Must(t, err, "client")
+	check := watchingWith(t, newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, otherSKUs+1), 20)
+
+	wctx, stopWriters := context.WithCancel(ctx)
+	writers := restocks(wctx, t, e.db, 4)
+	var res saleResult
+	var started, finished atomic.Int64
+	var wg sync.WaitGroup
+	for i := range buyers {
+		wg.Go(func() {
+			// Buyers arrive over about two seconds.
+			time.Sleep(time.Duration(rand.IntN(2000)) * time.Millisecond)
+			started.Add(1)
+			defer finished.Add(1)
+			order, user := "o-"+strconv.Itoa(i), "u-"+strconv.Itoa(i%buyerUsers)
+			r, err := c.Reserve(ctx, "inventory", []string{"0"}, order, user, 1)
+			if err != nil {
+				res.errs.add("reserve %s: %v", order, err)
+				return
+			}
+			if r.Outcome != client.Held {
+				return
+			}
+			res.held.Add(1)
+			res.userHeld(user).Add(1)
+			time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // paying
+			switch n := i % 10; {
+			case n < 7:
+				ok, err := confirm(ctx, e.db, order, user)
+				switch {
+				case err != nil:
+					res.errs.add("confirm %s: %v", order, err)
+				case ok:
+					res.confirmed.Add(1)
+				default:
+					res.refused.Add(1)
+				}
+			case n < 9:
+				out, _, err := c.Release(ctx, "inventory", []string{"0"}, order)
+				if err != nil || out != client.Released {
+					res.errs.add("release %s: %v %v", order, out, err)
+				}
+				res.released.Add(1)
+			default:
+				res.expired.Add(1) // left to expire
+			}
+		})
+	}
+	// Kill the daemon in the middle of the sale and start it again.
+	for finished.Load() < buyers/2 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.kill(t)
+	t.Logf("killed with SIGKILL after %d buyers", finished.Load())
+	p = startProc(t, cfgPath, httpAddr)
+	wg.Wait()
+	stopWriters()
+	writers.Wait()
+	if errs := res.errs.list(); len(errs) > 0 {
+		t.Fatalf("buyers: %v", errs)
+	}
+
+	// Every hold ends: settled, released, or expired (the daemon's sweep).
+	var stock, sold int64
+	waitFor(t, "no hold left and Redis available = MySQL stock", 45*time.Second, func() bool {
+		testenv.Must(t, e.db.QueryRow("SELECT stock FROM inventory WHERE sku = 0").Scan(&stock), "stock")
+		avail, held, ok, err := c.Available(ctx, "inventory", "0")
+		return err == nil && ok && held == 0 && avail == stock
+	})
+	testenv.Must(t, e.db.QueryRow("SELECT COUNT(*) FROM orders").Scan(&sold), "orders")
+	t.Logf("holds %d: confirmed %d, released %d, left to expire %d; refused by MySQL %d; MySQL stock %d, orders %d",
+		res.held.Load(), res.confirmed.Load(), res.released.Load(), res.expired.Load(), res.refused.Load(), stock, sold)
+	if res.refused.Load() != 0 {
+		t.Errorf("%d confirmations refused by MySQL for lack of stock (false admissions)", res.refused.Load())
+	}
+	if saleUnits-stock != sold || sold != res.confirmed.Load() || sold > saleUnits {
+		t.Errorf("units sold %d, orders %d, confirmed %d (of %d units)", saleUnits-stock, sold, res.confirmed.Load(), saleUnits)
+	}
+	if res.held.Load() < saleUnits {
+		t.Errorf("only %d holds were taken of %d units with %d buyers", res.held.Load(), saleUnits, buyers)
+	}
+	res.perUser.Range(func(u, n any) bool {
+		if n.(*atomic.Int64).Load() > perUserMax {
+			t.Errorf("user %v held %d units, limit %d", u, n.(*atomic.Int64).Load(), perUserMax)
+		}
+		return true
+	})
+	holds, err := c.Holds(ctx, "inventory", "0")
+	testenv.Must(t, err, "holds")
+	states := map[string]int{}
+	for _, h := range holds {
+		states[h.State]++
+	}
+	if states["held"] != 0 || int64(states["settled"]) != sold || int64(states["released"]) != res.released.Load() || int64(states["expired"]) != res.expired.Load() {
+		t.Errorf("order records by state %v; want settled %d, released %d, expired %d", states, sold, res.released.Load(), res.expired.Load())
+	}
+	check()
+	e.waitEqual(30 * time.Second)
+	p.terminate(t)
+}
+
+// Issue 16, acceptance 2: the same sale without the model, as the seed does it: a Lua
+// pre-deduction (check and HINCRBY) on the mirrored stock field itself. Every mirrored
+// UPDATE writes MySQL's stock over the pre-deductions MySQL has not seen yet, so units
+// already promised come back and are sold twice: confirmations are refused.
+func TestFlashSaleWithoutTheModelSellsUnitsTwice(t *testing.T) {
+	e := flashSaleEnv(t, false)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	ctx := context.Background()
+	key := layout.Key(e.cfg.Tables[0].KeyPrefix, []string{"0"})
+	prededuct := redis.NewScript(`
+local s = tonumber(redis.call('HGET', KEYS[1], 'stock') or '0')
+if s < 1 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'stock', -1)
+return 1`)
+	var admitted, confirmed, refused atomic.Int64
+	var wg sync.WaitGroup
+	for i := range buyers {
+		wg.Go(func() {
+			time.Sleep(time.Duration(rand.IntN(2000)) * time.Millisecond)
+			ok, err := prededuct.Run(ctx, e.rdb, []string{key}).Int()
+			if err != nil || ok != 1 {
+				return
+			}
+			admitted.Add(1)
+			time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+			done, err := confirm(ctx, e.db, "o-"+strconv.Itoa(i), "u")
+			switch {
+			case err != nil:
+				t.Errorf("confirm: %v", err)
+			case done:
+				confirmed.Add(1)
+			default:
+				refused.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("admitted by Redis %d, confirmed %d, refused by MySQL %d (of %d units)", admitted.Load(), confirmed.Load(), refused.Load(), saleUnits)
+	if refused.Load() == 0 && admitted.Load() <= saleUnits {
+		t.Fatalf("the mirror-only sale admitted %d buyers for %d units and MySQL refused none: the problem did not show", admitted.Load(), saleUnits)
+	}
+}
