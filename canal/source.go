@@ -156,8 +156,8 @@ type Source struct {
 	// index) with reservations (see settle.go).
 	settlements map[string]*Settlement
 	reserving   map[int]bool
-	tz     *time.Location
-	log    *zap.Logger
+	tz          *time.Location
+	log         *zap.Logger
 
 	decoders map[uint64]*decoder
 	file     string
