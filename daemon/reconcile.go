@@ -21,8 +21,14 @@ import (
 // reconcileDeps are reconcile's dependencies; epoch is the epoch of the source's history
 // that positions belong to (the checkpoint's).
 func reconcileDeps(src source.Config, cfg *config.Config, db *sql.DB, tables []*source.Table, rdb redis.UniversalClient, w *layout.Writer, log *zap.Logger, epoch func() uint32) reconcile.Deps {
-	return reconcile.Deps{Source: src, ChunkSize: cfg.Reconcile.ChunkSize, DB: db, Tables: tables, RDB: rdb, Writer: w, Log: log,
-		Epoch: epoch}
+	deps := reconcile.Deps{Source: src, ChunkSize: cfg.Reconcile.ChunkSize, DB: db, Tables: tables, RDB: rdb, Writer: w, Log: log,
+		Epoch: epoch, Holds: map[int]reconcile.HoldCheck{}}
+	for i, t := range tables {
+		if r := cfg.Tables[t.Index].Reservations; r != nil {
+			deps.Holds[i] = reconcile.HoldCheck{SettlementSchema: r.Settlement.Schema, SettlementTable: r.Settlement.Table, OrderColumn: r.Settlement.OrderColumn}
+		}
+	}
+	return deps
 }
 
 // positionIn returns the source's current position (source.CurrentPosition) in the epoch

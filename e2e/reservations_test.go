@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,9 +14,12 @@ import (
 
 	"github.com/invsync/invsync/client"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
+	"github.com/invsync/invsync/reconcile"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 )
 
 const ordersDDL = `CREATE TABLE orders (
@@ -262,5 +266,111 @@ return 1`)
 	t.Logf("admitted by Redis %d, confirmed %d, refused by MySQL %d (of %d units)", admitted.Load(), confirmed.Load(), refused.Load(), saleUnits)
 	if refused.Load() == 0 && admitted.Load() <= saleUnits {
 		t.Fatalf("the mirror-only sale admitted %d buyers for %d units and MySQL refused none: the problem did not show", admitted.Load(), saleUnits)
+	}
+}
+
+// The operators' commands: reserve (idempotent), holds, release (idempotent), with their
+// exit statuses.
+func TestReservationCommands(t *testing.T) {
+	e := flashSaleEnv(t, true)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	cfgPath := e.writeConfig(nil)
+	env := []string{"INVSYNC_SOURCE_PASSWORD=" + testenv.AppPassword()}
+	run := func(want int, args ...string) string {
+		t.Helper()
+		code, out := runCLI(t, time.Minute, env, append([]string{args[0], "-c", cfgPath}, args[1:]...)...)
+		if code != want {
+			t.Fatalf("invsync %v: exit %d, want %d; output:\n%s", args, code, want, out)
+		}
+		return out
+	}
+	if out := run(0, "reserve", "--order", "A1", "--user", "ann", "--qty", "2", "inventory", "0"); !strings.Contains(out, "held: available 98") {
+		t.Fatalf("reserve: %s", out)
+	}
+	if out := run(0, "reserve", "--order", "A1", "--user", "ann", "--qty", "2", "inventory", "0"); !strings.Contains(out, "held: available 98") {
+		t.Fatalf("reserve again: %s", out)
+	}
+	if out := run(1, "reserve", "--order", "A2", "--user", "ann", "inventory", "0"); !strings.Contains(out, "limit") {
+		t.Fatalf("over the limit: %s", out)
+	}
+	if out := run(1, "reserve", "--order", "B1", "--qty", "99", "inventory", "0"); !strings.Contains(out, "sold_out") {
+		t.Fatalf("sold out: %s", out)
+	}
+	if out := run(0, "holds", "inventory", "0"); !strings.Contains(out, "available 98, held 2, 1 order(s)") || !strings.Contains(out, "A1") {
+		t.Fatalf("holds: %s", out)
+	}
+	if out := run(0, "release", "--order", "A1", "inventory", "0"); !strings.Contains(out, "released: available 100") {
+		t.Fatalf("release: %s", out)
+	}
+	if out := run(0, "release", "--order", "A1", "inventory", "0"); !strings.Contains(out, "already_released") {
+		t.Fatalf("release again: %s", out)
+	}
+	run(1, "release", "--order", "nope", "inventory", "0")
+	if out := run(2, "holds", "orders", "0"); !strings.Contains(out, "has no reservations") {
+		t.Fatalf("a table without reservations: %s", out)
+	}
+}
+
+// Reconciliation checks the holds too: a held total that is not the sum of the active
+// holds, a hold past its expiry, a hold whose order MySQL settled; --repair fixes each.
+func TestReconcileChecksTheHolds(t *testing.T) {
+	e := flashSaleEnv(t, true)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	r.stop(t) // nothing applies settlements or sweeps from here
+	ctx := context.Background()
+	tables := e.conns().ClientTables(e.tables()...)
+	tables[0].Reservations.HoldTTL = time.Second
+	c, err := client.New(e.rdb, tables, func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
+	testenv.Must(t, err, "client")
+	for _, o := range []string{"keep", "late", "paid"} {
+		if res, err := c.Reserve(ctx, "inventory", []string{"0"}, o, "u-"+o, 1); err != nil || res.Outcome != client.Held {
+			t.Fatalf("reserve %s: %+v %v", o, res, err)
+		}
+	}
+	key := layout.Key(e.cfg.Tables[0].KeyPrefix, []string{"0"})
+	testenv.Must(t, e.rdb.Set(ctx, layout.HoldKeysOf(key).Held, 7, 0).Err(), "corrupt the held total")
+	// "paid" is confirmed in MySQL while no daemon runs.
+	if ok, err := confirm(ctx, e.db, "paid", "u-paid"); err != nil || !ok {
+		t.Fatalf("confirm: %v %v", ok, err)
+	}
+	time.Sleep(2500 * time.Millisecond) // "late" and "keep" expire (nothing sweeps)
+	testenv.Must(t, e.rdb.HSet(ctx, layout.HoldKeysOf(key).Orders, "keep", fmt.Sprintf("h|1|u-keep|%d", time.Now().Add(time.Hour).UnixMilli())).Err(), "extend keep")
+	testenv.Must(t, e.rdb.ZAdd(ctx, layout.HoldKeysOf(key).Expiry, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: "keep"}).Err(), "extend keep")
+
+	opts := reconcile.Options{Recheck: 200 * time.Millisecond}
+	rep, _, err := daemon.New(e.cfg, zap.NewNop()).Reconcile(ctx, opts)
+	testenv.Must(t, err, "reconcile")
+	d := rep.Tables[0].Differences
+	if d[reconcile.HeldTotal] != 1 || d[reconcile.ExpiredHold] != 1 || d[reconcile.SettledHold] != 1 {
+		t.Fatalf("differences %v, want one held_total, one expired_hold (late), one settled_hold (paid)", d)
+	}
+	opts.Repair = true
+	rep, _, err = daemon.New(e.cfg, zap.NewNop()).Reconcile(ctx, opts)
+	testenv.Must(t, err, "reconcile --repair")
+	rp := rep.Tables[0].Repaired
+	if rp[reconcile.HeldTotal] != 1 || rp[reconcile.ExpiredHold] != 1 || rp[reconcile.SettledHold] != 1 {
+		t.Fatalf("repaired %v of %v", rp, rep.Tables[0].Differences)
+	}
+	states := map[string]string{}
+	hs, err := c.Holds(ctx, "inventory", "0")
+	testenv.Must(t, err, "holds")
+	for _, h := range hs {
+		states[h.Order] = h.State
+	}
+	if states["keep"] != "held" || states["late"] != "expired" || states["paid"] != "settled" {
+		t.Fatalf("states after the repair: %v", states)
+	}
+	// MySQL has 99 units (paid took one); "keep" holds one.
+	if avail, held, _, _ := c.Available(ctx, "inventory", "0"); held != 1 || avail != saleUnits-2 {
+		t.Fatalf("available %d held %d, want %d and 1", avail, held, saleUnits-2)
+	}
+	rep, _, err = daemon.New(e.cfg, zap.NewNop()).Reconcile(ctx, reconcile.Options{Recheck: 200 * time.Millisecond})
+	testenv.Must(t, err, "reconcile after the repair")
+	if rep.Drift() {
+		t.Fatalf("drift after the repair: %v", rep.Tables[0].Differences)
 	}
 }

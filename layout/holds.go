@@ -159,6 +159,26 @@ const sweepScript = holdsLib + `
 return sweep(tonumber(ARGV[1]), tonumber(ARGV[2]))
 `
 
+// repairScript recomputes a row's held total and expiry index from its order records
+// (reconcile --repair). It returns the held total before and after.
+const repairHoldsScript = holdsLib + `
+local before = tonumber(redis.call('GET', heldk) or '0')
+local recs = redis.call('HGETALL', orders)
+local sum = 0
+redis.call('DEL', expiry)
+for i = 1, #recs, 2 do
+  local st, q, _, e = parse(recs[i+1])
+  if st == 'h' then
+    sum = sum + q
+    redis.call('ZADD', expiry, e, recs[i])
+  end
+end
+if sum > 0 then redis.call('SET', heldk, sum) else redis.call('DEL', heldk) end
+local ttl = redis.call('PTTL', orders)
+if ttl > 0 then keep(ttl) end
+return {before, sum}
+`
+
 // Outcome of a reservation or release.
 type HoldOutcome string
 
@@ -200,6 +220,7 @@ func doneOutcome(s string) HoldOutcome {
 type Holds struct {
 	rdb                          redis.UniversalClient
 	reserve, release, avail, swp *redis.Script
+	repair                       *redis.Script
 	// HoldTTL is how long a hold lasts unless released or settled; RecordTTL how long
 	// a row's order records are kept after its last reservation.
 	HoldTTL, RecordTTL time.Duration
@@ -209,7 +230,7 @@ type Holds struct {
 // NewHolds returns the reservation scripts over rdb.
 func NewHolds(rdb redis.UniversalClient, holdTTL, recordTTL time.Duration) *Holds {
 	return &Holds{rdb: rdb, reserve: redis.NewScript(reserveScript), release: redis.NewScript(releaseScript),
-		avail: redis.NewScript(availableScript), swp: redis.NewScript(sweepScript),
+		avail: redis.NewScript(availableScript), swp: redis.NewScript(sweepScript), repair: redis.NewScript(repairHoldsScript),
 		HoldTTL: holdTTL, RecordTTL: recordTTL, now: time.Now}
 }
 
@@ -279,6 +300,25 @@ func (h *Holds) Available(ctx context.Context, key, stockField string) (availabl
 // many it expired.
 func (h *Holds) Sweep(ctx context.Context, key string, max int) (int64, error) {
 	return h.swp.Run(ctx, h.rdb, holdKeys(key), h.now().UnixMilli(), max).Int64()
+}
+
+// RepairTotal sets the row key's held total and expiry index from its order records; it
+// returns the held total before and after.
+func (h *Holds) RepairTotal(ctx context.Context, key string) (before, after int64, err error) {
+	res, err := h.repair.Run(ctx, h.rdb, holdKeys(key)).Int64Slice()
+	if err != nil {
+		return 0, 0, err
+	}
+	return res[0], res[1], nil
+}
+
+// Held reads the row key's recorded held total.
+func (h *Holds) Held(ctx context.Context, key string) (int64, error) {
+	n, err := h.rdb.Get(ctx, HoldKeysOf(key).Held).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	return n, err
 }
 
 // Hold is one recorded order of a row.

@@ -53,7 +53,7 @@ const (
 )
 
 // Kinds lists every kind, in report order.
-var Kinds = []Kind{Missing, Stale, Mismatch, Extra, WrongType}
+var Kinds = []Kind{Missing, Stale, Mismatch, Extra, WrongType, HeldTotal, ExpiredHold, SettledHold}
 
 // Deps is what a run reads and writes.
 type Deps struct {
@@ -73,6 +73,8 @@ type Deps struct {
 	// OnKeys, if set, is called with the primary keys of every chunk read from MySQL (a
 	// Bloom rebuild from the same scan); table is the index in Tables.
 	OnKeys func(table int, pks []string)
+	// Holds, by index in Tables, checks the reservations of the tables that have them.
+	Holds map[int]HoldCheck
 	Log    *zap.Logger
 }
 
@@ -190,6 +192,9 @@ func Run(ctx context.Context, d Deps, opts Options) (*Report, error) {
 	var failed []string
 	for _, i := range selected {
 		tr, err := r.table(ctx, i)
+		if hc, ok := d.Holds[i]; ok && err == nil {
+			err = r.holds(ctx, d.Tables[i], hc, tr)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, err

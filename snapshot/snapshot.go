@@ -184,7 +184,7 @@ func newTableQuery(t *source.Table) (*tableQuery, error) {
 	names := make([]string, len(q.cols))
 	q.pkAt = make([]int, len(t.PK))
 	for i, c := range q.cols {
-		names[i] = ident(c.Name)
+		names[i] = source.QuoteIdent(c.Name)
 		for p, pk := range t.PK {
 			if strings.EqualFold(pk, c.Name) {
 				q.pkAt[p] = i
@@ -199,9 +199,9 @@ func newTableQuery(t *source.Table) (*tableQuery, error) {
 	}
 	q.pkCols = make([]string, len(t.PK))
 	for i, pk := range t.PK {
-		q.pkCols[i] = ident(pk)
+		q.pkCols[i] = source.QuoteIdent(pk)
 	}
-	q.base = "SELECT " + strings.Join(names, ", ") + " FROM " + ident(t.Schema) + "." + ident(t.Name)
+	q.base = "SELECT " + strings.Join(names, ", ") + " FROM " + source.QuoteIdent(t.Schema) + "." + source.QuoteIdent(t.Name)
 	return q, nil
 }
 
@@ -476,8 +476,6 @@ func memberNumber(c source.ColumnInfo, v string) uint64 {
 
 func quote(s string) string { return strings.ReplaceAll(s, "'", "''") }
 
-func ident(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
-
 // SeqOf is the binlog sequence of a state read at position p (after p was recorded):
 // after every row of the events that end at or before p. A write stamped with it is
 // ordered against the binlog stream's writes by position, as a binlog write is: a change
@@ -507,7 +505,7 @@ func ScanKeys(ctx context.Context, conn *client.Conn, t *source.Table, chunk int
 	for p, i := range tq.pkAt {
 		cols[p] = tq.cols[i]
 	}
-	base := "SELECT " + strings.Join(tq.pkCols, ", ") + " FROM " + ident(t.Schema) + "." + ident(t.Name)
+	base := "SELECT " + strings.Join(tq.pkCols, ", ") + " FROM " + source.QuoteIdent(t.Schema) + "." + source.QuoteIdent(t.Name)
 	order := " ORDER BY " + strings.Join(tq.pkCols, ", ") + " LIMIT " + strconv.Itoa(chunk)
 	var after []string
 	for {

@@ -210,3 +210,6 @@ func (t *Table) CollationCharset(id uint64) (string, bool) {
 	cs, ok := t.charsets[id]
 	return cs, ok
 }
+
+// QuoteIdent quotes a MySQL identifier (a schema, table or column name).
+func QuoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }

@@ -41,6 +41,9 @@ var commands = []command{
 	{"compensation", "list | replay | purge the writes Redis refused (the compensation table)", compensationCmd},
 	{"reconcile", "compare every table with Redis and report (--repair: fix) the drift", reconcileCmd},
 	{"get", "read rows the way application servers do: Redis, Bloom, null cache, MySQL", getCmd},
+	{"reserve", "hold units of a row for an order (flash-sale reservations)", reserveCmd},
+	{"release", "give an order's hold back", releaseCmd},
+	{"holds", "list a row's reservations: available, held, every order recorded", holdsCmd},
 }
 
 func printUsage(w io.Writer) {
