@@ -140,6 +140,7 @@ type clientMetrics struct {
 	overloaded  *prometheus.CounterVec
 	holds       *prometheus.CounterVec
 	holdLatency *prometheus.HistogramVec
+	falseAdmit  *prometheus.CounterVec
 }
 
 // New returns a client of the given tables; load reads MySQL on a miss.
@@ -206,9 +207,11 @@ func New(rdb redis.UniversalClient, tables []Table, load Loader, opts Options) (
 			Help: "Reserve and Release calls by table, call and outcome (held, sold_out, limit, unknown_row, released, already_*, unknown_order, error)."}, []string{"table", "call", "outcome"}),
 		holdLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "invsync_client_reservation_duration_seconds",
 			Help: "Duration of Reserve, Release and Available calls.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}, []string{"call"}),
+		falseAdmit: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_client_false_admissions_total",
+			Help: "Confirmations MySQL refused for lack of stock after Reserve held the units (Refused); 0 when every sale goes through reservations."}, []string{"table"}),
 	}
 	if opts.Registerer != nil {
-		for _, col := range []prometheus.Collector{c.m.gets, c.m.rejects, c.m.nullHits, c.m.loads, c.m.bloomErrors, c.m.fillErrors, c.m.overloaded, c.m.holds, c.m.holdLatency} {
+		for _, col := range []prometheus.Collector{c.m.gets, c.m.rejects, c.m.nullHits, c.m.loads, c.m.bloomErrors, c.m.fillErrors, c.m.overloaded, c.m.holds, c.m.holdLatency, c.m.falseAdmit} {
 			if err := opts.Registerer.Register(col); err != nil {
 				return nil, fmt.Errorf("client: register metrics: %w", err)
 			}

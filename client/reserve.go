@@ -114,6 +114,19 @@ func (c *Client) Release(ctx context.Context, tableName string, pk []string, ord
 	return out, avail, err
 }
 
+// Refused is Release for an order whose confirmation MySQL refused for lack of stock (its
+// guarded UPDATE changed no row): the hold is given back and the refusal is counted as a
+// false admission (invsync_client_false_admissions_total), which stays 0 when every sale
+// of the row goes through Reserve.
+func (c *Client) Refused(ctx context.Context, tableName string, pk []string, orderID string) (Outcome, int64, error) {
+	t, err := c.reserving(tableName)
+	if err != nil {
+		return "", 0, err
+	}
+	c.m.falseAdmit.WithLabelValues(t.Name).Inc()
+	return c.Release(ctx, tableName, pk, orderID)
+}
+
 // Available returns the units of the row pk that can still be reserved and the units
 // held; found is false when Redis holds no live row for it.
 func (c *Client) Available(ctx context.Context, tableName string, pk ...string) (available, held int64, found bool, err error) {

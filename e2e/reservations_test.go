@@ -18,6 +18,7 @@ import (
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/reconcile"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -122,7 +123,8 @@ func TestFlashSaleWithReservations(t *testing.T) {
 	p := startProc(t, cfgPath, httpAddr)
 	e.waitEqual(30 * time.Second)
 	ctx := context.Background()
-	c, err := client.New(e.rdb, e.conns().ClientTables(e.tables()...), func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
+	reg := prometheus.NewRegistry()
+	c, err := client.New(e.rdb, e.conns().ClientTables(e.tables()...), func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{Registerer: reg})
 	testenv.Must(t, err, "client")
 	check := watchingWith(t, newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, otherSKUs+1), 20)
 
@@ -159,6 +161,7 @@ func TestFlashSaleWithReservations(t *testing.T) {
 					res.confirmed.Add(1)
 				default:
 					res.refused.Add(1)
+					_, _, _ = c.Refused(ctx, "inventory", []string{"0"}, order)
 				}
 			case n < 9:
 				out, _, err := c.Release(ctx, "inventory", []string{"0"}, order)
@@ -195,8 +198,11 @@ func TestFlashSaleWithReservations(t *testing.T) {
 	testenv.Must(t, e.db.QueryRow("SELECT COUNT(*) FROM orders").Scan(&sold), "orders")
 	t.Logf("holds %d: confirmed %d, released %d, left to expire %d; refused by MySQL %d; MySQL stock %d, orders %d",
 		res.held.Load(), res.confirmed.Load(), res.released.Load(), res.expired.Load(), res.refused.Load(), stock, sold)
-	if res.refused.Load() != 0 {
+	if res.refused.Load() != 0 || seriesValue(t, reg, "invsync_client_false_admissions_total", "table", e.schema+".inventory") != 0 {
 		t.Errorf("%d confirmations refused by MySQL for lack of stock (false admissions)", res.refused.Load())
+	}
+	if held := seriesValue(t, reg, "invsync_client_reservations_total", "table", e.schema+".inventory", "call", "reserve", "outcome", "held"); int64(held) != res.held.Load() {
+		t.Errorf("invsync_client_reservations_total{outcome=held} = %v, want %d", held, res.held.Load())
 	}
 	if saleUnits-stock != sold || sold != res.confirmed.Load() || sold > saleUnits {
 		t.Errorf("units sold %d, orders %d, confirmed %d (of %d units)", saleUnits-stock, sold, res.confirmed.Load(), saleUnits)
@@ -300,6 +306,9 @@ func TestReservationCommands(t *testing.T) {
 	}
 	if out := run(0, "holds", "inventory", "0"); !strings.Contains(out, "available 98, held 2, 1 order(s)") || !strings.Contains(out, "A1") {
 		t.Fatalf("holds: %s", out)
+	}
+	if out := run(0, "status"); !strings.Contains(out, "inventory: 2 unit(s) held on 1 row(s)") || !strings.Contains(out, "0 ended a hold") {
+		t.Fatalf("status: %s", out)
 	}
 	if out := run(0, "release", "--order", "A1", "inventory", "0"); !strings.Contains(out, "released: available 100") {
 		t.Fatalf("release: %s", out)

@@ -66,6 +66,12 @@ func status(cfg *config.Config, cfgPath string, stdout, stderr io.Writer) int {
 		comp += fmt.Sprintf(", oldest pending %s", st.OldestPending.Round(time.Second))
 	}
 	fmt.Fprintf(tw, "compensation\t%s\n", comp)
+	for _, h := range st.Holds {
+		fmt.Fprintf(tw, "reservations\t%s: %d unit(s) held on %d row(s)\n", h.Table, h.Held, h.Rows)
+	}
+	if len(st.Holds) > 0 && st.DaemonReachable {
+		fmt.Fprintf(tw, "settlements\t%.0f ended a hold, %.0f found none; %.0f hold(s) expired\t(since the daemon started)\n", st.SettledHolds, st.SettledWithoutHold, st.HoldsExpired)
+	}
 	tw.Flush()
 	fmt.Fprintln(stdout)
 	tw = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)

@@ -14,6 +14,7 @@ import (
 	"github.com/invsync/invsync/checkpoint"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
+	"github.com/invsync/invsync/internal/redisscan"
 	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 )
@@ -47,6 +48,19 @@ type StatusReport struct {
 	Pending, Dead   int64
 	OldestPending   time.Duration
 	Bloom           []BloomStatus
+	// Holds are the reservations of the tables that have them.
+	Holds []HoldStatus
+	// From the daemon's /metrics: settlements that ended a hold or found none, holds
+	// the daemon expired.
+	SettledHolds, SettledWithoutHold, HoldsExpired float64
+}
+
+// HoldStatus sums a table's reservations as Redis holds them.
+type HoldStatus struct {
+	Table string
+	// Rows is the number of rows with units held; Held the units held.
+	Rows int64
+	Held int64
 }
 
 // BloomStatus describes a table's filter as Redis holds it.
@@ -80,6 +94,13 @@ func readStatus(ctx context.Context, cfg *config.Config) (*StatusReport, error) 
 			return nil, err
 		}
 		st.Bloom = append(st.Bloom, bs)
+		if t.Reservations != nil {
+			hs, err := holdStatus(ctx, c.Redis, t)
+			if err != nil {
+				return nil, err
+			}
+			st.Holds = append(st.Holds, hs)
+		}
 	}
 	if st.Leader, st.LeaderKnown, err = c.Leader(ctx); err != nil {
 		return nil, err
@@ -180,6 +201,34 @@ func (st *StatusReport) readDaemon() {
 			st.LagSeconds = v
 		case "invsync_queue_depth":
 			st.QueueDepth = v
+		case `invsync_settlements_total{result="hold_ended"}`:
+			st.SettledHolds = v
+		case `invsync_settlements_total{result="no_hold"}`:
+			st.SettledWithoutHold = v
+		case "invsync_holds_expired_total":
+			st.HoldsExpired = v
 		}
 	}
+}
+
+// holdStatus sums the held totals of a table's rows (SCAN of their K:n keys).
+func holdStatus(ctx context.Context, rdb redis.UniversalClient, t config.Table) (HoldStatus, error) {
+	hs := HoldStatus{Table: t.TableName()}
+	err := redisscan.Keys(ctx, rdb, redisscan.GlobEscape(t.KeyPrefix)+"{*}:n", 500, func(ctx context.Context, keys []string) error {
+		for _, k := range keys {
+			n, err := rdb.Get(ctx, k).Int64()
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				hs.Rows++
+				hs.Held += n
+			}
+		}
+		return nil
+	}, nil)
+	return hs, err
 }
