@@ -130,58 +130,16 @@ func TestFlashSaleWithReservations(t *testing.T) {
 
 	wctx, stopWriters := context.WithCancel(ctx)
 	writers := restocks(wctx, t, e.db, 4)
-	var res saleResult
-	var started, finished atomic.Int64
-	var wg sync.WaitGroup
-	for i := range buyers {
-		wg.Go(func() {
-			// Buyers arrive over about two seconds.
-			time.Sleep(time.Duration(rand.IntN(2000)) * time.Millisecond)
-			started.Add(1)
-			defer finished.Add(1)
-			order, user := "o-"+strconv.Itoa(i), "u-"+strconv.Itoa(i%buyerUsers)
-			r, err := c.Reserve(ctx, "inventory", []string{"0"}, order, user, 1)
-			if err != nil {
-				res.errs.add("reserve %s: %v", order, err)
-				return
-			}
-			if r.Outcome != client.Held {
-				return
-			}
-			res.held.Add(1)
-			res.userHeld(user).Add(1)
-			time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // paying
-			switch n := i % 10; {
-			case n < 7:
-				ok, err := confirm(ctx, e.db, order, user)
-				switch {
-				case err != nil:
-					res.errs.add("confirm %s: %v", order, err)
-				case ok:
-					res.confirmed.Add(1)
-				default:
-					res.refused.Add(1)
-					_, _, _ = c.Refused(ctx, "inventory", []string{"0"}, order)
-				}
-			case n < 9:
-				out, _, err := c.Release(ctx, "inventory", []string{"0"}, order)
-				if err != nil || out != client.Released {
-					res.errs.add("release %s: %v %v", order, out, err)
-				}
-				res.released.Add(1)
-			default:
-				res.expired.Add(1) // left to expire
-			}
-		})
-	}
-	// Kill the daemon in the middle of the sale and start it again.
-	for finished.Load() < buyers/2 {
-		time.Sleep(10 * time.Millisecond)
-	}
-	p.kill(t)
-	t.Logf("killed with SIGKILL after %d buyers", finished.Load())
-	p = startProc(t, cfgPath, httpAddr)
-	wg.Wait()
+	res := sale(ctx, e.db, c, func(finished int64, _ *saleResult) bool {
+		if finished < buyers/2 {
+			return false
+		}
+		// Kill the daemon in the middle of the sale and start it again.
+		p.kill(t)
+		t.Logf("killed with SIGKILL after %d buyers", finished)
+		p = startProc(t, cfgPath, httpAddr)
+		return true
+	})
 	stopWriters()
 	writers.Wait()
 	if errs := res.errs.list(); len(errs) > 0 {
@@ -382,4 +340,111 @@ func TestReconcileChecksTheHolds(t *testing.T) {
 	if rep.Drift() {
 		t.Fatalf("drift after the repair: %v", rep.Tables[0].Differences)
 	}
+}
+
+// sale runs the buyers against row 0 (see TestFlashSaleWithReservations) and returns
+// what they saw; during is called with the number of buyers done and what they saw so
+// far, every millisecond while they run, until it returns true.
+func sale(ctx context.Context, db *sql.DB, c *client.Client, during func(finished int64, res *saleResult) bool) *saleResult {
+	res := &saleResult{}
+	var finished atomic.Int64
+	var wg sync.WaitGroup
+	for i := range buyers {
+		wg.Go(func() {
+			defer finished.Add(1)
+			buy(ctx, db, c, res, i)
+		})
+	}
+	for fired := false; !fired; {
+		fired = during(finished.Load(), res)
+		if finished.Load() == buyers {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	wg.Wait()
+	return res
+}
+
+// buy is buyer i: it arrives within two seconds, reserves one unit and, holding it,
+// pays and confirms (7 in 10), cancels (2 in 10) or walks away (1 in 10).
+func buy(ctx context.Context, db *sql.DB, c *client.Client, res *saleResult, i int) {
+	time.Sleep(time.Duration(rand.IntN(2000)) * time.Millisecond)
+	order, user := "o-"+strconv.Itoa(i), "u-"+strconv.Itoa(i%buyerUsers)
+	r, err := c.Reserve(ctx, "inventory", []string{"0"}, order, user, 1)
+	if err != nil {
+		res.errs.add("reserve %s: %v", order, err)
+		return
+	}
+	if r.Outcome != client.Held {
+		return
+	}
+	res.held.Add(1)
+	res.userHeld(user).Add(1)
+	time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // paying
+	switch n := i % 10; {
+	case n < 7:
+		ok, err := confirm(ctx, db, order, user)
+		switch {
+		case err != nil:
+			res.errs.add("confirm %s: %v", order, err)
+		case ok:
+			res.confirmed.Add(1)
+		default:
+			res.refused.Add(1)
+			_, _, _ = c.Refused(ctx, "inventory", []string{"0"}, order)
+		}
+	case n < 9:
+		if _, _, err := c.Release(ctx, "inventory", []string{"0"}, order); err != nil {
+			res.errs.add("release %s: %v", order, err)
+		}
+		res.released.Add(1)
+	default:
+		res.expired.Add(1) // left to expire
+	}
+}
+
+// A Redis that loses its data loses the holds in flight with it (MySQL never knew them):
+// the daemon reloads the rows, Redis admits buyers again up to MySQL's stock, and some
+// confirmations are refused; MySQL's guarded UPDATE still sells each unit at most once,
+// and the settlements whose hold was lost are counted (invsync_settlements_total
+// {result="no_hold"}).
+func TestFlashSaleRedisDataLossNeverOversells(t *testing.T) {
+	e := flashSaleEnv(t, true)
+	e.ownRedisDB(9) // flushed by the test
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	ctx := context.Background()
+	c, err := client.New(e.rdb, e.conns().ClientTables(e.tables()...), func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
+	testenv.Must(t, err, "client")
+	res := sale(ctx, e.db, c, func(finished int64, res *saleResult) bool {
+		// While the first holds are being paid for.
+		if res.held.Load() < saleUnits/2 {
+			return false
+		}
+		testenv.Must(t, e.rdb.FlushDB(ctx).Err(), "FLUSHDB")
+		t.Logf("Redis lost its data after %d holds, %d confirmed", res.held.Load(), res.confirmed.Load())
+		return true
+	})
+	if errs := res.errs.list(); len(errs) > 0 {
+		t.Logf("buyers while Redis was empty: %v", errs) // unknown rows until the reload
+	}
+	var stock, sold int64
+	waitFor(t, "no hold left and Redis available = MySQL stock", 45*time.Second, func() bool {
+		testenv.Must(t, e.db.QueryRow("SELECT stock FROM inventory WHERE sku = 0").Scan(&stock), "stock")
+		avail, held, ok, err := c.Available(ctx, "inventory", "0")
+		return err == nil && ok && held == 0 && avail == stock
+	})
+	testenv.Must(t, e.db.QueryRow("SELECT COUNT(*) FROM orders").Scan(&sold), "orders")
+	noHold := seriesValue(t, r.d.Registry(), "invsync_settlements_total", "result", "no_hold")
+	t.Logf("holds %d: confirmed %d, refused by MySQL %d; MySQL stock %d, orders %d; settlements without a hold %v",
+		res.held.Load(), res.confirmed.Load(), res.refused.Load(), stock, sold, noHold)
+	if stock < 0 || saleUnits-stock != sold || sold != res.confirmed.Load() || sold > saleUnits {
+		t.Errorf("oversold: MySQL stock %d, orders %d, confirmed %d (of %d units)", stock, sold, res.confirmed.Load(), saleUnits)
+	}
+	if noHold == 0 {
+		t.Error("no settlement was counted without its hold, though Redis lost the holds in flight")
+	}
+	e.waitEqual(30 * time.Second)
 }
