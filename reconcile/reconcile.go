@@ -75,7 +75,7 @@ type Deps struct {
 	OnKeys func(table int, pks []string)
 	// Holds, by index in Tables, checks the reservations of the tables that have them.
 	Holds map[int]HoldCheck
-	Log    *zap.Logger
+	Log   *zap.Logger
 }
 
 // Options tune a run.
