@@ -54,3 +54,58 @@ func ExampleClient_Get() {
 		fmt.Println("no such SKU, answered by", res.Source)
 	}
 }
+
+// A flash sale: hold a unit in Redis, take the payment, confirm in MySQL with a guarded
+// UPDATE and the settlement row in one transaction (the invsync daemon then ends the
+// hold with the stock change), or give the hold back.
+func ExampleClient_Reserve() {
+	ctx := context.Background()
+	var db *sql.DB // opened with github.com/go-sql-driver/mysql, for example
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	c, err := client.New(rdb, []client.Table{{
+		Name:      "shop.inventory",
+		KeyPrefix: "inv:",
+		// tables[].reservations of invsync's config.
+		Reservations: &client.Reservations{StockColumn: "stock", PerUserLimit: 2, HoldTTL: 15 * time.Minute},
+	}}, func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
+	if err != nil {
+		panic(err)
+	}
+	sku, order, user := "1001", "order-42", "user-7"
+	r, err := c.Reserve(ctx, "inventory", []string{sku}, order, user, 1)
+	if err != nil || r.Outcome != client.Held {
+		fmt.Println("not reserved:", r.Outcome, err) // sold_out, limit, unknown_row
+		return
+	}
+	paid := true // the payment, within the hold's 15 minutes
+	if !paid {
+		_, _, _ = c.Release(ctx, "inventory", []string{sku}, order)
+		return
+	}
+	confirmed, err := func() (bool, error) {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return false, err
+		}
+		defer tx.Rollback()
+		res, err := tx.ExecContext(ctx, "UPDATE inventory SET stock = stock - 1 WHERE sku = ? AND stock >= 1", sku)
+		if err != nil {
+			return false, err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return false, nil
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO orders (order_id, sku, qty, user_id) VALUES (?, ?, 1, ?)", order, sku, user); err != nil {
+			return false, err
+		}
+		return true, tx.Commit()
+	}()
+	switch {
+	case err != nil:
+		fmt.Println("confirm:", err) // the hold stays until it expires, or release it
+	case !confirmed:
+		_, _, _ = c.Refused(ctx, "inventory", []string{sku}, order) // a false admission
+	default:
+		fmt.Println("sold")
+	}
+}
