@@ -9,6 +9,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/source"
+	"go.uber.org/zap"
 )
 
 // Settlements (reservations, see layout/holds.go). The application confirms an order in
@@ -32,8 +33,11 @@ type Settlement struct {
 	Key                   []string
 }
 
-// WithSettlements makes the source read settlement tables (see Settlement).
-func (s *Source) WithSettlements(sts []Settlement) *Source {
+// WithSettlements makes the source read settlement tables (see Settlement); invalid, if
+// not nil, is called for each settlement row that cannot be read (logged and skipped:
+// its hold then expires, and reconcile reports it as settled_hold).
+func (s *Source) WithSettlements(sts []Settlement, invalid func()) *Source {
+	s.settleInvalid = invalid
 	for i := range sts {
 		st := &sts[i]
 		s.settlements[st.Table.FullName()] = st
@@ -57,23 +61,43 @@ func (s *Source) settleRows(ctx context.Context, hdr *replication.EventHeader, e
 	if err != nil || op != "insert" {
 		return err // updates and deletes of settlement rows settle nothing
 	}
+	s.holdForSettlements(st.Stock.Index, true)
 	d, err := s.decoderOf(st.Table, hdr, e)
 	if err != nil {
-		return err
+		s.invalidSettlements(st, hdr, len(e.Rows), err)
+		return nil
 	}
-	s.holdForSettlements(st.Stock.Index, true)
 	for i, row := range e.Rows {
 		r, err := d.settlement(st, row)
 		if err != nil {
-			return fmt.Errorf("%w: %s settlement row at %s:%d: %v", source.ErrPermanent, st.Table.FullName(), s.file, hdr.LogPos, err)
+			s.invalidSettlements(st, hdr, 1, err)
+			continue
 		}
 		r.Txn, r.Change.Seq = s.txn, layout.Seq{File: s.fileIdx, Pos: hdr.LogPos, Index: uint32(i)}
+		if !s.grp.holding {
+			// The transaction streams (too large to hold): its settlements wait for its
+			// end, after its stock changes (available may dip meanwhile, never rise).
+			s.grp.settles = append(s.grp.settles, r)
+			continue
+		}
 		s.txnRows++
 		if err := s.row(ctx, r, h); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// invalidSettlements logs and counts n settlement rows that cannot be read; they are
+// skipped, not a reason to stop the stream.
+func (s *Source) invalidSettlements(st *Settlement, hdr *replication.EventHeader, n int, err error) {
+	s.log.Error("a settlement row cannot be read: skipped (its hold expires; reconcile reports it)",
+		zap.String("table", st.Table.FullName()), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", hdr.LogPos), zap.Int("rows", n), zap.Error(err))
+	if s.settleInvalid != nil {
+		for range n {
+			s.settleInvalid()
+		}
+	}
 }
 
 // settlement renders a settlement row: a Row of the stock table whose Change is an
@@ -83,8 +107,8 @@ func (d *decoder) settlement(st *Settlement, row []any) (Row, error) {
 		for i := range d.cols {
 			if strings.EqualFold(d.cols[i].name, name) && i < len(row) {
 				v, ok, err := d.cols[i].render(row[i])
-				if err == nil && !ok {
-					err = fmt.Errorf("column %s is NULL", name)
+				if err == nil && !ok && !strings.EqualFold(name, st.User) {
+					err = fmt.Errorf("column %s is NULL", name) // a NULL user is none
 				}
 				return v, err
 			}
@@ -99,8 +123,9 @@ func (d *decoder) settlement(st *Settlement, row []any) (Row, error) {
 	if err != nil {
 		return Row{}, err
 	}
-	qty, err := strconv.ParseInt(qtyText, 10, 64)
-	if err != nil || qty <= 0 {
+	whole, frac, _ := strings.Cut(qtyText, ".") // a DECIMAL quantity such as 2.00
+	qty, err := strconv.ParseInt(whole, 10, 64)
+	if err != nil || qty <= 0 || qty > layout.MaxHoldQty || strings.Trim(frac, "0") != "" {
 		return Row{}, fmt.Errorf("quantity %q of order %s is not a positive integer", qtyText, order)
 	}
 	var user string

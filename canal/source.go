@@ -156,8 +156,10 @@ type Source struct {
 	// index) with reservations (see settle.go).
 	settlements map[string]*Settlement
 	reserving   map[int]bool
-	tz          *time.Location
-	log         *zap.Logger
+	// settleInvalid is called for each settlement row that cannot be read.
+	settleInvalid func()
+	tz            *time.Location
+	log           *zap.Logger
 
 	decoders map[uint64]*decoder
 	file     string

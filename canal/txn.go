@@ -64,13 +64,16 @@ const maxHeldIndex = 9_999_998
 
 // group is the state of the event group (transaction) being read.
 type group struct {
-	open       bool  // between its start (BEGIN, a non-standalone GTID, XA START) and its end
-	ddl        bool  // a group that holds a DDL (MariaDB FL_DDL: CREATE ... SELECT)
-	holding    bool  // rows are held instead of handed over
-	holdAll    bool  // ... until the end (up to maxHold)
-	streamed   bool  // rows that could be rolled back were handed over (holding overflowed)
-	mayRedo    bool  // ROLLBACK TO SAVEPOINT can be logged in it (not known to be transactional-only)
-	held       []Row // rows not handed over yet
+	open     bool  // between its start (BEGIN, a non-standalone GTID, XA START) and its end
+	ddl      bool  // a group that holds a DDL (MariaDB FL_DDL: CREATE ... SELECT)
+	holding  bool  // rows are held instead of handed over
+	holdAll  bool  // ... until the end (up to maxHold)
+	streamed bool  // rows that could be rolled back were handed over (holding overflowed)
+	mayRedo  bool  // ROLLBACK TO SAVEPOINT can be logged in it (not known to be transactional-only)
+	held     []Row // rows not handed over yet
+	// settles are the settlements of a transaction that streams (held no longer): they
+	// are handed over at its end, after its changes.
+	settles    []Row
 	savepoints []savepoint
 	emitted    []bool // by table index: rows of it were handed over (kept, cleared, between groups)
 }
@@ -91,7 +94,8 @@ type preparedXA struct {
 
 func (g *group) reset() {
 	clear(g.emitted)
-	*g = group{held: g.held[:0], savepoints: g.savepoints[:0], emitted: g.emitted}
+	clear(g.settles)
+	*g = group{held: g.held[:0], savepoints: g.savepoints[:0], emitted: g.emitted, settles: g.settles[:0]}
 	if cap(g.held) > 4096 {
 		g.held = nil // do not keep a big transaction's buffer
 	}
@@ -329,6 +333,12 @@ func (s *Source) end(ctx context.Context, hdr *replication.EventHeader, gtid str
 			return err
 		}
 	}
+	for _, r := range attachSettlements(s.grp.settles) {
+		s.txnRows++
+		if err := h.Row(ctx, r); err != nil {
+			return err
+		}
+	}
 	s.grp.reset()
 	return s.commit(ctx, hdr, gtid, h)
 }
@@ -501,7 +511,7 @@ func (s *Source) prepare(ctx context.Context, ev *replication.BinlogEvent, gtid 
 	}
 	g := &s.grp
 	streamed := g.emittedTables()
-	if len(g.held) == 0 && streamed == nil {
+	if len(g.held) == 0 && len(g.settles) == 0 && streamed == nil {
 		// Nothing mirrored in it: nothing to wait for.
 		g.reset()
 		s.lastEnd = s.at(ev.Header.LogPos, gtid)
@@ -510,7 +520,7 @@ func (s *Source) prepare(ctx context.Context, ev *replication.BinlogEvent, gtid 
 	if !ok {
 		return fmt.Errorf("%w: an XA PREPARE event at %s:%d has no readable xid", source.ErrPermanent, s.file, ev.Header.LogPos)
 	}
-	p := &preparedXA{xid: xid, rows: append([]Row(nil), g.held...), before: s.lastEnd, since: time.Now()}
+	p := &preparedXA{xid: xid, rows: append(append([]Row(nil), g.held...), g.settles...), before: s.lastEnd, since: time.Now()}
 	s.prepared = append(s.prepared, p)
 	s.log.Info("XA transaction prepared: its rows wait for its XA COMMIT (the checkpoint stays before it meanwhile)",
 		zap.String("xid", xid), zap.Int("rows", len(p.rows)), zap.String("binlog_file", s.file), zap.Uint32("binlog_pos", ev.Header.LogPos))

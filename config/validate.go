@@ -98,7 +98,7 @@ func (c *Config) validateTables(add func(format string, args ...any)) {
 		add("tables is empty (fix: list at least one table with schema and table)")
 	}
 	prefixes := map[string]int{}
-	names := map[string]int{}
+	names, settlements := map[string]int{}, map[string]int{}
 	for i, t := range c.Tables {
 		if t.Schema == "" || t.Table == "" {
 			add("tables[%d] needs both schema and table", i)
@@ -124,13 +124,13 @@ func (c *Config) validateTables(add func(format string, args ...any)) {
 			}
 		}
 		if t.Reservations != nil {
-			validateReservations(i, t, names, add)
+			validateReservations(i, t, names, settlements, add)
 		}
 	}
 }
 
 // validateReservations checks tables[i].reservations.
-func validateReservations(i int, t Table, names map[string]int, add func(format string, args ...any)) {
+func validateReservations(i int, t Table, names, settlements map[string]int, add func(format string, args ...any)) {
 	r := t.Reservations
 	if r.StockColumn == "" {
 		add("tables[%d].reservations.stock_column is required (fix: the column of the committed stock, e.g. stock)", i)
@@ -140,8 +140,8 @@ func validateReservations(i int, t Table, names map[string]int, add func(format 
 	if r.PerUserLimit < 0 {
 		add("tables[%d].reservations.per_user_limit must not be negative (0: no limit)", i)
 	}
-	if r.HoldTTL < time.Second || r.RecordTTL < r.HoldTTL {
-		add("tables[%d].reservations: hold_ttl must be at least 1s and record_ttl at least hold_ttl", i)
+	if r.HoldTTL < time.Second || r.RecordTTL < 2*r.HoldTTL {
+		add("tables[%d].reservations: hold_ttl must be at least 1s and record_ttl at least twice hold_ttl", i)
 	}
 	st := r.Settlement
 	if st.Table == "" || st.OrderColumn == "" || st.QuantityColumn == "" {
@@ -150,6 +150,10 @@ func validateReservations(i int, t Table, names map[string]int, add func(format 
 	if j, ok := names[st.Schema+"."+st.Table]; ok {
 		add("tables[%d].reservations.settlement %s.%s is mirrored as tables[%d]; a settlement table is read, not mirrored", i, st.Schema, st.Table, j)
 	}
+	if j, ok := settlements[st.Schema+"."+st.Table]; ok {
+		add("tables[%d].reservations.settlement %s.%s is also the settlement table of tables[%d] (fix: one settlement table per table with reservations)", i, st.Schema, st.Table, j)
+	}
+	settlements[st.Schema+"."+st.Table] = i
 }
 
 // validateTuning checks sink, checkpoint, compensation, bloom, snapshot and reconcile sizes.

@@ -102,7 +102,11 @@ func (l *leader) sweepHolds(ctx context.Context) {
 				for _, k := range keys {
 					n, err := holds.Sweep(ctx, strings.TrimSuffix(k, ":x"), 1000)
 					if err != nil {
-						return err
+						if ctx.Err() != nil {
+							return err
+						}
+						log.Warn("cannot sweep the holds of a row; going on with the others", zap.String("key", k), zap.Error(err))
+						continue
 					}
 					if n > 0 {
 						l.d.m.HoldsExpired.Add(float64(n))
@@ -114,6 +118,25 @@ func (l *leader) sweepHolds(ctx context.Context) {
 			if err != nil && ctx.Err() == nil {
 				log.Warn("cannot sweep expired holds; trying again", zap.String("table", tc.TableName()), zap.Error(err))
 			}
+		}
+	}
+}
+
+// warnEviction logs when Redis may evict keys on its own while tables have reservations:
+// a hold key evicted alone (they carry TTLs, the first a volatile-* policy evicts)
+// makes available read higher than it is.
+func (l *leader) warnEviction(ctx context.Context) {
+	if sweepInterval(l.d.cfg) == 0 {
+		return
+	}
+	res, err := l.rdb.ConfigGet(ctx, "maxmemory-policy").Result()
+	if err != nil {
+		return // CONFIG may be renamed or refused: nothing to say
+	}
+	for _, p := range res {
+		if p != "noeviction" {
+			l.d.log.Warn("Redis's maxmemory-policy evicts keys: a reservation key evicted alone makes available read too high (fix: CONFIG SET maxmemory-policy noeviction)",
+				zap.String("maxmemory-policy", p))
 		}
 	}
 }

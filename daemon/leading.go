@@ -63,6 +63,7 @@ func (l *leader) open(ctx context.Context) error {
 	if l.settles, err = l.conns.Settlements(ctx, tables); err != nil {
 		return fmt.Errorf("%w: %w", source.ErrPermanent, err)
 	}
+	l.warnEviction(ctx)
 	if err := d.retry(ctx, "open the state schema", func() error {
 		var err error
 		l.store, err = checkpoint.Open(ctx, l.stateDB, d.cfg.State.Schema, pipelineName)

@@ -44,7 +44,7 @@ func (d *Daemon) session(ctx context.Context, start source.Position, tables []*s
 	if err != nil {
 		return start, err
 	}
-	src.WithSettlements(settles)
+	src.WithSettlements(settles, func() { d.m.Settlements.WithLabelValues("invalid").Inc() })
 	sinkCtx, stopSink := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSink()
 	// The workers' errors reach the stream through the watermark and the handler; Run's

@@ -448,3 +448,22 @@ func TestFlashSaleRedisDataLossNeverOversells(t *testing.T) {
 	}
 	e.waitEqual(30 * time.Second)
 }
+
+// A settlement row invsync cannot read (a quantity of 0 here) is logged, counted and
+// skipped: the stream goes on for every table, and the row's hold ends at its expiry.
+func TestUnreadableSettlementRowIsSkipped(t *testing.T) {
+	e := flashSaleEnv(t, true)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	execAll(t, e.db, "UPDATE inventory SET stock = stock - 1, version = version + 1 WHERE sku = 0",
+		"INSERT INTO orders VALUES ('zero', 0, 0, 'u')",
+		"UPDATE inventory SET stock = 5, version = version + 1 WHERE sku = 1")
+	e.waitEqual(30 * time.Second)
+	if n := seriesValue(t, r.d.Registry(), "invsync_settlements_total", "result", "invalid"); n != 1 {
+		t.Fatalf("invsync_settlements_total{result=invalid} = %v, want 1", n)
+	}
+	if seriesValue(t, r.d.Registry(), "invsync_ready") != 1 {
+		t.Fatal("the stream stopped")
+	}
+}

@@ -66,17 +66,25 @@ local function parse(rec)
   local st, q, u, e = string.match(rec, '^(%a)|(%d+)|(.-)|(%d+)$')
   return st, tonumber(q), u, e
 end
--- endHold ends the active hold of order (rec its record) with state st: r and x give
--- the user's units back, s keeps them.
+-- endHold ends the active hold of order (rec its record) with state st (r or x): its
+-- record first, then the held total, the expiry index and the user's units.
 local function endHold(order, rec, st)
   local _, q, u, e = parse(rec)
   redis.call('HSET', orders, order, st .. '|' .. q .. '|' .. u .. '|' .. e)
-  redis.call('DECRBY', heldk, q)
+  local n = tonumber(redis.call('GET', heldk) or '0') - q
+  if n > 0 then redis.call('SET', heldk, n, 'KEEPTTL') else redis.call('DEL', heldk) end
   redis.call('ZREM', expiry, order)
-  if st ~= 's' and u ~= '' then
+  if u ~= '' then
     if redis.call('HINCRBY', users, u, -q) <= 0 then redis.call('HDEL', users, u) end
   end
   return q
+end
+-- clock is the time in ms: ARGV's when the caller gives one (tests), else Redis's own,
+-- one clock for every client and the daemon.
+local function clock(arg)
+  if arg and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 -- sweep expires the holds past now (at most max); it returns how many.
 local function sweep(now, max)
@@ -87,11 +95,16 @@ local function sweep(now, max)
   end
   return #due
 end
+-- keep gives the four keys one lifetime: ttl ms, or (ttl nil) the orders record's, so
+-- that they expire together, never one without the others.
 local function keep(ttl)
-  redis.call('PEXPIRE', orders, ttl)
-  redis.call('PEXPIRE', users, ttl)
-  redis.call('PEXPIRE', heldk, ttl)
-  redis.call('PEXPIRE', expiry, ttl)
+  if not ttl then
+    ttl = redis.call('PTTL', orders)
+    if ttl <= 0 then return end
+  end
+  for _, k in ipairs({orders, users, heldk, expiry}) do
+    if redis.call('EXISTS', k) == 1 then redis.call('PEXPIRE', k, ttl) end
+  end
 end
 local function available(stockField)
   local r = redis.call('HMGET', row, stockField, '_deleted', '_null')
@@ -106,7 +119,7 @@ end
 // ms, record TTL ms. It returns {outcome, available after, hold expiry ms}.
 const reserveScript = holdsLib + `
 local field, order, user, qty, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local now, holdttl, recttl = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local now, holdttl, recttl = clock(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 sweep(now, 100)
 local rec = redis.call('HGET', orders, order)
 if rec then
@@ -133,13 +146,14 @@ return {'held', a - qty, e}
 
 // releaseScript: ARGV stock field, order, now ms. It returns {outcome, available after}.
 const releaseScript = holdsLib + `
-local field, order, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local field, order, now = ARGV[1], ARGV[2], clock(ARGV[3])
 sweep(now, 100)
 local rec = redis.call('HGET', orders, order)
 if not rec then return {'unknown', available(field) or 0} end
 local st = string.sub(rec, 1, 1)
 if st == 'h' then
   endHold(order, rec, 'r')
+  keep(nil)
   return {'released', available(field) or 0}
 end
 return {'done:' .. st, available(field) or 0}
@@ -148,7 +162,7 @@ return {'done:' .. st, available(field) or 0}
 // availableScript: ARGV stock field, now ms. It returns {available or -1 when the row
 // is absent, held}.
 const availableScript = holdsLib + `
-sweep(tonumber(ARGV[2]), 100)
+if sweep(clock(ARGV[2]), 100) > 0 then keep(nil) end
 local a = available(ARGV[1])
 if not a then a = -1 end
 return {a, tonumber(redis.call('GET', heldk) or '0')}
@@ -156,7 +170,9 @@ return {a, tonumber(redis.call('GET', heldk) or '0')}
 
 // sweepScript: ARGV now ms, max. It returns the number of holds expired.
 const sweepScript = holdsLib + `
-return sweep(tonumber(ARGV[1]), tonumber(ARGV[2]))
+local n = sweep(clock(ARGV[1]), tonumber(ARGV[2]))
+if n > 0 then keep(nil) end
+return n
 `
 
 // repairScript recomputes a row's held total and expiry index from its order records
@@ -224,18 +240,28 @@ type Holds struct {
 	// HoldTTL is how long a hold lasts unless released or settled; RecordTTL how long
 	// a row's order records are kept after its last reservation.
 	HoldTTL, RecordTTL time.Duration
-	now                func() time.Time
+	// now, when set (tests), replaces Redis's clock (TIME), which every script uses
+	// otherwise: one clock for every application server and the daemon.
+	now func() time.Time
 }
 
 // NewHolds returns the reservation scripts over rdb.
 func NewHolds(rdb redis.UniversalClient, holdTTL, recordTTL time.Duration) *Holds {
 	return &Holds{rdb: rdb, reserve: redis.NewScript(reserveScript), release: redis.NewScript(releaseScript),
 		avail: redis.NewScript(availableScript), swp: redis.NewScript(sweepScript), repair: redis.NewScript(repairHoldsScript),
-		HoldTTL: holdTTL, RecordTTL: recordTTL, now: time.Now}
+		HoldTTL: holdTTL, RecordTTL: recordTTL}
 }
 
-// SetClock replaces time.Now (tests).
+// SetClock makes the scripts take the time from now instead of Redis's TIME (tests).
 func (h *Holds) SetClock(now func() time.Time) { h.now = now }
+
+// clock is the now argument of a script: "" for Redis's own clock.
+func (h *Holds) clock() string {
+	if h.now == nil {
+		return ""
+	}
+	return strconv.FormatInt(h.now().UnixMilli(), 10)
+}
 
 func holdKeys(key string) []string {
 	k := HoldKeysOf(key)
@@ -251,6 +277,10 @@ type Reservation struct {
 	Expires time.Time
 }
 
+// MaxHoldQty is the most units one reservation holds (Lua keeps integers exact up to
+// 2^53 and prints them as integers below 1e14).
+const MaxHoldQty = 1_000_000_000
+
 // ErrBadOrder is returned for an order or user id that cannot be recorded.
 var ErrBadOrder = errors.New("layout: an order id must be non-empty and neither it nor a user id may contain '|'")
 
@@ -261,11 +291,13 @@ func (h *Holds) Reserve(ctx context.Context, key, stockField, order, user string
 	if order == "" || strings.ContainsRune(order, '|') || strings.ContainsRune(user, '|') {
 		return Reservation{}, ErrBadOrder
 	}
-	if qty <= 0 {
-		return Reservation{}, fmt.Errorf("layout: reserve %d units: the quantity must be positive", qty)
+	if qty <= 0 || qty > MaxHoldQty {
+		return Reservation{}, fmt.Errorf("layout: reserve %d units: the quantity must be between 1 and %d", qty, MaxHoldQty)
 	}
-	now := h.now().UnixMilli()
-	res, err := h.reserve.Run(ctx, h.rdb, holdKeys(key), stockField, order, user, qty, limit, now,
+	if _, inner, ok := InnerOf(key); !ok || inner == "" {
+		return Reservation{}, fmt.Errorf("layout: reserve on %q: not a row key with a primary key", key)
+	}
+	res, err := h.reserve.Run(ctx, h.rdb, holdKeys(key), stockField, order, user, qty, limit, h.clock(),
 		h.HoldTTL.Milliseconds(), h.RecordTTL.Milliseconds()).Slice()
 	if err != nil {
 		return Reservation{}, err
@@ -279,7 +311,7 @@ func (h *Holds) Reserve(ctx context.Context, key, stockField, order, user string
 
 // Release gives the hold of order on the row key back (idempotent).
 func (h *Holds) Release(ctx context.Context, key, stockField, order string) (HoldOutcome, int64, error) {
-	res, err := h.release.Run(ctx, h.rdb, holdKeys(key), stockField, order, h.now().UnixMilli()).Slice()
+	res, err := h.release.Run(ctx, h.rdb, holdKeys(key), stockField, order, h.clock()).Slice()
 	if err != nil {
 		return "", 0, err
 	}
@@ -289,7 +321,7 @@ func (h *Holds) Release(ctx context.Context, key, stockField, order string) (Hol
 // Available returns the units of the row key that can still be reserved and the units
 // held; ok is false when Redis holds no live row for it.
 func (h *Holds) Available(ctx context.Context, key, stockField string) (available, held int64, ok bool, err error) {
-	res, err := h.avail.Run(ctx, h.rdb, holdKeys(key), stockField, h.now().UnixMilli()).Int64Slice()
+	res, err := h.avail.Run(ctx, h.rdb, holdKeys(key), stockField, h.clock()).Int64Slice()
 	if err != nil {
 		return 0, 0, false, err
 	}
@@ -299,7 +331,7 @@ func (h *Holds) Available(ctx context.Context, key, stockField string) (availabl
 // Sweep expires the holds of the row key past their expiry (at most max) and returns how
 // many it expired.
 func (h *Holds) Sweep(ctx context.Context, key string, max int) (int64, error) {
-	return h.swp.Run(ctx, h.rdb, holdKeys(key), h.now().UnixMilli(), max).Int64()
+	return h.swp.Run(ctx, h.rdb, holdKeys(key), h.clock(), max).Int64()
 }
 
 // RepairTotal sets the row key's held total and expiry index from its order records; it

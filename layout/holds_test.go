@@ -213,3 +213,52 @@ func TestSettlementEndsTheHoldWithTheStock(t *testing.T) {
 		t.Fatalf("bought units per user: %v", users)
 	}
 }
+
+// Without a test clock the scripts take Redis's time; every key a reservation writes
+// expires with the others; a settlement of another quantity than held counts what was
+// bought against the user.
+func TestHoldsUseRedisClockAndExpireTogether(t *testing.T) {
+	h, key, _ := holdsFixture(t, 10)
+	h.now = nil
+	ctx := context.Background()
+	r, err := h.Reserve(ctx, key, "stock", "o1", "ann", 2, 0)
+	testenv.Must(t, err, "reserve")
+	if d := time.Until(r.Expires); r.Outcome != Held || d < 50*time.Second || d > 70*time.Second {
+		t.Fatalf("reservation %+v: expires in %s, want about a minute (Redis's clock)", r, d)
+	}
+	if _, err := h.Reserve(ctx, key, "stock", "o2", "bob", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	k := HoldKeysOf(key)
+	for _, kk := range []string{k.Orders, k.Users, k.Held, k.Expiry} {
+		if ttl := h.rdb.PTTL(ctx, kk).Val(); ttl <= 0 {
+			t.Errorf("%s has no lifetime (%s)", kk, ttl)
+		}
+	}
+	if out, _, _ := h.Release(ctx, key, "stock", "o2"); out != Released {
+		t.Fatal(out)
+	}
+	w := NewWriter(h.rdb, time.Minute, false)
+	out := make([]Outcome, 1)
+	testenv.Must(t, w.Apply(ctx, []Change{{Key: key, Op: OpSettle, Settles: []Settle{{Order: "o1", User: "ann", Qty: 3}}}}, out), "settle")
+	if out[0].Settled != 1 {
+		t.Fatalf("settle: %+v", out[0])
+	}
+	if n := h.rdb.HGet(ctx, k.Users, "ann").Val(); n != "3" {
+		t.Fatalf("ann bought 3 (held 2): counted %s", n)
+	}
+	if ex := h.rdb.Exists(ctx, k.Held).Val(); ex != 0 {
+		t.Fatalf("held total left after the last hold ended")
+	}
+	for _, kk := range []string{k.Orders, k.Users} {
+		if ttl := h.rdb.PTTL(ctx, kk).Val(); ttl <= 0 {
+			t.Errorf("%s has no lifetime after the settlement (%s)", kk, ttl)
+		}
+	}
+	if _, err := h.Reserve(ctx, key, "stock", "o3", "ann", MaxHoldQty+1, 0); err == nil {
+		t.Fatal("an absurd quantity accepted")
+	}
+	if _, err := h.Reserve(ctx, Key("p:", []string{""}), "stock", "o4", "ann", 1, 0); err == nil {
+		t.Fatal("an empty key accepted")
+	}
+}

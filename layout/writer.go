@@ -46,28 +46,32 @@ local function newer(a, b)
   if x ~= y then return x > y end
   return tonumber(string.sub(a, 15)) > tonumber(string.sub(b, 15))
 end
+-- settle ends the hold of order (see holds.go) as settled with qty units: its record
+-- first, then the held total and the expiry index; the user keeps the units bought.
 local function settle(hk, order, qty, user, recttl)
   local orders, users, heldk, expiry = KEYS[hk], KEYS[hk+1], KEYS[hk+2], KEYS[hk+3]
   local rec = redis.call('HGET', orders, order)
-  local found = 0
+  local found, bought = 0, tonumber(qty)
   if rec then
     local st, q, u, e = string.match(rec, '^(%a)|(%d+)|(.-)|(%d+)$')
+    if not st then return 0, 1 end
     if st == 's' then return 0, 0 end
+    q = tonumber(q)
+    if u == '' then u = user end
+    redis.call('HSET', orders, order, 's|' .. qty .. '|' .. u .. '|' .. e)
+    local back = 0 -- units the user held before this settlement
     if st == 'h' then
-      redis.call('DECRBY', heldk, q)
+      local n = tonumber(redis.call('GET', heldk) or '0') - q
+      if n > 0 then redis.call('SET', heldk, n) else redis.call('DEL', heldk) end
       redis.call('ZREM', expiry, order)
-      found = 1
-    elseif u ~= '' then
-      -- Released or expired first: the bought units count against the user again.
-      redis.call('HINCRBY', users, u, q)
+      found, back = 1, q
     end
-    redis.call('HSET', orders, order, 's|' .. q .. '|' .. u .. '|' .. e)
+    if u ~= '' and bought ~= back then redis.call('HINCRBY', users, u, bought - back) end
   else
     redis.call('HSET', orders, order, 's|' .. qty .. '|' .. user .. '|0')
-    if user ~= '' then redis.call('HINCRBY', users, user, qty) end
+    if user ~= '' then redis.call('HINCRBY', users, user, bought) end
   end
-  redis.call('PEXPIRE', orders, recttl)
-  redis.call('PEXPIRE', users, recttl)
+  for _, k in ipairs({orders, users, heldk, expiry}) do redis.call('PEXPIRE', k, recttl) end
   return found, 1 - found
 end
 local ttl, nullttl, nrows, recttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -82,11 +86,15 @@ for i = 1, nrows do
   a = f1 + 2 * n
   local ns = tonumber(ARGV[a])
   a = a + 1
-  local settled, missing = 0, 0
+  local settled, missing, settleErr = 0, 0, nil
   if ns > 0 then
     for j = 1, ns do
-      local f, m = settle(hk, ARGV[a], ARGV[a+1], ARGV[a+2], recttl)
-      settled, missing = settled + f, missing + m
+      local ok, f, m = pcall(settle, hk, ARGV[a], ARGV[a+1], ARGV[a+2], recttl)
+      if ok then
+        settled, missing = settled + f, missing + m
+      else
+        settleErr = f
+      end
       a = a + 3
     end
     hk = hk + 4
@@ -163,7 +171,8 @@ for i = 1, nrows do
     end
   end
   end
-  if ns > 0 then res[i] = {res[i], settled, missing} end
+  if settleErr then res[i] = 'E:settlement: ' .. tostring(settleErr)
+  elseif ns > 0 then res[i] = {res[i], settled, missing} end
 end
 return res
 `

@@ -62,8 +62,9 @@ type Metrics struct {
 	// by loop; the leader then stands by and leads again.
 	LoopFailures *prometheus.CounterVec
 	// Settlements counts the settlements read from the binlog, by result: hold_ended (the
-	// order's hold ended with the stock change) or no_hold (its hold had been released or
-	// had expired, or Redis lost it: the stock moved only).
+	// order's hold ended with the stock change), no_hold (its hold had been released or
+	// had expired, or Redis lost it: the stock moved only) or invalid (a row that cannot
+	// be read: skipped and logged).
 	Settlements *prometheus.CounterVec
 	// HoldsExpired counts holds the daemon's sweep ended at their expiry.
 	HoldsExpired prometheus.Counter
@@ -136,9 +137,10 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	m.newOperations(reg)
 	m.Settlements = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invsync_settlements_total",
-		Help: "Settlements read from the binlog, by result: hold_ended, or no_hold (released or expired first, or lost with Redis's data)."}, []string{"result"})
+		Help: "Settlements read from the binlog, by result: hold_ended, no_hold (released or expired first, or lost with Redis's data), or invalid (a settlement row that cannot be read: skipped and logged)."}, []string{"result"})
 	m.Settlements.WithLabelValues("hold_ended")
 	m.Settlements.WithLabelValues("no_hold")
+	m.Settlements.WithLabelValues("invalid")
 	m.HoldsExpired = prometheus.NewCounter(prometheus.CounterOpts{Name: "invsync_holds_expired_total",
 		Help: "Reservation holds the daemon ended at their expiry (a client that neither released nor settled)."})
 	reg.MustRegister(m.Settlements, m.HoldsExpired)
