@@ -136,11 +136,16 @@ if limit > 0 and user ~= '' then
   if had + qty > limit then return {'limit', a, 0} end
 end
 local e = now + holdttl
+-- Refresh the keys' lifetime (together) only when less than half of it is left: most
+-- reservations of a busy row then cost no PEXPIRE at all.
+local refresh = redis.call('PTTL', orders) < tonumber(recttl) / 2
 redis.call('HSET', orders, order, 'h|' .. qty .. '|' .. user .. '|' .. e)
 redis.call('INCRBY', heldk, qty)
 redis.call('ZADD', expiry, e, order)
-if user ~= '' then redis.call('HINCRBY', users, user, qty) end
-keep(recttl)
+if user ~= '' then
+  if redis.call('HINCRBY', users, user, qty) == qty and redis.call('PTTL', users) < 0 then refresh = true end
+end
+if refresh then keep(recttl) end
 return {'held', a - qty, e}
 `
 
