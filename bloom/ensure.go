@@ -63,6 +63,7 @@ func (k *Keeper) keepUnset(groups []adds) bool {
 				}
 			}
 			if in, pos := t.cur.testAndPositions(pk); !in {
+				t.noteRecent(pk)
 				if !t.complete {
 					// Readers do not use an incomplete bitmap (no meta): the rebuild under
 					// way writes it whole, so its bits need no round trip now.

@@ -90,6 +90,50 @@ type tableFilter struct {
 	next      *Filter
 	nextItems uint64
 	warned    bool // growth past capacity reported
+	// recent are the keys added lately (a ring of recentKeys), each with when: a
+	// rebuild starts its filter with those of the last recentWindow. A row is written to
+	// Redis once its transaction is in the binlog, which can be before MySQL lets readers
+	// see it (group commit, semi-sync waits); a rebuild's scan of MySQL could then miss
+	// a key that readers already find in Redis.
+	recent     []recentKey
+	recentNext int
+}
+
+// recentKey is a key added to a filter and when (unix nanos).
+type recentKey struct {
+	pk string
+	at int64
+}
+
+// recentKeys bounds the keys remembered for rebuilds (about 5 MB per table at most);
+// recentWindow is how long a key added counts as recent.
+const (
+	recentKeys   = 1 << 16
+	recentWindow = time.Minute
+)
+
+// noteRecent remembers pk as added now (t.mu held).
+func (t *tableFilter) noteRecent(pk string) {
+	r := recentKey{pk: pk, at: time.Now().UnixNano()}
+	if len(t.recent) < recentKeys {
+		t.recent = append(t.recent, r)
+		return
+	}
+	t.recent[t.recentNext] = r
+	t.recentNext = (t.recentNext + 1) % recentKeys
+}
+
+// seedNext adds the keys added within recentWindow to t.next (t.mu held).
+func (t *tableFilter) seedNext() {
+	since := time.Now().Add(-recentWindow).UnixNano()
+	for _, r := range t.recent {
+		if r.at >= since {
+			if in, pos := t.next.testAndPositions(r.pk); !in {
+				t.next.setPositions(pos)
+				t.nextItems++
+			}
+		}
+	}
 }
 
 // NewKeeper returns a keeper of tables' filters, sized for expected items each at the
@@ -253,6 +297,7 @@ func (k *Keeper) Rebuild(ctx context.Context, fill func(context.Context) error) 
 	for _, t := range k.tables {
 		t.mu.Lock()
 		t.next, t.nextItems = k.sizeFor(t), 0
+		t.seedNext()
 		t.mu.Unlock()
 	}
 	drop := func() {

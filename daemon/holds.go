@@ -85,40 +85,39 @@ func (l *leader) sweepHolds(ctx context.Context) {
 	}
 	holds := layout.NewHolds(l.rdb, 0, 0)
 	log := l.d.log.Named("holds")
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	everyTick(ctx, every, func() bool {
 		for _, tc := range l.d.cfg.Tables {
-			if tc.Reservations == nil {
+			if tc.Reservations != nil {
+				l.sweepTable(ctx, holds, tc, log)
+			}
+		}
+		return true
+	})
+}
+
+// sweepTable expires the due holds of every row of table tc.
+func (l *leader) sweepTable(ctx context.Context, holds *layout.Holds, tc config.Table, log *zap.Logger) {
+	pattern := redisscan.GlobEscape(tc.KeyPrefix) + "{*}:x"
+	err := redisscan.Keys(ctx, l.rdb, pattern, 500, func(ctx context.Context, keys []string) error {
+		for _, k := range keys {
+			key := strings.TrimSuffix(k, ":x")
+			n, err := holds.Sweep(ctx, key, 1000)
+			if err != nil {
+				if ctx.Err() != nil {
+					return err
+				}
+				log.Warn("cannot sweep the holds of a row; going on with the others", zap.String("key", key), zap.Error(err))
 				continue
 			}
-			pattern := redisscan.GlobEscape(tc.KeyPrefix) + "{*}:x"
-			err := redisscan.Keys(ctx, l.rdb, pattern, 500, func(ctx context.Context, keys []string) error {
-				for _, k := range keys {
-					n, err := holds.Sweep(ctx, strings.TrimSuffix(k, ":x"), 1000)
-					if err != nil {
-						if ctx.Err() != nil {
-							return err
-						}
-						log.Warn("cannot sweep the holds of a row; going on with the others", zap.String("key", k), zap.Error(err))
-						continue
-					}
-					if n > 0 {
-						l.d.m.HoldsExpired.Add(float64(n))
-						log.Info("holds expired", zap.String("key", strings.TrimSuffix(k, ":x")), zap.Int64("holds", n))
-					}
-				}
-				return nil
-			}, nil)
-			if err != nil && ctx.Err() == nil {
-				log.Warn("cannot sweep expired holds; trying again", zap.String("table", tc.TableName()), zap.Error(err))
+			if n > 0 {
+				l.d.m.HoldsExpired.Add(float64(n))
+				log.Info("holds expired", zap.String("key", key), zap.Int64("holds", n))
 			}
 		}
+		return nil
+	}, nil)
+	if err != nil && ctx.Err() == nil {
+		log.Warn("cannot sweep expired holds; trying again", zap.String("table", tc.TableName()), zap.Error(err))
 	}
 }
 

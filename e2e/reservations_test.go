@@ -130,7 +130,7 @@ func TestFlashSaleWithReservations(t *testing.T) {
 
 	wctx, stopWriters := context.WithCancel(ctx)
 	writers := restocks(wctx, t, e.db, 4)
-	res := sale(ctx, e.db, c, func(finished int64, _ *saleResult) bool {
+	res := sale(ctx, e.db, c, buyers, func(finished int64, _ *saleResult) bool {
 		if finished < buyers/2 {
 			return false
 		}
@@ -147,13 +147,7 @@ func TestFlashSaleWithReservations(t *testing.T) {
 	}
 
 	// Every hold ends: settled, released, or expired (the daemon's sweep).
-	var stock, sold int64
-	waitFor(t, "no hold left and Redis available = MySQL stock", 45*time.Second, func() bool {
-		testenv.Must(t, e.db.QueryRow("SELECT stock FROM inventory WHERE sku = 0").Scan(&stock), "stock")
-		avail, held, ok, err := c.Available(ctx, "inventory", "0")
-		return err == nil && ok && held == 0 && avail == stock
-	})
-	testenv.Must(t, e.db.QueryRow("SELECT COUNT(*) FROM orders").Scan(&sold), "orders")
+	stock, sold := saleSettled(t, e, c)
 	t.Logf("holds %d: confirmed %d, released %d, left to expire %d; refused by MySQL %d; MySQL stock %d, orders %d",
 		res.held.Load(), res.confirmed.Load(), res.released.Load(), res.expired.Load(), res.refused.Load(), stock, sold)
 	if res.refused.Load() != 0 || seriesValue(t, reg, "invsync_client_false_admissions_total", "table", e.schema+".inventory") != 0 {
@@ -345,11 +339,11 @@ func TestReconcileChecksTheHolds(t *testing.T) {
 // sale runs the buyers against row 0 (see TestFlashSaleWithReservations) and returns
 // what they saw; during is called with the number of buyers done and what they saw so
 // far, every millisecond while they run, until it returns true.
-func sale(ctx context.Context, db *sql.DB, c *client.Client, during func(finished int64, res *saleResult) bool) *saleResult {
+func sale(ctx context.Context, db *sql.DB, c *client.Client, n int, during func(finished int64, res *saleResult) bool) *saleResult {
 	res := &saleResult{}
 	var finished atomic.Int64
 	var wg sync.WaitGroup
-	for i := range buyers {
+	for i := range n {
 		wg.Go(func() {
 			defer finished.Add(1)
 			buy(ctx, db, c, res, i)
@@ -357,7 +351,7 @@ func sale(ctx context.Context, db *sql.DB, c *client.Client, during func(finishe
 	}
 	for fired := false; !fired; {
 		fired = during(finished.Load(), res)
-		if finished.Load() == buyers {
+		if finished.Load() == int64(n) {
 			break
 		}
 		time.Sleep(time.Millisecond)
@@ -418,7 +412,7 @@ func TestFlashSaleRedisDataLossNeverOversells(t *testing.T) {
 	ctx := context.Background()
 	c, err := client.New(e.rdb, e.conns().ClientTables(e.tables()...), func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
 	testenv.Must(t, err, "client")
-	res := sale(ctx, e.db, c, func(finished int64, res *saleResult) bool {
+	res := sale(ctx, e.db, c, 2000, func(finished int64, res *saleResult) bool {
 		// While the first holds are being paid for.
 		if res.held.Load() < saleUnits/2 {
 			return false
@@ -430,13 +424,7 @@ func TestFlashSaleRedisDataLossNeverOversells(t *testing.T) {
 	if errs := res.errs.list(); len(errs) > 0 {
 		t.Logf("buyers while Redis was empty: %v", errs) // unknown rows until the reload
 	}
-	var stock, sold int64
-	waitFor(t, "no hold left and Redis available = MySQL stock", 45*time.Second, func() bool {
-		testenv.Must(t, e.db.QueryRow("SELECT stock FROM inventory WHERE sku = 0").Scan(&stock), "stock")
-		avail, held, ok, err := c.Available(ctx, "inventory", "0")
-		return err == nil && ok && held == 0 && avail == stock
-	})
-	testenv.Must(t, e.db.QueryRow("SELECT COUNT(*) FROM orders").Scan(&sold), "orders")
+	stock, sold := saleSettled(t, e, c)
 	noHold := seriesValue(t, r.d.Registry(), "invsync_settlements_total", "result", "no_hold")
 	t.Logf("holds %d: confirmed %d, refused by MySQL %d; MySQL stock %d, orders %d; settlements without a hold %v",
 		res.held.Load(), res.confirmed.Load(), res.refused.Load(), stock, sold, noHold)
@@ -465,5 +453,71 @@ func TestUnreadableSettlementRowIsSkipped(t *testing.T) {
 	}
 	if seriesValue(t, r.d.Registry(), "invsync_ready") != 1 {
 		t.Fatal("the stream stopped")
+	}
+}
+
+// saleSettled waits until no hold is left on row 0 and Redis's available equals MySQL's
+// stock, and returns that stock and the orders MySQL holds.
+func saleSettled(t *testing.T, e *env, c *client.Client) (stock, sold int64) {
+	t.Helper()
+	ctx := context.Background()
+	waitFor(t, "no hold left and Redis available = MySQL stock", 45*time.Second, func() bool {
+		testenv.Must(t, e.db.QueryRow("SELECT stock FROM inventory WHERE sku = 0").Scan(&stock), "stock")
+		avail, held, ok, err := c.Available(ctx, "inventory", "0")
+		return err == nil && ok && held == 0 && avail == stock
+	})
+	testenv.Must(t, e.db.QueryRow("SELECT COUNT(*) FROM orders").Scan(&sold), "orders")
+	return stock, sold
+}
+
+// At a settlement the new stock and the end of the hold land in one Redis call:
+// available, read again and again while orders are confirmed in MySQL one after
+// another, never moves (a hold ended before the stock fell would show one unit too many
+// for a moment, a stock fallen before the hold ended one too few).
+func TestAvailableDoesNotMoveAtSettlement(t *testing.T) {
+	e := flashSaleEnv(t, true)
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(30 * time.Second)
+	ctx := context.Background()
+	c, err := client.New(e.rdb, e.conns().ClientTables(e.tables()...), func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
+	testenv.Must(t, err, "client")
+	for i := range 12 {
+		order := "s-" + strconv.Itoa(i)
+		res, err := c.Reserve(ctx, "inventory", []string{"0"}, order, "", 1)
+		if err != nil || res.Outcome != client.Held {
+			t.Fatalf("reserve %s: %+v %v", order, res, err)
+		}
+		want := res.Available
+		pctx, stop := context.WithCancel(ctx)
+		var seen collect
+		var reads atomic.Int64
+		var poll sync.WaitGroup
+		poll.Go(func() {
+			for pctx.Err() == nil {
+				a, _, _, err := c.Available(pctx, "inventory", "0")
+				if err == nil && a != want {
+					seen.add("available %d, want %d", a, want)
+				}
+				reads.Add(1)
+			}
+		})
+		if ok, err := confirm(ctx, e.db, order, ""); err != nil || !ok {
+			t.Fatalf("confirm %s: %v %v", order, ok, err)
+		}
+		waitFor(t, "the settlement applied", 10*time.Second, func() bool {
+			hs, _ := c.Holds(ctx, "inventory", "0")
+			for _, h := range hs {
+				if h.Order == order {
+					return h.State == "settled"
+				}
+			}
+			return false
+		})
+		stop()
+		poll.Wait()
+		if bad := seen.list(); len(bad) > 0 {
+			t.Fatalf("order %s: available moved at its settlement (%d reads): %v", order, reads.Load(), bad)
+		}
 	}
 }

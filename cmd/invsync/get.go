@@ -50,40 +50,34 @@ flag (or put it after --).`, `  0  every row was found
 		fmt.Fprintf(stderr, "invsync: table %q is not in %s (fix: name one of its tables, as schema.table)\n", table, *cfgPath)
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	cl, closeAll, err := openClient(ctx, cfg)
-	if err != nil {
-		fmt.Fprintf(stderr, "invsync: %v\n", err)
-		return 2
-	}
-	defer closeAll()
-	code := 0
-	for _, k := range keys {
-		// A composite key's parts joined with ':', a ':' or '\' inside a part escaped
-		// with '\' (the Redis key's encoding).
-		parts, err := layout.SplitInner(k, -1)
-		if err != nil {
-			fmt.Fprintf(stderr, "invsync: get %s %s: %v\n", table, k, err)
-			return 2
-		}
-		res, err := cl.Get(ctx, table, parts...)
-		if err != nil {
-			fmt.Fprintf(stderr, "invsync: get %s %s: %v\n", table, k, err)
-			return 2
-		}
-		if !res.Found {
-			code = max(code, 1)
-			what := string(res.Source)
-			if res.Deleted {
-				what = "tombstone: deleted"
+	return withClient(cfg, stderr, func(ctx context.Context, cl *client.Client) int {
+		code := 0
+		for _, k := range keys {
+			// A composite key's parts joined with ':', a ':' or '\' inside a part escaped
+			// with '\' (the Redis key's encoding).
+			parts, err := layout.SplitInner(k, -1)
+			if err != nil {
+				fmt.Fprintf(stderr, "invsync: get %s %s: %v\n", table, k, err)
+				return 2
 			}
-			fmt.Fprintf(stdout, "%s %s: not found (%s)\n", table, k, what)
-			continue
+			res, err := cl.Get(ctx, table, parts...)
+			if err != nil {
+				fmt.Fprintf(stderr, "invsync: get %s %s: %v\n", table, k, err)
+				return 2
+			}
+			if !res.Found {
+				code = max(code, 1)
+				what := string(res.Source)
+				if res.Deleted {
+					what = "tombstone: deleted"
+				}
+				fmt.Fprintf(stdout, "%s %s: not found (%s)\n", table, k, what)
+				continue
+			}
+			fmt.Fprintf(stdout, "%s %s (%s): %s\n", table, k, res.Source, rowJSON(res.Row))
 		}
-		fmt.Fprintf(stdout, "%s %s (%s): %s\n", table, k, res.Source, rowJSON(res.Row))
-	}
-	return code
+		return code
+	})
 }
 
 // rowJSON renders a row's columns and its version as one JSON object (keys sorted).
@@ -95,6 +89,20 @@ func rowJSON(r client.Row) string {
 	m["_v"] = r.Version
 	b, _ := json.Marshal(m)
 	return string(b)
+}
+
+// withClient runs f with the read path of cfg (openClient) and a context that ends on
+// SIGINT or SIGTERM; it returns f's exit status, 2 when the client cannot be opened.
+func withClient(cfg *config.Config, stderr io.Writer, f func(ctx context.Context, cl *client.Client) int) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	cl, closeAll, err := openClient(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "invsync: %v\n", err)
+		return 2
+	}
+	defer closeAll()
+	return f(ctx, cl)
 }
 
 // openClient returns the read path of package client over the configured Redis, with a

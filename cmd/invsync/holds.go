@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os/signal"
 	"sort"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -44,15 +42,7 @@ func holdArgs(f *cmdFlags, args []string, stderr io.Writer, run func(ctx context
 		fmt.Fprintf(stderr, "invsync: %v\n", err)
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	cl, closeAll, err := openClient(ctx, cfg)
-	if err != nil {
-		fmt.Fprintf(stderr, "invsync: %v\n", err)
-		return 2
-	}
-	defer closeAll()
-	return run(ctx, cl, pos[0], pk)
+	return withClient(cfg, stderr, func(ctx context.Context, cl *client.Client) int { return run(ctx, cl, pos[0], pk) })
 }
 
 func hasReservations(cfg *config.Config, table string) bool {
