@@ -3,6 +3,7 @@ package bloom
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/invsync/invsync/layout"
 	"github.com/redis/go-redis/v9"
@@ -15,11 +16,16 @@ type adds struct {
 	pos []uint64
 }
 
-// groupUpserts groups the primary keys of changes' upserts by the filter of their table.
+// groupUpserts groups the primary keys of changes' upserts by the filter of their table
+// (and forgets the deleted ones among the keys remembered for rebuilds).
 func (k *Keeper) groupUpserts(changes []layout.Change) []adds {
 	var groups []adds
 	for i := range changes {
 		c := &changes[i]
+		if c.Op == layout.OpDelete {
+			k.forgetDeleted(c.Key)
+			continue
+		}
 		if c.Op != layout.OpUpsert {
 			continue
 		}
@@ -50,6 +56,7 @@ func (k *Keeper) groupUpserts(changes []layout.Change) []adds {
 // keepUnset trims each group to the keys whose bits Redis lacks; false if none remain.
 func (k *Keeper) keepUnset(groups []adds) bool {
 	pending := false
+	now := time.Now().UnixNano()
 	for j := range groups {
 		g := &groups[j]
 		t := g.t
@@ -62,8 +69,8 @@ func (k *Keeper) keepUnset(groups []adds) bool {
 					t.nextItems++
 				}
 			}
+			t.noteRecent(pk, now)
 			if in, pos := t.cur.testAndPositions(pk); !in {
-				t.noteRecent(pk)
 				if !t.complete {
 					// Readers do not use an incomplete bitmap (no meta): the rebuild under
 					// way writes it whole, so its bits need no round trip now.
@@ -117,4 +124,14 @@ func (k *Keeper) setBits(ctx context.Context, groups []adds) error {
 		return fmt.Errorf("bloom: set bits: %w", err)
 	}
 	return nil
+}
+
+// forgetDeleted forgets the key of a deleted row among the keys remembered for rebuilds.
+func (k *Keeper) forgetDeleted(key string) {
+	prefix, pk, ok := layout.InnerOf(key)
+	if t := k.byPrefix[prefix]; ok && t != nil {
+		t.mu.Lock()
+		t.forgetRecent(pk)
+		t.mu.Unlock()
+	}
 }

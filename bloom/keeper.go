@@ -96,6 +96,7 @@ type tableFilter struct {
 	// see it (group commit, semi-sync waits); a rebuild's scan of MySQL could then miss
 	// a key that readers already find in Redis.
 	recent     []recentKey
+	recentIdx  map[string]int // index in recent of each key remembered
 	recentNext int
 }
 
@@ -112,22 +113,42 @@ const (
 	recentWindow = time.Minute
 )
 
-// noteRecent remembers pk as added now (t.mu held).
-func (t *tableFilter) noteRecent(pk string) {
-	r := recentKey{pk: pk, at: time.Now().UnixNano()}
-	if len(t.recent) < recentKeys {
-		t.recent = append(t.recent, r)
+// noteRecent remembers pk as written at now (t.mu held).
+func (t *tableFilter) noteRecent(pk string, now int64) {
+	if i, ok := t.recentIdx[pk]; ok {
+		t.recent[i].at = now
 		return
 	}
-	t.recent[t.recentNext] = r
-	t.recentNext = (t.recentNext + 1) % recentKeys
+	if t.recentIdx == nil {
+		t.recentIdx = map[string]int{}
+	}
+	i := len(t.recent)
+	if i < recentKeys {
+		t.recent = append(t.recent, recentKey{})
+	} else {
+		i = t.recentNext
+		t.recentNext = (t.recentNext + 1) % recentKeys
+		if old := t.recent[i].pk; t.recentIdx[old] == i {
+			delete(t.recentIdx, old)
+		}
+	}
+	t.recent[i] = recentKey{pk: pk, at: now}
+	t.recentIdx[pk] = i
+}
+
+// forgetRecent forgets pk (its row was deleted: a rebuild is to forget it; t.mu held).
+func (t *tableFilter) forgetRecent(pk string) {
+	if i, ok := t.recentIdx[pk]; ok {
+		t.recent[i].at = 0
+		delete(t.recentIdx, pk)
+	}
 }
 
 // seedNext adds the keys added within recentWindow to t.next (t.mu held).
 func (t *tableFilter) seedNext() {
 	since := time.Now().Add(-recentWindow).UnixNano()
 	for _, r := range t.recent {
-		if r.at >= since {
+		if r.at != 0 && r.at >= since {
 			if in, pos := t.next.testAndPositions(r.pk); !in {
 				t.next.setPositions(pos)
 				t.nextItems++

@@ -352,4 +352,12 @@ func TestRebuildKeepsKeysAddedLatelyThatTheScanMisses(t *testing.T) {
 	if ok, _ := bloom.NewReader(rdb, key).MayContain(ctx, "2"); !ok {
 		t.Fatal("a key written to Redis moments before the rebuild was dropped by it")
 	}
+	// Deleted since: the next rebuild forgets it (the scan does not find it either).
+	del := upserts(prefix, 2, 3)
+	del[0].Op = layout.OpDelete
+	testenv.Must(t, k.Ensure(ctx, del), "ensure the delete")
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	if ok, _ := bloom.NewReader(rdb, key).MayContain(ctx, "2"); ok {
+		t.Fatal("a key deleted before the rebuild survived it")
+	}
 }
