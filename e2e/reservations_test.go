@@ -124,8 +124,7 @@ func TestFlashSaleWithReservations(t *testing.T) {
 	e.waitEqual(30 * time.Second)
 	ctx := context.Background()
 	reg := prometheus.NewRegistry()
-	c, err := client.New(e.rdb, e.conns().ClientTables(e.tables()...), func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{Registerer: reg})
-	testenv.Must(t, err, "client")
+	c := saleClient(t, e, nil, reg)
 	check := watchingWith(t, newWatcher(e.rdb, e.cfg.Tables[0].KeyPrefix, otherSKUs+1), 20)
 
 	wctx, stopWriters := context.WithCancel(ctx)
@@ -285,8 +284,7 @@ func TestReconcileChecksTheHolds(t *testing.T) {
 	ctx := context.Background()
 	tables := e.conns().ClientTables(e.tables()...)
 	tables[0].Reservations.HoldTTL = time.Second
-	c, err := client.New(e.rdb, tables, func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
-	testenv.Must(t, err, "client")
+	c := saleClient(t, e, tables, nil)
 	for _, o := range []string{"keep", "late", "paid"} {
 		if res, err := c.Reserve(ctx, "inventory", []string{"0"}, o, "u-"+o, 1); err != nil || res.Outcome != client.Held {
 			t.Fatalf("reserve %s: %+v %v", o, res, err)
@@ -410,8 +408,7 @@ func TestFlashSaleRedisDataLossNeverOversells(t *testing.T) {
 	waitReady(t, r)
 	e.waitEqual(30 * time.Second)
 	ctx := context.Background()
-	c, err := client.New(e.rdb, e.conns().ClientTables(e.tables()...), func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
-	testenv.Must(t, err, "client")
+	c := saleClient(t, e, nil, nil)
 	res := sale(ctx, e.db, c, 2000, func(finished int64, res *saleResult) bool {
 		// While the first holds are being paid for.
 		if res.held.Load() < saleUnits/2 {
@@ -480,8 +477,7 @@ func TestAvailableDoesNotMoveAtSettlement(t *testing.T) {
 	waitReady(t, r)
 	e.waitEqual(30 * time.Second)
 	ctx := context.Background()
-	c, err := client.New(e.rdb, e.conns().ClientTables(e.tables()...), func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{})
-	testenv.Must(t, err, "client")
+	c := saleClient(t, e, nil, nil)
 	for i := range 12 {
 		order := "s-" + strconv.Itoa(i)
 		res, err := c.Reserve(ctx, "inventory", []string{"0"}, order, "", 1)
@@ -520,4 +516,16 @@ func TestAvailableDoesNotMoveAtSettlement(t *testing.T) {
 			t.Fatalf("order %s: available moved at its settlement (%d reads): %v", order, reads.Load(), bad)
 		}
 	}
+}
+
+// saleClient is the read path over the env's tables (tables, when not nil, instead of
+// the config's) with a loader that finds nothing; reg, when not nil, gets its metrics.
+func saleClient(t *testing.T, e *env, tables []client.Table, reg prometheus.Registerer) *client.Client {
+	t.Helper()
+	if tables == nil {
+		tables = e.conns().ClientTables(e.tables()...)
+	}
+	c, err := client.New(e.rdb, tables, func(context.Context, string, []string) (*client.Row, error) { return nil, nil }, client.Options{Registerer: reg})
+	testenv.Must(t, err, "client")
+	return c
 }

@@ -383,6 +383,22 @@ func (h *Holds) ListHolds(ctx context.Context, key string) ([]Hold, error) {
 	return out, nil
 }
 
+// holdStates names the states of an order record.
+var holdStates = map[string]string{"h": "held", "r": "released", "x": "expired", "s": "settled"}
+
+// Record returns the record of one order of the row key; ok is false when there is none.
+func (h *Holds) Record(ctx context.Context, key, order string) (hd Hold, ok bool, err error) {
+	rec, err := h.rdb.HGet(ctx, HoldKeysOf(key).Orders, order).Result()
+	if errors.Is(err, redis.Nil) {
+		return Hold{}, false, nil
+	}
+	if err != nil {
+		return Hold{}, false, err
+	}
+	hd, ok = parseHold(order, rec)
+	return hd, ok, nil
+}
+
 func parseHold(order, rec string) (Hold, bool) {
 	p := strings.Split(rec, "|")
 	if len(p) != 4 {
@@ -393,8 +409,7 @@ func parseHold(order, rec string) (Hold, bool) {
 	if err1 != nil || err2 != nil {
 		return Hold{}, false
 	}
-	states := map[string]string{"h": "held", "r": "released", "x": "expired", "s": "settled"}
-	return Hold{Order: order, User: p[2], Qty: q, State: states[p[0]], Expires: time.UnixMilli(e)}, true
+	return Hold{Order: order, User: p[2], Qty: q, State: holdStates[p[0]], Expires: time.UnixMilli(e)}, true
 }
 
 func toInt(v any) int64 {

@@ -191,16 +191,8 @@ func (r *runner) settledOrders(ctx context.Context, hc HoldCheck, batch []active
 
 // stillHeld reports whether a's hold is still active.
 func stillHeld(ctx context.Context, hs *layout.Holds, a activeHold) (bool, error) {
-	list, err := hs.ListHolds(ctx, a.key)
-	if err != nil {
-		return false, err
-	}
-	for _, h := range list {
-		if h.Order == a.h.Order {
-			return h.State == "held", nil
-		}
-	}
-	return false, nil
+	h, ok, err := hs.Record(ctx, a.key, a.h.Order)
+	return ok && h.State == "held", err
 }
 
 // note counts a difference of kind and keeps a sample.
