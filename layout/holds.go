@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -115,38 +116,48 @@ local function available(stockField)
 end
 `
 
-// reserveScript: ARGV stock field, order, user, qty, limit (0: none), now ms, hold TTL
-// ms, record TTL ms. It returns {outcome, available after, hold expiry ms}.
+// reserveScript reserves a sequence of orders on one row in one call, each exactly as if
+// it were alone and the calls ran in that order (TestReservationBatchEqualsOneAtATime):
+// ARGV stock field, limit (0: none), now ms, hold TTL ms, record TTL ms, then per order
+// its id, user and qty. It returns per order {outcome, available after, hold expiry ms}
+// in one flat array. The clock, the sweep, the row and the held total are read once per
+// call, and the held total and the keys' lifetime written once: a reservation in a call
+// with others costs Redis a few commands of its own.
 const reserveScript = holdsLib + `
-local field, order, user, qty, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local now, holdttl, recttl = clock(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local field, limit, now, holdttl, recttl = ARGV[1], tonumber(ARGV[2]), clock(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 sweep(now, 100)
-local rec = redis.call('HGET', orders, order)
-if rec then
-  local st, _, _, e = parse(rec)
-  local a = available(field) or 0
-  if st == 'h' then return {'held', a, e} end
-  return {'done:' .. st, a, e}
-end
 local a = available(field)
-if not a then return {'unknown_row', 0, 0} end
-if a < qty then return {'sold_out', a, 0} end
-if limit > 0 and user ~= '' then
-  local had = tonumber(redis.call('HGET', users, user) or '0')
-  if had + qty > limit then return {'limit', a, 0} end
+local out, added, newUser = {}, 0, false
+for i = 1, (#ARGV - 5) / 3 do
+  local order, user, qty = ARGV[3*i+3], ARGV[3*i+4], tonumber(ARGV[3*i+5])
+  local rec = redis.call('HGET', orders, order)
+  local res, e = 'held', 0
+  if rec then
+    local st, _, _, x = parse(rec)
+    if st ~= 'h' then res = 'done:' .. st end
+    e = x
+  elseif not a then
+    res = 'unknown_row'
+  elseif a < qty then
+    res = 'sold_out'
+  elseif limit > 0 and user ~= '' and tonumber(redis.call('HGET', users, user) or '0') + qty > limit then
+    res = 'limit'
+  else
+    e = now + holdttl
+    redis.call('HSET', orders, order, 'h|' .. qty .. '|' .. user .. '|' .. e)
+    redis.call('ZADD', expiry, e, order)
+    if user ~= '' and redis.call('HINCRBY', users, user, qty) == qty then newUser = true end
+    a, added = a - qty, added + qty
+  end
+  out[#out+1], out[#out+2], out[#out+3] = res, a or 0, e
 end
-local e = now + holdttl
--- Refresh the keys' lifetime (together) only when less than half of it is left: most
--- reservations of a busy row then cost no PEXPIRE at all.
-local refresh = redis.call('PTTL', orders) < tonumber(recttl) / 2
-redis.call('HSET', orders, order, 'h|' .. qty .. '|' .. user .. '|' .. e)
-redis.call('INCRBY', heldk, qty)
-redis.call('ZADD', expiry, e, order)
-if user ~= '' then
-  if redis.call('HINCRBY', users, user, qty) == qty and redis.call('PTTL', users) < 0 then refresh = true end
+if added > 0 then
+  redis.call('INCRBY', heldk, added)
+  -- Refresh the keys' lifetime (together) only when less than half of it is left, or a
+  -- user's units start from nothing: most calls on a busy row cost no PEXPIRE at all.
+  if redis.call('PTTL', orders) < recttl / 2 or (newUser and redis.call('PTTL', users) < 0) then keep(recttl) end
 end
-if refresh then keep(recttl) end
-return {'held', a - qty, e}
+return out
 `
 
 // releaseScript: ARGV stock field, order, now ms. It returns {outcome, available after}.
@@ -242,6 +253,11 @@ type Holds struct {
 	rdb                          redis.UniversalClient
 	reserve, release, avail, swp *redis.Script
 	repair                       *redis.Script
+	// mu guards flights, the reservation calls in flight, and waiting, the ones that
+	// wait to go in the next.
+	mu      sync.Mutex
+	flights int
+	waiting []*reserveCall
 	// HoldTTL is how long a hold lasts unless released or settled; RecordTTL how long
 	// a row's order records are kept after its last reservation.
 	HoldTTL, RecordTTL time.Duration
@@ -292,6 +308,14 @@ var ErrBadOrder = errors.New("layout: an order id must be non-empty and neither 
 // Reserve holds qty units of the row key for order (idempotent by order id: an order
 // that reserved before gets its first answer's hold back, and nothing changes). limit > 0
 // caps the units one user holds or bought of the row. stockField is the row's stock.
+//
+// Reservations are sent as they come while fewer than maxReserveFlights calls are in
+// flight; the ones that arrive meanwhile wait and then go together, in one pipeline with
+// one script call per row (at most maxReserveBatch reservations each) in their order of
+// arrival. Each gets the answer it would have got alone; under load a flash sale costs
+// Redis and the client one round trip per batch instead of one per buyer. A caller whose
+// ctx ends while it waits returns ctx.Err(); its reservation may still be made (call
+// Reserve again with the same order id to learn its answer).
 func (h *Holds) Reserve(ctx context.Context, key, stockField, order, user string, qty, limit int64) (Reservation, error) {
 	if order == "" || strings.ContainsRune(order, '|') || strings.ContainsRune(user, '|') {
 		return Reservation{}, ErrBadOrder
@@ -302,16 +326,156 @@ func (h *Holds) Reserve(ctx context.Context, key, stockField, order, user string
 	if _, inner, ok := InnerOf(key); !ok || inner == "" {
 		return Reservation{}, fmt.Errorf("layout: reserve on %q: not a row key with a primary key", key)
 	}
-	res, err := h.reserve.Run(ctx, h.rdb, holdKeys(key), stockField, order, user, qty, limit, h.clock(),
-		h.HoldTTL.Milliseconds(), h.RecordTTL.Milliseconds()).Slice()
-	if err != nil {
-		return Reservation{}, err
+	c := &reserveCall{ctx: ctx, key: key, field: stockField, limit: limit, order: order, user: user, qty: qty, done: make(chan struct{})}
+	h.mu.Lock()
+	if h.flights >= maxReserveFlights {
+		h.waiting = append(h.waiting, c)
+		h.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.res, c.err
+		case <-ctx.Done():
+			return Reservation{}, ctx.Err()
+		}
 	}
-	out := Reservation{Outcome: doneOutcome(res[0].(string)), Available: res[1].(int64)}
-	if e := toInt(res[2]); e > 0 {
-		out.Expires = time.UnixMilli(e)
+	h.flights++
+	h.mu.Unlock()
+	h.runReserves(ctx, []*reserveCall{c})
+	h.landed()
+	return c.res, c.err
+}
+
+const (
+	// maxReserveFlights is how many reservation calls (or pipelines) are in flight at
+	// most before the next ones wait to go together.
+	maxReserveFlights = 2
+	// maxReserveBatch is the most reservations one script call carries, and
+	// maxReservePipeline the most one pipeline carries.
+	maxReserveBatch    = 256
+	maxReservePipeline = 4096
+)
+
+// reserveCall is one Reserve waiting for its answer.
+type reserveCall struct {
+	ctx         context.Context
+	key, field  string
+	limit       int64
+	order, user string
+	qty         int64
+	res         Reservation
+	err         error
+	done        chan struct{}
+}
+
+// landed is called when a flight ends: the reservations that waited go in the next one,
+// from a goroutine of its own, until none waits.
+func (h *Holds) landed() {
+	h.mu.Lock()
+	if len(h.waiting) == 0 {
+		h.flights--
+		h.mu.Unlock()
+		return
 	}
-	return out, nil
+	h.mu.Unlock()
+	go func() {
+		for {
+			h.mu.Lock()
+			if len(h.waiting) == 0 {
+				h.flights--
+				h.mu.Unlock()
+				return
+			}
+			n := min(len(h.waiting), maxReservePipeline)
+			batch := h.waiting[:n:n]
+			if h.waiting = h.waiting[n:]; len(h.waiting) == 0 {
+				h.waiting = nil // the next ones start a new array: this one keeps no call alive
+			}
+			h.mu.Unlock()
+			live := batch[:0:0]
+			for _, c := range batch {
+				if err := c.ctx.Err(); err != nil {
+					c.err = err
+					close(c.done)
+				} else {
+					live = append(live, c)
+				}
+			}
+			if len(live) > 0 {
+				// The flight outlives any one caller that gives up.
+				h.runReserves(context.WithoutCancel(live[0].ctx), live)
+			}
+		}
+	}()
+}
+
+// runReserves makes the reservations of calls: one script call per row (and stock field
+// and limit, which a reload can change between two calls) in their order, all in one
+// pipeline; and answers each (c.res, c.err, c.done closed).
+func (h *Holds) runReserves(ctx context.Context, calls []*reserveCall) {
+	type group struct {
+		calls []*reserveCall
+		cmd   *redis.Cmd
+	}
+	var groups []*group
+	if len(calls) == 1 {
+		groups = []*group{{calls: calls}}
+	} else {
+		open := map[[2]string]*group{}
+		for _, c := range calls {
+			id := [2]string{c.key, c.field + "|" + strconv.FormatInt(c.limit, 10)}
+			g := open[id]
+			if g == nil || len(g.calls) == maxReserveBatch {
+				g = &group{}
+				open[id] = g
+				groups = append(groups, g)
+			}
+			g.calls = append(g.calls, c)
+		}
+	}
+	args := func(cs []*reserveCall) []any {
+		a := make([]any, 0, 5+3*len(cs))
+		a = append(a, cs[0].field, cs[0].limit, h.clock(), h.HoldTTL.Milliseconds(), h.RecordTTL.Milliseconds())
+		for _, c := range cs {
+			a = append(a, c.order, c.user, c.qty)
+		}
+		return a
+	}
+	if len(groups) == 1 {
+		g := groups[0]
+		g.cmd = h.reserve.Run(ctx, h.rdb, holdKeys(g.calls[0].key), args(g.calls)...)
+	} else {
+		pipe := h.rdb.Pipeline()
+		for _, g := range groups {
+			g.cmd = h.reserve.EvalSha(ctx, pipe, holdKeys(g.calls[0].key), args(g.calls)...)
+		}
+		_, _ = pipe.Exec(ctx)
+		for _, g := range groups {
+			if redis.HasErrorPrefix(g.cmd.Err(), "NOSCRIPT") {
+				// Redis lost its script cache (a restart): EVAL loads it again.
+				g.cmd = h.reserve.Run(ctx, h.rdb, holdKeys(g.calls[0].key), args(g.calls)...)
+			}
+		}
+	}
+	for _, g := range groups {
+		res, err := g.cmd.Slice()
+		if err == nil && len(res) != 3*len(g.calls) {
+			err = fmt.Errorf("layout: reserve: %d answers to %d reservations", len(res)/3, len(g.calls))
+		}
+		for i, c := range g.calls {
+			if err != nil {
+				c.err = err
+			} else {
+				out, _ := res[3*i].(string)
+				c.res = Reservation{Outcome: doneOutcome(out), Available: toInt(res[3*i+1])}
+				if e := toInt(res[3*i+2]); e > 0 {
+					c.res.Expires = time.UnixMilli(e)
+				}
+			}
+			if c.done != nil {
+				close(c.done)
+			}
+		}
+	}
 }
 
 // Release gives the hold of order on the row key back (idempotent).

@@ -5,7 +5,8 @@
 #   BenchmarkBigTransaction   one 500,000-row transaction streamed: peak RSS
 #   BenchmarkReconcile1M      `invsync reconcile` of 1,000,000 rows: rows/s
 #   BenchmarkReservations     client.Reserve while the daemon settles: reservations/s with
-#                             2,000 buyers, p50/p99 at 8,900/s, a trivial EVALSHA's rate
+#                             2,000 buyers, p50/p99 at 8,900/s (from each call's start and
+#                             from its schedule), a trivial EVALSHA per call's rate
 # Run one with: scripts/bench.sh -bench W1   (the pattern is go test's -bench)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
