@@ -92,7 +92,8 @@ local function sweep(now, max)
   local due = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, max)
   for _, order in ipairs(due) do
     local rec = redis.call('HGET', orders, order)
-    if rec and string.sub(rec, 1, 1) == 'h' then endHold(order, rec, 'x') else redis.call('ZREM', expiry, order) end
+    local st, q = parse(rec or '')
+    if st == 'h' and q then endHold(order, rec, 'x') else redis.call('ZREM', expiry, order) end
   end
   return #due
 end
@@ -116,8 +117,9 @@ local function available(stockField)
 end
 `
 
-// reserveScript reserves a sequence of orders on one row in one call, each exactly as if
-// it were alone and the calls ran in that order (TestReservationBatchEqualsOneAtATime):
+// reserveScript reserves a sequence of orders on one row in one call, each as if it were
+// alone and the calls ran in that order (TestReservationBatchEqualsOneAtATime), except
+// that the call first ends up to 100 expired holds per reservation it carries:
 // ARGV stock field, limit (0: none), now ms, hold TTL ms, record TTL ms, then per order
 // its id, user and qty. It returns per order {outcome, available after, hold expiry ms}
 // in one flat array. The clock, the sweep, the row and the held total are read once per
@@ -125,17 +127,20 @@ end
 // with others costs Redis a few commands of its own.
 const reserveScript = holdsLib + `
 local field, limit, now, holdttl, recttl = ARGV[1], tonumber(ARGV[2]), clock(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-sweep(now, 100)
+local n = (#ARGV - 5) / 3
+-- The row's expired holds end first: up to 100 per reservation of the call, at least as
+-- many as its reservations would end made one call each.
+sweep(now, 100 * n)
 local a = available(field)
-local out, added, newUser = {}, 0, false
-for i = 1, (#ARGV - 5) / 3 do
+local out, held, refresh = {}, false, false
+for i = 1, n do
   local order, user, qty = ARGV[3*i+3], ARGV[3*i+4], tonumber(ARGV[3*i+5])
   local rec = redis.call('HGET', orders, order)
   local res, e = 'held', 0
   if rec then
     local st, _, _, x = parse(rec)
-    if st ~= 'h' then res = 'done:' .. st end
-    e = x
+    if not st then res = 'bad_record' elseif st ~= 'h' then res = 'done:' .. st end
+    e = x or 0
   elseif not a then
     res = 'unknown_row'
   elseif a < qty then
@@ -146,17 +151,18 @@ for i = 1, (#ARGV - 5) / 3 do
     e = now + holdttl
     redis.call('HSET', orders, order, 'h|' .. qty .. '|' .. user .. '|' .. e)
     redis.call('ZADD', expiry, e, order)
-    if user ~= '' and redis.call('HINCRBY', users, user, qty) == qty then newUser = true end
-    a, added = a - qty, added + qty
+    -- A key that starts from nothing (the row's first hold, or its first since every
+    -- hold ended) gets the row's lifetime below. The held total is written hold by hold:
+    -- a call that fails halfway leaves it equal to the holds it wrote.
+    if user ~= '' and redis.call('HINCRBY', users, user, qty) == qty then refresh = true end
+    if redis.call('INCRBY', heldk, qty) == qty then refresh = true end
+    a, held = a - qty, true
   end
   out[#out+1], out[#out+2], out[#out+3] = res, a or 0, e
 end
-if added > 0 then
-  redis.call('INCRBY', heldk, added)
-  -- Refresh the keys' lifetime (together) only when less than half of it is left, or a
-  -- user's units start from nothing: most calls on a busy row cost no PEXPIRE at all.
-  if redis.call('PTTL', orders) < recttl / 2 or (newUser and redis.call('PTTL', users) < 0) then keep(recttl) end
-end
+-- Refresh the keys' lifetime (together) only when less than half of it is left or a key
+-- starts from nothing: most calls on a busy row cost no PEXPIRE at all.
+if held and (refresh or redis.call('PTTL', orders) < recttl / 2) then keep(recttl) end
 return out
 `
 
@@ -312,10 +318,10 @@ var ErrBadOrder = errors.New("layout: an order id must be non-empty and neither 
 // Reservations are sent as they come while fewer than maxReserveFlights calls are in
 // flight; the ones that arrive meanwhile wait and then go together, in one pipeline with
 // one script call per row (at most maxReserveBatch reservations each) in their order of
-// arrival. Each gets the answer it would have got alone; under load a flash sale costs
-// Redis and the client one round trip per batch instead of one per buyer. A caller whose
-// ctx ends while it waits returns ctx.Err(); its reservation may still be made (call
-// Reserve again with the same order id to learn its answer).
+// arrival. Each gets the answer it would have got alone (reserveScript); under load a
+// flash sale costs Redis and the client one round trip per batch instead of one per
+// buyer. A caller whose ctx ends while it waits returns ctx.Err(); its reservation may
+// still be made (call Reserve again with the same order id to learn its answer).
 func (h *Holds) Reserve(ctx context.Context, key, stockField, order, user string, qty, limit int64) (Reservation, error) {
 	if order == "" || strings.ContainsRune(order, '|') || strings.ContainsRune(user, '|') {
 		return Reservation{}, ErrBadOrder
@@ -340,8 +346,8 @@ func (h *Holds) Reserve(ctx context.Context, key, stockField, order, user string
 	}
 	h.flights++
 	h.mu.Unlock()
+	defer h.landed()
 	h.runReserves(ctx, []*reserveCall{c})
-	h.landed()
 	return c.res, c.err
 }
 
@@ -364,6 +370,7 @@ type reserveCall struct {
 	qty         int64
 	res         Reservation
 	err         error
+	answered    bool // res and err are set, done closed
 	done        chan struct{}
 }
 
@@ -401,11 +408,28 @@ func (h *Holds) landed() {
 				}
 			}
 			if len(live) > 0 {
-				// The flight outlives any one caller that gives up.
-				h.runReserves(context.WithoutCancel(live[0].ctx), live)
+				// The flight outlives any one caller that gives up (go-redis's read
+				// and write timeouts bound it).
+				h.flight(context.WithoutCancel(live[0].ctx), live)
 			}
 		}
 	}()
+}
+
+// flight is runReserves for the calls that waited: a panic (in a hook, say) answers
+// them with an error instead of ending the process and leaving them waiting.
+func (h *Holds) flight(ctx context.Context, calls []*reserveCall) {
+	defer func() {
+		if p := recover(); p != nil {
+			for _, c := range calls {
+				if !c.answered {
+					c.err = fmt.Errorf("layout: reserve: panic: %v", p)
+					close(c.done)
+				}
+			}
+		}
+	}()
+	h.runReserves(ctx, calls)
 }
 
 // runReserves makes the reservations of calls: one script call per row (and stock field
@@ -420,13 +444,15 @@ func (h *Holds) runReserves(ctx context.Context, calls []*reserveCall) {
 	if len(calls) == 1 {
 		groups = []*group{{calls: calls}}
 	} else {
-		open := map[[2]string]*group{}
+		// A row's calls stay in their order: a reservation whose stock field or limit
+		// differs from the one before it of its row (a reload changed them) starts a
+		// group after the others, never joins an earlier one.
+		last := map[string]*group{}
 		for _, c := range calls {
-			id := [2]string{c.key, c.field + "|" + strconv.FormatInt(c.limit, 10)}
-			g := open[id]
-			if g == nil || len(g.calls) == maxReserveBatch {
+			g := last[c.key]
+			if g == nil || len(g.calls) == maxReserveBatch || g.calls[0].field != c.field || g.calls[0].limit != c.limit {
 				g = &group{}
-				open[id] = g
+				last[c.key] = g
 				groups = append(groups, g)
 			}
 			g.calls = append(g.calls, c)
@@ -462,15 +488,23 @@ func (h *Holds) runReserves(ctx context.Context, calls []*reserveCall) {
 			err = fmt.Errorf("layout: reserve: %d answers to %d reservations", len(res)/3, len(g.calls))
 		}
 		for i, c := range g.calls {
-			if err != nil {
+			var out string
+			if err == nil {
+				out, _ = res[3*i].(string)
+			}
+			switch {
+			case err != nil:
 				c.err = err
-			} else {
-				out, _ := res[3*i].(string)
+			case out == "bad_record":
+				c.err = fmt.Errorf("layout: reserve order %q on %s: its record is not one invsync wrote (fix: look at it with HGET %s %q, remove it with HDEL, then run invsync reconcile --repair)",
+					c.order, c.key, HoldKeysOf(c.key).Orders, c.order)
+			default:
 				c.res = Reservation{Outcome: doneOutcome(out), Available: toInt(res[3*i+1])}
 				if e := toInt(res[3*i+2]); e > 0 {
 					c.res.Expires = time.UnixMilli(e)
 				}
 			}
+			c.answered = true
 			if c.done != nil {
 				close(c.done)
 			}

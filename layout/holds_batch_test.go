@@ -298,3 +298,173 @@ func (n *counts) count(cmds []redis.Cmder) {
 		n.scripts.Add(scripts)
 	}
 }
+
+// After every hold of a row ended, a new hold starts the held total and the expiry index
+// from nothing: they get the row's lifetime with the order records, and never outlive
+// them (a held total left without a lifetime would hold stock back for ever).
+func TestFirstHoldAfterTheLastEndedKeepsTheLifetime(t *testing.T) {
+	h, key, _ := holdsFixture(t, 10)
+	ctx := context.Background()
+	for _, order := range []string{"o1", "o2"} {
+		r, err := h.Reserve(ctx, key, "stock", order, "", 1, 0)
+		if err != nil || r.Outcome != Held {
+			t.Fatalf("reserve %s: %+v %v", order, r, err)
+		}
+		hk := HoldKeysOf(key)
+		for _, k := range []string{hk.Orders, hk.Held, hk.Expiry} {
+			if ttl := h.rdb.PTTL(ctx, k).Val(); ttl <= 0 {
+				t.Fatalf("after %s: %s has no lifetime (%v)", order, k, ttl)
+			}
+		}
+		if out, _, err := h.Release(ctx, key, "stock", order); err != nil || out != Released {
+			t.Fatalf("release %s: %v %v", order, out, err)
+		}
+	}
+	// A user's units start from nothing while other holds last: they get it too.
+	for _, o := range [][2]string{{"o3", ""}, {"o4", "bob"}} {
+		if r, err := h.Reserve(ctx, key, "stock", o[0], o[1], 1, 0); err != nil || r.Outcome != Held {
+			t.Fatalf("reserve %s: %+v %v", o[0], r, err)
+		}
+	}
+	if ttl := h.rdb.PTTL(ctx, HoldKeysOf(key).Users).Val(); ttl <= 0 {
+		t.Fatalf("the units of a user's first hold have no lifetime (%v)", ttl)
+	}
+}
+
+// A record Redis holds that invsync did not write fails its own reservation with an
+// error naming it; the others of the call are made, and the held total stays the sum of
+// the holds.
+func TestUnreadableRecordFailsOnlyItsReservation(t *testing.T) {
+	h, key, _ := holdsFixture(t, 10)
+	ctx := context.Background()
+	testenv.Must(t, h.rdb.HSet(ctx, HoldKeysOf(key).Orders, "bad", "garbage").Err(), "record")
+	calls := []*reserveCall{
+		{ctx: ctx, key: key, field: "stock", order: "o1", qty: 2},
+		{ctx: ctx, key: key, field: "stock", order: "bad", qty: 1},
+		{ctx: ctx, key: key, field: "stock", order: "o2", qty: 3},
+	}
+	h.runReserves(ctx, calls)
+	if c := calls[1]; c.err == nil || !strings.Contains(c.err.Error(), `"bad"`) {
+		t.Fatalf("the unreadable record's reservation: %+v %v", c.res, c.err)
+	}
+	for _, c := range []*reserveCall{calls[0], calls[2]} {
+		if c.err != nil || c.res.Outcome != Held {
+			t.Fatalf("reservation %s beside it: %+v %v", c.order, c.res, c.err)
+		}
+	}
+	if held, _ := h.Held(ctx, key); held != 5 {
+		t.Fatalf("held total %d, the holds sum to 5", held)
+	}
+	if a, _, _, _ := h.Available(ctx, key, "stock"); a != 5 {
+		t.Fatalf("available %d, want 5", a)
+	}
+}
+
+// A call of several reservations first ends the row's expired holds, at least as many as
+// its reservations would have ended one call each.
+func TestBatchEndsExpiredHoldsFirst(t *testing.T) {
+	h, key, now := holdsFixture(t, 101)
+	ctx := context.Background()
+	for i := range 101 {
+		if r, err := h.Reserve(ctx, key, "stock", fmt.Sprint("old-", i), "", 1, 0); err != nil || r.Outcome != Held {
+			t.Fatalf("hold %d: %+v %v", i, r, err)
+		}
+	}
+	now.Add(h.HoldTTL.Milliseconds() + 1)
+	calls := []*reserveCall{
+		{ctx: ctx, key: key, field: "stock", order: "big", qty: 100},
+		{ctx: ctx, key: key, field: "stock", order: "one", qty: 1},
+	}
+	h.runReserves(ctx, calls)
+	for _, c := range calls {
+		if c.err != nil || c.res.Outcome != Held {
+			t.Fatalf("reservation %s after 101 holds expired: %+v %v", c.order, c.res, c.err)
+		}
+	}
+}
+
+// Reservations of one row keep their order when their limit differs (a reload changed it
+// while they waited): a later one never goes before an earlier one.
+func TestBatchKeepsTheOrderAcrossLimits(t *testing.T) {
+	h, key, _ := holdsFixture(t, 2)
+	ctx := context.Background()
+	calls := []*reserveCall{
+		{ctx: ctx, key: key, field: "stock", order: "a", user: "u", qty: 1, limit: 2},
+		{ctx: ctx, key: key, field: "stock", order: "b", user: "u", qty: 1, limit: 3},
+		{ctx: ctx, key: key, field: "stock", order: "c", user: "u", qty: 1, limit: 2},
+	}
+	h.runReserves(ctx, calls)
+	for i, want := range []HoldOutcome{Held, Held, SoldOut} {
+		if c := calls[i]; c.err != nil || c.res.Outcome != want {
+			t.Fatalf("reservation %s: %+v %v, want %s", c.order, c.res, c.err, want)
+		}
+	}
+}
+
+// A pipeline of several rows' reservations reaches a Redis that does not know the script
+// (restarted, or SCRIPT FLUSH): each call is sent again with EVAL.
+func TestBatchAfterRedisLostItsScripts(t *testing.T) {
+	h, key, _ := holdsFixture(t, 10)
+	ctx := context.Background()
+	other := Key(strings.TrimSuffix(key, "{sku1}"), []string{"sku2"})
+	testenv.Must(t, h.rdb.HSet(ctx, other, "stock", 10, "_v", "1").Err(), "row")
+	// A script text no Redis has seen: its EVALSHA answers NOSCRIPT.
+	h.reserve = redis.NewScript(reserveScript + "\n-- " + testenv.Name("unseen"))
+	calls := []*reserveCall{
+		{ctx: ctx, key: key, field: "stock", order: "a", qty: 1},
+		{ctx: ctx, key: other, field: "stock", order: "b", qty: 2},
+	}
+	h.runReserves(ctx, calls)
+	for _, c := range calls {
+		if c.err != nil || c.res.Outcome != Held {
+			t.Fatalf("reservation %s: %+v %v", c.order, c.res, c.err)
+		}
+	}
+}
+
+// A panic while reservations are sent (a hook, a clock) answers the ones that waited with
+// an error, and the flight it took is given back: later reservations still go.
+func TestPanicInAFlightGivesItBack(t *testing.T) {
+	h, key, _ := holdsFixture(t, 10)
+	ctx := context.Background()
+	var boom atomic.Bool
+	h.SetClock(func() time.Time {
+		if boom.Load() {
+			panic("clock broke")
+		}
+		return time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	})
+	boom.Store(true)
+	// The caller's own call panics to the caller, and gives its flight back.
+	func() {
+		defer func() { _ = recover() }()
+		_, _ = h.Reserve(ctx, key, "stock", "inline", "", 1, 0)
+	}()
+	waitFor(t, h, func() bool { return h.flights == 0 })
+	// The ones that waited get an error.
+	h.mu.Lock()
+	h.flights = maxReserveFlights
+	h.mu.Unlock()
+	errs := make(chan error, 2)
+	for _, o := range []string{"w1", "w2"} {
+		go func() {
+			_, err := h.Reserve(ctx, key, "stock", o, "", 1, 0)
+			errs <- err
+		}()
+	}
+	waitFor(t, h, func() bool { return len(h.waiting) == 2 })
+	h.landed()
+	for range 2 {
+		if err := <-errs; err == nil || !strings.Contains(err.Error(), "clock broke") {
+			t.Fatalf("a waiting reservation when its flight panicked: %v", err)
+		}
+	}
+	waitFor(t, h, func() bool { return h.flights == maxReserveFlights-1 })
+	boom.Store(false)
+	h.mu.Lock()
+	h.flights = 0
+	h.mu.Unlock()
+	if r, err := h.Reserve(ctx, key, "stock", "after", "", 1, 0); err != nil || r.Outcome != Held {
+		t.Fatalf("a reservation after the panics: %+v %v", r, err)
+	}
+}
