@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # bench.sh: invsync's benchmarks against the project's own MariaDB and Redis:
 #   BenchmarkW1CatchUp        catch-up of 1.1M row events against go-mysql's bare read, peak RSS
+#   BenchmarkW2DistinctKeys   catch-up and snapshot of 1,000,000 new keys against the Redis
+#                             floor (pipelined HSETs by one client), CPU per row
 #   BenchmarkSnapshot1M       `invsync snapshot` of 1,000,000 rows: rows/s
 #   BenchmarkBigTransaction   one 500,000-row transaction streamed: peak RSS
 #   BenchmarkReconcile1M      `invsync reconcile` of 1,000,000 rows: rows/s
