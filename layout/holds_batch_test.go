@@ -375,12 +375,7 @@ func TestBatchEndsExpiredHoldsFirst(t *testing.T) {
 		{ctx: ctx, key: key, field: "stock", order: "big", qty: 100},
 		{ctx: ctx, key: key, field: "stock", order: "one", qty: 1},
 	}
-	h.runReserves(ctx, calls)
-	for _, c := range calls {
-		if c.err != nil || c.res.Outcome != Held {
-			t.Fatalf("reservation %s after 101 holds expired: %+v %v", c.order, c.res, c.err)
-		}
-	}
+	allHeld(t, h, calls, "after 101 holds expired")
 }
 
 // Reservations of one row keep their order when their limit differs (a reload changed it
@@ -414,10 +409,16 @@ func TestBatchAfterRedisLostItsScripts(t *testing.T) {
 		{ctx: ctx, key: key, field: "stock", order: "a", qty: 1},
 		{ctx: ctx, key: other, field: "stock", order: "b", qty: 2},
 	}
-	h.runReserves(ctx, calls)
+	allHeld(t, h, calls, "after NOSCRIPT")
+}
+
+// allHeld makes the reservations of calls in one flight and wants each held.
+func allHeld(t *testing.T, h *Holds, calls []*reserveCall, when string) {
+	t.Helper()
+	h.runReserves(context.Background(), calls)
 	for _, c := range calls {
 		if c.err != nil || c.res.Outcome != Held {
-			t.Fatalf("reservation %s: %+v %v", c.order, c.res, c.err)
+			t.Fatalf("reservation %s %s: %+v %v", c.order, when, c.res, c.err)
 		}
 	}
 }
