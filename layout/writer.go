@@ -156,7 +156,9 @@ for i = 1, nrows do
           redis.call('HSET', k, '_v', v, '_s', s, unpack(ARGV, f1, f1 + 2 * n - 1))
         end
       else
-        redis.call('DEL', k)
+        -- A hash with none of the fields read above is not one invsync wrote: the key is
+        -- absent (a new row) and needs no DEL.
+        if cs or cv or cn or cd then redis.call('DEL', k) end
         if s ~= '' then
           if n > 0 then redis.call('HSET', k, '_v', v, '_s', s, unpack(ARGV, f1, f1 + 2 * n - 1))
           else redis.call('HSET', k, '_v', v, '_s', s) end
