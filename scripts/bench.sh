@@ -3,6 +3,8 @@
 #   BenchmarkW1CatchUp        catch-up of 1.1M row events against go-mysql's bare read, peak RSS
 #   BenchmarkW2DistinctKeys   catch-up and snapshot of 1,000,000 new keys against the Redis
 #                             floor (pipelined HSETs by one client), CPU per row
+#   BenchmarkW3LiveLag        commit-to-visible lag of paced single-row UPDATEs at 2,000,
+#                             10,000 and 50,000 rows/s (or what MariaDB sustains): p50/p99/max
 #   BenchmarkSnapshot1M       `invsync snapshot` of 1,000,000 rows: rows/s
 #   BenchmarkBigTransaction   one 500,000-row transaction streamed: peak RSS
 #   BenchmarkReconcile1M      `invsync reconcile` of 1,000,000 rows: rows/s
