@@ -17,4 +17,13 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 "$here/scripts/services.sh" start
 eval "$("$here/scripts/services.sh" env)"
+export INVSYNC_W3_CSV="$here/.run/w3-latency.csv"
+stamp=$(mktemp)
 go test -run '^$' -bench . -benchtime 1x -timeout 60m -v ./e2e "$@"
+if [ "$INVSYNC_W3_CSV" -nt "$stamp" ]; then
+  # W3 ran: its latency histogram, one panel per rate.
+  go run -tags w3hist ./internal/tools/w3hist -in "$INVSYNC_W3_CSV" -out "$here/.run/w3-latency.png" \
+    -title "$(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m)"
+  echo "W3 latency histogram: $here/.run/w3-latency.png"
+fi
+rm -f "$stamp"
