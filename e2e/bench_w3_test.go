@@ -139,7 +139,6 @@ func w3Phase1(b *testing.B, e *env, obs *lagObserver, keyOf func(int) string, ve
 
 // lagObserver matches the keyspace notifications of rows' keys with sampled commits.
 type lagObserver struct {
-	rdb    *redis.Client
 	sub    *redis.PubSub
 	mu     sync.Mutex
 	wait   map[string]*lagSample // key → the sampled commit awaited
@@ -156,7 +155,7 @@ type lagSample struct {
 
 func newLagObserver(ctx context.Context, b *testing.B, rdb *redis.Client, prefix string) *lagObserver {
 	ctx, cancel := context.WithCancel(ctx)
-	o := &lagObserver{rdb: rdb, wait: map[string]*lagSample{}, cancel: cancel}
+	o := &lagObserver{wait: map[string]*lagSample{}, cancel: cancel}
 	o.sub = rdb.PSubscribe(ctx, "__keyspace@0__:"+redisscan.GlobEscape(prefix)+"*")
 	_, err := o.sub.Receive(ctx)
 	testenv.Must(b, err, "subscribe")

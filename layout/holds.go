@@ -122,9 +122,9 @@ end
 // that the call first ends up to 100 expired holds per reservation it carries:
 // ARGV stock field, limit (0: none), now ms, hold TTL ms, record TTL ms, then per order
 // its id, user and qty. It returns per order {outcome, available after, hold expiry ms}
-// in one flat array. The clock, the sweep, the row and the held total are read once per
-// call, and the held total and the keys' lifetime written once: a reservation in a call
-// with others costs Redis a few commands of its own.
+// in one flat array. The clock, the sweep and the row are read, and the keys' lifetime
+// refreshed, once per call; each hold writes its record, expiry, user units and the held
+// total itself, so that a call failing halfway leaves them consistent.
 const reserveScript = holdsLib + `
 local field, limit, now, holdttl, recttl = ARGV[1], tonumber(ARGV[2]), clock(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local n = (#ARGV - 5) / 3
