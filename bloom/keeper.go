@@ -31,6 +31,14 @@ type TableSpec struct {
 // key).
 type Scanner func(ctx context.Context, table int, add func(pk string)) error
 
+// Counter returns how many rows table i (an index in the Keeper's specs) holds at the
+// source.
+type Counter func(ctx context.Context, table int) (uint64, error)
+
+// AutoMinItems is the smallest filter a keeper sized from the row count builds (about
+// 180 KB at a false-positive rate of 0.001).
+const AutoMinItems uint = 100_000
+
 // Keeper maintains the filters of the mirrored tables for the daemon: in process, and in
 // Redis. Every writer of rows calls Ensure before it writes them (Wrap does), so a row
 // readable in Redis always has its bits set there, and a checkpoint that covers a row
@@ -38,7 +46,9 @@ type Scanner func(ctx context.Context, table int, add func(pk string)) error
 // and swaps them in.
 type Keeper struct {
 	rdb      redis.UniversalClient
-	expected uint
+	expected uint // items each filter is sized for (the floor when auto)
+	auto     bool // size each build from the table's row count (see SizeFrom)
+	count    Counter
 	fp       float64
 	log      *zap.Logger
 	tables   []*tableFilter
@@ -158,13 +168,18 @@ func (t *tableFilter) seedNext() {
 }
 
 // NewKeeper returns a keeper of tables' filters, sized for expected items each at the
-// false-positive rate fp. scan (may be nil) lets it rebuild a filter from the source on
-// its own (see Run). m (may be nil) receives its metrics.
+// false-positive rate fp; expected 0 sizes each build from the table's row count (see
+// SizeFrom). scan (may be nil) lets it rebuild a filter from the source on its own (see
+// Run). m (may be nil) receives its metrics.
 func NewKeeper(rdb redis.UniversalClient, tables []TableSpec, expected uint, fp float64, scan Scanner, log *zap.Logger, m *Metrics) *Keeper {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	k := &Keeper{rdb: rdb, expected: expected, fp: fp, log: log, scan: scan, byPrefix: map[string]*tableFilter{}, m: m}
+	auto := expected == 0
+	if auto {
+		expected = AutoMinItems
+	}
+	k := &Keeper{rdb: rdb, expected: expected, auto: auto, fp: fp, log: log, scan: scan, byPrefix: map[string]*tableFilter{}, m: m}
 	for i, s := range tables {
 		t := &tableFilter{idx: i, spec: s, mirror: NewMirror(rdb, s.Key)}
 		k.tables = append(k.tables, t)
@@ -173,6 +188,13 @@ func NewKeeper(rdb redis.UniversalClient, tables []TableSpec, expected uint, fp 
 	m.keeper.Store(k)
 	return k
 }
+
+// SizeFrom lets a keeper made with expected 0 size each build of a table's filter from
+// count: twice the rows the table holds, at least AutoMinItems (and at least twice the
+// items the filter holds, when the count fails). Without it such a keeper sizes filters
+// for AutoMinItems, or twice the items held. Its checks also ask for a rebuild when a
+// filter holds more items than it was sized for (see Check). Call before Open.
+func (k *Keeper) SizeFrom(count Counter) { k.count = count }
 
 // Open loads each table's filter from Redis; a table without a complete one there gets
 // an empty filter, marked incomplete (readers do not trust its bitmap) until a rebuild.
@@ -267,18 +289,40 @@ func (k *Keeper) checkCapacity(t *tableFilter) {
 	}
 	t.warned = true
 	k.m.overCapacity.WithLabelValues(t.spec.Name).Inc()
+	fix := "raise bloom.expected_items, or let the next rebuild (reconcile, or POST /bloom/rebuild) size it"
+	if k.auto {
+		fix = "none needed: the filter is rebuilt from the source, sized for twice the table's rows, at the keeper's next check"
+	}
 	k.log.Warn("the bloom filter holds more keys than it was sized for: its false-positive rate rises; the next rebuild is sized for twice as many",
 		zap.String("table", t.spec.Name), zap.Uint64("items", t.items), zap.Uint("sized_for", t.capacity),
 		zap.Float64("estimated_false_positive_rate", t.cur.EstimatedFalsePositiveRate(uint(t.items))),
-		zap.String("fix", "raise bloom.expected_items, or let the next rebuild (reconcile, or POST /bloom/rebuild) size it"))
+		zap.String("fix", fix))
+}
+
+// rowsOf returns the rows table i holds at the source (auto sizing), or 0 when unknown.
+func (k *Keeper) rowsOf(ctx context.Context, t *tableFilter) uint64 {
+	if !k.auto || k.count == nil {
+		return 0
+	}
+	n, err := k.count(ctx, t.idx)
+	if err != nil {
+		k.log.Warn("cannot count the table's rows to size its bloom filter; sizing it from the items it holds",
+			zap.String("table", t.spec.Name), zap.Error(err))
+		return 0
+	}
+	return n
 }
 
 // sizeFor returns the filter for the next rebuild of t: sized for the configured items,
-// or twice the items held when the table grew past them. Called with t.mu held.
-func (k *Keeper) sizeFor(t *tableFilter) *Filter {
+// or twice the table's rows (auto), or twice the items held when the table grew past
+// them. Called with t.mu held.
+func (k *Keeper) sizeFor(t *tableFilter, rows uint64) *Filter {
 	n := k.expected
 	if t.items > uint64(n) {
 		n = uint(2 * t.items)
+	}
+	if k.auto && rows > 0 {
+		n = max(uint(2*rows), AutoMinItems)
 	}
 	f := New(n, k.fp)
 	// Filters of different parameters must differ in length, so that readers can tell
@@ -316,8 +360,9 @@ func (k *Keeper) Rebuild(ctx context.Context, fill func(context.Context) error) 
 	defer k.rebuildMu.Unlock()
 	start := time.Now()
 	for _, t := range k.tables {
+		rows := k.rowsOf(ctx, t)
 		t.mu.Lock()
-		t.next, t.nextItems = k.sizeFor(t), 0
+		t.next, t.nextItems = k.sizeFor(t, rows), 0
 		t.seedNext()
 		t.mu.Unlock()
 	}
@@ -373,14 +418,18 @@ func (k *Keeper) RebuildFromSource(ctx context.Context) error {
 
 // Check verifies that Redis still holds each complete filter (meta and bitmap length)
 // and writes it again from memory when not (Redis lost its data, or the key was deleted
-// by hand). It reports whether some table has no complete filter (a rebuild is needed).
+// by hand). It reports whether some table has no complete filter, or (sized from the row
+// count) one that holds more items than it was sized for: a rebuild is needed.
 func (k *Keeper) Check(ctx context.Context) (needRebuild bool, err error) {
 	for _, t := range k.tables {
 		t.mu.Lock()
 		complete, cur := t.complete, t.cur
+		outgrown := k.auto && t.items > uint64(t.capacity)
 		t.mu.Unlock()
-		if !complete {
+		if !complete || outgrown {
 			needRebuild = true
+		}
+		if !complete {
 			continue
 		}
 		ok, err := t.mirror.Healthy(ctx, cur)

@@ -278,7 +278,10 @@ type Compensation struct {
 
 // Bloom sizes the Bloom filter and the TTLs of markers.
 type Bloom struct {
-	// ExpectedItems sizes the filter. Default 10000000.
+	// ExpectedItems sizes each table's filter. Unset (the default), each build of the
+	// filter (snapshot, reconciliation, rebuild) sizes it for twice the rows the table
+	// holds, at least 100000 items, and a filter that outgrows its size is rebuilt
+	// larger; set, every filter is sized for this many items.
 	ExpectedItems uint `mapstructure:"expected_items"`
 	// FalsePositiveRate sizes the filter, between 0 and 1 exclusive. Default 0.001.
 	FalsePositiveRate float64 `mapstructure:"false_positive_rate"`
@@ -355,7 +358,7 @@ func Default() Config {
 		Sink:         Sink{Workers: 8, BatchSize: 512, FlushInterval: 2 * time.Millisecond, QueueSize: 16384},
 		Checkpoint:   Checkpoint{Interval: time.Second},
 		Compensation: Compensation{PollInterval: time.Second, InitialBackoff: 500 * time.Millisecond, MaxBackoff: 5 * time.Minute, MaxAttempts: 20},
-		Bloom:        Bloom{ExpectedItems: 10_000_000, FalsePositiveRate: 0.001, NullTTL: 60 * time.Second, TombstoneTTL: 24 * time.Hour, KeyPrefix: "invsync:bloom:"},
+		Bloom:        Bloom{FalsePositiveRate: 0.001, NullTTL: 60 * time.Second, TombstoneTTL: 24 * time.Hour, KeyPrefix: "invsync:bloom:"},
 		Snapshot:     Snapshot{ChunkSize: 1000, ProgressInterval: 10 * time.Second},
 		Reconcile:    Reconcile{ChunkSize: 1000, Repair: true, RecheckFor: 5 * time.Second},
 		HTTP:         HTTP{Listen: "127.0.0.1:9108"},
@@ -417,6 +420,9 @@ func Parse(data []byte, name string) (*Config, error) {
 		}
 	}
 	var problems []string
+	if cfg.Bloom.ExpectedItems == 0 && (v.InConfig("bloom.expected_items") || os.Getenv("INVSYNC_BLOOM_EXPECTED_ITEMS") != "") {
+		problems = append(problems, "bloom.expected_items must be positive (fix: remove it to size each filter from its table's rows, or set the items to size for)")
+	}
 	for _, p := range []struct {
 		key      string
 		password *string

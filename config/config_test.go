@@ -146,3 +146,24 @@ tables:
 		}
 	}
 }
+
+// bloom.expected_items unset sizes each filter from its table's rows (0); set, it is
+// kept; set to 0 (in the file or the environment), it is refused with the fix.
+func TestBloomExpectedItems(t *testing.T) {
+	c, err := Parse([]byte(minimal), "t.yaml")
+	if err != nil || c.Bloom.ExpectedItems != 0 {
+		t.Fatalf("unset: got %v, %v; want 0 (sized from the rows)", c, err)
+	}
+	c, err = Parse([]byte(minimal+"bloom: { expected_items: 5000 }\n"), "t.yaml")
+	if err != nil || c.Bloom.ExpectedItems != 5000 {
+		t.Fatalf("set: got %v, %v", c, err)
+	}
+	_, err = Parse([]byte(minimal+"bloom: { expected_items: 0 }\n"), "t.yaml")
+	if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "bloom.expected_items must be positive") || !strings.Contains(err.Error(), "fix:") {
+		t.Fatalf("0 in the file: got %v", err)
+	}
+	t.Setenv("INVSYNC_BLOOM_EXPECTED_ITEMS", "0")
+	if _, err = Parse([]byte(minimal), "t.yaml"); err == nil || !strings.Contains(err.Error(), "bloom.expected_items must be positive") {
+		t.Fatalf("0 in the environment: got %v", err)
+	}
+}

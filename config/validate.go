@@ -179,9 +179,6 @@ func (c *Config) validateTuning(add func(format string, args ...any)) {
 	if c.Compensation.MaxAttempts < 1 {
 		add("compensation.max_attempts must be at least 1")
 	}
-	if c.Bloom.ExpectedItems == 0 {
-		add("bloom.expected_items must be positive")
-	}
 	if !(c.Bloom.FalsePositiveRate > 0 && c.Bloom.FalsePositiveRate < 1) {
 		add("bloom.false_positive_rate %v must be between 0 and 1 exclusive (fix: e.g. 0.001)", c.Bloom.FalsePositiveRate)
 	}

@@ -35,7 +35,16 @@ func newKeeper(cfg *config.Config, src source.Config, rdb redis.UniversalClient,
 		defer conn.Close()
 		return snapshot.ScanKeys(ctx, conn, tables[i], keyScanChunk, add)
 	}
-	return bloom.NewKeeper(rdb, specs, cfg.Bloom.ExpectedItems, cfg.Bloom.FalsePositiveRate, scan, log, m)
+	k := bloom.NewKeeper(rdb, specs, cfg.Bloom.ExpectedItems, cfg.Bloom.FalsePositiveRate, scan, log, m)
+	k.SizeFrom(func(ctx context.Context, i int) (uint64, error) {
+		conn, err := src.Dial(ctx)
+		if err != nil {
+			return 0, err
+		}
+		defer conn.Close()
+		return snapshot.CountRows(ctx, conn, tables[i])
+	})
+	return k
 }
 
 // rebuildHandler is POST /bloom/rebuild: it rebuilds every table's filter from a scan

@@ -87,8 +87,8 @@ func newEnv(t *testing.T, tables ...tableSpec) *env {
 		}
 		cfg.Tables = append(cfg.Tables, config.Table{Schema: schema, Table: ts.name, KeyPrefix: testenv.Prefix(t, rdb), VersionColumn: ts.version})
 	}
-	// Sized for the tests' tables (the default, 10M keys, takes 17 MiB per table).
-	cfg.Bloom.ExpectedItems = 1_000_000
+	// Bloom filters are sized from the tables' rows (the default) unless a test sets
+	// cfg.Bloom.ExpectedItems.
 	t.Cleanup(func() {
 		for _, tc := range cfg.Tables {
 			rdb.Del(context.Background(), cfg.BloomKey(tc), cfg.BloomKey(tc)+":meta")
@@ -400,8 +400,12 @@ func renderConfig(cfg *config.Config) string {
 	fmt.Fprintf(&b, "sink: { workers: %d, batch_size: %d, flush_interval: %s }\n", cfg.Sink.Workers, cfg.Sink.BatchSize, cfg.Sink.FlushInterval)
 	fmt.Fprintf(&b, "http: { listen: %q }\n", cfg.HTTP.Listen)
 	fmt.Fprintf(&b, "log: { level: %s, format: %s }\n", cfg.Log.Level, cfg.Log.Format)
-	fmt.Fprintf(&b, "bloom: { expected_items: %d, false_positive_rate: %v, null_ttl: %s, tombstone_ttl: %s, key_prefix: %q }\n",
-		cfg.Bloom.ExpectedItems, cfg.Bloom.FalsePositiveRate, cfg.Bloom.NullTTL, cfg.Bloom.TombstoneTTL, cfg.Bloom.KeyPrefix)
+	expected := ""
+	if cfg.Bloom.ExpectedItems > 0 {
+		expected = fmt.Sprintf("expected_items: %d, ", cfg.Bloom.ExpectedItems)
+	}
+	fmt.Fprintf(&b, "bloom: { %sfalse_positive_rate: %v, null_ttl: %s, tombstone_ttl: %s, key_prefix: %q }\n",
+		expected, cfg.Bloom.FalsePositiveRate, cfg.Bloom.NullTTL, cfg.Bloom.TombstoneTTL, cfg.Bloom.KeyPrefix)
 	if cfg.Snapshot.ChunkSize > 0 {
 		fmt.Fprintf(&b, "snapshot: { chunk_size: %d, rows_per_second: %d }\n", cfg.Snapshot.ChunkSize, cfg.Snapshot.RowsPerSecond)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	bloomv3 "github.com/bits-and-blooms/bloom/v3"
+	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/client"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
@@ -563,4 +564,52 @@ func TestLookupByAnotherSpellingFillsTheRowsOwnKey(t *testing.T) {
 	// The daemon keeps that one key up to date.
 	execAll(t, e.db, "UPDATE ci SET stock = 6 WHERE name = 'ABC'")
 	e.waitEqual(30 * time.Second)
+}
+
+// Issue 17 (memory): with bloom.expected_items unset, the snapshot sizes a table's filter
+// from its rows (a 2,000-row table gets the smallest filter, not one for ten million keys),
+// and a table that then outgrows it through the binlog gets a filter rebuilt larger by the
+// daemon on its own, with every row still found.
+func TestBloomIsSizedFromTheTableRows(t *testing.T) {
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	e.cfg.Bloom.ExpectedItems = 0
+	loadRows(t, e, 2_000)
+	r := e.start(nil)
+	waitReady(t, r)
+	ctx := context.Background()
+	key := e.cfg.BloomKey(e.cfg.Tables[0])
+	if n := e.rdb.StrLen(ctx, key).Val(); n > 200_000 {
+		t.Fatalf("the bitmap of a 2,000-row table is %d bytes, want at most 200,000", n)
+	}
+	if got := counterSum(t, r.d.Registry(), "invsync_bloom_capacity_items"); got < float64(bloom.AutoMinItems) || got > 1.01*float64(bloom.AutoMinItems) {
+		t.Fatalf("a 2,000-row table's filter is sized for %v items, want %d", got, bloom.AutoMinItems)
+	}
+	// 150,000 more rows through the binlog: past the filter's size.
+	for base := 2_000; base < 152_000; base += 5_000 {
+		var sb strings.Builder
+		sb.WriteString("INSERT INTO inventory (sku, stock, version) VALUES ")
+		for j := base; j < base+5_000; j++ {
+			if j > base {
+				sb.WriteByte(',')
+			}
+			fmt.Fprintf(&sb, "(%d, 1, 1)", j)
+		}
+		_, err := e.db.Exec(sb.String())
+		testenv.Must(t, err, "insert")
+	}
+	e.waitEqual(60 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for counterSum(t, r.d.Registry(), "invsync_bloom_capacity_items") < 300_000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the filter of 152,000 rows is still sized for %v items after 30 s, want at least 300,000 (rebuilds: %v)",
+				counterSum(t, r.d.Registry(), "invsync_bloom_capacity_items"), counterSum(t, r.d.Registry(), "invsync_bloom_rebuilds_total"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c := e.client(t, &testLoader{db: e.db, version: "version"}, nil)
+	for sku := 0; sku < 152_000; sku += 997 {
+		if ok, err := c.MayExist(ctx, "inventory", strconv.Itoa(sku)); err != nil || !ok {
+			t.Fatalf("present SKU %d reported absent after the resize (%v)", sku, err)
+		}
+	}
 }

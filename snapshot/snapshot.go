@@ -164,6 +164,25 @@ func estimateRows(conn *client.Conn, t *source.Table) int64 {
 	return n
 }
 
+// CountRows returns how many rows t holds (an exact COUNT(*): the estimate of
+// information_schema lags far behind a bulk load, and a Bloom filter sized from it would
+// be too small).
+func CountRows(ctx context.Context, conn *client.Conn, t *source.Table) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	res, err := conn.Execute("SELECT COUNT(*) FROM " + source.QuoteIdent(t.Schema) + "." + source.QuoteIdent(t.Name))
+	if err != nil {
+		return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), err)
+	}
+	defer res.Close()
+	n, err := res.GetUint(0, 0)
+	if err != nil {
+		return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), err)
+	}
+	return n, nil
+}
+
 // tableQuery is how the rows of one table are selected and turned into changes.
 type tableQuery struct {
 	t         *source.Table
