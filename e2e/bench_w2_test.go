@@ -14,7 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// w2Rows and w2Rounds size workload W2.
+// w2Rows and w2Rounds size workload W2 (INVSYNC_W2_ROUNDS=N runs N rounds, to profile
+// one: INVSYNC_CPUPROFILE=/tmp/w2-%c.prof).
 const (
 	w2Rows   = 1_000_000
 	w2Rounds = 3
@@ -58,7 +59,11 @@ func BenchmarkW2DistinctKeys(b *testing.B) {
 		restoreKeys(b, rdb, emptyBloom)
 	}
 	var floors, catchUps, snapshots []float64
-	for round := 1; round <= w2Rounds; round++ {
+	rounds := w2Rounds
+	if n, err := strconv.Atoi(os.Getenv("INVSYNC_W2_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	for round := 1; round <= rounds; round++ {
 		floor, floorRedis := redisFloor(b, rdb, e.cfg.Tables[0].KeyPrefix+"floor:")
 
 		reset()
@@ -97,7 +102,7 @@ func BenchmarkW2DistinctKeys(b *testing.B) {
 	b.ReportMetric(c/f, "catchup-x-floor")
 	b.ReportMetric(s/f, "snapshot-x-floor")
 	b.Logf("W2 (median of %d rounds): Redis floor %.2fs; invsync catch-up %.2fs (%.2fx the floor; target <= 1.5x); invsync snapshot %.2fs (%.2fx; target <= 1.5x)",
-		w2Rounds, f, c, c/f, s, s/f)
+		rounds, f, c, c/f, s, s/f)
 }
 
 // redisFloor writes the rows loadRows writes as pipelined HSETs under prefix (one

@@ -49,6 +49,8 @@ type keyQueue struct {
 	closed   bool
 	ready    chan struct{} // signalled when an entry was added or the queue closed
 	hasRoom  chan struct{} // signalled when entries were taken
+	nearFull chan struct{} // signalled when an entry added left less than room places
+	room     int           // the places urgent was last asked about (q.mu)
 }
 
 // errQueueClosed is returned by put after close.
@@ -61,6 +63,7 @@ func newKeyQueue(limit int) *keyQueue {
 		limit:    limit,
 		ready:    make(chan struct{}, 1),
 		hasRoom:  make(chan struct{}, 1),
+		nearFull: make(chan struct{}, 1),
 	}
 }
 
@@ -112,8 +115,12 @@ func (q *keyQueue) put(ctx context.Context, hash uint64, c layout.Change, image 
 				q.byHash[hash] = e
 			}
 			q.order = append(q.order, e)
+			near := q.room > 0 && q.len() > q.limit-q.room
 			q.mu.Unlock()
 			signal(q.ready)
+			if near {
+				signal(q.nearFull)
+			}
 			return false, nil
 		}
 		q.mu.Unlock()
@@ -154,13 +161,15 @@ func (q *keyQueue) take(dst []*entry, max int) ([]*entry, bool) {
 	return dst, q.closed && q.head == len(q.order)
 }
 
-// urgent reports whether the queue must be written now, even while catching up: it is
-// full (the reader waits for room), closed, or its oldest key has waited since before
-// oldest (unix nanos).
-func (q *keyQueue) urgent(oldest int64) bool {
+// urgent reports whether the queue must be written now, even while catching up: it has
+// less than room places left (the reader is about to wait for room: holding its keys
+// longer would only stall the reader, and with it every other worker), is closed, or its
+// oldest key has waited since before oldest (unix nanos).
+func (q *keyQueue) urgent(oldest int64, room int) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.closed || q.len() >= q.limit || (q.head < len(q.order) && q.order[q.head].at <= oldest)
+	q.room = room
+	return q.closed || q.len() > q.limit-room || (q.head < len(q.order) && q.order[q.head].at <= oldest)
 }
 
 // len is the number of waiting keys; q.mu must be held.

@@ -110,8 +110,8 @@ func (s *Sink) pause(err error) func() {
 }
 
 // Catching up: while the newest commit read is more than behindAfter old and the
-// reader is busy, workers leave keys waiting (up to catchUpMaxHold, or until a queue is
-// full) so that later changes of the same keys replace them instead of each costing a
+// reader is busy, workers leave keys waiting (up to catchUpMaxHold, or until a queue has
+// less than a batch of room left) so that later changes of the same keys replace them instead of each costing a
 // Redis write, and the CPU goes to reading. Once the reader is idle for readerIdle, or
 // the stream is recent, keys are written at once.
 const (
@@ -242,7 +242,7 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 		}
 		// Block for the first entries, then, if the batch is not full, wait up to
 		// flush_interval for more.
-		if err := s.waitForTurn(ctx, q, &timer); err != nil {
+		if err := s.waitForTurn(ctx, q, bs, &timer); err != nil {
 			return err
 		}
 		var done bool
@@ -339,10 +339,10 @@ func (s *Sink) acknowledge(batch []*entry, out []layout.Outcome) {
 
 // waitForTurn returns when the worker should write: at once unless catching up with a
 // busy reader (see catchUpMaxHold).
-func (s *Sink) waitForTurn(ctx context.Context, q *keyQueue, timer **time.Timer) error {
+func (s *Sink) waitForTurn(ctx context.Context, q *keyQueue, bs int, timer **time.Timer) error {
 	for s.behind.Load() {
 		now := time.Now().UnixNano()
-		if now-s.lastRead.Load() > int64(readerIdle) || q.urgent(now-int64(catchUpMaxHold)) {
+		if now-s.lastRead.Load() > int64(readerIdle) || q.urgent(now-int64(catchUpMaxHold), bs) {
 			return nil
 		}
 		if *timer == nil {
@@ -352,6 +352,8 @@ func (s *Sink) waitForTurn(ctx context.Context, q *keyQueue, timer **time.Timer)
 		}
 		select {
 		case <-(*timer).C:
+		case <-q.nearFull:
+			(*timer).Stop()
 		case <-ctx.Done():
 			(*timer).Stop()
 			return ctx.Err()

@@ -383,3 +383,47 @@ func testenvFlush(t *testing.T, s *Sink) {
 		t.Fatal(err)
 	}
 }
+
+// Catching up over distinct keys (a bulk import, a long outage): a worker whose queue
+// has less than a batch of room left writes at once, while the reader goes on, instead
+// of holding its keys until the queue is full, the reader stalls or the oldest key has
+// waited catchUpMaxHold. Otherwise each worker writes only while the reader waits on its
+// queue, one worker at a time.
+func TestCatchingUpWritesAQueueThatIsNearlyFull(t *testing.T) {
+	w := &fakeWriter{}
+	s, _, _ := startSink(t, w) // one worker: batch 16, queue 64
+	ctx := context.Background()
+	old := time.Now().Add(-time.Hour)
+	commit := func(txn uint64, rows ...canal.Row) {
+		t.Helper()
+		for _, r := range rows {
+			r.Txn = txn
+			if err := s.Row(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Commit(ctx, canal.Commit{Txn: txn, Rows: len(rows), Pos: pos(uint32(100 + txn)), Time: old}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit(1, row("k:first", 101, "1")) // the stream is an hour behind: catching up
+	var rows []canal.Row
+	for i := range 55 {
+		rows = append(rows, row("k:"+strconv.Itoa(i), uint32(200+i), "1"))
+	}
+	commit(2, rows...) // 56 keys wait: less than a batch of room in 64
+	// The reader stays busy with changes of a key that waits already (they coalesce).
+	deadline := time.Now().Add(time.Second)
+	for txn := uint64(3); time.Now().Before(deadline); txn++ {
+		commit(txn, row("k:first", uint32(1000+txn), strconv.FormatUint(txn, 10)))
+	}
+	n := 0
+	for _, c := range w.changes() {
+		if c.Key != "k:first" {
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatal("a queue with less than a batch of room was held for a second while catching up; want it written at once")
+	}
+}

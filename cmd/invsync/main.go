@@ -80,8 +80,12 @@ func tuneGC(lookup func(string) (string, bool)) {
 func main() {
 	redis.SetLogger(quietLogger{})
 	tuneGC(os.LookupEnv)
-	// INVSYNC_CPUPROFILE=FILE writes a CPU profile of the command (for benchmarks).
+	// INVSYNC_CPUPROFILE=FILE writes a CPU profile of the command (for benchmarks); %c in
+	// FILE stands for the command's name.
 	if path := os.Getenv("INVSYNC_CPUPROFILE"); path != "" {
+		if len(os.Args) > 1 {
+			path = strings.ReplaceAll(path, "%c", os.Args[1])
+		}
 		if f, err := os.Create(path); err == nil {
 			if err := pprof.StartCPUProfile(f); err == nil {
 				code := run(os.Args[1:], os.Stdout, os.Stderr)
