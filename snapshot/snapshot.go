@@ -14,6 +14,7 @@ import (
 	"hash/maphash"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
@@ -145,9 +146,12 @@ func (s *Snapshot) Run(ctx context.Context, position func(context.Context) (sour
 }
 
 type run struct {
-	s                      *Snapshot
-	conn                   *client.Conn
-	start, lastReport      time.Time
+	s     *Snapshot
+	conn  *client.Conn
+	start time.Time
+	// mu guards the counts and lastReport below: chunkWriters write chunks at once.
+	mu                     sync.Mutex
+	lastReport             time.Time
 	rows, applied, skipped int64
 	swept                  int64
 	estimate               int64
@@ -354,20 +358,28 @@ func (r *run) table(ctx context.Context, t *source.Table, p0 source.Position) er
 	}
 }
 
-// startWriter starts the writer that applies one chunk while the next is read: send
-// chunks on writes; failed is closed when a write fails; finish ends the writer and
-// returns its error.
+// chunkWriters is how many chunks are written at once. A chunk's keys are its own (the
+// keyset pages do not overlap), so their order does not matter; several in flight keep
+// Redis busy while the daemon renders the next ones and waits for replies.
+const chunkWriters = 4
+
+// startWriter starts the writers that apply chunks while the next ones are read: send
+// chunks on writes; failed is closed when a write fails; finish ends the writers and
+// returns the first error.
 func (r *run) startWriter(ctx context.Context, t *source.Table) (writes chan<- []layout.Change, failed <-chan struct{}, finish func() error) {
-	ch := make(chan []layout.Change, 1)
+	ch := make(chan []layout.Change, chunkWriters)
 	fail := make(chan struct{})
+	var once sync.Once
 	var writer errgroup.Group
-	writer.Go(func() error {
-		err := r.writeChunks(ctx, t, ch)
-		if err != nil {
-			close(fail)
-		}
-		return err
-	})
+	for range chunkWriters {
+		writer.Go(func() error {
+			err := r.writeChunks(ctx, t, ch)
+			if err != nil {
+				once.Do(func() { close(fail) })
+			}
+			return err
+		})
+	}
 	return ch, fail, func() error {
 		close(ch)
 		return writer.Wait()
@@ -380,6 +392,7 @@ func (r *run) write(ctx context.Context, changes []layout.Change, out []layout.O
 	for {
 		err := r.s.w.Apply(ctx, changes, out[:len(changes)])
 		var failed []layout.Change
+		r.mu.Lock()
 		for i, o := range out[:len(changes)] {
 			switch o.Result {
 			case layout.Applied:
@@ -392,6 +405,7 @@ func (r *run) write(ctx context.Context, changes []layout.Change, out []layout.O
 				failed = append(failed, changes[i])
 			}
 		}
+		r.mu.Unlock()
 		if len(failed) == 0 {
 			return nil
 		}
@@ -417,10 +431,13 @@ func (r *run) report(table string, final bool) {
 		return
 	}
 	now := time.Now()
+	r.mu.Lock()
 	if !final && now.Sub(r.lastReport) < min(r.s.opts.ProgressInterval, time.Second) {
+		r.mu.Unlock()
 		return
 	}
 	r.lastReport = now
+	defer r.mu.Unlock() // progress is called by one writer at a time
 	p := Progress{Table: table, Rows: r.rows, Estimate: r.estimate, Elapsed: now.Sub(r.start)}
 	if secs := p.Elapsed.Seconds(); secs > 0 {
 		p.RowsPerS = float64(r.rows) / secs
