@@ -248,8 +248,9 @@ type Sink struct {
 	Workers int `mapstructure:"workers"`
 	// BatchSize is the most rows one writer sends in one pipeline. Default 512.
 	BatchSize int `mapstructure:"batch_size" live:"true"`
-	// FlushInterval is how long a writer waits for more rows to fill a batch once its
-	// queue ran dry. Default 2ms.
+	// FlushInterval is how long a writer under load (its last batch was at least half
+	// of batch_size) waits for more rows to fill a batch once its queue ran dry; a writer
+	// that keeps up writes each row at once. Default 2ms.
 	FlushInterval time.Duration `mapstructure:"flush_interval" live:"true"`
 	// QueueSize is the capacity of each writer's queue, in distinct keys: a change of a
 	// key that is already waiting replaces it (coalescing), so when Redis falls behind,

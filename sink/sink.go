@@ -234,14 +234,15 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 	changes := make([]layout.Change, 0, bs)
 	out := make([]layout.Outcome, bs)
 	var timer *time.Timer
+	loaded := false // the last batch was at least half full
 	for {
 		// batch_size and flush_interval can change while running (config reload).
 		bs, fi = s.tuning()
 		if len(out) < bs {
 			out = make([]layout.Outcome, bs)
 		}
-		// Block for the first entries, then, if the batch is not full, wait up to
-		// flush_interval for more.
+		// Block for the first entries, then, if the batch is not full and the worker is
+		// under load, wait up to flush_interval for more.
 		if err := s.waitForTurn(ctx, q, bs, &timer); err != nil {
 			return err
 		}
@@ -257,7 +258,10 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 			}
 			continue
 		}
-		if len(batch) < bs && !done && fi > 0 {
+		// Linger only under load (the last batch was at least half full): a worker that
+		// keeps up writes a row at once, and rows that arrive meanwhile form the next
+		// batch on their own.
+		if len(batch) < bs && !done && fi > 0 && loaded {
 			var err error
 			if batch, done, err = s.linger(ctx, q, batch, done, bs, fi, &timer); err != nil {
 				return err
@@ -267,6 +271,7 @@ func (s *Sink) work(ctx context.Context, id int, q *keyQueue) error {
 			s.busy.Add(-1)
 			return nil // closed and drained
 		}
+		loaded = 2*len(batch) >= bs
 		changes = s.changesOf(log, batch, changes[:0])
 		if err := s.write(ctx, log, changes, batch, out[:len(changes)]); err != nil {
 			return err

@@ -427,3 +427,26 @@ func TestCatchingUpWritesAQueueThatIsNearlyFull(t *testing.T) {
 		t.Fatal("a queue with less than a batch of room was held for a second while catching up; want it written at once")
 	}
 }
+
+// A row that arrives while the worker is not under load (its last batch was small) is
+// written at once, not after flush_interval: lingering to fill a batch pays only when
+// batches fill (W3: at 2,000 rows/s the p50 from commit to Redis fell from 2.4 ms to
+// 0.24 ms). The linger applies again once batches are at least half full.
+func TestAnIdleWorkerWritesWithoutLingering(t *testing.T) {
+	w := &fakeWriter{}
+	m := metrics.New(prometheus.NewRegistry())
+	wm := NewWatermark(pos(4), time.Now)
+	s := New(config.Sink{Workers: 1, BatchSize: 16, QueueSize: 64, FlushInterval: time.Hour}, []string{"shop.inventory"}, w, wm, m, zap.NewNop(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		s.Close()
+		cancel()
+		<-done
+	}()
+	for i := range 3 {
+		commitRows(t, s, uint64(i+1), uint32(100+10*i), row("k:"+strconv.Itoa(i), uint32(100+10*i), "1"))
+		waitUntil(t, func() bool { return len(w.changes()) == i+1 })
+	}
+}
