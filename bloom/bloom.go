@@ -59,6 +59,13 @@ func (f *Filter) Test(item string) bool { return f.f.TestString(item) }
 // Count estimates the number of items added.
 func (f *Filter) Count() uint32 { return f.f.ApproximatedSize() }
 
+// saturated is the share of bits set beyond which a filter holds more items than it was
+// sized for (a filter at its capacity has about half its bits set).
+const saturated = 0.55
+
+// fill is the share of f's bits that are set.
+func (f *Filter) fill() float64 { return float64(f.f.BitSet().Count()) / float64(f.M()) }
+
 // EstimatedFalsePositiveRate is the rate expected with n items: (1 - e^(-kn/m))^k.
 func (f *Filter) EstimatedFalsePositiveRate(n uint) float64 {
 	return FalsePositiveRate(f.M(), f.K(), n)

@@ -39,6 +39,21 @@ type Counter func(ctx context.Context, table int) (uint64, error)
 // 180 KB at a false-positive rate of 0.001).
 const AutoMinItems uint = 100_000
 
+// maxBits is the largest bitmap a filter gets: Redis holds strings of at most 512 MB
+// (2^32 bits) and sets bits only below offset 2^32.
+const maxBits = 1<<32 - 1024
+
+// MaxItems is the most items a filter is sized for at the false-positive rate fp (about
+// 149 million at 0.001): beyond them the bitmap would not fit in a Redis string, so a
+// bigger table gets this filter and a higher false-positive rate.
+func MaxItems(fp float64) uint { return Capacity(maxBits, fp) }
+
+// AutoItems is the size of a filter made from the row count: twice rows, at least
+// AutoMinItems, at most MaxItems(fp).
+func AutoItems(rows uint64, fp float64) uint {
+	return min(max(uint(2*min(rows, 1<<40)), AutoMinItems), MaxItems(fp))
+}
+
 // Keeper maintains the filters of the mirrored tables for the daemon: in process, and in
 // Redis. Every writer of rows calls Ensure before it writes them (Wrap does), so a row
 // readable in Redis always has its bits set there, and a checkpoint that covers a row
@@ -209,6 +224,11 @@ func (k *Keeper) Open(ctx context.Context) error {
 			t.cur, t.complete = f, true
 			t.items = uint64(f.Count())
 			t.capacity = Capacity(f.M(), k.fp)
+			if k.auto && f.fill() > saturated {
+				// More bits set than a filter within its size has (its item estimate is
+				// then meaningless): the next check rebuilds it larger.
+				t.items = max(t.items, uint64(t.capacity)+1)
+			}
 		} else {
 			t.cur, t.complete = New(k.expected, k.fp), false
 			t.items, t.capacity = 0, k.expected
@@ -299,30 +319,37 @@ func (k *Keeper) checkCapacity(t *tableFilter) {
 		zap.String("fix", fix))
 }
 
-// rowsOf returns the rows table i holds at the source (auto sizing), or 0 when unknown.
-func (k *Keeper) rowsOf(ctx context.Context, t *tableFilter) uint64 {
+// rowsOf returns the rows table i holds at the source (auto sizing); ok is false when
+// unknown.
+func (k *Keeper) rowsOf(ctx context.Context, t *tableFilter) (n uint64, ok bool) {
 	if !k.auto || k.count == nil {
-		return 0
+		return 0, false
 	}
 	n, err := k.count(ctx, t.idx)
 	if err != nil {
 		k.log.Warn("cannot count the table's rows to size its bloom filter; sizing it from the items it holds",
 			zap.String("table", t.spec.Name), zap.Error(err))
-		return 0
+		return 0, false
 	}
-	return n
+	return n, true
 }
 
 // sizeFor returns the filter for the next rebuild of t: sized for the configured items,
 // or twice the table's rows (auto), or twice the items held when the table grew past
 // them. Called with t.mu held.
-func (k *Keeper) sizeFor(t *tableFilter, rows uint64) *Filter {
+func (k *Keeper) sizeFor(t *tableFilter, rows uint64, counted bool) *Filter {
 	n := k.expected
 	if t.items > uint64(n) {
-		n = uint(2 * t.items)
+		n = uint(2 * min(t.items, 1<<40))
 	}
-	if k.auto && rows > 0 {
-		n = max(uint(2*rows), AutoMinItems)
+	if k.auto && counted {
+		n = AutoItems(rows, k.fp)
+	}
+	if lim := MaxItems(k.fp); n > lim {
+		k.log.Warn("the bloom filter this table needs would not fit in a Redis string (512 MB); it is capped, and its false-positive rate rises",
+			zap.String("table", t.spec.Name), zap.Uint("items", n), zap.Uint("capped_at", lim),
+			zap.String("fix", "raise bloom.false_positive_rate for this table's size, or accept the higher rate"))
+		n = lim
 	}
 	f := New(n, k.fp)
 	// Filters of different parameters must differ in length, so that readers can tell
@@ -356,18 +383,23 @@ func (k *Keeper) ScannedMany(table int, pks []string) {
 // written through Ensure, or keys passed to Scanned), then swaps each one in: Redis
 // first (RENAME), then memory. Keys written while fill runs go into the new filters too.
 func (k *Keeper) Rebuild(ctx context.Context, fill func(context.Context) error) error {
+	return k.rebuild(ctx, k.tables, fill)
+}
+
+// rebuild is Rebuild of tables only (the others keep their filters).
+func (k *Keeper) rebuild(ctx context.Context, tables []*tableFilter, fill func(context.Context) error) error {
 	k.rebuildMu.Lock()
 	defer k.rebuildMu.Unlock()
 	start := time.Now()
-	for _, t := range k.tables {
-		rows := k.rowsOf(ctx, t)
+	for _, t := range tables {
+		rows, counted := k.rowsOf(ctx, t)
 		t.mu.Lock()
-		t.next, t.nextItems = k.sizeFor(t, rows), 0
+		t.next, t.nextItems = k.sizeFor(t, rows, counted), 0
 		t.seedNext()
 		t.mu.Unlock()
 	}
 	drop := func() {
-		for _, t := range k.tables {
+		for _, t := range tables {
 			t.mu.Lock()
 			t.next = nil
 			t.mu.Unlock()
@@ -379,12 +411,19 @@ func (k *Keeper) Rebuild(ctx context.Context, fill func(context.Context) error) 
 	}
 	k.swap.Lock()
 	defer k.swap.Unlock()
-	for _, t := range k.tables {
+	for _, t := range tables {
 		t.mu.Lock()
 		next, items := t.next, t.nextItems
 		t.mu.Unlock()
 		if err := t.mirror.Replace(ctx, next); err != nil {
 			drop()
+			// Redis may hold the new bitmap under the old meta (the swap failed half way):
+			// readers must not trust it, and bits set with the old parameters would land
+			// in it. The next check rebuilds it.
+			t.mu.Lock()
+			t.complete = false
+			t.mu.Unlock()
+			_ = t.mirror.Invalidate(ctx)
 			return fmt.Errorf("bloom: %w", err)
 		}
 		t.mu.Lock()
@@ -403,17 +442,35 @@ func (k *Keeper) Rebuild(ctx context.Context, fill func(context.Context) error) 
 
 // RebuildFromSource rebuilds every filter from a scan of the source's primary keys.
 func (k *Keeper) RebuildFromSource(ctx context.Context) error {
+	return k.rebuildFromSource(ctx, k.tables)
+}
+
+func (k *Keeper) rebuildFromSource(ctx context.Context, tables []*tableFilter) error {
 	if k.scan == nil {
 		return errors.New("bloom: no scanner to rebuild from")
 	}
-	return k.Rebuild(ctx, func(ctx context.Context) error {
-		for i := range k.tables {
-			if err := k.scan(ctx, i, func(pk string) { k.Scanned(i, pk) }); err != nil {
-				return fmt.Errorf("bloom: scan %s: %w", k.tables[i].spec.Name, err)
+	return k.rebuild(ctx, tables, func(ctx context.Context) error {
+		for _, t := range tables {
+			if err := k.scan(ctx, t.idx, func(pk string) { k.Scanned(t.idx, pk) }); err != nil {
+				return fmt.Errorf("bloom: scan %s: %w", t.spec.Name, err)
 			}
 		}
 		return nil
 	})
+}
+
+// needing returns the tables whose filter is incomplete or (sized from the row count)
+// outgrown.
+func (k *Keeper) needing() []*tableFilter {
+	var out []*tableFilter
+	for _, t := range k.tables {
+		t.mu.Lock()
+		if !t.complete || (k.auto && t.items > uint64(t.capacity)) {
+			out = append(out, t)
+		}
+		t.mu.Unlock()
+	}
+	return out
 }
 
 // Check verifies that Redis still holds each complete filter (meta and bitmap length)
@@ -500,8 +557,13 @@ func (k *Keeper) Run(ctx context.Context, interval time.Duration) {
 			k.log.Debug("bloom check failed; will check again", zap.Error(err))
 		}
 		if need && k.scan != nil && time.Now().After(nextTry) {
-			k.log.Info("building the bloom filters from a scan of the source's primary keys")
-			if err := k.RebuildFromSource(ctx); err != nil {
+			tables := k.needing()
+			names := make([]string, len(tables))
+			for i, t := range tables {
+				names[i] = t.spec.Name
+			}
+			k.log.Info("building bloom filters from a scan of the source's primary keys", zap.Strings("tables", names))
+			if err := k.rebuildFromSource(ctx, tables); err != nil {
 				if ctx.Err() != nil {
 					return
 				}

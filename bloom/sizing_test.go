@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	bloomv3 "github.com/bits-and-blooms/bloom/v3"
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
@@ -134,5 +135,104 @@ func TestKeeperKeepsAConfiguredSize(t *testing.T) {
 	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
 	if c := k.Stats()[0].Capacity; c < 50_000 || c > 50_500 {
 		t.Fatalf("configured for 50,000 items, the filter holds %d", c)
+	}
+}
+
+// A filter sized from the row count never outgrows a Redis string: a table of billions
+// of rows gets the biggest filter that fits (and a higher false-positive rate).
+func TestAutoItemsAreCapped(t *testing.T) {
+	if got := bloom.AutoItems(0, 0.001); got != bloom.AutoMinItems {
+		t.Errorf("0 rows: %d items, want %d", got, bloom.AutoMinItems)
+	}
+	if got := bloom.AutoItems(1_000_000, 0.001); got != 2_000_000 {
+		t.Errorf("1M rows: %d items, want 2M", got)
+	}
+	for _, rows := range []uint64{200_000_000, 5_000_000_000, 1 << 63} {
+		got := bloom.AutoItems(rows, 0.001)
+		if got != bloom.MaxItems(0.001) {
+			t.Errorf("%d rows: %d items, want the cap %d", rows, got, bloom.MaxItems(0.001))
+		}
+		if m, _ := bloomv3.EstimateParameters(got, 0.001); m >= 1<<32 {
+			t.Errorf("%d rows: a filter of %d bits, past Redis's 2^32", rows, m)
+		}
+	}
+}
+
+// A table counted empty gets the smallest filter (an empty count is a count, not a
+// failure to fall back from); a swap that fails half way leaves the filter untrusted
+// (incomplete, its meta deleted) for the next check to rebuild, never the new bitmap
+// under the old parameters.
+func TestKeeperEmptyTableAndFailedSwap(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	prefix := testenv.Prefix(t, rdb)
+	key := prefix + "bloom"
+	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	var rows atomic.Int64
+	var keys atomic.Int64
+	scan := func(ctx context.Context, table int, add func(string)) error {
+		for i := range keys.Load() {
+			add(strconv.FormatInt(i, 10))
+		}
+		return nil
+	}
+	k, _ := newKeeper(t, rdb, prefix, key, 0, scan)
+	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(rows.Load()), nil })
+	rows.Store(300_000)
+	keys.Store(300_000)
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	rows.Store(0)
+	keys.Store(0)
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	if c := k.Stats()[0].Capacity; c > bloom.AutoMinItems+bloom.AutoMinItems/100 {
+		t.Fatalf("an empty table's filter holds %d items, want %d", c, bloom.AutoMinItems)
+	}
+	// The meta write of the next swap fails (its key holds another type).
+	rows.Store(200_000)
+	testenv.Must(t, rdb.Set(ctx, key+":meta", "not a hash", 0).Err(), "break meta")
+	if err := k.RebuildFromSource(ctx); err == nil {
+		t.Fatal("a swap whose meta write failed reported success")
+	}
+	if k.Complete() {
+		t.Fatal("after a failed swap the filter still reports complete: bits of the old size would land in the new bitmap")
+	}
+	if n := rdb.Exists(ctx, key+":meta").Val(); n != 0 {
+		t.Fatal("after a failed swap the meta was left for readers")
+	}
+	if need, err := k.Check(ctx); err != nil || !need {
+		t.Fatalf("after a failed swap the check does not ask for a rebuild (%v, %v)", need, err)
+	}
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild after the failure")
+	if !k.Complete() {
+		t.Fatal("the rebuild after a failed swap left the filter incomplete")
+	}
+}
+
+// A filter loaded from Redis with more bits set than one within its size has (its item
+// count cannot be estimated) is rebuilt by the next check when sizing from the rows.
+func TestKeeperRebuildsASaturatedFilterItLoads(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	prefix := testenv.Prefix(t, rdb)
+	key := prefix + "bloom"
+	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	scan := func(ctx context.Context, table int, add func(string)) error {
+		for i := range 20_000 {
+			add(strconv.Itoa(i))
+		}
+		return nil
+	}
+	small, _ := newKeeper(t, rdb, prefix, key, 200, scan) // 100 times too small
+	testenv.Must(t, small.RebuildFromSource(ctx), "rebuild")
+	k, _ := newKeeper(t, rdb, prefix, key, 0, scan)
+	if !k.Complete() {
+		t.Fatal("the filter in Redis was not loaded")
+	}
+	if need, err := k.Check(ctx); err != nil || !need {
+		t.Fatalf("a saturated filter loaded from Redis does not ask for a rebuild (%v, %v; stats %+v)", need, err, k.Stats())
+	}
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	if need, err := k.Check(ctx); err != nil || need {
+		t.Fatalf("the rebuilt filter still asks for a rebuild (%v, %v)", need, err)
 	}
 }

@@ -52,7 +52,10 @@ func TestSnapshotWritesChunksConcurrently(t *testing.T) {
 	e.cfg.Snapshot.ChunkSize = 250
 	ctx := context.Background()
 	o := &overlapWriter{w: layout.NewWriter(e.rdb, time.Hour, false), overlap: make(chan struct{})}
-	snap := snapshot.New(e.conns().Source, e.cfg.Snapshot, e.tables(), o, e.rdb, zap.NewNop(), nil)
+	e.cfg.Snapshot.ProgressInterval = time.Millisecond
+	var reports []snapshot.Progress // appended by the writers: -race checks they take turns
+	progress := func(p snapshot.Progress) { reports = append(reports, p) }
+	snap := snapshot.New(e.conns().Source, e.cfg.Snapshot, e.tables(), o, e.rdb, zap.NewNop(), progress)
 	_, st, err := snap.Run(ctx, func(ctx context.Context) (source.Position, error) { return e.currentPosition(), nil })
 	testenv.Must(t, err, "snapshot")
 	if st.Rows != 5_000 || st.Applied != 5_000 {
@@ -60,6 +63,9 @@ func TestSnapshotWritesChunksConcurrently(t *testing.T) {
 	}
 	if m := o.most.Load(); m < 2 {
 		t.Fatalf("at most %d chunk written at a time, want several", m)
+	}
+	if len(reports) == 0 || reports[len(reports)-1].Rows != 5_000 {
+		t.Fatalf("progress reports %d, the last %+v; want the last at 5,000 rows", len(reports), reports[len(reports)-1:])
 	}
 	testenv.Must(t, compareTable(ctx, e.db, e.rdb, e.cfg.Tables[0], ""), "compare")
 }

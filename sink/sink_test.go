@@ -450,3 +450,73 @@ func TestAnIdleWorkerWritesWithoutLingering(t *testing.T) {
 		waitUntil(t, func() bool { return len(w.changes()) == i+1 })
 	}
 }
+
+// batchWriter records the keys of each Apply; the first Apply waits for gate.
+type batchWriter struct {
+	mu      sync.Mutex
+	batches [][]string
+	gate    chan struct{}
+	entered chan struct{}
+	once    sync.Once
+}
+
+func (w *batchWriter) Apply(ctx context.Context, changes []layout.Change, out []layout.Outcome) error {
+	first := false
+	w.once.Do(func() { first = true })
+	if first {
+		close(w.entered)
+		<-w.gate
+	}
+	keys := make([]string, len(changes))
+	for i, c := range changes {
+		keys[i] = c.Key
+		out[i] = layout.Outcome{Result: layout.Applied}
+	}
+	w.mu.Lock()
+	w.batches = append(w.batches, keys)
+	w.mu.Unlock()
+	return nil
+}
+
+func (w *batchWriter) written() (n int, batches [][]string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, b := range w.batches {
+		n += len(b)
+	}
+	return n, append([][]string(nil), w.batches...)
+}
+
+// Under load (the last batch was at least half of batch_size) a worker lingers for
+// flush_interval once its queue ran dry, so that rows arriving meanwhile share a write.
+func TestALoadedWorkerLingers(t *testing.T) {
+	w := &batchWriter{gate: make(chan struct{}), entered: make(chan struct{})}
+	m := metrics.New(prometheus.NewRegistry())
+	wm := NewWatermark(pos(4), time.Now)
+	s := New(config.Sink{Workers: 1, BatchSize: 16, QueueSize: 64, FlushInterval: 500 * time.Millisecond}, []string{"shop.inventory"}, w, wm, m, zap.NewNop(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		s.Close()
+		cancel()
+		<-done
+	}()
+	commitRows(t, s, 1, 100, row("k:first", 100, "1"))
+	<-w.entered // the first write is in flight; 16 rows wait behind it
+	var rows []canal.Row
+	for i := range 16 {
+		rows = append(rows, row("k:"+strconv.Itoa(i), uint32(200+i), "1"))
+	}
+	commitRows(t, s, 2, 300, rows...)
+	close(w.gate)
+	waitUntil(t, func() bool { n, _ := w.written(); return n == 17 })
+	commitRows(t, s, 3, 400, row("k:a", 400, "1"))
+	time.Sleep(50 * time.Millisecond)
+	commitRows(t, s, 4, 500, row("k:b", 500, "1"))
+	waitUntil(t, func() bool { n, _ := w.written(); return n == 19 })
+	_, batches := w.written()
+	if last := batches[len(batches)-1]; len(last) != 2 {
+		t.Fatalf("batches %q: after a full batch, k:a was written without waiting for k:b", batches)
+	}
+}

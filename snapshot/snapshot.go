@@ -175,6 +175,10 @@ func CountRows(ctx context.Context, conn *client.Conn, t *source.Table) (uint64,
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	// The client does not take a context: a cancelled count ends by the connection's
+	// deadline (the caller closes the connection then).
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	defer stop()
 	res, err := conn.Execute("SELECT COUNT(*) FROM " + source.QuoteIdent(t.Schema) + "." + source.QuoteIdent(t.Name))
 	if err != nil {
 		return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), err)
@@ -308,9 +312,15 @@ func (r *run) table(ctx context.Context, t *source.Table, p0 source.Position) er
 	wctx, stopWriter := context.WithCancel(ctx)
 	defer stopWriter()
 	writes, failed, finish := r.startWriter(wctx, t)
+	// abort ends the writers on an error of the reader: their retries (Redis down) must
+	// not hold the error back.
+	abort := func() {
+		stopWriter()
+		_ = finish()
+	}
 	for {
 		if err := ctx.Err(); err != nil {
-			_ = finish()
+			abort()
 			return err
 		}
 		q := base
@@ -321,14 +331,14 @@ func (r *run) table(ctx context.Context, t *source.Table, p0 source.Position) er
 		var stamp layout.Seq
 		var res *mysql.Result
 		if res, stamp, positionVersion, err = r.readChunk(ctx, tq, q+order, positionVersion); err != nil {
-			_ = finish()
+			abort()
 			return fmt.Errorf("snapshot: read %s: %w", t.FullName(), err)
 		}
 		n := len(res.RowDatas)
 		changes, last, err := r.chunkChanges(tq, res, positionVersion, stamp)
 		if err != nil {
 			res.Close()
-			_ = finish()
+			abort()
 			return fmt.Errorf("snapshot: %s: %w", t.FullName(), err)
 		}
 		if n > 0 {
@@ -352,7 +362,7 @@ func (r *run) table(ctx context.Context, t *source.Table, p0 source.Position) er
 			return r.sweep(ctx, t, p0)
 		}
 		if !r.pace(ctx, n, chunkStart) {
-			_ = finish()
+			abort()
 			return ctx.Err()
 		}
 	}
