@@ -111,7 +111,8 @@ func panel(rate int, ms []float64, note string) (*plot.Plot, error) {
 	if note != "" {
 		p.Title.Text += "\n" + note
 	}
-	p.X.Label.Text = "commit to visible in Redis (ms, log10)"
+	p.X.Label.Text = "commit to visible in Redis (ms, log scale; first bar: <= 0.1 ms)"
+	p.X.Tick.Marker = msTicks{}
 	p.Y.Label.Text = "share of commits"
 	const buckets = 40
 	lo, hi := math.Log10(0.1), math.Log10(max(ms[len(ms)-1], 1)*1.01)
@@ -130,4 +131,17 @@ func panel(rate int, ms []float64, note string) (*plot.Plot, error) {
 	h.FillColor = color.RGBA{R: 70, G: 110, B: 190, A: 255}
 	p.Add(h)
 	return p, nil
+}
+
+// msTicks labels a log10 axis with the latencies in ms it stands for.
+type msTicks struct{}
+
+func (msTicks) Ticks(lo, hi float64) []plot.Tick {
+	var ts []plot.Tick
+	for _, v := range []float64{0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000} {
+		if x := math.Log10(v); x >= lo && x <= hi {
+			ts = append(ts, plot.Tick{Value: x, Label: strconv.FormatFloat(v, 'f', -1, 64)})
+		}
+	}
+	return ts
 }
