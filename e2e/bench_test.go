@@ -127,7 +127,7 @@ func runW1(b *testing.B) {
 	b.ReportMetric(median(catchUps), "catchup-s")
 	b.ReportMetric(median(ratios), "x-bare")
 	b.ReportMetric(float64(maxRSS)/1024, "peak-RSS-MB")
-	b.Logf("W1 (median of %d rounds): bare go-mysql read %.3fs, invsync catch-up %.3fs, ratio %.2fx; highest invsync peak RSS %.1f MB",
+	b.Logf("W1 (median of %d rounds): bare go-mysql read %.3fs, invsync catch-up %.3fs, ratio %.2fx (target <= 1.5x); highest invsync peak RSS %.1f MB (target <= 150 MB)",
 		w1Rounds, median(bares), median(catchUps), median(ratios), float64(maxRSS)/1024)
 }
 

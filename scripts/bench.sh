@@ -12,6 +12,8 @@
 #                             2,000 buyers, p50/p99 at 8,900/s (from each call's start and
 #                             from its schedule), a trivial EVALSHA per call's rate
 # Run one with: scripts/bench.sh -bench W1   (the pattern is go test's -bench)
+# It ends with a summary: each result line, with its floor, ratio and target; the whole
+# output is kept in .run/bench.log.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -19,7 +21,22 @@ cd "$here"
 eval "$("$here/scripts/services.sh" env)"
 export INVSYNC_W3_CSV="$here/.run/w3-latency.csv"
 stamp=$(mktemp)
-go test -run '^$' -bench . -benchtime 1x -timeout 60m -v ./e2e "$@"
+log="$here/.run/bench.log"
+set +e
+go test -run '^$' -bench . -benchtime 1x -timeout 60m -v ./e2e "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# The summary: each benchmark's result line (medians, floors and ratios, peak RSS,
+# latencies per rate).
+echo
+echo "== summary ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m); full log: $log)"
+grep -E '(W1|W2) \(median|W3 at [0-9]+ rows/s|one transaction of|snapshot of 1,000,000|reconcile of 1,000,000|closed loop, |open loop at ' "$log" |
+  sed -E 's/^ *[a-z_0-9]+\.go:[0-9]+: /  /' || true
+if [ "$status" -ne 0 ]; then
+  echo "bench: go test failed (exit $status)" >&2
+  rm -f "$stamp"
+  exit "$status"
+fi
 if [ "$INVSYNC_W3_CSV" -nt "$stamp" ]; then
   # W3 ran: its latency histogram, one panel per rate.
   go run -tags w3hist ./internal/tools/w3hist -in "$INVSYNC_W3_CSV" -out "$here/.run/w3-latency.png" \
