@@ -70,8 +70,9 @@ func (m *Mirror) SetBits(ctx context.Context, positions []uint64) error {
 func (m *Mirror) setBitsArgs(positions []uint64) []any {
 	args := make([]any, 0, 2+4*len(positions))
 	args = append(args, "BITFIELD", m.key)
-	for _, p := range positions {
-		args = append(args, "SET", "u1", p, 1)
+	for i := range positions {
+		// A pointer: an offset in an interface would be an allocation per bit.
+		args = append(args, "SET", "u1", &positions[i], 1)
 	}
 	return args
 }
