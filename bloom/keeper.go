@@ -44,8 +44,9 @@ const AutoMinItems uint = 100_000
 const maxBits = 1<<32 - 1024
 
 // MaxItems is the most items a filter is sized for at the false-positive rate fp (about
-// 149 million at 0.001): beyond them the bitmap would not fit in a Redis string, so a
-// bigger table gets this filter and a higher false-positive rate.
+// 298 million at 0.001, the size a table of 149 million rows gets): beyond them the
+// bitmap would not fit in a Redis string, so a bigger table gets this filter and a
+// higher false-positive rate (and is not rebuilt for outgrowing it).
 func MaxItems(fp float64) uint { return Capacity(maxBits, fp) }
 
 // AutoItems is the size of a filter made from the row count: twice rows, at least
@@ -224,7 +225,7 @@ func (k *Keeper) Open(ctx context.Context) error {
 			t.cur, t.complete = f, true
 			t.items = uint64(f.Count())
 			t.capacity = Capacity(f.M(), k.fp)
-			if k.auto && f.fill() > saturated {
+			if k.auto && f.fill() > saturated && !k.atCap(t.capacity) {
 				// More bits set than a filter within its size has (its item estimate is
 				// then meaningless): the next check rebuilds it larger.
 				t.items = max(t.items, uint64(t.capacity)+1)
@@ -420,10 +421,14 @@ func (k *Keeper) rebuild(ctx context.Context, tables []*tableFilter, fill func(c
 			// Redis may hold the new bitmap under the old meta (the swap failed half way):
 			// readers must not trust it, and bits set with the old parameters would land
 			// in it. The next check rebuilds it.
-			t.mu.Lock()
-			t.complete = false
-			t.mu.Unlock()
-			_ = t.mirror.Invalidate(ctx)
+			// If the meta cannot be deleted either (Redis unreachable), the filter stays
+			// complete: bits go on being set in Redis, and the check repairs a bitmap
+			// that disagrees with its meta from memory (restore).
+			if t.mirror.Invalidate(ctx) == nil {
+				t.mu.Lock()
+				t.complete = false
+				t.mu.Unlock()
+			}
 			return fmt.Errorf("bloom: %w", err)
 		}
 		t.mu.Lock()
@@ -459,13 +464,25 @@ func (k *Keeper) rebuildFromSource(ctx context.Context, tables []*tableFilter) e
 	})
 }
 
+// outgrown reports whether t's filter (sized from the row count) holds more items than
+// it was sized for and can be rebuilt larger. Called with t.mu held.
+func (k *Keeper) outgrown(t *tableFilter) bool {
+	return k.auto && t.items > uint64(t.capacity) && !k.atCap(t.capacity)
+}
+
+// atCap reports whether a filter of capacity items is as big as filters get (MaxItems).
+func (k *Keeper) atCap(capacity uint) bool {
+	lim := MaxItems(k.fp)
+	return capacity >= lim-lim/100
+}
+
 // needing returns the tables whose filter is incomplete or (sized from the row count)
 // outgrown.
 func (k *Keeper) needing() []*tableFilter {
 	var out []*tableFilter
 	for _, t := range k.tables {
 		t.mu.Lock()
-		if !t.complete || (k.auto && t.items > uint64(t.capacity)) {
+		if !t.complete || k.outgrown(t) {
 			out = append(out, t)
 		}
 		t.mu.Unlock()
@@ -481,7 +498,7 @@ func (k *Keeper) Check(ctx context.Context) (needRebuild bool, err error) {
 	for _, t := range k.tables {
 		t.mu.Lock()
 		complete, cur := t.complete, t.cur
-		outgrown := k.auto && t.items > uint64(t.capacity)
+		outgrown := k.outgrown(t)
 		t.mu.Unlock()
 		if !complete || outgrown {
 			needRebuild = true

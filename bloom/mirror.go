@@ -124,6 +124,9 @@ func (m *Mirror) Replace(ctx context.Context, f *Filter) error {
 // Invalidate deletes the meta, so that readers stop trusting the bitmap (they treat
 // every key as possibly present) until Replace writes a complete one.
 func (m *Mirror) Invalidate(ctx context.Context) error {
+	if err := m.fenced(); err != nil {
+		return err
+	}
 	return m.rdb.Del(ctx, m.meta).Err()
 }
 

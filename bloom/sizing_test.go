@@ -236,3 +236,28 @@ func TestKeeperRebuildsASaturatedFilterItLoads(t *testing.T) {
 		t.Fatalf("the rebuilt filter still asks for a rebuild (%v, %v)", need, err)
 	}
 }
+
+// A swap that fails when the meta cannot be deleted either (here: the instance lost its
+// lease, so both are refused) leaves the filter complete: its bits go on reaching Redis,
+// where readers still trust the bitmap under the old meta.
+func TestKeeperFailedSwapWithoutInvalidateStaysComplete(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	prefix := testenv.Prefix(t, rdb)
+	key := prefix + "bloom"
+	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	scan := func(ctx context.Context, table int, add func(string)) error { add("a"); return nil }
+	k, _ := newKeeper(t, rdb, prefix, key, 0, scan)
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	lost := errors.New("lease lost")
+	k.SetFence(func() error { return lost })
+	if err := k.RebuildFromSource(ctx); err == nil {
+		t.Fatal("a fenced swap reported success")
+	}
+	if !k.Complete() {
+		t.Fatal("a failed swap whose meta could not be deleted marked the filter incomplete: new keys would skip Redis while readers trust it")
+	}
+	if rdb.Exists(ctx, key+":meta").Val() != 1 {
+		t.Fatal("the fenced instance deleted the meta")
+	}
+}
