@@ -11,6 +11,7 @@ import (
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
+	"github.com/redis/go-redis/v9"
 )
 
 type nopWriter struct{}
@@ -27,11 +28,7 @@ func (nopWriter) Apply(ctx context.Context, changes []layout.Change, out []layou
 // carry a filter made for ten million keys; a filter that outgrows its size is rebuilt
 // larger by the keeper's checks, without waiting for a reconciliation.
 func TestKeeperSizesFiltersFromTheRowCount(t *testing.T) {
-	ctx := context.Background()
-	rdb := testenv.Redis(t)
-	prefix := testenv.Prefix(t, rdb)
-	key := prefix + "bloom"
-	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	ctx, rdb, prefix, key := bloomFixture(t)
 	var rows atomic.Int64
 	var countErr atomic.Pointer[error]
 	var keys atomic.Int64
@@ -124,11 +121,7 @@ func TestKeeperSizesFiltersFromTheRowCount(t *testing.T) {
 
 // A configured expected_items is kept whatever the table holds.
 func TestKeeperKeepsAConfiguredSize(t *testing.T) {
-	ctx := context.Background()
-	rdb := testenv.Redis(t)
-	prefix := testenv.Prefix(t, rdb)
-	key := prefix + "bloom"
-	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	ctx, rdb, prefix, key := bloomFixture(t)
 	scan := func(ctx context.Context, table int, add func(string)) error { add("a"); return nil }
 	k, _ := newKeeper(t, rdb, prefix, key, 50_000, scan)
 	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return 1, nil })
@@ -163,11 +156,7 @@ func TestAutoItemsAreCapped(t *testing.T) {
 // (incomplete, its meta deleted) for the next check to rebuild, never the new bitmap
 // under the old parameters.
 func TestKeeperEmptyTableAndFailedSwap(t *testing.T) {
-	ctx := context.Background()
-	rdb := testenv.Redis(t)
-	prefix := testenv.Prefix(t, rdb)
-	key := prefix + "bloom"
-	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	ctx, rdb, prefix, key := bloomFixture(t)
 	var rows atomic.Int64
 	var keys atomic.Int64
 	scan := func(ctx context.Context, table int, add func(string)) error {
@@ -211,11 +200,7 @@ func TestKeeperEmptyTableAndFailedSwap(t *testing.T) {
 // A filter loaded from Redis with more bits set than one within its size has (its item
 // count cannot be estimated) is rebuilt by the next check when sizing from the rows.
 func TestKeeperRebuildsASaturatedFilterItLoads(t *testing.T) {
-	ctx := context.Background()
-	rdb := testenv.Redis(t)
-	prefix := testenv.Prefix(t, rdb)
-	key := prefix + "bloom"
-	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	ctx, rdb, prefix, key := bloomFixture(t)
 	scan := func(ctx context.Context, table int, add func(string)) error {
 		for i := range 20_000 {
 			add(strconv.Itoa(i))
@@ -241,11 +226,7 @@ func TestKeeperRebuildsASaturatedFilterItLoads(t *testing.T) {
 // lease, so both are refused) leaves the filter complete: its bits go on reaching Redis,
 // where readers still trust the bitmap under the old meta.
 func TestKeeperFailedSwapWithoutInvalidateStaysComplete(t *testing.T) {
-	ctx := context.Background()
-	rdb := testenv.Redis(t)
-	prefix := testenv.Prefix(t, rdb)
-	key := prefix + "bloom"
-	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	ctx, rdb, prefix, key := bloomFixture(t)
 	scan := func(ctx context.Context, table int, add func(string)) error { add("a"); return nil }
 	k, _ := newKeeper(t, rdb, prefix, key, 0, scan)
 	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
@@ -260,4 +241,14 @@ func TestKeeperFailedSwapWithoutInvalidateStaysComplete(t *testing.T) {
 	if rdb.Exists(ctx, key+":meta").Val() != 1 {
 		t.Fatal("the fenced instance deleted the meta")
 	}
+}
+
+// bloomFixture returns a Redis client, a key prefix of the test's own and the bitmap key
+// under it (deleted with its meta when the test ends).
+func bloomFixture(t *testing.T) (context.Context, *redis.Client, string, string) {
+	rdb := testenv.Redis(t)
+	prefix := testenv.Prefix(t, rdb)
+	key := prefix + "bloom"
+	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
+	return context.Background(), rdb, prefix, key
 }

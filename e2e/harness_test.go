@@ -87,8 +87,9 @@ func newEnv(t *testing.T, tables ...tableSpec) *env {
 		}
 		cfg.Tables = append(cfg.Tables, config.Table{Schema: schema, Table: ts.name, KeyPrefix: testenv.Prefix(t, rdb), VersionColumn: ts.version})
 	}
-	// Bloom filters are sized from the tables' rows (the default) unless a test sets
-	// cfg.Bloom.ExpectedItems.
+	// Sized for the tests' tables, as before the default became a size from the table's
+	// rows; a test of that default sets cfg.Bloom.ExpectedItems = 0 (not written then).
+	cfg.Bloom.ExpectedItems = 1_000_000
 	t.Cleanup(func() {
 		for _, tc := range cfg.Tables {
 			rdb.Del(context.Background(), cfg.BloomKey(tc), cfg.BloomKey(tc)+":meta")

@@ -393,15 +393,7 @@ func TestRebuildNeverHidesPresentSKUs(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for sku := 20_000; ctx.Err() == nil; sku += 10 {
-			var sb strings.Builder
-			sb.WriteString("INSERT INTO inventory (sku, stock, version) VALUES ")
-			for j := sku; j < sku+10; j++ {
-				if j > sku {
-					sb.WriteByte(',')
-				}
-				fmt.Fprintf(&sb, "(%d, 1, 1)", j)
-			}
-			if _, err := e.db.Exec(sb.String()); err != nil {
+			if err := insertSKUs(e.db, sku, sku+10); err != nil {
 				return
 			}
 			last := layout.Key(prefix, []string{strconv.Itoa(sku + 9)})
@@ -586,16 +578,7 @@ func TestBloomIsSizedFromTheTableRows(t *testing.T) {
 	}
 	// 150,000 more rows through the binlog: past the filter's size.
 	for base := 2_000; base < 152_000; base += 5_000 {
-		var sb strings.Builder
-		sb.WriteString("INSERT INTO inventory (sku, stock, version) VALUES ")
-		for j := base; j < base+5_000; j++ {
-			if j > base {
-				sb.WriteByte(',')
-			}
-			fmt.Fprintf(&sb, "(%d, 1, 1)", j)
-		}
-		_, err := e.db.Exec(sb.String())
-		testenv.Must(t, err, "insert")
+		testenv.Must(t, insertSKUs(e.db, base, base+5_000), "insert")
 	}
 	e.waitEqual(60 * time.Second)
 	// Rebuilt larger (sized from the rows counted when it ran: at least the 100,001 that
@@ -619,4 +602,19 @@ func TestBloomIsSizedFromTheTableRows(t *testing.T) {
 			t.Fatalf("present SKU %d reported absent after the resize (%v)", sku, err)
 		}
 	}
+}
+
+// insertSKUs inserts the inventory rows of SKUs from..to-1 (stock 1, version 1) in one
+// statement.
+func insertSKUs(db *sql.DB, from, to int) error {
+	var sb strings.Builder
+	sb.WriteString("INSERT INTO inventory (sku, stock, version) VALUES ")
+	for j := from; j < to; j++ {
+		if j > from {
+			sb.WriteByte(',')
+		}
+		fmt.Fprintf(&sb, "(%d, 1, 1)", j)
+	}
+	_, err := db.Exec(sb.String())
+	return err
 }

@@ -2,7 +2,6 @@ package layout_test
 
 import (
 	"context"
-	"strconv"
 	"testing"
 	"time"
 
@@ -23,9 +22,7 @@ func TestApplyAllocationsPerRow(t *testing.T) {
 	changes := make([]layout.Change, batch)
 	out := make([]layout.Outcome, batch)
 	for j := range changes {
-		k := strconv.Itoa(j)
-		changes[j] = layout.Change{Key: pfx + "{" + k + "}", Op: layout.OpUpsert, Version: "1", Seq: layout.Seq{File: 1, Pos: uint32(j + 1)},
-			Fields: []layout.Field{{"sku", k}, {"stock", "1000"}, {"price", "9.99"}, {"name", "sku-" + k}, {"version", "1"}}}
+		changes[j] = newRow(pfx, j, layout.Seq{File: 1, Pos: uint32(j + 1)})
 	}
 	testenv.Must(t, w.Apply(ctx, changes, out), "apply")
 	perRow := testing.AllocsPerRun(5, func() {

@@ -53,9 +53,15 @@ func (w *fakeWriter) changes() []layout.Change {
 // startSink runs a one-worker sink over w until the test ends.
 func startSink(t *testing.T, w Writer) (*Sink, *Watermark, *metrics.Metrics) {
 	t.Helper()
+	return startSinkWith(t, w, 0)
+}
+
+// startSinkWith is startSink with a flush interval.
+func startSinkWith(t *testing.T, w Writer, flush time.Duration) (*Sink, *Watermark, *metrics.Metrics) {
+	t.Helper()
 	m := metrics.New(prometheus.NewRegistry())
 	wm := NewWatermark(pos(4), time.Now)
-	s := New(config.Sink{Workers: 1, BatchSize: 16, QueueSize: 64}, []string{"shop.inventory"}, w, wm, m, zap.NewNop(), nil)
+	s := New(config.Sink{Workers: 1, BatchSize: 16, QueueSize: 64, FlushInterval: flush}, []string{"shop.inventory"}, w, wm, m, zap.NewNop(), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -434,17 +440,7 @@ func TestCatchingUpWritesAQueueThatIsNearlyFull(t *testing.T) {
 // 0.24 ms). The linger applies again once batches are at least half full.
 func TestAnIdleWorkerWritesWithoutLingering(t *testing.T) {
 	w := &fakeWriter{}
-	m := metrics.New(prometheus.NewRegistry())
-	wm := NewWatermark(pos(4), time.Now)
-	s := New(config.Sink{Workers: 1, BatchSize: 16, QueueSize: 64, FlushInterval: time.Hour}, []string{"shop.inventory"}, w, wm, m, zap.NewNop(), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() {
-		s.Close()
-		cancel()
-		<-done
-	}()
+	s, _, _ := startSinkWith(t, w, time.Hour)
 	for i := range 3 {
 		commitRows(t, s, uint64(i+1), uint32(100+10*i), row("k:"+strconv.Itoa(i), uint32(100+10*i), "1"))
 		waitUntil(t, func() bool { return len(w.changes()) == i+1 })
@@ -491,17 +487,7 @@ func (w *batchWriter) written() (n int, batches [][]string) {
 // flush_interval once its queue ran dry, so that rows arriving meanwhile share a write.
 func TestALoadedWorkerLingers(t *testing.T) {
 	w := &batchWriter{gate: make(chan struct{}), entered: make(chan struct{})}
-	m := metrics.New(prometheus.NewRegistry())
-	wm := NewWatermark(pos(4), time.Now)
-	s := New(config.Sink{Workers: 1, BatchSize: 16, QueueSize: 64, FlushInterval: 500 * time.Millisecond}, []string{"shop.inventory"}, w, wm, m, zap.NewNop(), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() {
-		s.Close()
-		cancel()
-		<-done
-	}()
+	s, _, _ := startSinkWith(t, w, 500*time.Millisecond)
 	commitRows(t, s, 1, 100, row("k:first", 100, "1"))
 	<-w.entered // the first write is in flight; 16 rows wait behind it
 	var rows []canal.Row
