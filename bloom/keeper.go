@@ -418,12 +418,11 @@ func (k *Keeper) rebuild(ctx context.Context, tables []*tableFilter, fill func(c
 		t.mu.Unlock()
 		if err := t.mirror.Replace(ctx, next); err != nil {
 			drop()
-			// Redis may hold the new bitmap under the old meta (the swap failed half way):
-			// readers must not trust it, and bits set with the old parameters would land
-			// in it. The next check rebuilds it.
-			// If the meta cannot be deleted either (Redis unreachable), the filter stays
-			// complete: bits go on being set in Redis, and the check repairs a bitmap
-			// that disagrees with its meta from memory (restore).
+			// Redis may hold the new bitmap under the old meta (the swap failed half way).
+			// With the meta deleted, readers stop trusting the bitmap and the next check
+			// rebuilds it. If the meta cannot be deleted either, readers still trust the
+			// bitmap: the filter stays complete, so bits go on reaching Redis, and the
+			// check repairs a bitmap that disagrees with its meta from memory (restore).
 			if t.mirror.Invalidate(ctx) == nil {
 				t.mu.Lock()
 				t.complete = false

@@ -32,12 +32,7 @@ func TestKeeperSizesFiltersFromTheRowCount(t *testing.T) {
 	var rows atomic.Int64
 	var countErr atomic.Pointer[error]
 	var keys atomic.Int64
-	scan := func(ctx context.Context, table int, add func(string)) error {
-		for i := range keys.Load() {
-			add(strconv.FormatInt(i, 10))
-		}
-		return nil
-	}
+	scan := numberedKeys(keys.Load)
 	k, _ := newKeeper(t, rdb, prefix, key, 0, scan)
 	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) {
 		if e := countErr.Load(); e != nil {
@@ -83,16 +78,12 @@ func TestKeeperSizesFiltersFromTheRowCount(t *testing.T) {
 	if c := capacity(); !near(c, bloom.AutoMinItems) {
 		t.Fatalf("with the count failing the filter holds %d items, want %d", c, bloom.AutoMinItems)
 	}
-	if need, err := k.Check(ctx); err != nil || !need {
-		t.Fatalf("a filter past its size does not ask for a rebuild (%v, %v)", need, err)
-	}
+	wantRebuild(t, k, true, "a filter past its size does not ask for a rebuild")
 	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
 	if c, items := capacity(), uint(k.Stats()[0].Items); c < items+items/2 || items < 250_000 {
 		t.Fatalf("with the count failing the filter of %d items is sized for %d, want about twice", items, c)
 	}
-	if need, err := k.Check(ctx); err != nil || need {
-		t.Fatalf("the resized filter still asks for a rebuild (%v, %v)", need, err)
-	}
+	wantRebuild(t, k, false, "the resized filter still asks for a rebuild")
 	countErr.Store(nil)
 
 	// Outgrowing the filter: the next check asks for a rebuild, which sizes it from the
@@ -100,29 +91,23 @@ func TestKeeperSizesFiltersFromTheRowCount(t *testing.T) {
 	rows.Store(1000)
 	keys.Store(1000)
 	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
-	if need, err := k.Check(ctx); err != nil || need {
-		t.Fatalf("a filter within its size asks for a rebuild (%v, %v)", need, err)
-	}
+	wantRebuild(t, k, false, "a filter within its size asks for a rebuild")
 	cs := upserts(prefix, 1000, 1000+int(bloom.AutoMinItems)+10)
 	testenv.Must(t, k.Wrap(nopWriter{}).Apply(ctx, cs, make([]layout.Outcome, len(cs))), "apply")
-	if need, err := k.Check(ctx); err != nil || !need {
-		t.Fatalf("a filter past its size does not ask for a rebuild (%v, %v)", need, err)
-	}
+	wantRebuild(t, k, true, "a filter past its size does not ask for a rebuild")
 	rows.Store(int64(bloom.AutoMinItems) + 1010)
 	keys.Store(int64(bloom.AutoMinItems) + 1010)
 	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
 	if c := capacity(); !near(c, 2*(bloom.AutoMinItems+1010)) {
 		t.Fatalf("the rebuilt filter holds %d items, want %d", c, 2*(bloom.AutoMinItems+1010))
 	}
-	if need, err := k.Check(ctx); err != nil || need {
-		t.Fatalf("the resized filter still asks for a rebuild (%v, %v)", need, err)
-	}
+	wantRebuild(t, k, false, "the resized filter still asks for a rebuild")
 }
 
 // A configured expected_items is kept whatever the table holds.
 func TestKeeperKeepsAConfiguredSize(t *testing.T) {
 	ctx, rdb, prefix, key := bloomFixture(t)
-	scan := func(ctx context.Context, table int, add func(string)) error { add("a"); return nil }
+	scan := numberedKeys(func() int64 { return 1 })
 	k, _ := newKeeper(t, rdb, prefix, key, 50_000, scan)
 	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return 1, nil })
 	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
@@ -159,12 +144,7 @@ func TestKeeperEmptyTableAndFailedSwap(t *testing.T) {
 	ctx, rdb, prefix, key := bloomFixture(t)
 	var rows atomic.Int64
 	var keys atomic.Int64
-	scan := func(ctx context.Context, table int, add func(string)) error {
-		for i := range keys.Load() {
-			add(strconv.FormatInt(i, 10))
-		}
-		return nil
-	}
+	scan := numberedKeys(keys.Load)
 	k, _ := newKeeper(t, rdb, prefix, key, 0, scan)
 	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(rows.Load()), nil })
 	rows.Store(300_000)
@@ -188,9 +168,7 @@ func TestKeeperEmptyTableAndFailedSwap(t *testing.T) {
 	if n := rdb.Exists(ctx, key+":meta").Val(); n != 0 {
 		t.Fatal("after a failed swap the meta was left for readers")
 	}
-	if need, err := k.Check(ctx); err != nil || !need {
-		t.Fatalf("after a failed swap the check does not ask for a rebuild (%v, %v)", need, err)
-	}
+	wantRebuild(t, k, true, "after a failed swap the check does not ask for a rebuild")
 	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild after the failure")
 	if !k.Complete() {
 		t.Fatal("the rebuild after a failed swap left the filter incomplete")
@@ -201,25 +179,16 @@ func TestKeeperEmptyTableAndFailedSwap(t *testing.T) {
 // count cannot be estimated) is rebuilt by the next check when sizing from the rows.
 func TestKeeperRebuildsASaturatedFilterItLoads(t *testing.T) {
 	ctx, rdb, prefix, key := bloomFixture(t)
-	scan := func(ctx context.Context, table int, add func(string)) error {
-		for i := range 20_000 {
-			add(strconv.Itoa(i))
-		}
-		return nil
-	}
+	scan := numberedKeys(func() int64 { return 20_000 })
 	small, _ := newKeeper(t, rdb, prefix, key, 200, scan) // 100 times too small
 	testenv.Must(t, small.RebuildFromSource(ctx), "rebuild")
 	k, _ := newKeeper(t, rdb, prefix, key, 0, scan)
 	if !k.Complete() {
 		t.Fatal("the filter in Redis was not loaded")
 	}
-	if need, err := k.Check(ctx); err != nil || !need {
-		t.Fatalf("a saturated filter loaded from Redis does not ask for a rebuild (%v, %v; stats %+v)", need, err, k.Stats())
-	}
+	wantRebuild(t, k, true, "a saturated filter loaded from Redis does not ask for a rebuild")
 	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
-	if need, err := k.Check(ctx); err != nil || need {
-		t.Fatalf("the rebuilt filter still asks for a rebuild (%v, %v)", need, err)
-	}
+	wantRebuild(t, k, false, "the rebuilt filter still asks for a rebuild")
 }
 
 // A swap that fails when the meta cannot be deleted either (here: the instance lost its
@@ -227,7 +196,7 @@ func TestKeeperRebuildsASaturatedFilterItLoads(t *testing.T) {
 // where readers still trust the bitmap under the old meta.
 func TestKeeperFailedSwapWithoutInvalidateStaysComplete(t *testing.T) {
 	ctx, rdb, prefix, key := bloomFixture(t)
-	scan := func(ctx context.Context, table int, add func(string)) error { add("a"); return nil }
+	scan := numberedKeys(func() int64 { return 1 })
 	k, _ := newKeeper(t, rdb, prefix, key, 0, scan)
 	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
 	lost := errors.New("lease lost")
@@ -251,4 +220,22 @@ func bloomFixture(t *testing.T) (context.Context, *redis.Client, string, string)
 	key := prefix + "bloom"
 	t.Cleanup(func() { rdb.Del(context.Background(), key, key+":meta") })
 	return context.Background(), rdb, prefix, key
+}
+
+// numberedKeys scans the keys 0 .. n()-1.
+func numberedKeys(n func() int64) bloom.Scanner {
+	return func(ctx context.Context, table int, add func(string)) error {
+		for i := range n() {
+			add(strconv.FormatInt(i, 10))
+		}
+		return nil
+	}
+}
+
+// wantRebuild fails the test unless k's check asks for a rebuild exactly when want.
+func wantRebuild(t *testing.T, k *bloom.Keeper, want bool, what string) {
+	t.Helper()
+	if need, err := k.Check(context.Background()); err != nil || need != want {
+		t.Fatalf("%s (check: rebuild %v, %v; stats %+v)", what, need, err, k.Stats())
+	}
 }

@@ -442,12 +442,11 @@ func (r *run) report(table string, final bool) {
 	}
 	now := time.Now()
 	r.mu.Lock()
+	defer r.mu.Unlock() // progress is called by one writer at a time
 	if !final && now.Sub(r.lastReport) < min(r.s.opts.ProgressInterval, time.Second) {
-		r.mu.Unlock()
 		return
 	}
 	r.lastReport = now
-	defer r.mu.Unlock() // progress is called by one writer at a time
 	p := Progress{Table: table, Rows: r.rows, Estimate: r.estimate, Elapsed: now.Sub(r.start)}
 	if secs := p.Elapsed.Seconds(); secs > 0 {
 		p.RowsPerS = float64(r.rows) / secs

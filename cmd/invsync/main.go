@@ -65,8 +65,8 @@ func (quietLogger) Printf(context.Context, string, ...any) {}
 // defaultGCPercent is the GC target invsync runs at unless GOGC is set: a queue full of
 // waiting rows (sink.queue_size per worker) is most of the daemon's heap, and Go's
 // default of 100 lets the heap grow to twice it before collecting. At 50 the peak RSS
-// of a 500,000-row transaction is 190 MB instead of 270, for a few percent more CPU
-// (BenchmarkBigTransaction, BenchmarkW1CatchUp).
+// of a 500,000-row transaction is 190 MB instead of 270, for about 10% more CPU in a
+// catch-up (BenchmarkBigTransaction, BenchmarkW1CatchUp).
 const defaultGCPercent = 50
 
 // tuneGC sets the GC target to defaultGCPercent unless the environment (lookup) sets
