@@ -76,6 +76,11 @@ local function settle(hk, order, qty, user, recttl)
 end
 local ttl, nullttl, nrows, recttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local res = {}
+-- When none of the row keys exists (new rows: a snapshot, a bulk import, a catch-up over
+-- new keys), one EXISTS stands for reading each: a key is absent until a change of this
+-- call writes it, and only the keys in written are read again.
+local fresh = redis.call('EXISTS', unpack(KEYS, 1, nrows)) == 0
+local written, none = {}, {}
 local a = 5
 local hk = nrows + 1
 for i = 1, nrows do
@@ -104,7 +109,7 @@ for i = 1, nrows do
     res[i] = 0
   elseif op == 'n' then
     -- A "does not exist" marker, only where no key exists at all.
-    if redis.call('EXISTS', k) == 0 then
+    if (fresh and not written[k]) or redis.call('EXISTS', k) == 0 then
       redis.call('HSET', k, '_null', '1')
       redis.call('PEXPIRE', k, nullttl)
       res[i] = 1
@@ -112,7 +117,8 @@ for i = 1, nrows do
       res[i] = 0
     end
   else
-  local cur = redis.pcall('HMGET', k, '_s', '_v', '_null', '_deleted')
+  local cur = none
+  if not fresh or written[k] then cur = redis.pcall('HMGET', k, '_s', '_v', '_null', '_deleted') end
   if cur.err then
     res[i] = 'E:' .. cur.err
   else
@@ -173,6 +179,7 @@ for i = 1, nrows do
     end
   end
   end
+  if fresh then written[k] = true end
   if settleErr then res[i] = 'E:settlement: ' .. tostring(settleErr)
   elseif ns > 0 then res[i] = {res[i], settled, missing} end
 end
