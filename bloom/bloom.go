@@ -95,6 +95,17 @@ func (f *Filter) testAndPositions(item string) (bool, []uint64) {
 	return false, f.Positions(item)
 }
 
+// appendUnset appends to dst the positions of pos whose bits f lacks.
+func (f *Filter) appendUnset(dst, pos []uint64) []uint64 {
+	bs := f.f.BitSet()
+	for _, p := range pos {
+		if !bs.Test(uint(p)) {
+			dst = append(dst, p)
+		}
+	}
+	return dst
+}
+
 // setPositions sets bits (positions of f's parameters).
 func (f *Filter) setPositions(pos []uint64) {
 	bs := f.f.BitSet()

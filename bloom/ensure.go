@@ -79,7 +79,9 @@ func (k *Keeper) keepUnset(groups []adds) bool {
 					continue
 				}
 				news = append(news, pk)
-				g.pos = append(g.pos, pos...)
+				// Only the bits Redis lacks: a bit set in cur is in Redis already (cur
+				// takes bits once Redis has acknowledged them, see setBits).
+				g.pos = t.cur.appendUnset(g.pos, pos)
 			}
 		}
 		g.pks = news
