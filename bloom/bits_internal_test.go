@@ -1,8 +1,11 @@
 package bloom
 
 import (
+	"context"
 	"strconv"
 	"testing"
+
+	"github.com/invsync/invsync/internal/testenv"
 )
 
 // A new key's bits that the filter has set already (other keys set them, and Redis
@@ -43,5 +46,46 @@ func TestOnlyTheBitsRedisLacksAreSent(t *testing.T) {
 	}
 	if skipped == 0 {
 		t.Fatal("fixture: none of the new keys' bits was set already")
+	}
+}
+
+// Adding new keys hashes each key once per filter and allocates at most once per key,
+// while a rebuild fills its new filter too: the bulk writes of new keys (a snapshot, a
+// catch-up) go through here once per row.
+func TestNewKeysCostOneAllocationEach(t *testing.T) {
+	rdb := testenv.Redis(t)
+	key := testenv.Prefix(t, rdb) + "bloom"
+	tf := &tableFilter{cur: New(100_000, 0.001), next: New(200_000, 0.001), complete: true, capacity: 100_000, mirror: NewMirror(rdb, key)}
+	k := &Keeper{rdb: rdb}
+	const batch, runs = 1000, 6 // AllocsPerRun runs once more than asked
+	var batches [][]string
+	for r := range runs {
+		var pks []string
+		for i := range batch {
+			pks = append(pks, "k"+strconv.Itoa(r*batch+i))
+		}
+		batches = append(batches, pks)
+	}
+	run := 0
+	allocs := testing.AllocsPerRun(runs-1, func() {
+		groups := []adds{{t: tf, pks: batches[run]}}
+		run++
+		if k.keepUnset(groups) {
+			testenv.Must(t, k.setBits(context.Background(), groups), "set bits")
+		}
+	})
+	t.Logf("%.2f allocations per new key", allocs/batch)
+	if perKey := allocs / batch; perKey > 1.5 {
+		t.Errorf("%.2f allocations per new key, want at most 1.5", perKey)
+	}
+	if tf.items != runs*batch || tf.nextItems < runs*batch-5 {
+		t.Errorf("items %d, next items %d, want %d", tf.items, tf.nextItems, runs*batch)
+	}
+	for _, pks := range batches {
+		for _, pk := range pks {
+			if !tf.cur.Test(pk) || !tf.next.Test(pk) {
+				t.Fatalf("%s is not in the filters", pk)
+			}
+		}
 	}
 }

@@ -86,24 +86,23 @@ func Capacity(m uint, fp float64) uint {
 	return uint(float64(m) * math.Ln2 * math.Ln2 / -math.Log(fp))
 }
 
-// testAndPositions returns whether item may be in f and, when not, its positions (the
-// usual case, an item already in, allocates nothing).
-func (f *Filter) testAndPositions(item string) (bool, []uint64) {
-	if f.f.TestString(item) {
-		return true, nil
-	}
-	return false, f.Positions(item)
-}
+// addNew adds item to f and reports whether f lacked it (one hash, no allocation).
+func (f *Filter) addNew(item string) bool { return !f.f.TestOrAddString(item) }
 
-// appendUnset appends to dst the positions of pos whose bits f lacks.
-func (f *Filter) appendUnset(dst, pos []uint64) []uint64 {
-	bs := f.f.BitSet()
-	for _, p := range pos {
-		if !bs.Test(uint(p)) {
+// appendMissing reports whether item may be in f and, when not, appends to dst the
+// positions of item's bits that f lacks (an item already in, the usual case of an update,
+// costs one hash and allocates nothing).
+func (f *Filter) appendMissing(dst []uint64, item string) (bool, []uint64) {
+	if f.f.TestString(item) {
+		return true, dst
+	}
+	bs, m := f.f.BitSet(), uint64(f.M())
+	for _, l := range bloomv3.Locations([]byte(item), f.K()) {
+		if p := l % m; !bs.Test(uint(p)) {
 			dst = append(dst, p)
 		}
 	}
-	return dst
+	return false, dst
 }
 
 // setPositions sets bits (positions of f's parameters).

@@ -63,25 +63,23 @@ func (k *Keeper) keepUnset(groups []adds) bool {
 		t.mu.Lock()
 		news := g.pks[:0]
 		for _, pk := range g.pks {
-			if t.next != nil {
-				if in, pos := t.next.testAndPositions(pk); !in {
-					t.next.setPositions(pos)
-					t.nextItems++
-				}
+			if t.next != nil && t.next.addNew(pk) {
+				t.nextItems++
 			}
 			t.noteRecent(pk, now)
-			if in, pos := t.cur.testAndPositions(pk); !in {
-				if !t.complete {
-					// Readers do not use an incomplete bitmap (no meta): the rebuild under
-					// way writes it whole, so its bits need no round trip now.
-					t.cur.setPositions(pos)
+			if !t.complete {
+				// Readers do not use an incomplete bitmap (no meta): the rebuild under way
+				// writes it whole, so its bits need no round trip now.
+				if t.cur.addNew(pk) {
 					t.items++
-					continue
 				}
+				continue
+			}
+			// Only the bits Redis lacks: a bit set in cur is in Redis already (cur takes
+			// bits once Redis has acknowledged them, see setBits).
+			var in bool
+			if in, g.pos = t.cur.appendMissing(g.pos, pk); !in {
 				news = append(news, pk)
-				// Only the bits Redis lacks: a bit set in cur is in Redis already (cur
-				// takes bits once Redis has acknowledged them, see setBits).
-				g.pos = t.cur.appendUnset(g.pos, pos)
 			}
 		}
 		g.pks = news
@@ -113,12 +111,10 @@ func (k *Keeper) setBits(ctx context.Context, groups []adds) error {
 			k.damaged(ctx, g.t, cerr)
 		}
 		g.t.mu.Lock()
-		for _, pk := range g.pks {
-			if in, pos := g.t.cur.testAndPositions(pk); !in {
-				g.t.cur.setPositions(pos)
-				g.t.items++
-			}
-		}
+		// Redis holds the bits: cur takes them (bits are never cleared in cur, and k.swap
+		// keeps cur in place while Ensure runs, so the keys' other bits are still set).
+		g.t.cur.setPositions(g.pos)
+		g.t.items += uint64(len(g.pks))
 		k.checkCapacity(g.t)
 		g.t.mu.Unlock()
 	}

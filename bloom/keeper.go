@@ -175,8 +175,7 @@ func (t *tableFilter) seedNext() {
 	since := time.Now().Add(-recentWindow).UnixNano()
 	for _, r := range t.recent {
 		if r.at != 0 && r.at >= since {
-			if in, pos := t.next.testAndPositions(r.pk); !in {
-				t.next.setPositions(pos)
+			if t.next.addNew(r.pk) {
 				t.nextItems++
 			}
 		}
@@ -373,8 +372,7 @@ func (k *Keeper) ScannedMany(table int, pks []string) {
 		return
 	}
 	for _, pk := range pks {
-		if in, pos := t.next.testAndPositions(pk); !in {
-			t.next.setPositions(pos)
+		if t.next.addNew(pk) {
 			t.nextItems++
 		}
 	}
