@@ -15,7 +15,7 @@ import (
 )
 
 // w2Rows and w2Rounds size workload W2 (INVSYNC_W2_ROUNDS=N runs N rounds, to profile
-// one: INVSYNC_CPUPROFILE=/tmp/w2-%c.prof).
+// one: INVSYNC_CPUPROFILE=/tmp/w2-%c.prof, INVSYNC_MEMPROFILE=/tmp/w2-mem-%c.prof).
 const (
 	w2Rows   = 1_000_000
 	w2Rounds = 3

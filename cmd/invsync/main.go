@@ -80,22 +80,46 @@ func tuneGC(lookup func(string) (string, bool)) {
 func main() {
 	redis.SetLogger(quietLogger{})
 	tuneGC(os.LookupEnv)
-	// INVSYNC_CPUPROFILE=FILE writes a CPU profile of the command (for benchmarks); %c in
-	// FILE stands for the command's name.
-	if path := os.Getenv("INVSYNC_CPUPROFILE"); path != "" {
-		if len(os.Args) > 1 {
-			path = strings.ReplaceAll(path, "%c", os.Args[1])
+	stop := profile(os.Getenv, os.Args)
+	code := run(os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// profile starts the profiles that the environment asks for (for benchmarks) and returns
+// the function that writes them: INVSYNC_CPUPROFILE=FILE a CPU profile of the command,
+// INVSYNC_MEMPROFILE=FILE its allocations (go tool pprof -sample_index=alloc_space). %c
+// in FILE stands for the command's name.
+func profile(getenv func(string) string, args []string) (stop func()) {
+	file := func(path string) string {
+		if len(args) > 1 {
+			path = strings.ReplaceAll(path, "%c", args[1])
 		}
-		if f, err := os.Create(path); err == nil {
-			if err := pprof.StartCPUProfile(f); err == nil {
-				code := run(os.Args[1:], os.Stdout, os.Stderr)
-				pprof.StopCPUProfile()
+		return path
+	}
+	var stops []func()
+	if path := getenv("INVSYNC_CPUPROFILE"); path != "" {
+		if f, err := os.Create(file(path)); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+			} else {
 				f.Close()
-				os.Exit(code)
 			}
 		}
 	}
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	if path := getenv("INVSYNC_MEMPROFILE"); path != "" {
+		stops = append(stops, func() {
+			if f, err := os.Create(file(path)); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		})
+	}
+	return func() {
+		for _, s := range stops {
+			s()
+		}
+	}
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
