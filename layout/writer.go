@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -468,28 +470,72 @@ func (w *Writer) group(changes []Change) [][]int {
 	return groups
 }
 
+// argsPool holds the argument lists of script calls (about 17 per row), reused once a
+// call's pipeline has run: they were a fifth of the daemon's garbage in a bulk write.
+var argsPool = sync.Pool{New: func() any { return new([]any) }}
+
 func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]*redis.Cmd, error) {
 	pipe := w.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(groups))
-	// The rows' strings go to go-redis as pointers (it writes a *string as the string):
-	// a string in an interface is a 16-byte allocation per argument, about ten per row,
-	// and most of the daemon's garbage in a bulk write. They point into changes, which
-	// outlive the pipeline, and into seqs.
-	seqs := make([]string, len(changes))
+	bufs := make([]*[]any, 0, len(groups))
+	defer func() {
+		for _, b := range bufs {
+			clear(*b) // drop the pointers into changes
+			*b = (*b)[:0]
+			argsPool.Put(b)
+		}
+	}()
+	// The call's arguments go to go-redis as one list per script call ("EVALSHA", sha,
+	// numkeys, KEYS, ARGV), written as they are, and the rows' strings as pointers (it
+	// writes a *string as the string): a string in an interface is a 16-byte allocation,
+	// about ten per row. They point into changes, which outlive the pipeline, into seqs
+	// (all the call's seqs in one string) and into holds.
 	var seqBuf []byte
+	for i := range changes {
+		if !changes[i].Seq.IsZero() {
+			seqBuf = AppendSeq(seqBuf, changes[i].Seq)
+		}
+	}
+	allSeqs := string(seqBuf)
+	seqs := make([]string, len(changes))
+	for i, off := 0, 0; i < len(changes); i++ {
+		if !changes[i].Seq.IsZero() {
+			seqs[i] = allSeqs[off : off+seqWidth]
+			off += seqWidth
+		}
+	}
+	nholds := 0
+	for _, idx := range groups {
+		nholds += settling(changes, idx)
+	}
+	holds := make([]HoldKeys, 0, nholds) // never grown: args point into it
+	sha := w.script.Hash()
+	ttls := w.ttls.Load()
 	for g, idx := range groups {
-		keys := make([]string, len(idx), len(idx)+4*settling(changes, idx))
-		n := 4
+		nkeys := len(idx) + 4*settling(changes, idx)
+		n := 3 + nkeys + 4
 		for _, ci := range idx {
 			n += 6 + 2*len(changes[ci].Fields) + 3*len(changes[ci].Settles)
 		}
-		args := make([]any, 0, n)
-		ttls := w.ttls.Load()
-		args = append(args, ttls[0], ttls[1], len(idx), ttls[2])
-		for j, ci := range idx {
+		buf := argsPool.Get().(*[]any)
+		bufs = append(bufs, buf)
+		args := slices.Grow((*buf)[:0], n)
+		args = append(args, "evalsha", &sha, nkeys)
+		for _, ci := range idx {
+			args = append(args, &changes[ci].Key)
+		}
+		for _, ci := range idx {
+			if c := &changes[ci]; len(c.Settles) > 0 {
+				holds = append(holds, HoldKeysOf(c.Key))
+				hk := &holds[len(holds)-1]
+				args = append(args, &hk.Orders, &hk.Users, &hk.Held, &hk.Expiry)
+			}
+		}
+		args = append(args, &ttls[0], &ttls[1], len(idx), &ttls[2])
+		for _, ci := range idx {
 			c := &changes[ci]
-			keys[j] = c.Key
-			op := "u"
+			// Constant strings in an interface cost no allocation.
+			var op any = "u"
 			if c.Op == OpDelete {
 				op = "d"
 				if c.Replace {
@@ -504,10 +550,6 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 			} else if c.IfAbsent && c.Seq.IsZero() {
 				op = "a"
 			}
-			if !c.Seq.IsZero() {
-				seqBuf = AppendSeq(seqBuf[:0], c.Seq)
-				seqs[ci] = string(seqBuf)
-			}
 			nf := len(c.Fields)
 			if c.Op != OpUpsert {
 				nf = 0
@@ -517,16 +559,16 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 				args = append(args, &c.Fields[f].Name, &c.Fields[f].Value)
 			}
 			args = append(args, len(c.Settles))
-			if len(c.Settles) > 0 {
-				hk := HoldKeysOf(c.Key)
-				keys = append(keys, hk.Orders, hk.Users, hk.Held, hk.Expiry)
-				for k := range c.Settles {
-					st := &c.Settles[k]
-					args = append(args, &st.Order, st.Qty, &st.User)
-				}
+			for k := range c.Settles {
+				st := &c.Settles[k]
+				args = append(args, &st.Order, st.Qty, &st.User)
 			}
 		}
-		cmds[g] = w.script.EvalSha(ctx, pipe, keys, args...)
+		*buf = args
+		cmd := redis.NewCmd(ctx, args...)
+		cmd.SetFirstKeyPos(3)
+		_ = pipe.Process(ctx, cmd)
+		cmds[g] = cmd
 	}
 	_, err := pipe.Exec(ctx)
 	var reply redis.Error
