@@ -89,28 +89,30 @@ func Capacity(m uint, fp float64) uint {
 // addNew adds item to f and reports whether f lacked it (one hash, no allocation).
 func (f *Filter) addNew(item string) bool { return !f.f.TestOrAddString(item) }
 
-// appendMissing reports whether item may be in f and, when not, appends to dst the
-// positions of item's bits that f lacks (an item already in, the usual case of an update,
-// costs one hash and allocates nothing).
-func (f *Filter) appendMissing(dst []uint64, item string) (bool, []uint64) {
+// appendPositions reports whether item may be in f and, when not, appends its k
+// positions to dst (an item already in, the usual case of an update, costs one hash and
+// allocates nothing).
+func (f *Filter) appendPositions(dst []uint64, item string) (bool, []uint64) {
 	if f.f.TestString(item) {
 		return true, dst
 	}
-	bs, m := f.f.BitSet(), uint64(f.M())
+	m := uint64(f.M())
 	for _, l := range bloomv3.Locations([]byte(item), f.K()) {
-		if p := l % m; !bs.Test(uint(p)) {
-			dst = append(dst, p)
-		}
+		dst = append(dst, l%m)
 	}
 	return false, dst
 }
 
-// setPositions sets bits (positions of f's parameters).
-func (f *Filter) setPositions(pos []uint64) {
-	bs := f.f.BitSet()
+// addPositions sets the k positions of one item and reports whether f lacked any of them.
+func (f *Filter) addPositions(pos []uint64) bool {
+	bs, added := f.f.BitSet(), false
 	for _, p := range pos {
-		bs.Set(uint(p))
+		if !bs.Test(uint(p)) {
+			bs.Set(uint(p))
+			added = true
+		}
 	}
+	return added
 }
 
 // Bitmap returns the filter as a Redis bitmap of (m+7)/8 bytes: bit i of the filter is

@@ -75,10 +75,10 @@ func (k *Keeper) keepUnset(groups []adds) bool {
 				}
 				continue
 			}
-			// Only the bits Redis lacks: a bit set in cur is in Redis already (cur takes
-			// bits once Redis has acknowledged them, see setBits).
+			// All k bits, even those cur holds: Redis can lack a bit that cur has (a swap
+			// that failed half way, Redis gone back to an older state until the restore).
 			var in bool
-			if in, g.pos = t.cur.appendMissing(g.pos, pk); !in {
+			if in, g.pos = t.cur.appendPositions(g.pos, pk); !in {
 				news = append(news, pk)
 			}
 		}
@@ -111,10 +111,14 @@ func (k *Keeper) setBits(ctx context.Context, groups []adds) error {
 			k.damaged(ctx, g.t, cerr)
 		}
 		g.t.mu.Lock()
-		// Redis holds the bits: cur takes them (bits are never cleared in cur, and k.swap
-		// keeps cur in place while Ensure runs, so the keys' other bits are still set).
-		g.t.cur.setPositions(g.pos)
-		g.t.items += uint64(len(g.pks))
+		// Redis holds the bits: cur takes them, key by key (k positions each; k.swap keeps
+		// cur in place while Ensure runs), counting the keys it lacked.
+		nk := int(g.t.cur.K())
+		for i := range g.pks {
+			if g.t.cur.addPositions(g.pos[i*nk : (i+1)*nk]) {
+				g.t.items++
+			}
+		}
 		k.checkCapacity(g.t)
 		g.t.mu.Unlock()
 	}
