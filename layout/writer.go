@@ -378,9 +378,9 @@ func (w *Writer) Apply(ctx context.Context, changes []Change, out []Outcome) err
 		return err
 	}
 	var whole error
-	for g, cmd := range cmds {
+	for g, r := range cmds {
 		idx := groups[g]
-		vals, cerr := cmd.Slice()
+		vals, cerr := r.vals, r.err
 		if cerr == nil && len(vals) != len(idx) {
 			cerr = fmt.Errorf("layout: script returned %d results for %d keys", len(vals), len(idx))
 		}
@@ -432,9 +432,9 @@ func isKeyError(err error) bool {
 	return false
 }
 
-func hasNoScript(cmds []*redis.Cmd) bool {
-	for _, c := range cmds {
-		if isNoScript(c.Err()) {
+func hasNoScript(res []callResult) bool {
+	for _, r := range res {
+		if isNoScript(r.err) {
 			return true
 		}
 	}
@@ -474,7 +474,7 @@ func (w *Writer) group(changes []Change) [][]int {
 // call's pipeline has run: they were a fifth of the daemon's garbage in a bulk write.
 var argsPool = sync.Pool{New: func() any { return new([]any) }}
 
-func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]*redis.Cmd, error) {
+func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]callResult, error) {
 	pipe := w.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(groups))
 	bufs := make([]*[]any, 0, len(groups))
@@ -584,7 +584,18 @@ func (w *Writer) exec(ctx context.Context, changes []Change, groups [][]int) ([]
 			return nil, err
 		}
 	}
-	return cmds, nil
+	// The results only: the commands hold argument lists that go back to argsPool.
+	res := make([]callResult, len(cmds))
+	for g, c := range cmds {
+		res[g].vals, res[g].err = c.Slice()
+	}
+	return res, nil
+}
+
+// callResult is what one script call returned.
+type callResult struct {
+	vals []any
+	err  error
 }
 
 func isNoScript(err error) bool { return redis.HasErrorPrefix(err, "NOSCRIPT") }
