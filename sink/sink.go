@@ -78,6 +78,7 @@ type Sink struct {
 	lastRead                 atomic.Int64  // unix nanos when the reader last handed over rows
 	lastSeq                  atomic.Uint64 // file<<32 | pos of the newest row handed over
 	behind                   atomic.Bool   // the newest commit read is old: catching up
+	readerIdle               time.Duration // see waitForTurn (readerIdle; tests lengthen it)
 
 	paused     atomic.Int64           // workers waiting for Redis (unreachable or refusing writes)
 	pauseCause atomic.Pointer[string] // why, for /readyz
@@ -123,7 +124,7 @@ const (
 // New returns a sink for tables (names by config index) writing through w.
 // heartbeat is called when the source reports it is idle.
 func New(cfg config.Sink, tables []string, w Writer, wm *Watermark, m *metrics.Metrics, log *zap.Logger, heartbeat func()) *Sink {
-	s := &Sink{cfg: cfg, w: w, wm: wm, log: log, seed: maphash.MakeSeed(), m: m, beat: heartbeat, tables: tables}
+	s := &Sink{cfg: cfg, w: w, wm: wm, log: log, seed: maphash.MakeSeed(), m: m, beat: heartbeat, tables: tables, readerIdle: readerIdle}
 	s.SetTuning(cfg.BatchSize, cfg.FlushInterval)
 	s.queues = make([]*keyQueue, cfg.Workers)
 	for i := range s.queues {
@@ -347,13 +348,13 @@ func (s *Sink) acknowledge(batch []*entry, out []layout.Outcome) {
 func (s *Sink) waitForTurn(ctx context.Context, q *keyQueue, bs int, timer **time.Timer) error {
 	for s.behind.Load() {
 		now := time.Now().UnixNano()
-		if now-s.lastRead.Load() > int64(readerIdle) || q.urgent(now-int64(catchUpMaxHold), bs) {
+		if now-s.lastRead.Load() > int64(s.readerIdle) || q.urgent(now-int64(catchUpMaxHold), bs) {
 			return nil
 		}
 		if *timer == nil {
-			*timer = time.NewTimer(readerIdle)
+			*timer = time.NewTimer(s.readerIdle)
 		} else {
-			(*timer).Reset(readerIdle)
+			(*timer).Reset(s.readerIdle)
 		}
 		select {
 		case <-(*timer).C:

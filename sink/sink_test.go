@@ -59,9 +59,18 @@ func startSink(t *testing.T, w Writer) (*Sink, *Watermark, *metrics.Metrics) {
 // startSinkWith is startSink with a flush interval.
 func startSinkWith(t *testing.T, w Writer, flush time.Duration) (*Sink, *Watermark, *metrics.Metrics) {
 	t.Helper()
+	return startTunedSink(t, w, flush, nil)
+}
+
+// startTunedSink is startSinkWith with tune called on the sink before it runs.
+func startTunedSink(t *testing.T, w Writer, flush time.Duration, tune func(*Sink)) (*Sink, *Watermark, *metrics.Metrics) {
+	t.Helper()
 	m := metrics.New(prometheus.NewRegistry())
 	wm := NewWatermark(pos(4), time.Now)
 	s := New(config.Sink{Workers: 1, BatchSize: 16, QueueSize: 64, FlushInterval: flush}, []string{"shop.inventory"}, w, wm, m, zap.NewNop(), nil)
+	if tune != nil {
+		tune(s)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -397,7 +406,9 @@ func testenvFlush(t *testing.T, s *Sink) {
 // queue, one worker at a time.
 func TestCatchingUpWritesAQueueThatIsNearlyFull(t *testing.T) {
 	w := &fakeWriter{}
-	s, _, _ := startSink(t, w) // one worker: batch 16, queue 64
+	// One worker: batch 16, queue 64. The reader counts as busy for an hour: only the
+	// queue's near-full signal can wake the waiting worker.
+	s, _, _ := startTunedSink(t, w, 0, func(s *Sink) { s.readerIdle = time.Hour })
 	ctx := context.Background()
 	old := time.Now().Add(-time.Hour)
 	commit := func(txn uint64, rows ...canal.Row) {
@@ -417,7 +428,22 @@ func TestCatchingUpWritesAQueueThatIsNearlyFull(t *testing.T) {
 	for i := range 55 {
 		rows = append(rows, row("k:"+strconv.Itoa(i), uint32(200+i), "1"))
 	}
-	commit(2, rows...) // 56 keys wait: less than a batch of room in 64
+	// The worker waits for its turn (it asked how much room the queue has) before the
+	// queue nears full.
+	q := s.queues[0]
+	for i, r := range rows {
+		if i == 5 {
+			waitUntil(t, func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.room == 16 })
+		}
+		r.Txn = 2
+		if err := s.Row(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 56 keys wait: less than a batch of room in 64.
+	if err := s.Commit(ctx, canal.Commit{Txn: 2, Rows: len(rows), Pos: pos(102), Time: old}); err != nil {
+		t.Fatal(err)
+	}
 	// The reader stays busy with changes of a key that waits already (they coalesce).
 	deadline := time.Now().Add(time.Second)
 	for txn := uint64(3); time.Now().Before(deadline); txn++ {
