@@ -37,12 +37,7 @@ func newKeeper(cfg *config.Config, src source.Config, rdb redis.UniversalClient,
 	}
 	k := bloom.NewKeeper(rdb, specs, cfg.Bloom.ExpectedItems, cfg.Bloom.FalsePositiveRate, scan, log, m)
 	k.SizeFrom(func(ctx context.Context, i int) (uint64, error) {
-		conn, err := src.Dial(ctx)
-		if err != nil {
-			return 0, err
-		}
-		defer conn.Close()
-		return snapshot.CountRows(ctx, conn, tables[i])
+		return snapshot.CountRows(ctx, src.Dial, tables[i])
 	})
 	return k
 }

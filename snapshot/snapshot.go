@@ -170,17 +170,26 @@ func estimateRows(conn *client.Conn, t *source.Table) int64 {
 
 // CountRows returns how many rows t holds (an exact COUNT(*): the estimate of
 // information_schema lags far behind a bulk load, and a Bloom filter sized from it would
-// be too small).
-func CountRows(ctx context.Context, conn *client.Conn, t *source.Table) (uint64, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
+// be too small), on a connection of its own from dial. When ctx ends first, the count
+// ends on the server too (KILL QUERY from a second connection: MySQL notices a closed
+// connection only when it sends the result, and the count of a big table can take
+// minutes), and the error wraps ctx's.
+func CountRows(ctx context.Context, dial func(context.Context) (*client.Conn, error), t *source.Table) (uint64, error) {
+	conn, err := dial(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), err)
 	}
-	// The client does not take a context: a cancelled count ends by the connection's
-	// deadline (the caller closes the connection then).
+	defer conn.Close()
+	// The client does not take a context: a cancelled count returns by the connection's
+	// deadline.
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
 	res, err := conn.Execute("SELECT COUNT(*) FROM " + source.QuoteIdent(t.Schema) + "." + source.QuoteIdent(t.Name))
 	if err != nil {
+		if ctx.Err() != nil {
+			killQuery(dial, conn.GetConnectionID())
+			return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), ctx.Err())
+		}
 		return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), err)
 	}
 	defer res.Close()
@@ -189,6 +198,21 @@ func CountRows(ctx context.Context, conn *client.Conn, t *source.Table) (uint64,
 		return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), err)
 	}
 	return n, nil
+}
+
+// killQuery ends the statement that connection id runs, from a connection of its own (a
+// user may kill its own statements). Best effort: bounded in time, errors ignored.
+func killQuery(dial func(context.Context) (*client.Conn, error), id uint32) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := dial(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	defer stop()
+	_, _ = conn.Execute("KILL QUERY " + strconv.FormatUint(uint64(id), 10))
 }
 
 // tableQuery is how the rows of one table are selected and turned into changes.
