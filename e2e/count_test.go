@@ -20,6 +20,9 @@ import (
 func TestACancelledRowCountEndsOnTheServer(t *testing.T) {
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
 	ctx := context.Background()
+	if _, err := e.db.Exec("SELECT 1 FROM seq_1_to_1"); err != nil {
+		t.Skipf("needs MariaDB's SEQUENCE engine: %v", err)
+	}
 	_, err := e.db.Exec("CREATE VIEW " + testenv.Quote(e.schema) + ".big AS SELECT seq FROM seq_1_to_1000000000000 WHERE seq % 7 = 1")
 	testenv.Must(t, err, "create the view")
 	running := func() []int64 {
@@ -42,8 +45,9 @@ func TestACancelledRowCountEndsOnTheServer(t *testing.T) {
 	})
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
+	dial := e.conns().Source.Dial
 	go func() {
-		_, err := snapshot.CountRows(cctx, e.conns().Source.Dial, &source.Table{Schema: e.schema, Name: "big"})
+		_, err := snapshot.CountRows(cctx, dial, &source.Table{Schema: e.schema, Name: "big"})
 		done <- err
 	}()
 	waitFor(t, "the count to run", 10*time.Second, func() bool { return len(running()) == 1 })

@@ -175,6 +175,9 @@ func estimateRows(conn *client.Conn, t *source.Table) int64 {
 // connection only when it sends the result, and the count of a big table can take
 // minutes), and the error wraps ctx's.
 func CountRows(ctx context.Context, dial func(context.Context) (*client.Conn, error), t *source.Table) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
 	conn, err := dial(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), err)
@@ -184,10 +187,11 @@ func CountRows(ctx context.Context, dial func(context.Context) (*client.Conn, er
 	// deadline.
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
-	res, err := conn.Execute("SELECT COUNT(*) FROM " + source.QuoteIdent(t.Schema) + "." + source.QuoteIdent(t.Name))
+	query := "SELECT COUNT(*) FROM " + source.QuoteIdent(t.Schema) + "." + source.QuoteIdent(t.Name)
+	res, err := conn.Execute(query)
 	if err != nil {
 		if ctx.Err() != nil {
-			killQuery(dial, conn.GetConnectionID())
+			killQuery(dial, conn.GetConnectionID(), query)
 			return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), ctx.Err())
 		}
 		return 0, fmt.Errorf("count the rows of %s: %w", t.FullName(), err)
@@ -200,20 +204,42 @@ func CountRows(ctx context.Context, dial func(context.Context) (*client.Conn, er
 	return n, nil
 }
 
-// killQuery ends the statement that connection id runs, from a connection of its own (a
-// user may kill its own statements). Best effort: bounded in time, errors ignored.
-func killQuery(dial func(context.Context) (*client.Conn, error), id uint32) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn, err := dial(ctx)
-	if err != nil {
-		return
+// killQuery ends query, which connection id runs, from a connection of its own (a user
+// may kill its own statements). It kills only a thread of that id that runs query, so
+// that a second connection that reached another server (a load balancer in front of
+// several) kills nothing there. Best effort: it waits at most killWait, errors ignored.
+func killQuery(dial func(context.Context) (*client.Conn, error), id uint32, query string) {
+	ctx, cancel := context.WithTimeout(context.Background(), killWait)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer cancel()
+		conn, err := dial(ctx) // the handshake may ignore ctx: the caller waits at most killWait
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+		defer stop()
+		ids := strconv.FormatUint(uint64(id), 10)
+		res, err := conn.Execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = "+ids+" AND INFO = ?", query)
+		if err != nil {
+			return
+		}
+		n, err := res.GetUint(0, 0)
+		res.Close()
+		if err == nil && n == 1 {
+			_, _ = conn.Execute("KILL QUERY " + ids)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(killWait):
 	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
-	defer stop()
-	_, _ = conn.Execute("KILL QUERY " + strconv.FormatUint(uint64(id), 10))
 }
+
+// killWait bounds how long a cancelled count waits for its KILL QUERY.
+const killWait = 5 * time.Second
 
 // tableQuery is how the rows of one table are selected and turned into changes.
 type tableQuery struct {
