@@ -76,6 +76,8 @@ type Keeper struct {
 	// lands in the new bitmap unrecorded.
 	swap      sync.RWMutex
 	rebuildMu sync.Mutex // one rebuild at a time
+	// outgrew wakes Run when a filter outgrows its size, so that it is rebuilt at once.
+	outgrew chan struct{}
 
 	m *Metrics
 }
@@ -194,7 +196,8 @@ func NewKeeper(rdb redis.UniversalClient, tables []TableSpec, expected uint, fp 
 	if auto {
 		expected = AutoMinItems
 	}
-	k := &Keeper{rdb: rdb, expected: expected, auto: auto, fp: fp, log: log, scan: scan, byPrefix: map[string]*tableFilter{}, m: m}
+	k := &Keeper{rdb: rdb, expected: expected, auto: auto, fp: fp, log: log, scan: scan, byPrefix: map[string]*tableFilter{}, m: m,
+		outgrew: make(chan struct{}, 1)}
 	for i, s := range tables {
 		t := &tableFilter{idx: i, spec: s, mirror: NewMirror(rdb, s.Key)}
 		k.tables = append(k.tables, t)
@@ -308,10 +311,16 @@ func (k *Keeper) checkCapacity(t *tableFilter) {
 		return
 	}
 	t.warned = true
+	if k.outgrown(t) {
+		select {
+		case k.outgrew <- struct{}{}:
+		default:
+		}
+	}
 	k.m.overCapacity.WithLabelValues(t.spec.Name).Inc()
 	fix := "raise bloom.expected_items, or let the next rebuild (reconcile, or POST /bloom/rebuild) size it"
 	if k.auto {
-		fix = "none needed: the filter is rebuilt from the source, sized for twice the table's rows, at the keeper's next check"
+		fix = "none needed: the filter is rebuilt from the source now, sized for twice the table's rows"
 	}
 	k.log.Warn("the bloom filter holds more keys than it was sized for: its false-positive rate rises; the next rebuild is sized for twice as many",
 		zap.String("table", t.spec.Name), zap.Uint64("items", t.items), zap.Uint("sized_for", t.capacity),
@@ -558,8 +567,9 @@ func (k *Keeper) RestoreAll(ctx context.Context) error {
 	return nil
 }
 
-// Run checks the Redis copies every interval (see Check) and rebuilds from the source
-// the filters that are not complete, until ctx ends.
+// Run checks the Redis copies every interval (see Check), and at once when a filter
+// outgrows its size, and rebuilds from the source the filters that are not complete or
+// have outgrown their size, until ctx ends.
 func (k *Keeper) Run(ctx context.Context, interval time.Duration) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -591,6 +601,7 @@ func (k *Keeper) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-k.outgrew:
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	bloomv3 "github.com/bits-and-blooms/bloom/v3"
 	"github.com/invsync/invsync/bloom"
@@ -237,5 +238,34 @@ func wantRebuild(t *testing.T, k *bloom.Keeper, want bool, what string) {
 	t.Helper()
 	if need, err := k.Check(context.Background()); err != nil || need != want {
 		t.Fatalf("%s (check: rebuild %v, %v; stats %+v)", what, need, err, k.Stats())
+	}
+}
+
+// A filter that outgrows its size is rebuilt as soon as it does, not at the keeper's next
+// periodic check: until then every new key costs its bits in Redis and the false-positive
+// rate climbs (a catch-up over a bulk import adds keys by the hundred thousand a second).
+func TestAnOutgrownFilterIsRebuiltAtOnce(t *testing.T) {
+	ctx, rdb, prefix, key := bloomFixture(t)
+	var keys atomic.Int64
+	keys.Store(1000)
+	k, _ := newKeeper(t, rdb, prefix, key, 0, numberedKeys(keys.Load))
+	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(keys.Load()), nil })
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	sized := k.Stats()[0].Capacity
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); k.Run(rctx, time.Hour) }() // checks once now, then hourly
+	defer func() { cancel(); <-done }()
+	n := 1000 + int(sized) + 10
+	keys.Store(int64(n))
+	cs := upserts(prefix, 1000, n)
+	testenv.Must(t, k.Wrap(nopWriter{}).Apply(ctx, cs, make([]layout.Outcome, len(cs))), "apply")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if s := k.Stats()[0]; s.Complete && s.Capacity > sized {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a filter past its size (%+v) was not rebuilt within 20 s", k.Stats()[0])
+		}
 	}
 }
