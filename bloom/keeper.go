@@ -343,6 +343,24 @@ func (k *Keeper) rowsOf(ctx context.Context, t *tableFilter) (n uint64, ok bool)
 	return n, true
 }
 
+// retire takes t's live filter out of use while a rebuild runs, when the table holds
+// more rows than it was sized for (a bulk import, a catch-up over one): its meta is
+// deleted, so readers treat every key as possibly present, which is what a filter past
+// its size tells them more and more anyway; and the keys written until the swap cost no
+// bits in Redis (the rebuild writes its filter whole). If the meta cannot be deleted, the
+// filter stays in use and bits go on reaching it.
+func (k *Keeper) retire(ctx context.Context, t *tableFilter, rows uint64) {
+	if err := t.mirror.Invalidate(ctx); err != nil {
+		return
+	}
+	t.mu.Lock()
+	capacity := t.capacity
+	t.complete = false
+	t.mu.Unlock()
+	k.log.Info("the live bloom filter is too small for the table: readers treat every key as possibly present until the rebuilt one is swapped in",
+		zap.String("table", t.spec.Name), zap.Uint64("rows", rows), zap.Uint("sized_for", capacity))
+}
+
 // sizeFor returns the filter for the next rebuild of t: sized for the configured items,
 // or twice the table's rows (auto), or twice the items held when the table grew past
 // them. Called with t.mu held.
@@ -404,7 +422,11 @@ func (k *Keeper) rebuild(ctx context.Context, tables []*tableFilter, fill func(c
 		t.mu.Lock()
 		t.next, t.nextItems = k.sizeFor(t, rows, counted), 0
 		t.seedNext()
+		tooSmall := k.auto && counted && t.complete && rows > uint64(t.capacity)
 		t.mu.Unlock()
+		if tooSmall {
+			k.retire(ctx, t, rows)
+		}
 	}
 	drop := func() {
 		for _, t := range tables {

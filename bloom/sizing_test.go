@@ -157,8 +157,10 @@ func TestKeeperEmptyTableAndFailedSwap(t *testing.T) {
 	if c := k.Stats()[0].Capacity; c > bloom.AutoMinItems+bloom.AutoMinItems/100 {
 		t.Fatalf("an empty table's filter holds %d items, want %d", c, bloom.AutoMinItems)
 	}
-	// The meta write of the next swap fails (its key holds another type).
-	rows.Store(200_000)
+	// The meta write of the next swap fails (its key holds another type). The table still
+	// fits the live filter, which stays in use meanwhile (see
+	// TestARebuildRetiresALiveFilterTooSmallForTheTable).
+	rows.Store(50_000)
 	testenv.Must(t, rdb.Set(ctx, key+":meta", "not a hash", 0).Err(), "break meta")
 	if err := k.RebuildFromSource(ctx); err == nil {
 		t.Fatal("a swap whose meta write failed reported success")
@@ -266,6 +268,67 @@ func TestAnOutgrownFilterIsRebuiltAtOnce(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("a filter past its size (%+v) was not rebuilt within 20 s", k.Stats()[0])
+		}
+	}
+}
+
+// A rebuild for a table that has outgrown the live filter (its rows are more than the
+// filter was sized for, as after a bulk import) takes that filter out of use while it
+// runs: readers treat every key as possibly present (what a filter past its size tells
+// them more and more anyway), and the keys written meanwhile cost no bits in Redis. A
+// rebuild for a table the live filter still fits keeps it in use.
+func TestARebuildRetiresALiveFilterTooSmallForTheTable(t *testing.T) {
+	ctx, rdb, prefix, key := bloomFixture(t)
+	var rows atomic.Int64
+	rows.Store(1000)
+	k, _ := newKeeper(t, rdb, prefix, key, 0, numberedKeys(rows.Load))
+	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(rows.Load()), nil })
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	r := bloom.NewReader(rdb, key)
+	absent := func() bool {
+		ok, err := r.MayContain(ctx, "never-written")
+		testenv.Must(t, err, "may contain")
+		return !ok
+	}
+	if !absent() {
+		t.Fatal("fixture: the filter does not tell an absent key")
+	}
+	kw := k.Wrap(nopWriter{})
+	write := func(from, to int) {
+		cs := upserts(prefix, from, to)
+		testenv.Must(t, kw.Apply(ctx, cs, make([]layout.Outcome, len(cs))), "apply")
+	}
+	// The table still fits: the live filter stays in use, and new keys reach it.
+	testenv.Must(t, k.Rebuild(ctx, func(ctx context.Context) error {
+		if !absent() {
+			t.Error("a rebuild of a table the live filter fits took it out of use")
+		}
+		write(5000, 5010)
+		return nil
+	}), "rebuild")
+	// The table outgrew it: out of use until the new filter is in, and no bits sent.
+	rows.Store(int64(bloom.AutoMinItems) * 3)
+	testenv.Must(t, k.Rebuild(ctx, func(ctx context.Context) error {
+		if absent() {
+			t.Error("the live filter, too small for the table, is still in use during the rebuild")
+		}
+		before, err := rdb.Get(ctx, key).Result()
+		testenv.Must(t, err, "bitmap")
+		write(6000, 6500)
+		if after, _ := rdb.Get(ctx, key).Result(); after != before {
+			t.Error("keys written during the rebuild set bits in the retired filter")
+		}
+		return nil
+	}), "rebuild")
+	if s := k.Stats()[0]; !s.Complete || s.Capacity < uint(rows.Load()) {
+		t.Fatalf("after the rebuild: %+v", s)
+	}
+	if !absent() {
+		t.Fatal("the rebuilt filter is not in use")
+	}
+	for _, pk := range []string{"5005", "6000", "6499"} {
+		if ok, _ := r.MayContain(ctx, pk); !ok {
+			t.Fatalf("key %s is missing from the rebuilt filter", pk)
 		}
 	}
 }
