@@ -349,7 +349,13 @@ func (k *Keeper) rowsOf(ctx context.Context, t *tableFilter) (n uint64, ok bool)
 // its size tells them more and more anyway; and the keys written until the swap cost no
 // bits in Redis (the rebuild writes its filter whole). If the meta cannot be deleted, the
 // filter stays in use and bits go on reaching it.
+//
+// It holds k.swap: no Ensure is between choosing the bits to send and sending them, and
+// no restore (Check) can write the meta again between its deletion and complete=false,
+// which would leave readers trusting a bitmap that no longer receives bits.
 func (k *Keeper) retire(ctx context.Context, t *tableFilter, rows uint64) {
+	k.swap.Lock()
+	defer k.swap.Unlock()
 	if err := t.mirror.Invalidate(ctx); err != nil {
 		return
 	}

@@ -332,3 +332,38 @@ func TestARebuildRetiresALiveFilterTooSmallForTheTable(t *testing.T) {
 		}
 	}
 }
+
+// Taking a filter out of use and the check that writes a lost meta again exclude each
+// other: the check must not make readers trust again a filter that receives no bits.
+func TestARetiredFilterIsNotRestoredByTheCheck(t *testing.T) {
+	ctx, rdb, prefix, key := bloomFixture(t)
+	var rows atomic.Int64
+	rows.Store(1000)
+	k, _ := newKeeper(t, rdb, prefix, key, 0, numberedKeys(rows.Load))
+	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(rows.Load()), nil })
+	stop := make(chan struct{})
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_, _ = k.Check(ctx)
+			}
+		}
+	}()
+	defer func() { close(stop); <-checked }()
+	for i := range 30 {
+		rows.Store(1000)
+		testenv.Must(t, k.RebuildFromSource(ctx), "small rebuild")
+		rows.Store(int64(bloom.AutoMinItems) * 3) // the next rebuild retires the live filter
+		testenv.Must(t, k.Rebuild(ctx, func(ctx context.Context) error {
+			if n := rdb.Exists(ctx, key+":meta").Val(); n != 0 || k.Complete() {
+				t.Errorf("round %d: during the rebuild the retired filter is in use again (meta %d, complete %v)", i, n, k.Complete())
+			}
+			return nil
+		}), "rebuild")
+	}
+}
