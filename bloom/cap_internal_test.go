@@ -20,3 +20,21 @@ func TestAFilterAtTheCapIsNotOutgrown(t *testing.T) {
 		t.Fatal("with bloom.expected_items set, a filter counts as outgrown")
 	}
 }
+
+// A filter at the size cap is never retired for a rebuild (the new one cannot be bigger,
+// and readers would lose the filter for the whole rebuild for nothing); one below it, too
+// small for the table's rows, is.
+func TestAFilterAtTheCapIsNotRetired(t *testing.T) {
+	k := &Keeper{auto: true, fp: 0.001}
+	capped := &tableFilter{capacity: MaxItems(0.001), complete: true}
+	if k.tooSmall(capped, uint64(MaxItems(0.001))*2, true) {
+		t.Fatal("a filter at the cap is retired")
+	}
+	small := &tableFilter{capacity: AutoMinItems, complete: true}
+	if !k.tooSmall(small, uint64(AutoMinItems)*3, true) {
+		t.Fatal("a small filter, too small for the table, is not retired")
+	}
+	if k.tooSmall(small, uint64(AutoMinItems)*3, false) {
+		t.Fatal("a filter is retired without a row count")
+	}
+}

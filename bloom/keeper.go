@@ -422,13 +422,18 @@ func (k *Keeper) Rebuild(ctx context.Context, fill func(context.Context) error) 
 func (k *Keeper) rebuild(ctx context.Context, tables []*tableFilter, fill func(context.Context) error) error {
 	k.rebuildMu.Lock()
 	defer k.rebuildMu.Unlock()
+	return k.rebuildLocked(ctx, tables, fill)
+}
+
+// rebuildLocked is rebuild with k.rebuildMu held.
+func (k *Keeper) rebuildLocked(ctx context.Context, tables []*tableFilter, fill func(context.Context) error) error {
 	start := time.Now()
 	for _, t := range tables {
 		rows, counted := k.rowsOf(ctx, t)
 		t.mu.Lock()
 		t.next, t.nextItems = k.sizeFor(t, rows, counted), 0
 		t.seedNext()
-		tooSmall := k.auto && counted && t.complete && rows > uint64(t.capacity)
+		tooSmall := k.tooSmall(t, rows, counted)
 		t.mu.Unlock()
 		if tooSmall {
 			k.retire(ctx, t, rows)
@@ -488,20 +493,49 @@ func (k *Keeper) rebuildFromSource(ctx context.Context, tables []*tableFilter) e
 	if k.scan == nil {
 		return errors.New("bloom: no scanner to rebuild from")
 	}
-	return k.rebuild(ctx, tables, func(ctx context.Context) error {
+	return k.rebuild(ctx, tables, k.scanFill(tables))
+}
+
+// scanFill fills the new filters of tables from a scan of the source's primary keys.
+func (k *Keeper) scanFill(tables []*tableFilter) func(context.Context) error {
+	return func(ctx context.Context) error {
 		for _, t := range tables {
 			if err := k.scan(ctx, t.idx, func(pk string) { k.Scanned(t.idx, pk) }); err != nil {
 				return fmt.Errorf("bloom: scan %s: %w", t.spec.Name, err)
 			}
 		}
 		return nil
-	})
+	}
+}
+
+// rebuildNeeding rebuilds from the source the tables that need it (see needing), chosen
+// once no other rebuild runs: one that ran meanwhile (a reconciliation's, POST
+// /bloom/rebuild) may have done the work. It returns no error when none needs it.
+func (k *Keeper) rebuildNeeding(ctx context.Context) error {
+	k.rebuildMu.Lock()
+	defer k.rebuildMu.Unlock()
+	tables := k.needing()
+	if len(tables) == 0 {
+		return nil
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t.spec.Name
+	}
+	k.log.Info("building bloom filters from a scan of the source's primary keys", zap.Strings("tables", names))
+	return k.rebuildLocked(ctx, tables, k.scanFill(tables))
 }
 
 // outgrown reports whether t's filter (sized from the row count) holds more items than
 // it was sized for and can be rebuilt larger. Called with t.mu held.
 func (k *Keeper) outgrown(t *tableFilter) bool {
 	return k.auto && t.items > uint64(t.capacity) && !k.atCap(t.capacity)
+}
+
+// tooSmall reports whether t's live filter is too small for the table's rows (counted)
+// and a rebuild can make it bigger: the rebuild then retires it. Called with t.mu held.
+func (k *Keeper) tooSmall(t *tableFilter, rows uint64, counted bool) bool {
+	return k.auto && counted && t.complete && rows > uint64(t.capacity) && !k.atCap(t.capacity)
 }
 
 // atCap reports whether a filter of capacity items is as big as filters get (MaxItems).
@@ -609,13 +643,7 @@ func (k *Keeper) Run(ctx context.Context, interval time.Duration) {
 			k.log.Debug("bloom check failed; will check again", zap.Error(err))
 		}
 		if need && k.scan != nil && time.Now().After(nextTry) {
-			tables := k.needing()
-			names := make([]string, len(tables))
-			for i, t := range tables {
-				names[i] = t.spec.Name
-			}
-			k.log.Info("building bloom filters from a scan of the source's primary keys", zap.Strings("tables", names))
-			if err := k.rebuildFromSource(ctx, tables); err != nil {
+			if err := k.rebuildNeeding(ctx); err != nil {
 				if ctx.Err() != nil {
 					return
 				}

@@ -367,3 +367,45 @@ func TestARetiredFilterIsNotRestoredByTheCheck(t *testing.T) {
 		}), "rebuild")
 	}
 }
+
+// The keeper's own rebuild chooses its tables once no other rebuild runs: after a
+// reconciliation's (or POST /bloom/rebuild's) rebuild that took the live filter out of
+// use and then swapped in the new one, it does not scan the table again.
+func TestTheKeeperDoesNotRepeatARebuildThatRanMeanwhile(t *testing.T) {
+	ctx, rdb, prefix, key := bloomFixture(t)
+	var rows, scans atomic.Int64
+	rows.Store(1000)
+	release := make(chan struct{})
+	scan := func(ctx context.Context, table int, add func(string)) error {
+		if scans.Add(1) == 2 {
+			<-release // the second scan (the retiring rebuild's) waits
+		}
+		for i := range rows.Load() {
+			add(strconv.FormatInt(i, 10))
+		}
+		return nil
+	}
+	k, _ := newKeeper(t, rdb, prefix, key, 0, scan)
+	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(rows.Load()), nil })
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild") // scan 1
+	rows.Store(int64(bloom.AutoMinItems) * 3)
+	done := make(chan error, 1)
+	go func() { done <- k.RebuildFromSource(ctx) }() // scan 2: retires the live filter
+	for k.Complete() {
+		time.Sleep(time.Millisecond)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { defer close(ran); k.Run(rctx, time.Hour) }() // its first check finds the filter incomplete
+	defer func() { cancel(); <-ran }()
+	time.Sleep(100 * time.Millisecond) // Run waits for the rebuild under way
+	close(release)
+	testenv.Must(t, <-done, "the retiring rebuild")
+	time.Sleep(500 * time.Millisecond)
+	if n := scans.Load(); n != 2 {
+		t.Fatalf("%d scans of the table, want 2: the keeper repeated the rebuild that had just run", n)
+	}
+	if !k.Complete() {
+		t.Fatal("not complete after the rebuild")
+	}
+}
