@@ -118,6 +118,10 @@ type tableFilter struct {
 	next      *Filter
 	nextItems uint64
 	warned    bool // growth past capacity reported
+	// staleMeta: a swap of a retired filter failed and its meta could not be deleted, so
+	// Redis may hold a meta that readers trust while no bits reach the bitmap (the swap
+	// may have landed, its reply lost). Writes of new keys wait until it is deleted.
+	staleMeta bool
 	// recent are the keys added lately (a ring of recentKeys), each with when: a
 	// rebuild starts its filter with those of the last recentWindow. A row is written to
 	// Redis once its transaction is in the binlog, which can be before MySQL lets readers
@@ -284,10 +288,34 @@ func (k *Keeper) Ensure(ctx context.Context, changes []layout.Change) error {
 	if len(groups) == 0 {
 		return nil
 	}
+	if err := k.dropStaleMeta(ctx, groups); err != nil {
+		return err
+	}
 	if !k.keepUnset(groups) {
 		return nil
 	}
 	return k.setBits(ctx, groups)
+}
+
+// dropStaleMeta deletes the meta of the groups' tables that may hold a stale one (see
+// staleMeta), or fails: the write must wait. With k.swap held for reading, no swap,
+// retirement or restore runs meanwhile.
+func (k *Keeper) dropStaleMeta(ctx context.Context, groups []adds) error {
+	for _, g := range groups {
+		g.t.mu.Lock()
+		stale := g.t.staleMeta
+		g.t.mu.Unlock()
+		if !stale {
+			continue
+		}
+		if err := g.t.mirror.Invalidate(ctx); err != nil {
+			return fmt.Errorf("bloom: %s may hold a meta that readers trust while its filter is being rebuilt (a swap failed); new keys wait until it is deleted: %w", g.t.mirror.MetaKey(), err)
+		}
+		g.t.mu.Lock()
+		g.t.staleMeta = false
+		g.t.mu.Unlock()
+	}
+	return nil
 }
 
 // damaged handles a bitmap key that holds another type: readers are told to stop
@@ -467,13 +495,17 @@ func (k *Keeper) rebuildLocked(ctx context.Context, tables []*tableFilter, fill 
 				t.mu.Lock()
 				t.complete = false
 				t.mu.Unlock()
+			} else {
+				t.mu.Lock()
+				t.staleMeta = !t.complete // retired: no bits reach it (see staleMeta)
+				t.mu.Unlock()
 			}
 			return fmt.Errorf("bloom: %w", err)
 		}
 		t.mu.Lock()
 		t.cur, t.items, t.next = next, items, nil
 		t.capacity = Capacity(next.M(), k.fp)
-		t.complete, t.warned = true, false
+		t.complete, t.warned, t.staleMeta = true, false, false
 		k.checkCapacity(t)
 		t.mu.Unlock()
 		k.m.rebuilds.WithLabelValues(t.spec.Name).Inc()
