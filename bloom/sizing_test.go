@@ -247,12 +247,7 @@ func wantRebuild(t *testing.T, k *bloom.Keeper, want bool, what string) {
 // periodic check: until then every new key costs its bits in Redis and the false-positive
 // rate climbs (a catch-up over a bulk import adds keys by the hundred thousand a second).
 func TestAnOutgrownFilterIsRebuiltAtOnce(t *testing.T) {
-	ctx, rdb, prefix, key := bloomFixture(t)
-	var keys atomic.Int64
-	keys.Store(1000)
-	k, _ := newKeeper(t, rdb, prefix, key, 0, numberedKeys(keys.Load))
-	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(keys.Load()), nil })
-	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	ctx, _, prefix, _, k, keys := autoKeeper(t)
 	sized := k.Stats()[0].Capacity
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -278,12 +273,7 @@ func TestAnOutgrownFilterIsRebuiltAtOnce(t *testing.T) {
 // them more and more anyway), and the keys written meanwhile cost no bits in Redis. A
 // rebuild for a table the live filter still fits keeps it in use.
 func TestARebuildRetiresALiveFilterTooSmallForTheTable(t *testing.T) {
-	ctx, rdb, prefix, key := bloomFixture(t)
-	var rows atomic.Int64
-	rows.Store(1000)
-	k, _ := newKeeper(t, rdb, prefix, key, 0, numberedKeys(rows.Load))
-	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(rows.Load()), nil })
-	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	ctx, rdb, prefix, key, k, rows := autoKeeper(t)
 	r := bloom.NewReader(rdb, key)
 	absent := func() bool {
 		ok, err := r.MayContain(ctx, "never-written")
@@ -336,11 +326,7 @@ func TestARebuildRetiresALiveFilterTooSmallForTheTable(t *testing.T) {
 // Taking a filter out of use and the check that writes a lost meta again exclude each
 // other: the check must not make readers trust again a filter that receives no bits.
 func TestARetiredFilterIsNotRestoredByTheCheck(t *testing.T) {
-	ctx, rdb, prefix, key := bloomFixture(t)
-	var rows atomic.Int64
-	rows.Store(1000)
-	k, _ := newKeeper(t, rdb, prefix, key, 0, numberedKeys(rows.Load))
-	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(rows.Load()), nil })
+	ctx, rdb, _, key, k, rows := autoKeeper(t)
 	stop := make(chan struct{})
 	checked := make(chan struct{})
 	go func() {
@@ -415,12 +401,7 @@ func TestTheKeeperDoesNotRepeatARebuildThatRanMeanwhile(t *testing.T) {
 // no bits reach it. Writes of new keys then wait until the meta is deleted, so that no row
 // becomes readable without its key in a filter that readers trust.
 func TestAFailedSwapOfARetiredFilterLeavesNoTrustedMeta(t *testing.T) {
-	ctx, rdb, prefix, key := bloomFixture(t)
-	var rows atomic.Int64
-	rows.Store(1000)
-	k, _ := newKeeper(t, rdb, prefix, key, 0, numberedKeys(rows.Load))
-	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(rows.Load()), nil })
-	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	ctx, rdb, prefix, key, k, rows := autoKeeper(t)
 	var refuse atomic.Bool
 	k.SetFence(func() error {
 		if refuse.Load() {
@@ -453,4 +434,16 @@ func TestAFailedSwapOfARetiredFilterLeavesNoTrustedMeta(t *testing.T) {
 			t.Fatalf("a row written is absent from the filter readers see (%v)", err)
 		}
 	}
+}
+
+// autoKeeper returns a keeper that sizes its filter from the row count, over a table whose
+// rows are the keys 0 .. rows-1 (rows starts at 1,000), with a first filter built.
+func autoKeeper(t *testing.T) (ctx context.Context, rdb *redis.Client, prefix, key string, k *bloom.Keeper, rows *atomic.Int64) {
+	ctx, rdb, prefix, key = bloomFixture(t)
+	rows = new(atomic.Int64)
+	rows.Store(1000)
+	k, _ = newKeeper(t, rdb, prefix, key, 0, numberedKeys(rows.Load))
+	k.SizeFrom(func(ctx context.Context, table int) (uint64, error) { return uint64(rows.Load()), nil })
+	testenv.Must(t, k.RebuildFromSource(ctx), "rebuild")
+	return ctx, rdb, prefix, key, k, rows
 }
