@@ -96,11 +96,7 @@ func (f *Filter) appendPositions(dst []uint64, item string) (bool, []uint64) {
 	if f.f.TestString(item) {
 		return true, dst
 	}
-	m := uint64(f.M())
-	for _, l := range bloomv3.Locations([]byte(item), f.K()) {
-		dst = append(dst, l%m)
-	}
-	return false, dst
+	return false, append(dst, f.Positions(item)...)
 }
 
 // addPositions sets the k positions of one item and reports whether f lacked any of them.

@@ -489,17 +489,18 @@ func (k *Keeper) rebuildLocked(ctx context.Context, tables []*tableFilter, fill 
 			// Redis may hold the new bitmap under the old meta (the swap failed half way).
 			// With the meta deleted, readers stop trusting the bitmap and the next check
 			// rebuilds it. If the meta cannot be deleted either, readers still trust the
-			// bitmap: the filter stays complete, so bits go on reaching Redis, and the
-			// check repairs a bitmap that disagrees with its meta from memory (restore).
-			if t.mirror.Invalidate(ctx) == nil {
-				t.mu.Lock()
+			// bitmap: a complete filter stays complete, so bits go on reaching Redis, and
+			// the check repairs a bitmap that disagrees with its meta from memory
+			// (restore); an incomplete one (retired) gets no bits, so writes of new keys
+			// wait until the meta is deleted (staleMeta).
+			invalidated := t.mirror.Invalidate(ctx) == nil
+			t.mu.Lock()
+			if invalidated {
 				t.complete = false
-				t.mu.Unlock()
 			} else {
-				t.mu.Lock()
-				t.staleMeta = !t.complete // retired: no bits reach it (see staleMeta)
-				t.mu.Unlock()
+				t.staleMeta = !t.complete
 			}
+			t.mu.Unlock()
 			return fmt.Errorf("bloom: %w", err)
 		}
 		t.mu.Lock()
@@ -518,14 +519,10 @@ func (k *Keeper) rebuildLocked(ctx context.Context, tables []*tableFilter, fill 
 
 // RebuildFromSource rebuilds every filter from a scan of the source's primary keys.
 func (k *Keeper) RebuildFromSource(ctx context.Context) error {
-	return k.rebuildFromSource(ctx, k.tables)
-}
-
-func (k *Keeper) rebuildFromSource(ctx context.Context, tables []*tableFilter) error {
 	if k.scan == nil {
 		return errors.New("bloom: no scanner to rebuild from")
 	}
-	return k.rebuild(ctx, tables, k.scanFill(tables))
+	return k.rebuild(ctx, k.tables, k.scanFill(k.tables))
 }
 
 // scanFill fills the new filters of tables from a scan of the source's primary keys.

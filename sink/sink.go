@@ -113,8 +113,8 @@ func (s *Sink) pause(err error) func() {
 // Catching up: while the newest commit read is more than behindAfter old and the
 // reader is busy, workers leave keys waiting (up to catchUpMaxHold, or until a queue has
 // less than a batch of room left) so that later changes of the same keys replace them
-// instead of each costing a Redis write, and the CPU goes to reading. Once the reader is idle for readerIdle, or
-// the stream is recent, keys are written at once.
+// instead of each costing a Redis write, and the CPU goes to reading. Once the reader is
+// idle for readerIdle, or the stream is recent, keys are written at once.
 const (
 	behindAfter    = 2 * time.Second
 	catchUpMaxHold = 2 * time.Second
