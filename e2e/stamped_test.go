@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -290,5 +291,68 @@ func TestConsistentReadKeepsItsPosition(t *testing.T) {
 		if pos.File != want.File || pos.Pos != want.Pos {
 			t.Fatalf("read %d: position %s:%d, want %s:%d", i, pos.File, pos.Pos, want.File, want.Pos)
 		}
+	}
+}
+
+// A consistent snapshot's binlog position (MariaDB's binlog_snapshot_position) must not
+// be after a transaction the snapshot does not see. MariaDB moves that position to the
+// end of every Binlog_checkpoint event it writes: after a rotation the event lands in
+// the new file once the old file's transactions are durable, also after a transaction
+// that is written there but whose commit is still held (here by semi-sync). A read at
+// that position misses the transaction: a reload would stamp the old row after it, and a
+// snapshot hand-off would start the stream after it (it would never be applied).
+func TestConsistentReadAfterARotationWithACommitHeld(t *testing.T) {
+	const hold = 4 * time.Second
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, 10)
+	conn, err := e.conns().Source.Dial(t.Context())
+	testenv.Must(t, err, "connect")
+	defer conn.Close()
+	end := func() source.Position {
+		var file, pos, doDB, ignoreDB string
+		testenv.Must(t, e.db.QueryRow("SHOW MASTER STATUS").Scan(&file, &pos, &doDB, &ignoreDB), "SHOW MASTER STATUS")
+		p, _ := strconv.ParseUint(pos, 10, 32)
+		return source.Position{File: file, Pos: uint32(p)}
+	}
+	for attempt, sku := 1, 1; ; attempt, sku = attempt+1, sku+1 {
+		// A rotation, then at once a held transaction in the new file: the checkpoint
+		// event for the old file comes after it (InnoDB makes the old file's commits
+		// durable up to a second later).
+		_, err := e.db.Exec("FLUSH BINARY LOGS")
+		testenv.Must(t, err, "FLUSH BINARY LOGS")
+		before := end()
+		wait := inBinlogNotVisible(t, e, hold, "UPDATE inventory SET stock = 555, version = 2 WHERE sku = "+strconv.Itoa(sku), sku, strconv.Itoa(sku))
+		written := end()
+		// The checkpoint event after the held transaction (the binlog grows while no
+		// other transaction commits).
+		waitFor(t, "a binlog event after the held transaction", hold/2, func() bool { return end() != written })
+		if before.File != written.File {
+			wait()
+			if attempt == 5 {
+				t.Fatal("the binlog rotated again under the test five times")
+			}
+			continue
+		}
+		var stock string
+		pos, err := source.ReadConsistent(conn, "mariadb", 0, nil, func(source.Position) error {
+			res, err := conn.Execute("SELECT stock FROM " + e.schema + ".inventory WHERE sku = " + strconv.Itoa(sku))
+			if err != nil {
+				return err
+			}
+			defer res.Close()
+			stock, _ = res.GetString(0, 0)
+			stock = strings.Clone(stock)
+			return nil
+		})
+		testenv.Must(t, err, "consistent read")
+		wait()
+		t.Logf("held transaction %s..%d, snapshot at %s sees stock %s", before, written.Pos, pos, stock)
+		switch {
+		case pos.File == written.File && pos.Pos >= written.Pos && stock != "555":
+			t.Fatalf("the snapshot at %s is after the held transaction (which ends at %s:%d) but does not see it (stock %s)", pos, written.File, written.Pos, stock)
+		case pos.File == before.File && pos.Pos <= before.Pos && stock != strconv.Itoa(sku):
+			t.Fatalf("the snapshot at %s is before the held transaction but sees it (stock %s)", pos, stock)
+		}
+		return
 	}
 }

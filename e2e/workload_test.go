@@ -208,7 +208,7 @@ func (w *watcher) run(ctx context.Context) {
 			}
 			s, _ := vals[1].(string)
 			if v < lastV[i] {
-				w.bad.add("%s: _v went down from %d to %d", w.keys[i], lastV[i], v)
+				w.bad.add("%s: _v went down from %d to %d (_s from %q to %q)", w.keys[i], lastV[i], v, lastS[i], s)
 			}
 			if s < lastS[i] {
 				w.bad.add("%s: _s went down from %s to %s", w.keys[i], lastS[i], s)

@@ -55,26 +55,8 @@ func beginConsistent(q query, flavor string, gtid bool) (pos Position, warning, 
 		return pos, nil, err
 	}
 	if flavor == "mariadb" {
-		if _, err := q("START TRANSACTION WITH CONSISTENT SNAPSHOT"); err != nil {
-			return pos, nil, err
-		}
-		rows, err := q("SHOW STATUS LIKE 'binlog_snapshot_%'")
-		if err != nil {
-			return pos, nil, err
-		}
-		for _, r := range rows {
-			switch strings.ToLower(r[0]) {
-			case "binlog_snapshot_file":
-				pos.File = r[1]
-			case "binlog_snapshot_position":
-				p, _ := strconv.ParseUint(r[1], 10, 32)
-				pos.Pos = uint32(p)
-			}
-		}
-		if pos.File == "" {
-			return pos, nil, fmt.Errorf("%w: binlog_snapshot_file is empty: the binary log is off", ErrPermanent)
-		}
-		if gtid {
+		pos, err := mariaDBSnapshot(q)
+		if err == nil && gtid {
 			pos.GTID, err = mariaDBGTIDAt(q, pos)
 		}
 		return pos, nil, err
@@ -107,6 +89,131 @@ func beginConsistent(q query, flavor string, gtid bool) (pos Position, warning, 
 		pos.GTID = ""
 	}
 	return pos, warning, err
+}
+
+// MariaDB's binlog_snapshot_position is where the server's last commit ended when the
+// snapshot began, with one exception: writing a Binlog_checkpoint event (into each new
+// binlog file, and again once the previous files' transactions are durable, up to a
+// second after a rotation) moves that position to the end of the event, also past
+// transactions written to the binlog before it whose commits are still on their way
+// (semi-sync's AFTER_SYNC wait holds them there for up to rpl_semi_sync_master_timeout).
+// A snapshot at such a position does not see those transactions. The position is
+// exact again with the next commit; on a server that commits nothing after the event, it
+// is exact once no commit can be on its way: mariaDBSnapshot starts the snapshot again
+// until the position is not the end of a Binlog_checkpoint event, or it stayed so for
+// checkpointSettle while no commit waited for semi-sync.
+
+// checkpointSettle is how long a position at the end of a Binlog_checkpoint event must
+// stay the snapshot position, with no semi-sync wait, before it is trusted: longer than
+// a commit takes from the binlog write to the storage engine without semi-sync.
+const checkpointSettle = 200 * time.Millisecond
+
+// trustedCheckpoint holds the last position after a Binlog_checkpoint event found exact
+// (nothing written before it was still committing): later snapshots at it need no wait.
+var trustedCheckpoint atomic.Pointer[Position]
+
+// mariaDBSnapshot starts a consistent-snapshot transaction on MariaDB and returns its
+// exact binlog position (see above).
+func mariaDBSnapshot(q query) (Position, error) {
+	var seen Position // a position after a Binlog_checkpoint event, not yet trusted
+	var since time.Time
+	pause := 2 * time.Millisecond
+	for {
+		// Read before the snapshot: a commit on its way at the snapshot was on its way
+		// then too (it was written before the event).
+		quiet, err := noSemiSyncWaits(q)
+		if err != nil {
+			return Position{}, err
+		}
+		if _, err := q("START TRANSACTION WITH CONSISTENT SNAPSHOT"); err != nil {
+			return Position{}, err
+		}
+		pos, err := snapshotPosition(q)
+		if err != nil {
+			return pos, err
+		}
+		after, err := afterCheckpointEvent(q, pos)
+		if err != nil || !after {
+			return pos, err
+		}
+		if t := trustedCheckpoint.Load(); t != nil && *t == pos {
+			return pos, nil
+		}
+		if pos != seen {
+			seen, since = pos, time.Now()
+		} else if quiet && time.Since(since) >= checkpointSettle {
+			trustedCheckpoint.Store(&pos)
+			return pos, nil
+		}
+		if _, err := q("ROLLBACK"); err != nil {
+			return pos, err
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 50*time.Millisecond)
+	}
+}
+
+// snapshotPosition reads the binlog position of the session's consistent snapshot.
+func snapshotPosition(q query) (Position, error) {
+	var pos Position
+	rows, err := q("SHOW STATUS LIKE 'binlog_snapshot_%'")
+	if err != nil {
+		return pos, err
+	}
+	for _, r := range rows {
+		switch strings.ToLower(r[0]) {
+		case "binlog_snapshot_file":
+			pos.File = r[1]
+		case "binlog_snapshot_position":
+			p, _ := strconv.ParseUint(r[1], 10, 32)
+			pos.Pos = uint32(p)
+		}
+	}
+	if pos.File == "" {
+		return pos, fmt.Errorf("%w: binlog_snapshot_file is empty: the binary log is off", ErrPermanent)
+	}
+	return pos, nil
+}
+
+// noSemiSyncWaits reports whether no commit waits for a semi-sync acknowledgement now.
+func noSemiSyncWaits(q query) (bool, error) {
+	rows, err := q("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")
+	if err != nil {
+		return false, err
+	}
+	return len(rows) == 0 || rows[0][1] == "0", nil
+}
+
+// afterCheckpointEvent reports whether the binlog event that ends at pos is a
+// Binlog_checkpoint event. Such an event is 19 header bytes, 4 bytes of name length,
+// the name of a binlog file and, with binlog_checksum, 4 bytes of checksum; the names
+// have the length of pos's file (one less for the files before one whose number has
+// grown past six digits). An offset that is not the start of an event is an error 1220.
+func afterCheckpointEvent(q query, pos Position) (bool, error) {
+	lengths := []int{len(pos.File)}
+	if dot := strings.LastIndexByte(pos.File, '.'); len(pos.File)-dot-1 > 6 {
+		lengths = append(lengths, len(pos.File)-1)
+	}
+	file := strings.ReplaceAll(pos.File, "'", "''")
+	for _, l := range lengths {
+		for _, checksum := range []int{4, 0} {
+			size := 19 + 4 + l + checksum
+			if int(pos.Pos) < 4+size {
+				continue
+			}
+			rows, err := q("SHOW BINLOG EVENTS IN '" + file + "' FROM " + strconv.Itoa(int(pos.Pos)-size) + " LIMIT 1")
+			if err != nil {
+				if m := err.Error(); strings.Contains(m, "1220") || strings.Contains(m, "Wrong offset") {
+					continue // no event starts there
+				}
+				return false, fmt.Errorf("read the binlog event before the snapshot's position %s: %w (fix: GRANT BINLOG MONITOR on MariaDB)", pos, err)
+			}
+			if len(rows) == 1 && len(rows[0]) >= 5 && rows[0][2] == "Binlog_checkpoint" && rows[0][4] == strconv.FormatUint(uint64(pos.Pos), 10) {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // isAccessDenied reports whether err is the server refusing a privilege (1227, 1045,

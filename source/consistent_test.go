@@ -2,8 +2,10 @@ package source
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // fakeServer answers beginConsistent's statements and records them.
@@ -80,5 +82,78 @@ func TestBeginConsistentMariaDB(t *testing.T) {
 		if strings.Contains(q, "FLUSH") {
 			t.Fatal("MariaDB needs no lock")
 		}
+	}
+}
+
+// checkpointServer is a MariaDB whose snapshots report positions[i] (the last one
+// from then on), where the event that ends at checkpointEnd is a Binlog_checkpoint
+// event, and with waits[i] commits waiting for semi-sync at the i-th status read.
+type checkpointServer struct {
+	positions     []uint32
+	checkpointEnd uint32
+	waits         []string
+	snapshots     int
+	statusReads   int
+	rollbacks     int
+}
+
+func (f *checkpointServer) query(q string) ([][]string, error) {
+	switch {
+	case strings.HasPrefix(q, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'"):
+		w := f.waits[min(f.statusReads, len(f.waits)-1)]
+		f.statusReads++
+		return [][]string{{"Rpl_semi_sync_master_wait_sessions", w}}, nil
+	case strings.HasPrefix(q, "START TRANSACTION"):
+		f.snapshots++
+	case strings.HasPrefix(q, "ROLLBACK"):
+		f.rollbacks++
+	case strings.HasPrefix(q, "SHOW STATUS LIKE 'binlog_snapshot_%'"):
+		p := f.positions[min(f.snapshots-1, len(f.positions)-1)]
+		return [][]string{{"Binlog_snapshot_file", "binlog.000007"}, {"Binlog_snapshot_position", strconv.Itoa(int(p))}}, nil
+	case strings.HasPrefix(q, "SHOW BINLOG EVENTS IN 'binlog.000007' FROM "):
+		from, _ := strconv.Atoi(strings.Fields(strings.TrimPrefix(q, "SHOW BINLOG EVENTS IN 'binlog.000007' FROM "))[0])
+		// The checkpoint event names binlog.000006: 19 + 4 + 13 + 4 bytes.
+		if f.checkpointEnd != 0 && from == int(f.checkpointEnd)-40 {
+			return [][]string{{"binlog.000007", strconv.Itoa(from), "Binlog_checkpoint", "1", strconv.Itoa(int(f.checkpointEnd)), "binlog.000006"}}, nil
+		}
+		return nil, errors.New("ERROR 1220 (HY000): Error when executing command SHOW BINLOG EVENTS: Wrong offset or I/O error")
+	}
+	return nil, nil
+}
+
+// A snapshot position at the end of a Binlog_checkpoint event may be past a commit on
+// its way (see mariaDBSnapshot): it is taken again until the position moves, or it
+// stayed for checkpointSettle with no commit waiting for semi-sync.
+func TestMariaDBSnapshotAfterACheckpointEvent(t *testing.T) {
+	trustedCheckpoint.Store(nil)
+	// Not after a checkpoint event: taken at once.
+	f := &checkpointServer{positions: []uint32{500}, checkpointEnd: 340, waits: []string{"3"}}
+	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 500 || f.snapshots != 1 {
+		t.Fatalf("pos %+v err %v after %d snapshots", pos, err, f.snapshots)
+	}
+	// After one, then a commit lands: the new position, at once.
+	f = &checkpointServer{positions: []uint32{340, 340, 575}, checkpointEnd: 340, waits: []string{"1"}}
+	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 575 || f.snapshots != 3 || f.rollbacks != 2 {
+		t.Fatalf("pos %+v err %v after %d snapshots, %d rollbacks", pos, err, f.snapshots, f.rollbacks)
+	}
+	// After one, with no commit waiting for semi-sync: trusted once the position stayed
+	// for checkpointSettle (a commit without semi-sync takes less).
+	f = &checkpointServer{positions: []uint32{340}, checkpointEnd: 340, waits: []string{"0"}}
+	start := time.Now()
+	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 340 || time.Since(start) < checkpointSettle {
+		t.Fatalf("pos %+v err %v after %s", pos, err, time.Since(start))
+	}
+	// After one, and commits wait for semi-sync a while: trusted only once none waits,
+	// and the position stayed for checkpointSettle.
+	trustedCheckpoint.Store(nil)
+	f = &checkpointServer{positions: []uint32{340}, checkpointEnd: 340, waits: []string{"1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "0"}}
+	start = time.Now()
+	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 340 || f.statusReads < 13 || time.Since(start) < checkpointSettle {
+		t.Fatalf("pos %+v err %v after %d status reads, %s", pos, err, f.statusReads, time.Since(start))
+	}
+	// Trusted from then on.
+	f = &checkpointServer{positions: []uint32{340}, checkpointEnd: 340, waits: []string{"1"}}
+	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 340 || f.snapshots != 1 {
+		t.Fatalf("trusted: pos %+v err %v after %d snapshots", pos, err, f.snapshots)
 	}
 }
