@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-sql-driver/mysql"
 )
 
 // A transaction is written to the binlog (and shows in SHOW MASTER STATUS and in the
@@ -55,11 +57,11 @@ func beginConsistent(q query, flavor string, gtid bool) (pos Position, warning, 
 		return pos, nil, err
 	}
 	if flavor == "mariadb" {
-		pos, err := mariaDBSnapshot(q)
+		pos, warning, err := mariaDBSnapshot(q)
 		if err == nil && gtid {
 			pos.GTID, err = mariaDBGTIDAt(q, pos)
 		}
-		return pos, nil, err
+		return pos, warning, err
 	}
 	// The read lock waits for running statements and blocks writes meanwhile: bound the
 	// wait, and fail (the caller retries) rather than stall the server.
@@ -92,61 +94,92 @@ func beginConsistent(q query, flavor string, gtid bool) (pos Position, warning, 
 }
 
 // MariaDB's binlog_snapshot_position is where the server's last commit ended when the
-// snapshot began, with one exception: writing a Binlog_checkpoint event (into each new
-// binlog file, and again once the previous files' transactions are durable, up to a
-// second after a rotation) moves that position to the end of the event, also past
-// transactions written to the binlog before it whose commits are still on their way
-// (semi-sync's AFTER_SYNC wait holds them there for up to rpl_semi_sync_master_timeout).
-// A snapshot at such a position does not see those transactions. The position is
-// exact again with the next commit; on a server that commits nothing after the event, it
-// is exact once no commit can be on its way: mariaDBSnapshot starts the snapshot again
-// until the position is not the end of a Binlog_checkpoint event, or it stayed so for
-// checkpointSettle while no commit waited for semi-sync.
+// snapshot began, set after semi-sync's AFTER_SYNC wait, with one exception that matters:
+// writing a Binlog_checkpoint event moves it to the end of that event without waiting
+// for transactions written to the binlog before it whose commits are still on their way
+// (semi-sync holds them for up to rpl_semi_sync_master_timeout; without semi-sync a
+// commit spends at most an fsync there). A new binlog file's header ends with such an
+// event, and another follows once the previous file's transactions are durable (up to a
+// second after a rotation with innodb_flush_log_at_trx_commit=2). A snapshot at such a
+// position does not see those transactions. So mariaDBSnapshot checks the event that
+// ends at the position and, after a Binlog_checkpoint event, starts the snapshot again
+// until a commit moves the position, or until it stayed there for checkpointSettle
+// during which no commit waited for semi-sync (AFTER_SYNC).
 
 // checkpointSettle is how long a position at the end of a Binlog_checkpoint event must
-// stay the snapshot position, with no semi-sync wait, before it is trusted: longer than
-// a commit takes from the binlog write to the storage engine without semi-sync.
-const checkpointSettle = 200 * time.Millisecond
+// stay the snapshot position, with no commit waiting for semi-sync, before it is
+// trusted: longer than a commit takes from the binlog to the storage engine otherwise
+// (an fsync of the binlog index at a rotation, a descheduled thread).
+const checkpointSettle = 500 * time.Millisecond
 
-// trustedCheckpoint holds the last position after a Binlog_checkpoint event found exact
-// (nothing written before it was still committing): later snapshots at it need no wait.
-var trustedCheckpoint atomic.Pointer[Position]
+// checkpointPatience bounds how long mariaDBSnapshot waits for a trustworthy position;
+// then it fails (the callers retry), naming the likely cause.
+const checkpointPatience = 20 * time.Second
+
+// trusted is the last position after a Binlog_checkpoint event found exact (nothing
+// written before it was still committing), on the server with that server_id: later
+// snapshots at it need no wait. The binlog only grows, so it stays exact (RESET MASTER
+// waits for the commits on their way).
+type trusted struct {
+	pos      Position
+	serverID string
+}
+
+var trustedCheckpoint atomic.Pointer[trusted]
 
 // mariaDBSnapshot starts a consistent-snapshot transaction on MariaDB and returns its
-// exact binlog position (see above).
-func mariaDBSnapshot(q query) (Position, error) {
+// exact binlog position (see above). A warning (ErrNoExactPosition) says when it cannot
+// tell (binlog_checksum=NONE).
+func mariaDBSnapshot(q query) (pos Position, warning, err error) {
 	var seen Position // a position after a Binlog_checkpoint event, not yet trusted
 	var since time.Time
+	var server *serverState
+	start := time.Now()
 	pause := 2 * time.Millisecond
 	for {
 		// Read before the snapshot: a commit on its way at the snapshot was on its way
 		// then too (it was written before the event).
-		quiet, err := noSemiSyncWaits(q)
-		if err != nil {
-			return Position{}, err
+		quiet := false
+		if server != nil {
+			if quiet, err = server.noSemiSyncWaits(q); err != nil {
+				return pos, nil, err
+			}
 		}
 		if _, err := q("START TRANSACTION WITH CONSISTENT SNAPSHOT"); err != nil {
-			return Position{}, err
+			return pos, nil, err
 		}
-		pos, err := snapshotPosition(q)
-		if err != nil {
-			return pos, err
+		if pos, err = snapshotPosition(q); err != nil {
+			return pos, nil, err
+		}
+		if server == nil {
+			if server, err = readServerState(q); err != nil {
+				return pos, nil, err
+			}
+		}
+		if !server.checksum {
+			return pos, fmt.Errorf("%w: binlog_checksum is NONE, so the binlog event before the position cannot be read cheaply (fix: SET GLOBAL binlog_checksum = CRC32, the default)", ErrNoExactPosition), nil
 		}
 		after, err := afterCheckpointEvent(q, pos)
 		if err != nil || !after {
-			return pos, err
+			return pos, nil, err
 		}
-		if t := trustedCheckpoint.Load(); t != nil && *t == pos {
-			return pos, nil
+		if t := trustedCheckpoint.Load(); t != nil && t.pos == pos && t.serverID == server.id {
+			return pos, nil, nil
 		}
-		if pos != seen {
+		switch {
+		case pos != seen || !quiet:
+			// Every read for checkpointSettle must find the position unchanged and no
+			// commit waiting.
 			seen, since = pos, time.Now()
-		} else if quiet && time.Since(since) >= checkpointSettle {
-			trustedCheckpoint.Store(&pos)
-			return pos, nil
+		case time.Since(since) >= checkpointSettle:
+			trustedCheckpoint.Store(&trusted{pos: pos, serverID: server.id})
+			return pos, nil, nil
+		}
+		if time.Since(start) > checkpointPatience {
+			return pos, nil, fmt.Errorf("the binlog position %s of a consistent snapshot stayed uncertain for %s: a commit written to the binlog before it is still on its way (semi-sync waiting for a replica's acknowledgement?); will try again", pos, checkpointPatience)
 		}
 		if _, err := q("ROLLBACK"); err != nil {
-			return pos, err
+			return pos, nil, err
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, 50*time.Millisecond)
@@ -175,8 +208,31 @@ func snapshotPosition(q query) (Position, error) {
 	return pos, nil
 }
 
-// noSemiSyncWaits reports whether no commit waits for a semi-sync acknowledgement now.
-func noSemiSyncWaits(q query) (bool, error) {
+// serverState is what mariaDBSnapshot needs to know of the server.
+type serverState struct {
+	id        string
+	checksum  bool // binlog events end in a 4-byte checksum
+	afterSync bool // semi-sync waits before the commit (AFTER_SYNC), not after it
+}
+
+func readServerState(q query) (*serverState, error) {
+	rows, err := q("SELECT @@GLOBAL.server_id, @@GLOBAL.binlog_checksum, @@GLOBAL.rpl_semi_sync_master_wait_point")
+	if err != nil {
+		return nil, err
+	}
+	if len(rows) != 1 || len(rows[0]) != 3 {
+		return nil, fmt.Errorf("read server_id, binlog_checksum and rpl_semi_sync_master_wait_point: %d rows", len(rows))
+	}
+	r := rows[0]
+	return &serverState{id: r[0], checksum: !strings.EqualFold(r[1], "NONE"), afterSync: !strings.EqualFold(r[2], "AFTER_COMMIT")}, nil
+}
+
+// noSemiSyncWaits reports whether no commit waits for a semi-sync acknowledgement before
+// its storage engine commit now.
+func (s *serverState) noSemiSyncWaits(q query) (bool, error) {
+	if !s.afterSync {
+		return true, nil // AFTER_COMMIT waits after the commit: visible already
+	}
 	rows, err := q("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")
 	if err != nil {
 		return false, err
@@ -184,36 +240,64 @@ func noSemiSyncWaits(q query) (bool, error) {
 	return len(rows) == 0 || rows[0][1] == "0", nil
 }
 
+// Event sizes: a 19-byte header, the body, a 4-byte checksum (binlog_checksum=CRC32).
+const (
+	xidEventSize        = 19 + 8 + 4
+	checkpointEventSize = 19 + 4 + 4 // + the length of the file name it holds
+)
+
 // afterCheckpointEvent reports whether the binlog event that ends at pos is a
-// Binlog_checkpoint event. Such an event is 19 header bytes, 4 bytes of name length,
-// the name of a binlog file and, with binlog_checksum, 4 bytes of checksum; the names
-// have the length of pos's file (one less for the files before one whose number has
-// grown past six digits). An offset that is not the start of an event is an error 1220.
+// Binlog_checkpoint event. Most positions end a commit's Xid event: one SHOW BINLOG
+// EVENTS from where it would start says so. Else the same for a checkpoint event, which
+// holds the name of a binlog file: of pos's file's length, or one less for the files
+// before one whose number has grown past six digits. An offset that is not the start of
+// an event is an error 1220 (see noEventAt).
 func afterCheckpointEvent(q query, pos Position) (bool, error) {
+	if ok, err := eventEndsAt(q, pos, xidEventSize, "Xid"); ok || err != nil {
+		return false, err
+	}
 	lengths := []int{len(pos.File)}
 	if dot := strings.LastIndexByte(pos.File, '.'); len(pos.File)-dot-1 > 6 {
 		lengths = append(lengths, len(pos.File)-1)
 	}
-	file := strings.ReplaceAll(pos.File, "'", "''")
 	for _, l := range lengths {
-		for _, checksum := range []int{4, 0} {
-			size := 19 + 4 + l + checksum
-			if int(pos.Pos) < 4+size {
-				continue
-			}
-			rows, err := q("SHOW BINLOG EVENTS IN '" + file + "' FROM " + strconv.Itoa(int(pos.Pos)-size) + " LIMIT 1")
-			if err != nil {
-				if m := err.Error(); strings.Contains(m, "1220") || strings.Contains(m, "Wrong offset") {
-					continue // no event starts there
-				}
-				return false, fmt.Errorf("read the binlog event before the snapshot's position %s: %w (fix: GRANT BINLOG MONITOR on MariaDB)", pos, err)
-			}
-			if len(rows) == 1 && len(rows[0]) >= 5 && rows[0][2] == "Binlog_checkpoint" && rows[0][4] == strconv.FormatUint(uint64(pos.Pos), 10) {
-				return true, nil
-			}
+		if ok, err := eventEndsAt(q, pos, checkpointEventSize+l, "Binlog_checkpoint"); ok || err != nil {
+			return ok, err
 		}
 	}
 	return false, nil
+}
+
+// eventEndsAt reports whether an event of type kind and size bytes ends at pos.
+func eventEndsAt(q query, pos Position, size int, kind string) (bool, error) {
+	if int(pos.Pos) < 4+size {
+		return false, nil
+	}
+	rows, err := q("SHOW BINLOG EVENTS IN '" + strings.ReplaceAll(pos.File, "'", "''") + "' FROM " + strconv.Itoa(int(pos.Pos)-size) + " LIMIT 1")
+	if err != nil {
+		if noEventAt(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("read the binlog event before the snapshot's position %s: %w (fix: GRANT BINLOG MONITOR on MariaDB)", pos, err)
+	}
+	return len(rows) == 1 && len(rows[0]) >= 5 && rows[0][2] == kind && rows[0][4] == strconv.FormatUint(uint64(pos.Pos), 10), nil
+}
+
+// noEventAt reports whether err is SHOW BINLOG EVENTS refusing an offset that is not the
+// start of an event (error 1220, "Wrong offset or I/O error" or "Invalid ... pos"), from
+// either client library.
+func noEventAt(err error) bool {
+	var code uint16
+	var my *gomysql.MyError
+	var drv *mysql.MySQLError
+	switch {
+	case errors.As(err, &my):
+		code = my.Code
+	case errors.As(err, &drv):
+		code = drv.Number
+	}
+	m := strings.ToLower(err.Error())
+	return code == 1220 && (strings.Contains(m, "wrong offset") || strings.Contains(m, "invalid"))
 }
 
 // isAccessDenied reports whether err is the server refusing a privilege (1227, 1045,

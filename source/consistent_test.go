@@ -1,11 +1,14 @@
 package source
 
 import (
+	"cmp"
 	"errors"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 )
 
 // fakeServer answers beginConsistent's statements and records them.
@@ -26,6 +29,8 @@ func (f *fakeServer) query(q string) ([][]string, error) {
 		return [][]string{{"binlog.000007", "1234", "", "", "uuid:1-5"}}, nil
 	case strings.HasPrefix(q, "SHOW STATUS LIKE 'binlog_snapshot_%'"):
 		return [][]string{{"Binlog_snapshot_file", "binlog.000007"}, {"Binlog_snapshot_position", "999"}}, nil
+	case strings.HasPrefix(q, "SELECT @@GLOBAL.server_id"):
+		return [][]string{{"1", "CRC32", "AFTER_SYNC"}}, nil
 	}
 	return nil, nil
 }
@@ -86,22 +91,32 @@ func TestBeginConsistentMariaDB(t *testing.T) {
 }
 
 // checkpointServer is a MariaDB whose snapshots report positions[i] (the last one
-// from then on), where the event that ends at checkpointEnd is a Binlog_checkpoint
-// event, and with waits[i] commits waiting for semi-sync at the i-th status read.
+// from then on), where the event that ends at checkpointEnd is a Binlog_checkpoint event
+// and every other position ends an Xid event, and with waits[i] commits waiting for
+// semi-sync at the i-th status read.
 type checkpointServer struct {
 	positions     []uint32
 	checkpointEnd uint32
 	waits         []string
+	checksum      string
 	snapshots     int
 	statusReads   int
 	rollbacks     int
+	probes        int
+	lastWait      time.Time // when a read last found a commit waiting
 }
 
 func (f *checkpointServer) query(q string) ([][]string, error) {
+	const events = "SHOW BINLOG EVENTS IN 'binlog.000007' FROM "
 	switch {
+	case strings.HasPrefix(q, "SELECT @@GLOBAL.server_id"):
+		return [][]string{{"1", cmp.Or(f.checksum, "CRC32"), "AFTER_SYNC"}}, nil
 	case strings.HasPrefix(q, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'"):
 		w := f.waits[min(f.statusReads, len(f.waits)-1)]
 		f.statusReads++
+		if w != "0" {
+			f.lastWait = time.Now()
+		}
 		return [][]string{{"Rpl_semi_sync_master_wait_sessions", w}}, nil
 	case strings.HasPrefix(q, "START TRANSACTION"):
 		f.snapshots++
@@ -110,50 +125,63 @@ func (f *checkpointServer) query(q string) ([][]string, error) {
 	case strings.HasPrefix(q, "SHOW STATUS LIKE 'binlog_snapshot_%'"):
 		p := f.positions[min(f.snapshots-1, len(f.positions)-1)]
 		return [][]string{{"Binlog_snapshot_file", "binlog.000007"}, {"Binlog_snapshot_position", strconv.Itoa(int(p))}}, nil
-	case strings.HasPrefix(q, "SHOW BINLOG EVENTS IN 'binlog.000007' FROM "):
-		from, _ := strconv.Atoi(strings.Fields(strings.TrimPrefix(q, "SHOW BINLOG EVENTS IN 'binlog.000007' FROM "))[0])
-		// The checkpoint event names binlog.000006: 19 + 4 + 13 + 4 bytes.
-		if f.checkpointEnd != 0 && from == int(f.checkpointEnd)-40 {
-			return [][]string{{"binlog.000007", strconv.Itoa(from), "Binlog_checkpoint", "1", strconv.Itoa(int(f.checkpointEnd)), "binlog.000006"}}, nil
+	case strings.HasPrefix(q, events):
+		f.probes++
+		from, _ := strconv.Atoi(strings.Fields(strings.TrimPrefix(q, events))[0])
+		p := f.positions[min(f.snapshots-1, len(f.positions)-1)]
+		switch {
+		case p == f.checkpointEnd && from == int(p)-40: // names binlog.000006: 19 + 4 + 13 + 4 bytes
+			return [][]string{{"binlog.000007", strconv.Itoa(from), "Binlog_checkpoint", "1", strconv.Itoa(int(p)), "binlog.000006"}}, nil
+		case p != f.checkpointEnd && from == int(p)-31:
+			return [][]string{{"binlog.000007", strconv.Itoa(from), "Xid", "1", strconv.Itoa(int(p)), "COMMIT /* xid=5 */"}}, nil
 		}
-		return nil, errors.New("ERROR 1220 (HY000): Error when executing command SHOW BINLOG EVENTS: Wrong offset or I/O error")
+		return nil, &gomysql.MyError{Code: 1220, State: "HY000", Message: "Error when executing command SHOW BINLOG EVENTS: Wrong offset or I/O error"}
 	}
 	return nil, nil
 }
 
 // A snapshot position at the end of a Binlog_checkpoint event may be past a commit on
 // its way (see mariaDBSnapshot): it is taken again until the position moves, or it
-// stayed for checkpointSettle with no commit waiting for semi-sync.
+// stayed for checkpointSettle while no commit waited for semi-sync.
 func TestMariaDBSnapshotAfterACheckpointEvent(t *testing.T) {
 	trustedCheckpoint.Store(nil)
-	// Not after a checkpoint event: taken at once.
+	// After a commit (an Xid event): taken at once, with one look at the binlog.
 	f := &checkpointServer{positions: []uint32{500}, checkpointEnd: 340, waits: []string{"3"}}
-	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 500 || f.snapshots != 1 {
-		t.Fatalf("pos %+v err %v after %d snapshots", pos, err, f.snapshots)
+	if pos, _, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 500 || f.snapshots != 1 || f.probes != 1 {
+		t.Fatalf("pos %+v err %v after %d snapshots, %d probes", pos, err, f.snapshots, f.probes)
 	}
-	// After one, then a commit lands: the new position, at once.
+	// After a checkpoint event, then a commit lands: the new position, at once.
 	f = &checkpointServer{positions: []uint32{340, 340, 575}, checkpointEnd: 340, waits: []string{"1"}}
-	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 575 || f.snapshots != 3 || f.rollbacks != 2 {
+	if pos, _, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 575 || f.snapshots != 3 || f.rollbacks != 2 {
 		t.Fatalf("pos %+v err %v after %d snapshots, %d rollbacks", pos, err, f.snapshots, f.rollbacks)
 	}
 	// After one, with no commit waiting for semi-sync: trusted once the position stayed
 	// for checkpointSettle (a commit without semi-sync takes less).
 	f = &checkpointServer{positions: []uint32{340}, checkpointEnd: 340, waits: []string{"0"}}
 	start := time.Now()
-	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 340 || time.Since(start) < checkpointSettle {
+	if pos, _, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 340 || time.Since(start) < checkpointSettle {
 		t.Fatalf("pos %+v err %v after %s", pos, err, time.Since(start))
 	}
-	// After one, and commits wait for semi-sync a while: trusted only once none waits,
-	// and the position stayed for checkpointSettle.
+	// After one, and commits wait for semi-sync a while: trusted only once none waited
+	// for checkpointSettle.
 	trustedCheckpoint.Store(nil)
-	f = &checkpointServer{positions: []uint32{340}, checkpointEnd: 340, waits: []string{"1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "0"}}
-	start = time.Now()
-	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 340 || f.statusReads < 13 || time.Since(start) < checkpointSettle {
-		t.Fatalf("pos %+v err %v after %d status reads, %s", pos, err, f.statusReads, time.Since(start))
+	f = &checkpointServer{positions: []uint32{340}, checkpointEnd: 340, waits: []string{"1", "0", "1", "0", "0", "1", "1", "1", "1", "0"}}
+	if pos, _, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 340 || f.statusReads < 10 || time.Since(f.lastWait) < checkpointSettle {
+		t.Fatalf("pos %+v err %v after %d status reads, %s after the last wait", pos, err, f.statusReads, time.Since(f.lastWait))
 	}
 	// Trusted from then on.
 	f = &checkpointServer{positions: []uint32{340}, checkpointEnd: 340, waits: []string{"1"}}
-	if pos, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 340 || f.snapshots != 1 {
+	if pos, _, err := mariaDBSnapshot(f.query); err != nil || pos.Pos != 340 || f.snapshots != 1 {
 		t.Fatalf("trusted: pos %+v err %v after %d snapshots", pos, err, f.snapshots)
+	}
+	// Without checksums the event before the position cannot be found cheaply: a warning.
+	trustedCheckpoint.Store(nil)
+	f = &checkpointServer{positions: []uint32{340}, checkpointEnd: 340, waits: []string{"1"}, checksum: "NONE"}
+	if pos, warning, err := mariaDBSnapshot(f.query); err != nil || !errors.Is(warning, ErrNoExactPosition) || pos.Pos != 340 || f.probes != 0 {
+		t.Fatalf("NONE: pos %+v warning %v err %v after %d probes", pos, warning, err, f.probes)
+	}
+	// Other errors of SHOW BINLOG EVENTS are errors.
+	if noEventAt(&gomysql.MyError{Code: 1220, Message: "Error when executing command SHOW BINLOG EVENTS: Could not find target log"}) || noEventAt(errors.New("dial tcp 127.0.0.1:31220: connection refused")) {
+		t.Fatal("not every 1220 is an offset that starts no event")
 	}
 }
