@@ -302,9 +302,9 @@ func TestConsistentReadKeepsItsPosition(t *testing.T) {
 // that position misses the transaction: a reload would stamp the old row after it, and a
 // snapshot hand-off would start the stream after it (it would never be applied).
 func TestConsistentReadAfterARotationWithACommitHeld(t *testing.T) {
-	const hold = 4 * time.Second
+	const hold = 5 * time.Second
 	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	loadRows(t, e, 10)
+	loadRows(t, e, 20)
 	conn, err := e.conns().Source.Dial(t.Context())
 	testenv.Must(t, err, "connect")
 	defer conn.Close()
@@ -314,26 +314,34 @@ func TestConsistentReadAfterARotationWithACommitHeld(t *testing.T) {
 		p, _ := strconv.ParseUint(pos, 10, 32)
 		return source.Position{File: file, Pos: uint32(p)}
 	}
+	// When the checkpoint event comes is up to InnoDB (it waits until the old file's
+	// commits are durable): the scenario is set up until it comes after the held
+	// transaction.
 	for attempt, sku := 1, 1; ; attempt, sku = attempt+1, sku+1 {
-		// A rotation, then at once a held transaction in the new file: the checkpoint
-		// event for the old file comes after it (InnoDB makes the old file's commits
-		// durable up to a second later).
-		_, err := e.db.Exec("FLUSH BINARY LOGS")
-		testenv.Must(t, err, "FLUSH BINARY LOGS")
+		// A commit, a rotation, then a held transaction in the new file; then InnoDB
+		// makes the old file's commit durable.
+		execAll(t, e.db, "UPDATE inventory SET name = 'before the rotation' WHERE sku = 19", "FLUSH BINARY LOGS")
 		before := end()
-		wait := inBinlogNotVisible(t, e, hold, "UPDATE inventory SET stock = 555, version = 2 WHERE sku = "+strconv.Itoa(sku), sku, strconv.Itoa(sku))
+		endHold := holdCommits(t, e.db, hold)
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.db.Exec("UPDATE inventory SET stock = 555, version = 2 WHERE sku = " + strconv.Itoa(sku))
+			done <- err
+		}()
+		waitFor(t, "the held transaction in the binlog", hold/2, func() bool { return end() != before })
 		written := end()
-		// The checkpoint event after the held transaction (the binlog grows while no
-		// other transaction commits); it may have come before it (the old file's
-		// commits were durable already), or the binlog rotated again: once more.
+		execAll(t, e.db, "FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
+		// The checkpoint event after the held transaction: the binlog grows while no
+		// other transaction commits.
 		grew := false
-		for deadline := time.Now().Add(hold / 2); !grew && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for deadline := time.Now().Add(time.Second); !grew && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 			grew = end() != written
 		}
 		if !grew || before.File != written.File {
-			wait()
-			if attempt == 5 {
-				t.Fatal("five times no checkpoint event after the held transaction in its binlog file")
+			endHold()
+			testenv.Must(t, <-done, "held statement")
+			if attempt == 10 {
+				t.Fatal("ten times no checkpoint event after the held transaction in its binlog file")
 			}
 			continue
 		}
@@ -349,8 +357,9 @@ func TestConsistentReadAfterARotationWithACommitHeld(t *testing.T) {
 			return nil
 		})
 		testenv.Must(t, err, "consistent read")
-		wait()
-		t.Logf("held transaction %s..%d, snapshot at %s sees stock %s", before, written.Pos, pos, stock)
+		endHold()
+		testenv.Must(t, <-done, "held statement")
+		t.Logf("attempt %d: held transaction %s..%d, snapshot at %s sees stock %s", attempt, before, written.Pos, pos, stock)
 		switch {
 		case pos.File == written.File && pos.Pos >= written.Pos && stock != "555":
 			t.Fatalf("the snapshot at %s is after the held transaction (which ends at %s:%d) but does not see it (stock %s)", pos, written.File, written.Pos, stock)
