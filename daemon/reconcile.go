@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/go-co-op/gocron/v2"
@@ -13,6 +14,7 @@ import (
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/reconcile"
+	"github.com/invsync/invsync/snapshot"
 	"github.com/invsync/invsync/source"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -22,13 +24,48 @@ import (
 // that positions belong to (the checkpoint's).
 func reconcileDeps(src source.Config, cfg *config.Config, db *sql.DB, tables []*source.Table, rdb redis.UniversalClient, w *layout.Writer, log *zap.Logger, epoch func() uint32) reconcile.Deps {
 	deps := reconcile.Deps{Source: src, ChunkSize: cfg.Reconcile.ChunkSize, DB: db, Tables: tables, RDB: rdb, Writer: w, Log: log,
-		Epoch: epoch, Holds: map[int]reconcile.HoldCheck{}}
+		Epoch: epoch, Holds: map[int]reconcile.HoldCheck{}, Applied: appliedReader(rdb, cfg)}
 	for i, t := range tables {
 		if r := cfg.Tables[t.Index].Reservations; r != nil {
 			deps.Holds[i] = reconcile.HoldCheck{SettlementSchema: r.Settlement.Schema, SettlementTable: r.Settlement.Table, OrderColumn: r.Settlement.OrderColumn}
 		}
 	}
 	return deps
+}
+
+// appliedReader returns reconcile.Deps.Applied: the least of the applied markers (see
+// rollback.go) as a sequence, zero when one is missing or not a marker.
+func appliedReader(rdb redis.UniversalClient, cfg *config.Config) func(context.Context) (layout.Seq, error) {
+	var mu sync.Mutex
+	var keys []string
+	return func(ctx context.Context) (layout.Seq, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if keys == nil {
+			k, err := appliedMarkerKeys(ctx, rdb, cfg)
+			if err != nil {
+				return layout.Seq{}, err
+			}
+			keys = k
+		}
+		var least layout.Seq
+		for i, k := range keys {
+			v, err := rdb.Get(ctx, k).Result()
+			if errors.Is(err, redis.Nil) {
+				return layout.Seq{}, nil
+			} else if err != nil {
+				return layout.Seq{}, err
+			}
+			p, ok := decodeMarker(v)
+			if !ok {
+				return layout.Seq{}, nil
+			}
+			if s := snapshot.SeqOf(p); i == 0 || s.Less(least) {
+				least = s
+			}
+		}
+		return least, nil
+	}
 }
 
 // positionIn returns the source's current position (source.CurrentPosition) in the epoch

@@ -12,9 +12,11 @@ import (
 
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/config"
+	"github.com/invsync/invsync/daemon"
 	"github.com/invsync/invsync/internal/testenv"
 	"github.com/invsync/invsync/layout"
 	"github.com/invsync/invsync/reconcile"
+	"go.uber.org/zap"
 )
 
 func readReport(t *testing.T, path string) reconcile.Report {
@@ -280,4 +282,53 @@ func TestReconcileWhileTheDaemonLagsReportsNothing(t *testing.T) {
 	}
 	testenv.Must(t, proxy.Toxics.RemoveToxic(context.Background(), "lat"), "remove latency")
 	e.waitEqual(60 * time.Second)
+}
+
+// A daemon that lags longer than reconcile's re-check window is not drift: reconcile
+// waits until the daemon has written everything up to its re-read (the applied
+// markers) before it judges a key again. Drift on a key the workload does not touch is
+// still found while the daemon lags.
+func TestReconcileWhileTheDaemonLagsBeyondTheRecheckWindow(t *testing.T) {
+	const rows, hot = 20_000, 10_000 // the workload writes the first hot SKUs
+	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, rows)
+	proxy := newProxy(t, "lagging-redis-2", testenv.RedisAddr())
+	direct := e.cfg.Redis.Addrs
+	e.cfg.Redis.Addrs = []string{proxy.Listen}
+	r := e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(60 * time.Second)
+	ctx := context.Background()
+	drifted := layout.Key(e.cfg.Tables[0].KeyPrefix, []string{strconv.Itoa(rows - 7)})
+	testenv.Must(t, e.rdb.HSet(ctx, drifted, "stock", "-12345").Err(), "drift")
+	// Every reply of Redis to the daemon 300 ms late: its writes land 300 ms or more
+	// after their commits, longer than the 200 ms re-check window.
+	_, err := proxy.Toxics.AddToxicJson(strings.NewReader(`{"name":"lat","type":"latency","stream":"downstream","toxicity":1,"attributes":{"latency":300}}`))
+	testenv.Must(t, err, "add latency")
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wl := &workload{db: e.db, table: "inventory", skus: hot, writers: 2, txns: 1_000_000, maxRows: 5}
+	wdone := make(chan error, 1)
+	go func() { wdone <- wl.run(wctx) }()
+	time.Sleep(time.Second)
+	cfg := *e.cfg
+	cfg.HTTP.Listen = r.d.Addr()
+	cfg.Redis.Addrs = direct
+	cfg.Reconcile.ChunkSize = 200
+	rep, _, err := daemon.New(&cfg, zap.NewNop()).Reconcile(ctx, reconcile.Options{Recheck: 200 * time.Millisecond})
+	testenv.Must(t, err, "reconcile")
+	cancel()
+	if err := <-wdone; err != nil && wctx.Err() == nil {
+		t.Fatal(err)
+	}
+	tr := rep.Tables[0]
+	t.Logf("reconcile over %d rows while %d transactions ran: %v, samples %v", tr.RowsChecked, wl.done.Load(), tr.Differences, tr.Samples)
+	var n int64
+	for _, c := range tr.Differences {
+		n += c
+	}
+	if n != 1 || tr.Differences[reconcile.Mismatch] != 1 || len(tr.Samples[reconcile.Mismatch]) != 1 || tr.Samples[reconcile.Mismatch][0] != drifted {
+		t.Errorf("differences %v (samples %v): want exactly the one drifted key %s, as a mismatch", tr.Differences, tr.Samples, drifted)
+	}
+	testenv.Must(t, proxy.Toxics.RemoveToxic(ctx, "lat"), "remove latency")
 }

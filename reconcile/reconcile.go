@@ -70,6 +70,11 @@ type Deps struct {
 	// Ensure, if set, is called with the rows a repair is about to write (the Bloom bits
 	// go first).
 	Ensure func(context.Context, []layout.Change) error
+	// Applied, if set, returns the position up to which a daemon has written every
+	// change to Redis (its applied markers; zero when unknown): a difference re-read at a
+	// position the daemon has reached is drift at once, one it has not reached may be
+	// its lag (see waitApplied).
+	Applied func(context.Context) (layout.Seq, error)
 	// OnKeys, if set, is called with the primary keys of every chunk read from MySQL (a
 	// Bloom rebuild from the same scan); table is the index in Tables.
 	OnKeys func(table int, pks []string)
