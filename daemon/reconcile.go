@@ -24,7 +24,7 @@ import (
 // that positions belong to (the checkpoint's).
 func reconcileDeps(src source.Config, cfg *config.Config, db *sql.DB, tables []*source.Table, rdb redis.UniversalClient, w *layout.Writer, log *zap.Logger, epoch func() uint32) reconcile.Deps {
 	deps := reconcile.Deps{Source: src, ChunkSize: cfg.Reconcile.ChunkSize, DB: db, Tables: tables, RDB: rdb, Writer: w, Log: log,
-		Epoch: epoch, Holds: map[int]reconcile.HoldCheck{}, Applied: appliedReader(rdb, cfg)}
+		Epoch: epoch, Holds: map[int]reconcile.HoldCheck{}, Applied: appliedReader(rdb, cfg, epoch), AppliedEvery: cfg.Checkpoint.Interval}
 	for i, t := range tables {
 		if r := cfg.Tables[t.Index].Reservations; r != nil {
 			deps.Holds[i] = reconcile.HoldCheck{SettlementSchema: r.Settlement.Schema, SettlementTable: r.Settlement.Table, OrderColumn: r.Settlement.OrderColumn}
@@ -34,8 +34,9 @@ func reconcileDeps(src source.Config, cfg *config.Config, db *sql.DB, tables []*
 }
 
 // appliedReader returns reconcile.Deps.Applied: the least of the applied markers (see
-// rollback.go) as a sequence, zero when one is missing or not a marker.
-func appliedReader(rdb redis.UniversalClient, cfg *config.Config) func(context.Context) (layout.Seq, error) {
+// rollback.go) as a sequence, zero when one is missing, not a marker, or of another
+// epoch than epoch() (positions of two epochs are not comparable).
+func appliedReader(rdb redis.UniversalClient, cfg *config.Config, epoch func() uint32) func(context.Context) (layout.Seq, error) {
 	var mu sync.Mutex
 	var keys []string
 	return func(ctx context.Context) (layout.Seq, error) {
@@ -57,7 +58,7 @@ func appliedReader(rdb redis.UniversalClient, cfg *config.Config) func(context.C
 				return layout.Seq{}, err
 			}
 			p, ok := decodeMarker(v)
-			if !ok {
+			if !ok || p.Epoch != epoch() {
 				return layout.Seq{}, nil
 			}
 			if s := snapshot.SeqOf(p); i == 0 || s.Less(least) {
@@ -117,6 +118,8 @@ func (d *Daemon) Reconcile(ctx context.Context, opts reconcile.Options) (rep *re
 	}
 	if held {
 		defer lock.Release()
+		// No daemon writes meanwhile: its markers cannot move.
+		deps.Applied = nil
 		return reconcileLeading(ctx, c, tables, w, lock, deps, opts, d.log)
 	}
 	// A daemon leads: repairs set their bits with the parameters in Redis.

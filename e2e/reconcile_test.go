@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/invsync/invsync/bloom"
 	"github.com/invsync/invsync/config"
 	"github.com/invsync/invsync/daemon"
@@ -226,20 +227,29 @@ func TestScheduledReconcile(t *testing.T) {
 	e.waitEqual(10 * time.Second)
 }
 
+// behindAProxy is newEnv with the inventory table loaded with rows and a daemon that has
+// mirrored them, writing to Redis through proxy (for toxics); direct is Redis's own
+// address.
+func behindAProxy(t *testing.T, rows int) (e *env, r *running, proxy *toxiproxy.Proxy, direct []string) {
+	t.Helper()
+	e = newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
+	loadRows(t, e, rows)
+	proxy = newProxy(t, "lagging-redis", testenv.RedisAddr())
+	direct = e.cfg.Redis.Addrs
+	e.cfg.Redis.Addrs = []string{proxy.Listen}
+	r = e.start(nil)
+	waitReady(t, r)
+	e.waitEqual(60 * time.Second)
+	return e, r, proxy, direct
+}
+
 // Issue 12, part 4: a reconciliation whose walk takes longer than recheck_for, while the
 // daemon lags behind a workload (its Redis behind 100 ms of latency): every difference
 // gets its whole re-check window from when it was seen, so the lag is not reported as
 // drift (before, candidates seen after the first recheck_for of a table's walk were
 // reported at once).
 func TestReconcileWhileTheDaemonLagsReportsNothing(t *testing.T) {
-	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	loadRows(t, e, 150_000)
-	proxy := newProxy(t, "lagging-redis", testenv.RedisAddr())
-	direct := e.cfg.Redis.Addrs
-	e.cfg.Redis.Addrs = []string{proxy.Listen}
-	r := e.start(nil)
-	waitReady(t, r)
-	e.waitEqual(60 * time.Second)
+	e, r, proxy, direct := behindAProxy(t, 150_000)
 	_, err := proxy.Toxics.AddToxicJson(strings.NewReader(`{"name":"lat","type":"latency","stream":"downstream","toxicity":1,"attributes":{"latency":100}}`))
 	testenv.Must(t, err, "add latency")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -290,14 +300,7 @@ func TestReconcileWhileTheDaemonLagsReportsNothing(t *testing.T) {
 // still found while the daemon lags.
 func TestReconcileWhileTheDaemonLagsBeyondTheRecheckWindow(t *testing.T) {
 	const rows, hot = 20_000, 10_000 // the workload writes the first hot SKUs
-	e := newEnv(t, tableSpec{name: "inventory", ddl: inventoryDDL, version: "version"})
-	loadRows(t, e, rows)
-	proxy := newProxy(t, "lagging-redis-2", testenv.RedisAddr())
-	direct := e.cfg.Redis.Addrs
-	e.cfg.Redis.Addrs = []string{proxy.Listen}
-	r := e.start(nil)
-	waitReady(t, r)
-	e.waitEqual(60 * time.Second)
+	e, r, proxy, direct := behindAProxy(t, rows)
 	ctx := context.Background()
 	drifted := layout.Key(e.cfg.Tables[0].KeyPrefix, []string{strconv.Itoa(rows - 7)})
 	testenv.Must(t, e.rdb.HSet(ctx, drifted, "stock", "-12345").Err(), "drift")

@@ -70,11 +70,13 @@ type Deps struct {
 	// Ensure, if set, is called with the rows a repair is about to write (the Bloom bits
 	// go first).
 	Ensure func(context.Context, []layout.Change) error
-	// Applied, if set, returns the position up to which a daemon has written every
-	// change to Redis (its applied markers; zero when unknown): a difference re-read at a
-	// position the daemon has reached is drift at once, one it has not reached may be
-	// its lag (see waitApplied).
-	Applied func(context.Context) (layout.Seq, error)
+	// Applied, if set, returns the position up to which a running daemon has written
+	// every change to Redis or parked it for a retry (its applied markers; zero when
+	// unknown): Redis is read again only once the daemon has reached the position the
+	// rows were re-read at, so that its lag is not taken for drift (see waitApplied).
+	// AppliedEvery is how often the daemon moves it (checkpoint.interval).
+	Applied      func(context.Context) (layout.Seq, error)
+	AppliedEvery time.Duration
 	// OnKeys, if set, is called with the primary keys of every chunk read from MySQL (a
 	// Bloom rebuild from the same scan); table is the index in Tables.
 	OnKeys func(table int, pks []string)
@@ -238,6 +240,10 @@ type runner struct {
 	start    time.Time
 	rows     int64
 	estimate int64
+	// lagWaited is how long waitApplied has waited in this run; noDaemon is set once it
+	// found the markers still (no daemon writes): it does not wait again.
+	lagWaited time.Duration
+	noDaemon  bool
 }
 
 func estimateRows(ctx context.Context, db *sql.DB, t *source.Table) int64 {

@@ -32,11 +32,10 @@ func (r *runner) settle(ctx context.Context, t *source.Table, tr *TableReport, c
 			return err
 		}
 		at := snapshot.SeqOf(p0)
-		reached, err := r.waitApplied(ctx, at)
-		if err != nil {
+		if err := r.waitApplied(ctx, at); err != nil {
 			return err
 		}
-		still, err := r.stillDiffering(ctx, t, cands, found, at, reached)
+		still, err := r.stillDiffering(ctx, t, cands, found, at)
 		if err != nil {
 			return err
 		}
@@ -57,43 +56,53 @@ func (r *runner) settle(ctx context.Context, t *source.Table, tr *TableReport, c
 	return nil
 }
 
-// lagWaitLimit bounds how long waitApplied waits for a daemon that keeps writing but
-// stays behind a re-read.
+// lagWaitLimit bounds how long waitApplied waits in one run, over all its calls, for a
+// daemon that keeps writing but stays behind the re-reads.
 const lagWaitLimit = time.Minute
 
 // waitApplied waits until the daemon has written every change up to at to Redis (its
-// applied markers, Deps.Applied, reach at), and reports whether it has: a key then
-// still behind the re-read is not the daemon's lag. A daemon that lags longer than the
-// re-check window is then not taken for drift. It gives up (the re-check window alone
-// judges) when no daemon's markers are known, when they stop moving for opts.Recheck (no
-// daemon runs, it is stuck, or it has nothing to write), or after lagWaitLimit.
-func (r *runner) waitApplied(ctx context.Context, at layout.Seq) (bool, error) {
-	if r.d.Applied == nil {
-		return false, nil
+// applied markers, Deps.Applied, reach at): a key then still behind the re-read is not
+// the daemon's lag, however long the daemon lags. It gives up (the re-check window alone judges, as when no daemon runs) when no markers are
+// known, when they stop moving for longer than the daemon takes to move them (no daemon
+// runs, it is stuck, or it has nothing to write; it is not waited for again in this
+// run), or once the run has waited lagWaitLimit.
+func (r *runner) waitApplied(ctx context.Context, at layout.Seq) error {
+	if r.d.Applied == nil || r.noDaemon {
+		return nil
 	}
+	still := max(r.opts.Recheck, 2*r.d.AppliedEvery+time.Second)
 	start, moved := time.Now(), time.Now()
+	defer func() { r.lagWaited += time.Since(start) }()
 	var last layout.Seq
 	for {
 		applied, err := r.d.Applied(ctx)
 		if err != nil {
-			r.d.Log.Warn("reconcile: cannot read how far the daemon has written; differences are re-checked for reconcile.recheck_for instead", zap.Error(err))
-			return false, nil
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.d.Log.Warn("reconcile: cannot read how far the daemon has written; differences are judged by reconcile.recheck_for alone", zap.Error(err))
+			r.noDaemon = true
+			return nil
 		}
 		if applied.IsZero() {
-			return false, nil
+			return nil
 		}
 		if !applied.Less(at) {
-			return true, nil
+			return nil
 		}
 		if applied != last {
 			last, moved = applied, time.Now()
 		}
-		if time.Since(moved) >= r.opts.Recheck || time.Since(start) >= lagWaitLimit {
-			return false, nil
+		if time.Since(moved) >= still {
+			r.noDaemon = true
+			return nil
+		}
+		if r.lagWaited+time.Since(start) >= lagWaitLimit {
+			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return ctx.Err()
 		case <-time.After(appliedPoll):
 		}
 	}
@@ -132,10 +141,7 @@ func (r *runner) reread(t *source.Table, cands []candidate) (map[string]snapshot
 }
 
 // stillDiffering reads the candidates' keys from Redis again; it keeps those that differ.
-// With reached (the daemon had written every change up to at before Redis was read,
-// see waitApplied), a key the stream wrote since it was first seen is judged like any
-// other: it is not behind because of lag.
-func (r *runner) stillDiffering(ctx context.Context, t *source.Table, cands []candidate, found map[string]snapshot.Row, at layout.Seq, reached bool) ([]candidate, error) {
+func (r *runner) stillDiffering(ctx context.Context, t *source.Table, cands []candidate, found map[string]snapshot.Row, at layout.Seq) ([]candidate, error) {
 	pipe := r.d.RDB.Pipeline()
 	cmds := make([]*redis.MapStringStringCmd, len(cands))
 	for i, c := range cands {
@@ -166,7 +172,7 @@ func (r *runner) stillDiffering(ctx context.Context, t *source.Table, cands []ca
 		// the same version (what the stream wrote is wrong) is reported however often
 		// the key is written; so is any difference of a table without a version
 		// column once the key stops changing.
-		if !reached && herr == nil && h[layout.FieldSeq] > c.sight && (kind != Mismatch || !versioned) {
+		if herr == nil && h[layout.FieldSeq] > c.sight && (kind != Mismatch || !versioned) {
 			continue
 		}
 		c.kind, c.row, c.obs = kind, row, observe(h, herr)
