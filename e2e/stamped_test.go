@@ -45,6 +45,15 @@ func holdCommits(t *testing.T, admin *sql.DB, hold time.Duration) (end func()) {
 	return end
 }
 
+// binlogEnd is the server's current binlog end (SHOW MASTER STATUS), file and offset.
+func binlogEnd(t *testing.T, db *sql.DB) source.Position {
+	t.Helper()
+	var file, pos, doDB, ignoreDB string
+	testenv.Must(t, db.QueryRow("SHOW MASTER STATUS").Scan(&file, &pos, &doDB, &ignoreDB), "SHOW MASTER STATUS")
+	p, _ := strconv.ParseUint(pos, 10, 32)
+	return source.Position{File: file, Pos: uint32(p)}
+}
+
 // stateOutsideTheBinlog points the daemon's state database (checkpoint, compensation
 // table) at the same server through a session that does not write the binlog, so that
 // held commits (holdCommits) hold only the test's own transactions.
@@ -61,11 +70,7 @@ func stateOutsideTheBinlog(e *env) {
 func inBinlogNotVisible(t *testing.T, e *env, hold time.Duration, stmt string, sku int, before string) (wait func()) {
 	t.Helper()
 	end := holdCommits(t, e.db, hold)
-	binlogEnd := func() string {
-		var file, pos, doDB, ignoreDB string
-		testenv.Must(t, e.db.QueryRow("SHOW MASTER STATUS").Scan(&file, &pos, &doDB, &ignoreDB), "SHOW MASTER STATUS")
-		return file + ":" + pos
-	}
+	binlogEnd := func() source.Position { return binlogEnd(t, e.db) }
 	pos0 := binlogEnd()
 	done := make(chan error, 1)
 	go func() {
@@ -308,12 +313,7 @@ func TestConsistentReadAfterARotationWithACommitHeld(t *testing.T) {
 	conn, err := e.conns().Source.Dial(t.Context())
 	testenv.Must(t, err, "connect")
 	defer conn.Close()
-	end := func() source.Position {
-		var file, pos, doDB, ignoreDB string
-		testenv.Must(t, e.db.QueryRow("SHOW MASTER STATUS").Scan(&file, &pos, &doDB, &ignoreDB), "SHOW MASTER STATUS")
-		p, _ := strconv.ParseUint(pos, 10, 32)
-		return source.Position{File: file, Pos: uint32(p)}
-	}
+	end := func() source.Position { return binlogEnd(t, e.db) }
 	// When the checkpoint event comes is up to InnoDB (it waits until the old file's
 	// commits are durable): the scenario is set up until it comes after the held
 	// transaction.

@@ -62,10 +62,11 @@ const lagWaitLimit = time.Minute
 
 // waitApplied waits until the daemon has written every change up to at to Redis (its
 // applied markers, Deps.Applied, reach at): a key then still behind the re-read is not
-// the daemon's lag, however long the daemon lags. It gives up (the re-check window alone judges, as when no daemon runs) when no markers are
-// known, when they stop moving for longer than the daemon takes to move them (no daemon
-// runs, it is stuck, or it has nothing to write; it is not waited for again in this
-// run), or once the run has waited lagWaitLimit.
+// the daemon's lag, however long the daemon lags. It gives up (the re-check window alone
+// judges, as when no daemon runs) when no markers are known, when they stop moving for
+// longer than the daemon takes to move them (no daemon runs, it is stuck, or it has
+// nothing to write; it is not waited for again in this run), or once the run has waited
+// lagWaitLimit.
 func (r *runner) waitApplied(ctx context.Context, at layout.Seq) error {
 	if r.d.Applied == nil || r.noDaemon {
 		return nil
